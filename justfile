@@ -1,0 +1,24 @@
+# eventbus tasks. `just --list` shows them all.
+
+set positional-arguments
+
+python := if path_exists(".venv/bin/python") == "true" { ".venv/bin/python" } else { "python" }
+
+# Run the whole test suite against an embedded PostgreSQL (or EVENTBUS_TEST_ADMIN_DSN).
+test *args:
+    {{python}} -m pytest {{args}}
+
+# ruff and mypy --strict on the library.
+lint:
+    {{python}} -m ruff check eventbus apps tui tests bench
+    {{python}} -m ruff format --check eventbus
+    {{python}} -m mypy eventbus
+
+# Format the code.
+fmt:
+    {{python}} -m ruff format eventbus apps tui tests bench
+    {{python}} -m ruff check --fix eventbus apps tui tests bench
+
+# Benchmarks: `just bench` runs all, `just bench store` one of them.
+bench *which:
+    {{python}} -m bench {{which}}

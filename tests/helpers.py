@@ -1,0 +1,42 @@
+"""Helpers shared by the tests."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from eventbus import _pg
+
+TEMPLATE = "eventbus_test_template"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def database_dsn(admin_dsn: str, name: str) -> str:
+    """The admin DSN pointed at database ``name``."""
+    parts = urlsplit(admin_dsn)
+    return urlunsplit(parts._replace(path="/" + name))
+
+
+async def drop_database(admin_dsn: str, name: str) -> None:
+    """Drop a test database, closing whatever still uses it."""
+    async with _pg.open_loop():
+        conn = await _pg.connect(admin_dsn)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+
+def spawn_python(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """Start ``python -m <args>`` from the project root, output captured."""
+    return subprocess.Popen(
+        [sys.executable, *args],
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
