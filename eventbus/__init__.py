@@ -11,7 +11,8 @@ from ._errors import (
     StoreUnavailable,
 )
 from ._model import Event, EventFilter, EventQuery, EventRecord, QueryResult, create_filter
-from ._store import EventStore, StoreStatistics, open_event_store, run_event_store
+from ._store import EventStore, open_event_store, run_event_store
+from ._writer import StoreStatistics
 
 __all__ = [
     "ClosedError",

@@ -10,14 +10,24 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 
-from . import _json
+from . import _json, _tags
 from ._errors import InvalidFilter
 
 Payload = Mapping[str, Any]
+
+
+class Matchable(Protocol):
+    """Anything with an event type and a payload: events, records, ..."""
+
+    @property
+    def event_type(self) -> str: ...
+
+    @property
+    def payload(self) -> Payload: ...
 
 
 @attrs.frozen
@@ -100,11 +110,15 @@ class EventFilter:
     event_types: tuple[str, ...] = attrs.field(converter=_types)
     payload_predicates: tuple[Payload, ...] | None = attrs.field(default=None, converter=_predicates)
     predicate_texts: tuple[str, ...] | None = attrs.field(init=False, repr=False)
+    predicate_tags: tuple[int | None, ...] | None = attrs.field(init=False, repr=False)
     _type_set: frozenset[str] = attrs.field(init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
-        texts = None if self.payload_predicates is None else tuple(map(_json.dumps, self.payload_predicates))
+        predicates = self.payload_predicates
+        texts = None if predicates is None else tuple(map(_json.dumps, predicates))
+        tags = None if predicates is None else tuple(_tags.predicate_tag(p) for p in predicates)  # type: ignore[arg-type]
         object.__setattr__(self, "predicate_texts", texts)
+        object.__setattr__(self, "predicate_tags", tags)
         object.__setattr__(self, "_type_set", frozenset(self.event_types))
 
     @property
@@ -121,7 +135,7 @@ class EventFilter:
     def __hash__(self) -> int:
         return hash(self.key)
 
-    def matches(self, record: EventRecord | Event) -> bool:
+    def matches(self, record: Matchable) -> bool:
         """Whether the event matches, with the database's semantics."""
         if self._type_set and record.event_type not in self._type_set:
             return False

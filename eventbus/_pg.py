@@ -13,14 +13,21 @@ close in time is terminated.
 
 from __future__ import annotations
 
+import asyncio
+import heapq
 import json
+import json.scanner
+import math
+import types
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import asyncpg
+import sniffio
 import trio
 import trio_asyncio
+from trio_asyncio._handles import AsyncHandle as _AsyncHandle
 
 from ._embedded import redact_dsn
 from ._errors import DatabaseError, StoreUnavailable
@@ -52,13 +59,64 @@ SERVER_SETTINGS = {
 async def open_loop() -> AsyncIterator[None]:
     """Make sure an asyncio loop runs on top of Trio for the block's duration.
 
-    Reuses the caller's trio-asyncio loop if there is one, else opens one.
+    Reuses the caller's trio-asyncio loop if there is one, else opens one (and
+    lets it run ready callbacks in batches, see ``_drain_ready_callbacks``).
     """
     if trio_asyncio.current_loop.get() is not None:
         yield
         return
-    async with trio_asyncio.open_loop():
+    async with trio_asyncio.open_loop() as loop:
+        if _DRAIN_SUPPORTED:
+            loop._main_loop_one = types.MethodType(_drain_ready_callbacks, loop)
         yield
+
+
+# trio-asyncio's loop runs ONE asyncio callback per Trio scheduler round. A
+# query's round trip needs about five callbacks, so it costs five rounds where
+# asyncio needs one (measured here: 7 epoll waits per SELECT 1 against 4 with
+# draining, 320 us against 250 us). The loop below is the library's own
+# ``_main_loop_one`` with one change: after the first ready callback it also
+# runs every other one already queued, as asyncio's own loop does. Only for
+# the versions whose internals it was written against; others run unchanged.
+_DRAIN_SUPPORTED = tuple(int(x) for x in trio_asyncio.__version__.split(".")[:2]) in ((0, 15), (0, 16))
+
+
+async def _drain_ready_callbacks(self: Any, no_wait: bool = False) -> None:  # pragma: no cover - timing only
+    obj = None
+    if self._timers:
+        timeout = self._timers[0]._when - self.time()
+        if timeout <= 0:
+            obj = heapq.heappop(self._timers)
+    else:
+        timeout = math.inf
+    if obj is None:
+        if no_wait:
+            obj = self._q_recv.receive_nowait()
+        elif timeout == math.inf:
+            obj = await self._q_recv.receive()
+        else:
+            with trio.move_on_after(timeout):
+                obj = await self._q_recv.receive()
+            if obj is None:
+                return
+    while True:
+        if isinstance(obj, asyncio.TimerHandle):
+            heapq.heappush(self._timers, obj)
+        elif isinstance(obj, _AsyncHandle):
+            obj._context.run(self._nursery.start_soon, obj._run, name=obj._callback)
+            await obj._started.wait()
+        elif not obj._cancelled:
+            previous, sniffio.thread_local.name = sniffio.thread_local.name, "asyncio"
+            try:
+                obj._run()
+            finally:
+                sniffio.thread_local.name = previous
+        if self._stopped.is_set():
+            return
+        try:
+            obj = self._q_recv.receive_nowait()
+        except trio.WouldBlock:
+            return
 
 
 def _unavailable(exc: BaseException) -> bool:
@@ -92,9 +150,20 @@ def _encode_json(value: object) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
+_scan_json = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]
+
+
+def _decode_json(text: str) -> Any:
+    # PostgreSQL's output is valid JSON with no leading blanks: the C scanner
+    # alone parses it, at half the cost of json.loads. Most metadata is '{}'.
+    if text == "{}":
+        return {}
+    return _scan_json(text, 0)[0]
+
+
 async def _init_connection(raw: asyncpg.Connection) -> None:
     for name in ("json", "jsonb"):
-        await raw.set_type_codec(name, encoder=_encode_json, decoder=json.loads, schema="pg_catalog")
+        await raw.set_type_codec(name, encoder=_encode_json, decoder=_decode_json, schema="pg_catalog")
 
 
 async def _aio(fn: Callable[..., Awaitable[T]], *args: Any) -> T:

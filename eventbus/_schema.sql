@@ -24,9 +24,16 @@ CREATE TABLE IF NOT EXISTS eventbus.events (
 
 CREATE UNIQUE INDEX IF NOT EXISTS events_event_id ON eventbus.events (event_id);
 CREATE INDEX IF NOT EXISTS events_type_position ON eventbus.events (event_type, sequence_number);
--- fastupdate off: with a pending list every condition check would scan it whole.
-CREATE INDEX IF NOT EXISTS events_payload ON eventbus.events
-    USING gin (payload jsonb_path_ops) WITH (fastupdate = off);
+
+-- The inverted index on payloads (see _tags.py): one row per scalar leaf of a
+-- payload, as a 64-bit hash of its path and value, with the event's position.
+-- "Has any event with this leaf come after position N?" is one index descent.
+-- Tag 0 marks events with too many leaves to index one by one.
+CREATE TABLE IF NOT EXISTS eventbus.event_tags (
+    tag bigint NOT NULL,
+    sequence_number bigint NOT NULL,
+    PRIMARY KEY (tag, sequence_number)
+);
 
 -- Appends are immutable: refuse UPDATE and DELETE on the events table.
 CREATE OR REPLACE FUNCTION eventbus.refuse_change() RETURNS trigger
@@ -40,18 +47,90 @@ CREATE OR REPLACE TRIGGER events_append_only
     BEFORE UPDATE OR DELETE ON eventbus.events
     FOR EACH STATEMENT EXECUTE FUNCTION eventbus.refuse_change();
 
+-- The first position after p_cond.a of an event that matches the condition
+-- p_cond = {"t": [types], "p": [predicates] or null, "k": [tag or null per
+-- predicate], "a": after}, or null. Each lookup is written so that the plan
+-- PostgreSQL caches for it is right for any values: the explicit loops keep
+-- it from betting on a LIMIT and scanning the table.
+CREATE OR REPLACE FUNCTION eventbus.first_match(p_cond jsonb) RETURNS bigint
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_after bigint := (p_cond ->> 'a')::bigint;
+    v_types text[] := ARRAY(SELECT jsonb_array_elements_text(p_cond -> 't'));
+    v_any_type boolean := cardinality(v_types) = 0;
+    v_preds jsonb := p_cond -> 'p';
+    v_pred jsonb;
+    v_tag bigint;
+    v_seq bigint;
+    v_type text;
+    k integer;
+BEGIN
+    IF jsonb_typeof(v_preds) = 'array' THEN
+        FOR k IN 0 .. jsonb_array_length(v_preds) - 1 LOOP
+            v_pred := v_preds -> k;
+            v_tag := (p_cond -> 'k' ->> k)::bigint;
+            IF v_tag IS NULL THEN
+                -- a predicate without a scalar leaf has no tag to narrow by
+                FOR v_seq IN
+                    SELECT e.sequence_number FROM eventbus.events e
+                    WHERE e.sequence_number > v_after AND e.payload @> v_pred
+                      AND (v_any_type OR e.event_type = ANY (v_types))
+                    ORDER BY e.sequence_number
+                LOOP
+                    RETURN v_seq;
+                END LOOP;
+            ELSE
+                -- events having the predicate's tag (or too many leaves to be
+                -- tagged) after the position; usually none
+                FOR v_seq IN
+                    SELECT t.sequence_number FROM eventbus.event_tags t
+                    WHERE t.tag IN (v_tag, 0) AND t.sequence_number > v_after
+                LOOP
+                    PERFORM 1 FROM eventbus.events e
+                    WHERE e.sequence_number = v_seq AND e.payload @> v_pred
+                      AND (v_any_type OR e.event_type = ANY (v_types));
+                    IF FOUND THEN
+                        RETURN v_seq;
+                    END IF;
+                END LOOP;
+            END IF;
+        END LOOP;
+        RETURN NULL;
+    END IF;
+    IF v_any_type THEN
+        SELECT e.sequence_number INTO v_seq FROM eventbus.events e
+        WHERE e.sequence_number > v_after ORDER BY e.sequence_number LIMIT 1;
+        RETURN v_seq;
+    END IF;
+    FOREACH v_type IN ARRAY v_types LOOP
+        SELECT e.sequence_number INTO v_seq FROM eventbus.events e
+        WHERE e.event_type = v_type AND e.sequence_number > v_after
+        ORDER BY e.event_type, e.sequence_number LIMIT 1;
+        IF v_seq IS NOT NULL THEN
+            RETURN v_seq;
+        END IF;
+    END LOOP;
+    RETURN NULL;
+END
+$$;
+
 -- One batch of appends in one transaction.
 --
--- p_append_of[i] is the (1-based) append that event i belongs to; events of an
--- append are contiguous and in order. p_conditions is null when no append has
--- a condition, else it holds one element per append: null, or
--- {"t": [types], "p": [predicates] or null, "a": after}.
+-- Events: p_append_of[i] is the (1-based) append that event i belongs to
+-- (events of an append are contiguous and in order); p_tag_of[k] is the event
+-- that tag p_tags[k] belongs to. p_conditions is null when no append has a
+-- condition, else it holds one element per append: null, or a condition as
+-- first_match reads it. (p_dep_of[m], p_dep_on[m]) says that an event of the
+-- earlier append p_dep_on[m] matches the condition of append p_dep_of[m]: the
+-- caller works that out, since those events are not in the table yet.
 --
 -- For each append, in order: if all its ids are stored already with the same
 -- content it is a retry ('duplicate': the stored positions are returned); if
 -- some are stored it is 'id_conflict'; if an event matching its condition has
 -- a position after "a", stored or appended earlier in this batch, it is
--- 'conflict'; otherwise 'ok'. Then all 'ok' events are inserted at once.
+-- 'conflict'; otherwise 'ok'. Then all 'ok' events (and their tags) are
+-- inserted at once.
 --
 -- Stored ids are looked up first only with p_check_ids (or for an append whose
 -- condition failed, which may be its own retry). Without it, a retry of an
@@ -70,7 +149,11 @@ CREATE OR REPLACE FUNCTION eventbus.append_batch(
     p_types text[],
     p_payloads text[],
     p_metadata text[],
+    p_tag_of integer[],
+    p_tags bigint[],
     p_conditions jsonb,
+    p_dep_of integer[],
+    p_dep_on integer[],
     p_check_ids boolean,
     p_origin text
 ) RETURNS TABLE (
@@ -88,14 +171,12 @@ DECLARE
     v_ok boolean[];
     v_lo integer[];
     v_hi integer[];
-    v_payloads jsonb[];
+    v_pos bigint[];
     v_stored uuid[];
     v_now timestamptz;
     v_base bigint;
     v_count integer := 0;
     v_cond jsonb;
-    v_types text[];
-    v_preds jsonb[];
     v_hit bigint;
     v_same integer;
     v_retry boolean;
@@ -120,38 +201,20 @@ BEGIN
             SELECT array_agg(e.event_id) INTO v_stored
             FROM eventbus.events e WHERE e.event_id = ANY (p_ids);
         END IF;
-        IF p_conditions IS NOT NULL THEN
-            v_payloads := p_payloads::jsonb[];
-        END IF;
 
         FOR j IN 1 .. v_appends LOOP
             v_hit := NULL;
             v_retry := coalesce(p_ids[v_lo[j]:v_hi[j]] && v_stored, false);
             v_cond := p_conditions -> (j - 1);
             IF jsonb_typeof(v_cond) = 'object' AND NOT v_retry THEN
-                v_types := ARRAY(SELECT jsonb_array_elements_text(v_cond -> 't'));
-                v_preds := CASE WHEN jsonb_typeof(v_cond -> 'p') = 'array'
-                                THEN ARRAY(SELECT jsonb_array_elements(v_cond -> 'p')) END;
-                -- EXECUTE plans the check with its actual values: a cached generic
-                -- plan cannot use the GIN index for the payload predicates.
-                EXECUTE 'SELECT e.sequence_number FROM eventbus.events e WHERE e.sequence_number > $1'
-                    || CASE WHEN cardinality(v_types) > 0 THEN ' AND e.event_type = ANY ($2)' ELSE '' END
-                    || CASE WHEN v_preds IS NOT NULL THEN ' AND e.payload @> ANY ($3)' ELSE '' END
-                    || ' LIMIT 1'
-                    INTO v_hit USING (v_cond ->> 'a')::bigint, v_types, v_preds;
+                v_hit := eventbus.first_match(v_cond);
                 IF v_hit IS NOT NULL AND NOT p_check_ids THEN
                     -- the condition failed: maybe on this very append, stored before
                     v_retry := EXISTS (SELECT 1 FROM eventbus.events e
                                        WHERE e.event_id = ANY (p_ids[v_lo[j]:v_hi[j]]));
-                ELSIF v_hit IS NULL AND v_lo[j] > 1 THEN
-                    -- earlier appends of this batch are not in the table yet
-                    SELECT 0 INTO v_hit
-                    FROM unnest(p_append_of[1:v_lo[j] - 1], p_types[1:v_lo[j] - 1],
-                                v_payloads[1:v_lo[j] - 1]) AS b(a, typ, payload)
-                    WHERE v_ok[b.a]
-                      AND (cardinality(v_types) = 0 OR b.typ = ANY (v_types))
-                      AND (v_preds IS NULL OR b.payload @> ANY (v_preds))
-                    LIMIT 1;
+                ELSIF v_hit IS NULL AND EXISTS (
+                        SELECT 1 FROM unnest(p_dep_of, p_dep_on) AS d(a, b) WHERE d.a = j AND v_ok[d.b]) THEN
+                    v_hit := 0;  -- an earlier append of this batch matches
                 END IF;
             END IF;
 
@@ -180,15 +243,24 @@ BEGIN
     IF v_count > 0 THEN
         SELECT CASE WHEN s.is_called THEN s.last_value ELSE 0 END INTO v_base
         FROM eventbus.event_position s;
-        -- Positions follow the order of the arrays; the ids in RETURNING say
-        -- which is which.
+        -- Positions follow the order of the arrays.
+        v_pos := array_fill(0::bigint, ARRAY[v_events]);
+        v_count := 0;
+        FOR i IN 1 .. v_events LOOP
+            IF v_ok IS NULL OR v_ok[p_append_of[i]] THEN
+                v_count := v_count + 1;
+                v_pos[i] := v_base + v_count;
+            END IF;
+        END LOOP;
         RETURN QUERY
         INSERT INTO eventbus.events AS e (sequence_number, event_id, event_type, payload, metadata, occurred_at)
-        SELECT v_base + row_number() OVER (ORDER BY n.ord), n.id, n.typ, n.payload::jsonb, n.meta::jsonb, v_now
-        FROM unnest(p_append_of, p_ids, p_types, p_payloads, p_metadata)
-             WITH ORDINALITY AS n(a, id, typ, payload, meta, ord)
-        WHERE v_ok IS NULL OR v_ok[n.a]
+        SELECT v_pos[n.ord], n.id, n.typ, n.payload::jsonb, n.meta::jsonb, v_now
+        FROM unnest(p_ids, p_types, p_payloads, p_metadata) WITH ORDINALITY AS n(id, typ, payload, meta, ord)
+        WHERE v_pos[n.ord] > 0
         RETURNING 0, 'ok'::text, e.event_id, e.sequence_number, e.occurred_at;
+        INSERT INTO eventbus.event_tags (tag, sequence_number)
+        SELECT t.tag, v_pos[t.ev] FROM unnest(p_tag_of, p_tags) AS t(ev, tag)
+        WHERE v_pos[t.ev] > 0;
         PERFORM setval('eventbus.event_position', v_base + v_count);
         PERFORM pg_notify('eventbus_events', p_origin || ' ' || (v_base + v_count)::text);
     END IF;

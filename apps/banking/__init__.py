@@ -1,0 +1,1 @@
+"""A bank built on eventbus: feature slices whose money is never created, lost or overdrawn."""

@@ -1,0 +1,1 @@
+"""Close an account whose balance is zero."""

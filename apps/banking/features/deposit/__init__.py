@@ -1,0 +1,1 @@
+"""Deposit money into an open account."""

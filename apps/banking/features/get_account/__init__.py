@@ -1,0 +1,1 @@
+"""Read one account: balance, status and history, folded from its events."""

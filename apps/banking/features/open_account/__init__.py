@@ -1,0 +1,1 @@
+"""Open an account: owner, type, currency and an optional first deposit."""

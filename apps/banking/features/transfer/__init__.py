@@ -1,0 +1,1 @@
+"""Move money between two open accounts of the same currency."""

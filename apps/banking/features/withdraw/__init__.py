@@ -1,0 +1,1 @@
+"""Withdraw money from an open account, never below zero."""

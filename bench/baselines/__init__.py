@@ -1,0 +1,1 @@
+"""Baselines: plain asyncio and asyncpg, no eventbus, run in their own process."""

@@ -1,0 +1,124 @@
+"""Tags: the keys of the store's inverted index on payloads.
+
+Every scalar leaf of a payload is a tag: a 64-bit hash of its path (the object
+keys that lead to it; arrays add nothing to the path) and its value (typed;
+numbers by value, so ``1`` and ``1.0`` agree). The store keeps one row per
+(tag, position) in ``eventbus.event_tags`` with a btree on both.
+
+If a payload contains a predicate (jsonb ``@>``), every leaf of the predicate
+is a leaf of the payload, so the events having any one leaf tag of a predicate
+are a superset of those matching it; the database then checks ``@>`` on those
+few rows only. A condition check ("any match after position N?") becomes a
+range probe on (tag, position > N): the common answer "none" costs one index
+descent, however many events the table or the entity holds.
+
+A payload with more than ``MAX_TAGS`` distinct leaves is stored under the
+single tag ``WIDE`` instead, and every lookup also looks at wide events.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from decimal import Decimal
+from typing import Any
+
+MAX_TAGS = 64
+"""The most tags one event gets before it is stored as a wide event."""
+
+WIDE = 0
+"""The tag of events with too many leaves to index one by one."""
+
+_PATH_SEP = b"\x1f"
+_VALUE_SEP = b"\x1e"
+
+
+def _hash(data: bytes) -> int:
+    value = int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big", signed=True)
+    return value if value != WIDE else 1
+
+
+def _number(value: int | float) -> bytes:
+    """A canonical form of a number's exact decimal value, as jsonb compares it.
+
+    Floats by the decimal their JSON text (``repr``) denotes, which is what
+    PostgreSQL stores; ints exactly. Trailing zeros are folded into the
+    exponent, so 1, 1.0 and 10e-1 agree, and 1e23 agrees with 10**23.
+    """
+    if isinstance(value, int):
+        if value == 0:
+            return b"n0"
+        text = str(abs(value))
+        stripped = text.rstrip("0")
+        sign = "-" if value < 0 else ""
+        return f"n{sign}{stripped}e{len(text) - len(stripped)}".encode()
+    sign_bit, digits, exponent = Decimal(repr(value)).as_tuple()
+    assert isinstance(exponent, int)
+    while len(digits) > 1 and digits[-1] == 0:
+        digits = digits[:-1]
+        exponent += 1
+    if digits == (0,):
+        return b"n0"
+    # Match the int form: strip leading zeros, exponent counts from the last digit.
+    text = "".join(map(str, digits)).lstrip("0")
+    return f"n{'-' if sign_bit else ''}{text}e{exponent}".encode()
+
+
+def _scalar(value: Any) -> bytes:
+    # Typed, so the string "1", the number 1 and true never share a tag.
+    if value is None:
+        return b"z"
+    if value is True:
+        return b"t"
+    if value is False:
+        return b"f"
+    if isinstance(value, str):
+        return b"s" + value.encode("utf-8", "surrogatepass")
+    return _number(value)
+
+
+def _leaves(value: Any, path: bytes, out: set[int], limit: int) -> None:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _leaves(item, path + _PATH_SEP + key.encode("utf-8", "surrogatepass"), out, limit)
+            if len(out) > limit:
+                return
+    elif isinstance(value, list):
+        for item in value:
+            _leaves(item, path, out, limit)
+            if len(out) > limit:
+                return
+    else:
+        out.add(_hash(path + _VALUE_SEP + _scalar(value)))
+
+
+def event_tags(payload: dict[str, Any]) -> list[int]:
+    """The tags to store for a normalized payload (``[WIDE]`` if too many)."""
+    out: set[int] = set()
+    _leaves(payload, b"", out, MAX_TAGS)
+    if len(out) > MAX_TAGS:
+        return [WIDE]
+    return sorted(out)
+
+
+def predicate_tag(predicate: dict[str, Any]) -> int | None:
+    """The one tag to look a predicate up by, or None if it has no leaf.
+
+    Any leaf would do; the longest value is the likeliest to be an id, which
+    few events share (``{"accountId": "a-17", "currency": "EUR"}`` looks up
+    ``accountId``).
+    """
+    best: tuple[int, int] | None = None
+    stack: list[tuple[Any, bytes]] = [(predicate, b"")]
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, dict):
+            for key, item in value.items():
+                stack.append((item, path + _PATH_SEP + key.encode("utf-8", "surrogatepass")))
+        elif isinstance(value, list):
+            stack.extend((item, path) for item in value)
+        else:
+            scalar = _scalar(value)
+            weight = len(scalar)
+            if best is None or weight > best[0]:
+                best = (weight, _hash(path + _VALUE_SEP + scalar))
+    return None if best is None else best[1]

@@ -1,0 +1,624 @@
+"""The store actor: append requests, group commit, and the write connections.
+
+Callers put requests on a bounded channel. The actor waits for a free write
+connection ("lane"), then for one request, then takes every other request that
+is ready, up to the batch limits: that is one batch, one transaction, one round
+trip through ``eventbus.append_batch``. While a batch is in flight on one lane
+the actor forms the next on another, so preparing requests in Python overlaps
+with PostgreSQL's work; the database's append lock still commits the batches
+one after another, and each caller gets its own outcome.
+
+Answers leave in the order the batches were sent, so the stream receives
+committed records in position order (and copes, by reading the database, in
+the rare case two lanes' transactions took the lock the other way round).
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import math
+import os
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any
+
+import attrs
+import trio
+
+from . import _json, _pg, _tags
+from ._errors import (
+    ClosedError,
+    ConcurrencyError,
+    DatabaseError,
+    DuplicateEventId,
+    EventBusError,
+    InvalidEvent,
+    StoreUnavailable,
+)
+from ._model import Event, EventFilter, EventRecord
+
+REQUEST_BUFFER = 1024
+"""Append requests that may wait for the actor before ``append`` blocks."""
+
+MAX_BATCH_APPENDS = 512
+"""The most append requests the actor commits in one transaction."""
+
+MAX_BATCH_EVENTS = 5000
+"""The most events in one transaction (a larger single append goes alone)."""
+
+WRITE_LANES = 2
+"""Write connections: one batch in flight on each."""
+
+BACKOFF_INITIAL = 0.05
+BACKOFF_MAX = 2.0
+
+_UNIQUE_VIOLATION = "23505"
+_APPEND_SQL = "SELECT * FROM eventbus.append_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+_FIND_SQL = "SELECT event_id, sequence_number, occurred_at FROM eventbus.events WHERE event_id = ANY($1)"
+
+CommitHook = Callable[[list[EventRecord]], Awaitable[None]]
+
+# ---------------------------------------------------------------- requests
+
+
+@attrs.frozen
+class Prepared:
+    """An event checked and written as JSON, ready for the database."""
+
+    event_id: uuid.UUID
+    event_type: str
+    payload: dict[str, Any]
+    payload_text: str
+    metadata: dict[str, Any]
+    metadata_text: str
+    tags: list[int]
+
+
+def new_event_id() -> uuid.UUID:
+    """A fresh event id: a version-7 UUID (RFC 9562).
+
+    48 bits of Unix milliseconds, then 74 random bits. Ids made close in time
+    sort close together, so the unique index on event ids takes new entries at
+    its right edge instead of on random pages of a large index.
+    """
+    millis = time.time_ns() // 1_000_000
+    rand = int.from_bytes(os.urandom(10), "big")  # 80 bits; 74 are used
+    value = (
+        (millis & 0xFFFF_FFFF_FFFF) << 80
+        | 0x7 << 76  # version
+        | ((rand >> 62) & 0xFFF) << 64  # rand_a
+        | 0b10 << 62  # variant
+        | (rand & ((1 << 62) - 1))  # rand_b
+    )
+    return uuid.UUID(int=value)
+
+
+def prepare(events: Sequence[Event], max_bytes: int) -> list[Prepared]:
+    """Check every event and write its JSON; raise InvalidEvent naming the first bad one."""
+    if isinstance(events, (Event, str, bytes)) or not isinstance(events, Iterable):
+        raise InvalidEvent(f"append takes a list of Event, not {type(events).__name__}")
+    prepared: list[Prepared] = []
+    seen: set[uuid.UUID] = set()
+    for index, event in enumerate(events):
+        if not isinstance(event, Event):
+            raise InvalidEvent(f"event {index}: must be an Event, not {type(event).__name__}")
+        kind = event.event_type
+        if not isinstance(kind, str) or not kind:
+            raise InvalidEvent(f"event {index}: event_type must be a non-empty string, not {kind!r}")
+        where = f"event {index} ({kind!r})"
+        try:
+            _json.normalize(kind, "event_type")
+            payload, payload_text = _json.encode(event.payload, "payload", max_bytes=max_bytes)
+            metadata: dict[str, Any] = {}
+            metadata_text = "{}"
+            if event.metadata is not None:
+                metadata, metadata_text = _json.encode(event.metadata, "metadata", max_bytes=max_bytes)
+        except _json.JSONRefused as exc:
+            raise InvalidEvent(f"{where}: {exc}") from None
+        event_id = event.event_id
+        if event_id is None:
+            event_id = new_event_id()
+        elif not isinstance(event_id, uuid.UUID):
+            raise InvalidEvent(f"{where}: event_id must be a uuid.UUID, not {event_id!r}")
+        if event_id in seen:
+            raise InvalidEvent(f"{where}: event_id {event_id} appears twice in one append")
+        seen.add(event_id)
+        tags = _tags.event_tags(payload)
+        prepared.append(Prepared(event_id, kind, payload, payload_text, metadata, metadata_text, tags))
+    return prepared
+
+
+def condition(filter: EventFilter | None, expected: int | None) -> str | None:
+    """The condition as ``append_batch`` reads it, or None for an unconditional append."""
+    if filter is None:
+        if expected is not None:
+            raise InvalidEvent("expected_max_sequence_number needs a filter")
+        return None
+    if not isinstance(filter, EventFilter):
+        raise InvalidEvent(f"filter must be an EventFilter (see create_filter), not {filter!r}")
+    if expected is None:
+        expected = 0
+    if type(expected) is not int or expected < 0:
+        raise InvalidEvent(f"expected_max_sequence_number must be a whole number >= 0, not {expected!r}")
+    if filter.predicate_texts is None or filter.predicate_tags is None:
+        preds = tags = "null"
+    else:
+        preds = "[" + ",".join(filter.predicate_texts) + "]"
+        tags = json.dumps(filter.predicate_tags)
+    return f'{{"t":{json.dumps(filter.event_types)},"p":{preds},"k":{tags},"a":{expected}}}'
+
+
+@attrs.define(eq=False)
+class Request:
+    """One append waiting for its outcome."""
+
+    events: list[Prepared]
+    condition: str | None
+    expected: int
+    filter: EventFilter | None = None
+    done: trio.Event = attrs.field(factory=trio.Event)
+    result: list[EventRecord] | None = None
+    error: BaseException | None = None
+    abandoned: bool = False
+    started: float = attrs.field(factory=time.perf_counter)
+
+    def finish(self, result: list[EventRecord] | None = None, error: BaseException | None = None) -> None:
+        if not self.done.is_set():
+            self.result, self.error = result, error
+            self.done.set()
+
+
+Outcome = tuple[Request, list[EventRecord] | None, BaseException | None, bool]
+"""A request, its records or its error, and whether its records are new."""
+
+
+def _dependencies(batch: list[Request]) -> tuple[list[int], list[int]]:
+    """Pairs (j, i), 1-based: an event of append i matches the condition of a
+    later append j of the same batch. (The database cannot see those events
+    yet; the batch decides in order whether i committed.)
+
+    The batch's events are indexed by tag and by type as they go, so each
+    condition looks at its likely matches only, then checks them exactly.
+    """
+    dep_of: list[int] = []
+    dep_on: list[int] = []
+    by_tag: dict[int, list[tuple[int, Prepared]]] = collections.defaultdict(list)
+    by_type: dict[str, list[tuple[int, Prepared]]] = collections.defaultdict(list)
+    everything: list[tuple[int, Prepared]] = []
+    for number, request in enumerate(batch, 1):
+        filter = request.filter
+        if filter is not None and everything:
+            if filter.predicate_tags is not None and None not in filter.predicate_tags:
+                candidates = by_tag[_tags.WIDE].copy()
+                for tag in filter.predicate_tags:
+                    candidates += by_tag[tag]  # type: ignore[index]
+            elif filter.event_types:
+                candidates = [c for kind in filter.event_types for c in by_type[kind]]
+            else:
+                candidates = everything
+            matched = sorted({i for i, prepared in candidates if filter.matches(prepared)})
+            dep_of += [number] * len(matched)
+            dep_on += matched
+        for prepared in request.events:
+            entry = (number, prepared)
+            everything.append(entry)
+            by_type[prepared.event_type].append(entry)
+            for tag in prepared.tags:
+                by_tag[tag].append(entry)
+    return dep_of, dep_on
+
+
+# ---------------------------------------------------------------- statistics
+
+
+@attrs.frozen
+class StoreStatistics:
+    """What the store actor has done since it started.
+
+    Attributes:
+        connected: whether a write connection is up.
+        appends: append requests answered (stored, refused or failed).
+        events: events committed.
+        batches: transactions run.
+        conflicts: appends refused with ConcurrencyError.
+        unavailable: appends failed with StoreUnavailable.
+        reconnects: connections re-established after a loss.
+        queued: requests waiting for the actor now.
+        last_batch_appends: append requests in the latest transaction.
+        mean_batch_appends: average append requests per transaction.
+        p50_latency / p99_latency: seconds from request to answer, over the
+            latest answered appends.
+    """
+
+    connected: bool
+    appends: int
+    events: int
+    batches: int
+    conflicts: int
+    unavailable: int
+    reconnects: int
+    queued: int
+    last_batch_appends: int
+    mean_batch_appends: float
+    p50_latency: float
+    p99_latency: float
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-quantile (0..1) of values, 0.0 for none."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+class Counters:
+    """Running totals for StoreStatistics."""
+
+    def __init__(self) -> None:
+        self.appends = self.events = self.batches = 0
+        self.conflicts = self.unavailable = self.reconnects = 0
+        self.last_batch = 0
+        self.latencies: collections.deque[float] = collections.deque(maxlen=2048)
+
+
+# ---------------------------------------------------------------- the actor
+
+
+class _Lane:
+    """A write connection, connected on demand."""
+
+    def __init__(self, conn: _pg.Connection | None) -> None:
+        self.conn = conn
+
+    @property
+    def up(self) -> bool:
+        return self.conn is not None and not self.conn.is_closed()
+
+    def drop(self) -> None:
+        if self.conn is not None:
+            self.conn.terminate()
+            self.conn = None
+
+
+class StoreActor:
+    """Owns the write connections and commits append requests in batches."""
+
+    def __init__(
+        self,
+        dsn: str,
+        receive: trio.MemoryReceiveChannel[Request],
+        on_commit: CommitHook | None,
+        reconnect_timeout: float,
+        lanes: int = WRITE_LANES,
+    ) -> None:
+        self._dsn = dsn
+        self._receive = receive
+        self._on_commit = on_commit
+        self._reconnect_timeout = reconnect_timeout
+        self._lane_count = lanes
+        self._lanes: list[_Lane] = []
+        self._pending: collections.deque[Request] = collections.deque()
+        self._in_flight: set[Request] = set()
+        self._retry_at = 0.0
+        self._backoff = BACKOFF_INITIAL
+        self.origin = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        self.counters = Counters()
+
+    @property
+    def connected(self) -> bool:
+        return any(lane.up for lane in self._lanes)
+
+    async def _connect(self) -> _pg.Connection:
+        return await _pg.connect(self._dsn, application_name="eventbus-store", custom_plans=False)
+
+    async def run(
+        self, install: Callable[[_pg.Connection], Awaitable[None]], *, task_status: trio.TaskStatus[None]
+    ) -> None:
+        """Connect, install the schema, then serve requests until cancelled."""
+        try:
+            first = await self._connect()
+            self._lanes.append(_Lane(first))
+            await install(first)
+            for _ in range(self._lane_count - 1):
+                self._lanes.append(_Lane(await self._connect()))
+            idle_send, idle_receive = trio.open_memory_channel[_Lane](len(self._lanes))
+            for lane in self._lanes:
+                idle_send.send_nowait(lane)
+            task_status.started()
+            answered = trio.Event()
+            answered.set()
+            async with trio.open_nursery() as nursery:
+                while True:
+                    lane = await idle_receive.receive()
+                    # With other lanes idle too, take a fair share of what is
+                    # ready, so the next batch can go out while this one commits.
+                    idle = idle_receive.statistics().current_buffer_used + 1
+                    ready = self._receive.statistics().current_buffer_used + len(self._pending)
+                    batch = await self._next_batch(max(1, math.ceil(ready / idle)))
+                    turn = trio.Event()
+                    self._in_flight.update(batch)
+                    nursery.start_soon(self._carry, lane, batch, answered, turn, idle_send)
+                    answered = turn
+        finally:
+            self._close_queue()
+            with trio.CancelScope(shield=True):
+                for lane in self._lanes:
+                    if lane.conn is not None:
+                        await lane.conn.close()
+
+    def _close_queue(self) -> None:
+        for request in self._in_flight:
+            request.finish(
+                error=ClosedError(
+                    "the event store closed while this append was committing; it may or may not "
+                    "be stored: retry it with the same event ids to find out"
+                )
+            )
+        closed = ClosedError("the event store closed before this append ran; nothing was stored")
+        for request in self._pending:
+            request.finish(error=closed)
+        while True:
+            try:
+                self._receive.receive_nowait().finish(error=closed)
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                break
+        self._receive.close()
+
+    async def _next_batch(self, limit: int = MAX_BATCH_APPENDS) -> list[Request]:
+        """Wait for one request, then take ready ones up to ``limit`` and the batch limits.
+
+        Requests whose callers gave up are dropped; a request sharing an event
+        id with one already in the batch waits for the next batch.
+        """
+        batch: list[Request] = []
+        ids: set[uuid.UUID] = set()
+        events = 0
+        held: list[Request] = []
+        limit = min(limit, MAX_BATCH_APPENDS)
+        while len(batch) < limit:
+            if self._pending:
+                request = self._pending.popleft()
+            elif not batch:
+                request = await self._receive.receive()
+            else:
+                try:
+                    request = self._receive.receive_nowait()
+                except trio.WouldBlock:
+                    break
+            if request.abandoned:
+                continue
+            request_ids = {prepared.event_id for prepared in request.events}
+            too_big = events + len(request.events) > MAX_BATCH_EVENTS
+            if batch and (too_big or not ids.isdisjoint(request_ids)):
+                held.append(request)
+                if too_big:
+                    break
+                continue
+            batch.append(request)
+            ids |= request_ids
+            events += len(request.events)
+        self._pending.extendleft(reversed(held))
+        return batch
+
+    async def _carry(
+        self,
+        lane: _Lane,
+        batch: list[Request],
+        previous: trio.Event,
+        turn: trio.Event,
+        idle: trio.MemorySendChannel[_Lane],
+    ) -> None:
+        """Run one batch on one lane, then answer it after the batch before.
+
+        ``turn`` is set once this batch is answered, or as soon as it has to
+        wait for a lost connection: the batches after it do not wait for that.
+        """
+        try:
+            outcomes = await self._execute(lane, batch, turn.set)
+            await previous.wait()
+            await self._deliver(outcomes)
+        finally:
+            self._in_flight.difference_update(batch)
+            turn.set()
+            idle.send_nowait(lane)
+
+    # ---------------------------------------------------------- executing
+
+    async def _execute(self, lane: _Lane, batch: list[Request], release: Callable[[], None]) -> list[Outcome]:
+        if not lane.up and not await self._reconnect(lane):
+            error = StoreUnavailable("the database is unavailable; nothing was stored")
+            return [(request, None, error, False) for request in batch]
+        assert lane.conn is not None
+        try:
+            try:
+                rows = await lane.conn.fetch(_APPEND_SQL, *self._arguments(batch))
+            except DatabaseError as exc:
+                if exc.sqlstate != _UNIQUE_VIOLATION:
+                    raise
+                # A retry of a stored append: look for stored ids this time.
+                rows = await lane.conn.fetch(_APPEND_SQL, *self._arguments(batch, check_ids=True))
+        except StoreUnavailable:
+            return await self._settle(lane, batch, release)
+        except DatabaseError:
+            return await self._execute_singly(lane, batch, release)
+        self.counters.batches += 1
+        self.counters.last_batch = len(batch)
+        return self._outcomes(batch, rows)
+
+    def _arguments(self, batch: list[Request], check_ids: bool = False) -> tuple[Any, ...]:
+        append_of: list[int] = []
+        ids: list[uuid.UUID] = []
+        types: list[str] = []
+        payloads: list[str] = []
+        metadata: list[str] = []
+        tag_of: list[int] = []
+        tags: list[int] = []
+        conditions: list[str] = []
+        conditional = False
+        for number, request in enumerate(batch, 1):
+            for prepared in request.events:
+                append_of.append(number)
+                ids.append(prepared.event_id)
+                types.append(prepared.event_type)
+                payloads.append(prepared.payload_text)
+                metadata.append(prepared.metadata_text)
+                tag_of.extend([len(ids)] * len(prepared.tags))
+                tags.extend(prepared.tags)
+            conditions.append(request.condition or "null")
+            conditional = conditional or request.condition is not None
+        condition_text = "[" + ",".join(conditions) + "]" if conditional else None
+        dep_of, dep_on = _dependencies(batch) if conditional and len(batch) > 1 else ([], [])
+        return (
+            append_of, ids, types, payloads, metadata, tag_of, tags,
+            condition_text, dep_of, dep_on, check_ids, self.origin,
+        )  # fmt: skip
+
+    def _outcomes(self, batch: list[Request], rows: Iterable[_pg.Row]) -> list[Outcome]:
+        stored: dict[uuid.UUID, tuple[int, Any]] = {}
+        refused: dict[int, tuple[str, int | None]] = {}
+        new_ids: set[uuid.UUID] = set()
+        for append_no, outcome, event_id, position, occurred_at in rows:
+            if outcome == "ok" or outcome == "duplicate":
+                stored[event_id] = (position, occurred_at)
+                if outcome == "ok":
+                    new_ids.add(event_id)
+            else:
+                refused[append_no] = (outcome, position)
+        outcomes: list[Outcome] = []
+        for number, request in enumerate(batch, 1):
+            if number in refused:
+                outcome, position = refused[number]
+                outcomes.append((request, None, self._refusal(request, outcome, position), False))
+                continue
+            if any(p.event_id not in stored for p in request.events):
+                error = DatabaseError("the store returned no position for this append")
+                outcomes.append((request, None, error, False))
+                continue
+            records = []
+            for p in request.events:
+                position, occurred_at = stored[p.event_id]
+                records.append(EventRecord(position, p.event_id, p.event_type, p.payload, p.metadata, occurred_at))
+            outcomes.append((request, records, None, request.events[0].event_id in new_ids))
+        return outcomes
+
+    @staticmethod
+    def _refusal(request: Request, outcome: str, position: int | None) -> EventBusError:
+        if outcome == "conflict":
+            where = f"at position {position}" if position else "appended earlier in the same batch"
+            return ConcurrencyError(
+                f"an event matching the filter was appended after position {request.expected} (found {where})",
+                expected_max_sequence_number=request.expected,
+            )
+        return DuplicateEventId(
+            "some event ids of this append are stored already for different events "
+            "(or only some of them are stored): pick new ids for new events"
+        )
+
+    async def _execute_singly(self, lane: _Lane, batch: list[Request], release: Callable[[], None]) -> list[Outcome]:
+        """The batch failed as a whole: run each append alone to find the culprit."""
+        outcomes: list[Outcome] = []
+        for request in batch:
+            assert lane.conn is not None
+            try:
+                rows = await lane.conn.fetch(_APPEND_SQL, *self._arguments([request], check_ids=True))
+            except StoreUnavailable:
+                outcomes += await self._settle(lane, [request], release)
+                if not lane.up:
+                    break
+                continue
+            except DatabaseError as exc:
+                error: EventBusError = exc
+                if exc.sqlstate and exc.sqlstate.startswith("22"):  # data exception
+                    error = InvalidEvent(f"the database refused the events: {exc}")
+                outcomes.append((request, None, error, False))
+                continue
+            self.counters.batches += 1
+            outcomes += self._outcomes([request], rows)
+        answered = {outcome[0] for outcome in outcomes}
+        unavailable = StoreUnavailable("the database is unavailable; nothing was stored")
+        outcomes += [(request, None, unavailable, False) for request in batch if request not in answered]
+        return outcomes
+
+    async def _settle(self, lane: _Lane, batch: list[Request], release: Callable[[], None]) -> list[Outcome]:
+        """The connection was lost during a batch: learn what committed.
+
+        Reconnects for up to the reconnect timeout. Appends found stored are
+        answered with their records; the others did not commit and run again
+        on this lane. If no connection comes back in time, their callers get
+        StoreUnavailable with the outcome unknown.
+        """
+        release()  # later batches need not wait for this one
+        lane.drop()
+        outcomes: list[Outcome] = []
+        with trio.move_on_after(self._reconnect_timeout):
+            while batch:
+                if not await self._reconnect(lane, patient=True):
+                    continue
+                assert lane.conn is not None
+                ids = [p.event_id for request in batch for p in request.events]
+                try:
+                    rows = await lane.conn.fetch(_FIND_SQL, ids)
+                    found = {event_id: (position, at) for event_id, position, at in rows}
+                    done = [r for r in batch if r.events[0].event_id in found]
+                    redo = [r for r in batch if r.events[0].event_id not in found and not r.abandoned]
+                    # Those that committed before the loss: answered as committed now.
+                    fake = [(0, "ok", p.event_id, *found[p.event_id]) for r in done for p in r.events]
+                    outcomes += self._outcomes(done, fake)
+                    batch = []
+                    if redo:
+                        outcomes += await self._execute(lane, redo, release)
+                except StoreUnavailable:
+                    lane.drop()
+        unknown = StoreUnavailable(
+            "the connection was lost while this append was committing and has not come back; "
+            "the append may or may not be stored: retry it with the same event ids to find out",
+            outcome_known=False,
+        )
+        outcomes += [(request, None, unknown, False) for request in batch]
+        return outcomes
+
+    async def _reconnect(self, lane: _Lane, *, patient: bool = False) -> bool:
+        """Give the lane a connection. Without ``patient``, one attempt at most
+        (none while backing off after a failure); with it, wait out the
+        backoff and try again until connected or cancelled."""
+        while True:
+            wait = self._retry_at - time.monotonic()
+            if wait > 0:
+                if not patient:
+                    return False
+                await trio.sleep(wait)
+            try:
+                lane.conn = await self._connect()
+            except StoreUnavailable:
+                self._retry_at = time.monotonic() + self._backoff
+                self._backoff = min(self._backoff * 2, BACKOFF_MAX)
+                if not patient:
+                    return False
+                continue
+            self._backoff = BACKOFF_INITIAL
+            self.counters.reconnects += 1
+            return True
+
+    # ---------------------------------------------------------- answering
+
+    async def _deliver(self, outcomes: list[Outcome]) -> None:
+        counters = self.counters
+        committed = [record for _, records, _, new in outcomes if new and records for record in records]
+        if committed:
+            committed.sort(key=lambda record: record.sequence_number)
+            counters.events += len(committed)
+            if self._on_commit is not None:
+                # Handed over before callers wake: once append returns, the stream has it.
+                await self._on_commit(committed)
+        now = time.perf_counter()
+        for request, records, error, _ in outcomes:
+            counters.appends += 1
+            counters.latencies.append(now - request.started)
+            if isinstance(error, ConcurrencyError):
+                counters.conflicts += 1
+            elif isinstance(error, StoreUnavailable):
+                counters.unavailable += 1
+            request.finish(records, error)
