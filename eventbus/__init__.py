@@ -1,5 +1,6 @@
 """eventbus: an event store and message bus for Trio, on PostgreSQL."""
 
+from ._bus import Bus, BusStatistics, ListenerStatistics, open_bus, run_bus
 from ._errors import (
     ClosedError,
     ConcurrencyError,
@@ -12,9 +13,20 @@ from ._errors import (
 )
 from ._model import Event, EventFilter, EventQuery, EventRecord, QueryResult, create_filter
 from ._store import EventStore, open_event_store, run_event_store
+from ._stream import EventStream, StreamStatistics, Subscription, SubscriptionStatistics, open_event_stream
 from ._writer import StoreStatistics
 
 __all__ = [
+    "Bus",
+    "BusStatistics",
+    "EventStream",
+    "ListenerStatistics",
+    "StreamStatistics",
+    "Subscription",
+    "SubscriptionStatistics",
+    "open_bus",
+    "open_event_stream",
+    "run_bus",
     "ClosedError",
     "ConcurrencyError",
     "DatabaseError",

@@ -112,6 +112,8 @@ class EventFilter:
     predicate_texts: tuple[str, ...] | None = attrs.field(init=False, repr=False)
     predicate_tags: tuple[int | None, ...] | None = attrs.field(init=False, repr=False)
     _type_set: frozenset[str] = attrs.field(init=False, repr=False)
+    _key: tuple[tuple[str, ...], tuple[str, ...] | None] = attrs.field(init=False, repr=False)
+    _hash: int = attrs.field(init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         predicates = self.payload_predicates
@@ -120,20 +122,20 @@ class EventFilter:
         object.__setattr__(self, "predicate_texts", texts)
         object.__setattr__(self, "predicate_tags", tags)
         object.__setattr__(self, "_type_set", frozenset(self.event_types))
+        key = (tuple(sorted(self._type_set)), None if texts is None else tuple(sorted(texts)))
+        object.__setattr__(self, "_key", key)
+        object.__setattr__(self, "_hash", hash(key))
 
     @property
     def key(self) -> tuple[tuple[str, ...], tuple[str, ...] | None]:
-        """A hashable value equal for filters that match the same events."""
-        return (
-            tuple(sorted(self._type_set)),
-            None if self.predicate_texts is None else tuple(sorted(self.predicate_texts)),
-        )
+        """A hashable value, equal for filters that say the same thing."""
+        return self._key
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, EventFilter) and self.key == other.key
+        return self is other or (isinstance(other, EventFilter) and self._key == other._key)
 
     def __hash__(self) -> int:
-        return hash(self.key)
+        return self._hash
 
     def matches(self, record: Matchable) -> bool:
         """Whether the event matches, with the database's semantics."""

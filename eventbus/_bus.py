@@ -1,0 +1,222 @@
+"""The bus: the store actor, the stream actor and the listener in one nursery.
+
+Every append committed through ``bus.store`` is handed to the stream before
+the appender is answered. Events appended by other processes on the same
+database reach the stream too: their transactions NOTIFY, the listener hears
+it and asks the stream to read the rows past its position; a timer asks again
+every ``poll_interval`` seconds, which covers a lost notification, a killed
+listening connection and a restarted server.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import attrs
+import trio
+
+from . import _json, _pg
+from ._embedded import open_database
+from ._errors import StoreUnavailable
+from ._model import EventFilter, EventRecord
+from ._store import READ_POOL_SIZE, RECONNECT_TIMEOUT, EventStore, run_event_store
+from ._stream import DEFAULT_BUFFER, DEFAULT_MAX_BATCH, EventStream, Overflow, StreamStatistics, Subscription
+from ._writer import WRITE_LANES, StoreStatistics
+
+POLL_INTERVAL = 1.0
+"""Seconds between reads of what other processes appended, notified or not."""
+
+NOTIFY_CHANNEL = "eventbus_events"
+
+
+@attrs.frozen
+class ListenerStatistics:
+    """The connection that hears other processes' appends."""
+
+    connected: bool
+    notifications: int
+    reconnects: int
+
+
+@attrs.frozen
+class BusStatistics:
+    """The bus's figures: the store, the stream and each subscription, the listener."""
+
+    store: StoreStatistics
+    stream: StreamStatistics
+    listener: ListenerStatistics
+
+
+class _Listener:
+    def __init__(self, dsn: str, stream: EventStream, origin: str, poll_interval: float) -> None:
+        self._dsn = dsn
+        self._stream = stream
+        self._origin = origin
+        self._poll_interval = poll_interval
+        self._conn: _pg.Connection | None = None
+        self.notifications = 0
+        self.reconnects = -1
+
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None and not self._conn.is_closed()
+
+    def _on_notify(self, payload: str) -> None:
+        origin, _, _ = payload.rpartition(" ")
+        self.notifications += 1
+        if origin != self._origin:
+            self._stream.poll_soon()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        try:
+            while True:
+                if not self.connected:
+                    await self._connect()
+                    # Whatever was appended while nobody listened.
+                    self._stream.poll_soon()
+                await trio.sleep(self._poll_interval)
+                self._stream.poll_soon()
+        finally:
+            if self._conn is not None:
+                await self._conn.close()
+
+    async def _connect(self) -> None:
+        if self._conn is not None:
+            self._conn.terminate()
+            self._conn = None
+        try:
+            conn = await _pg.connect(self._dsn, application_name="eventbus-listen")
+            await conn.add_listener(NOTIFY_CHANNEL, self._on_notify)
+        except StoreUnavailable:
+            return  # the next tick tries again
+        self._conn = conn
+        self.reconnects += 1
+
+
+class Bus:
+    """An open bus (see :func:`open_bus`).
+
+    Attributes:
+        store: the event store; appends through it are dispatched to the stream.
+        stream: the stream actor.
+    """
+
+    def __init__(self, store: EventStore, stream: EventStream, listener: _Listener) -> None:
+        self.store = store
+        self.stream = stream
+        self._listener = listener
+
+    def subscribe(
+        self,
+        filter: EventFilter,
+        *,
+        after: int | None = None,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        buffer: int = DEFAULT_BUFFER,
+        overflow: Overflow = "catch_up",
+        name: str | None = None,
+    ) -> Subscription:
+        """Subscribe to committed events that match ``filter``.
+
+        See :meth:`EventStream.subscribe`; use the result with ``async with``.
+        """
+        return self.stream.subscribe(
+            filter, after=after, max_batch=max_batch, buffer=buffer, overflow=overflow, name=name
+        )
+
+    def statistics(self) -> BusStatistics:
+        """The bus's figures now; never blocks."""
+        return BusStatistics(
+            store=self.store.statistics(),
+            stream=self.stream.statistics(),
+            listener=ListenerStatistics(
+                connected=self._listener.connected,
+                notifications=self._listener.notifications,
+                reconnects=max(0, self._listener.reconnects),
+            ),
+        )
+
+
+async def run_bus(
+    dsn: str,
+    *,
+    poll_interval: float = POLL_INTERVAL,
+    max_payload_bytes: int = _json.DEFAULT_MAX_PAYLOAD_BYTES,
+    read_pool_size: int = READ_POOL_SIZE,
+    reconnect_timeout: float = RECONNECT_TIMEOUT,
+    write_connections: int = WRITE_LANES,
+    task_status: trio.TaskStatus[Bus] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the bus's actors until cancelled; ``task_status.started`` gets the bus.
+
+    For ``nursery.start(run_bus, dsn)`` in a program that manages its own
+    nursery; ``dsn`` must be a real connection string.
+    """
+    stream: EventStream | None = None
+
+    async def dispatch(records: list[EventRecord]) -> None:
+        if stream is not None:
+            await stream.publish(records)
+
+    async with _pg.open_loop(), trio.open_nursery() as nursery:
+        store: EventStore = await nursery.start(
+            functools.partial(
+                run_event_store,
+                dsn,
+                on_commit=dispatch,
+                max_payload_bytes=max_payload_bytes,
+                read_pool_size=read_pool_size,
+                reconnect_timeout=reconnect_timeout,
+                write_connections=write_connections,
+            )
+        )
+        stream = EventStream(store, await store.head())
+        await nursery.start(stream.run)
+        listener = _Listener(dsn, stream, store.origin, poll_interval)
+        await nursery.start(listener.run)
+        task_status.started(Bus(store, stream, listener))
+
+
+@asynccontextmanager
+async def open_bus(
+    dsn: str | None = None,
+    *,
+    poll_interval: float = POLL_INTERVAL,
+    max_payload_bytes: int = _json.DEFAULT_MAX_PAYLOAD_BYTES,
+    read_pool_size: int = READ_POOL_SIZE,
+    reconnect_timeout: float = RECONNECT_TIMEOUT,
+    write_connections: int = WRITE_LANES,
+) -> AsyncIterator[Bus]:
+    """Open the bus for the duration of the block.
+
+    ``dsn`` as for :func:`open_event_store` (None: ``EVENTBUS_DSN``, then
+    ``DATABASE_URL``, else the embedded server). Works inside any Trio program,
+    with or without a trio-asyncio loop already open. The stream starts at the
+    store's head.
+
+    Leaving the block closes every subscription (their iteration ends), stops
+    the actors and closes the connections, shielded and bounded, also when the
+    block is cancelled.
+
+    Raises:
+        StoreUnavailable: the database could not be reached at open.
+    """
+    async with open_database(dsn) as resolved, _pg.open_loop(), trio.open_nursery() as nursery:
+        bus: Bus = await nursery.start(
+            functools.partial(
+                run_bus,
+                resolved,
+                poll_interval=poll_interval,
+                max_payload_bytes=max_payload_bytes,
+                read_pool_size=read_pool_size,
+                reconnect_timeout=reconnect_timeout,
+                write_connections=write_connections,
+            )
+        )
+        try:
+            yield bus
+        finally:
+            nursery.cancel_scope.cancel()

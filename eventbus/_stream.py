@@ -1,0 +1,502 @@
+"""The stream actor (hub): every committed event, in order, to every subscriber.
+
+One ingest task takes committed records, from this process's store (handed
+over before the appenders are answered) and from the database (events other
+processes appended, read after a notification or a timer). It keeps a
+*position*: every event at or below it has been handed on or never existed.
+Records at or below the position are dropped, so the two sources never
+double; a gap before a local batch is read from the database first, so they
+never skip.
+
+Each subscription has a filter, a bounded buffer (counted in records) and a
+batch size. The hub hands it lists of matching records without ever waiting
+for it: when its buffer is full it is detached from the live feed and a
+catch-up task of its own feeds it from a bounded ring of recent records, or
+from the store when it fell behind the ring, until it reaches the position
+again and re-attaches. With ``overflow="block"`` the hub waits for the
+subscriber instead, and so, through the store, do the appenders.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from typing import Literal
+
+import attrs
+import trio
+
+from ._errors import InvalidFilter, StoreUnavailable
+from ._model import EventFilter, EventQuery, EventRecord
+from ._store import EventStore
+
+DEFAULT_MAX_BATCH = 100
+"""Records per batch a subscriber receives, at most."""
+
+DEFAULT_BUFFER = 1000
+"""Records a subscription may hold unread before it overflows."""
+
+RING_SIZE = 20_000
+"""Recent records the hub keeps for subscribers that fell behind."""
+
+INBOX_SIZE = 64
+"""Committed batches that may wait for the hub before the store waits."""
+
+CATCH_UP_PAGE = 2000
+"""Records read from the store at a time by a subscriber catching up."""
+
+RETRY_DELAY = 0.1
+"""Seconds between attempts when the store cannot be read."""
+
+Overflow = Literal["catch_up", "block"]
+_OVERFLOWS = ("catch_up", "block")
+_POLL = object()
+
+
+@attrs.frozen
+class SubscriptionStatistics:
+    """One subscription as the hub sees it.
+
+    Attributes:
+        name: the subscription's name (given, or made from its filter).
+        state: ``live`` (fed by the hub), ``catching_up`` (fed from the ring or
+            the store) or ``closed``.
+        overflow: the policy when its buffer is full.
+        delivered: records the subscriber has received.
+        buffered: records waiting in its buffer.
+        position: the stream position up to which it has received every
+            matching record.
+        lag: positions between that and the hub's position.
+        detaches: times it was detached for a full buffer.
+    """
+
+    name: str
+    state: str
+    overflow: str
+    delivered: int
+    buffered: int
+    position: int
+    lag: int
+    detaches: int
+
+
+@attrs.frozen
+class StreamStatistics:
+    """The hub: its position, its ring, its subscriptions."""
+
+    position: int
+    ring: int
+    ingested: int
+    subscriptions: tuple[SubscriptionStatistics, ...]
+
+
+class Subscription:
+    """A subscriber's view of the stream: an async iterator of record batches.
+
+    Use it as ``async with bus.subscribe(...) as sub: async for batch in sub``.
+    Each batch is a non-empty list of matching records in ascending position,
+    with no gap and no duplicate across batches. Iteration blocks until a batch
+    is ready; it ends when the subscription or the bus closes. Leaving the
+    ``async with`` block releases everything, also when cancelled. Records are
+    shared with other subscribers: do not mutate them.
+    """
+
+    def __init__(
+        self,
+        hub: EventStream,
+        filter: EventFilter,
+        after: int | None,
+        max_batch: int,
+        buffer: int,
+        overflow: Overflow,
+        name: str | None,
+    ) -> None:
+        self._hub = hub
+        self.filter = filter
+        self._after = after
+        self.max_batch = max_batch
+        self.buffer = buffer
+        self.overflow: Overflow = overflow
+        self.name = name or _describe(filter)
+        self._send, self._receive = trio.open_memory_channel[tuple[list[EventRecord], int]](buffer)
+        self.state = "new"
+        self.enqueued_upto = 0  # hub side: every match up to here is in the buffer (or was received)
+        self.received_upto = 0  # subscriber side: every match up to here was received
+        self.buffered = 0
+        self.delivered = 0
+        self.detaches = 0
+        self._space = trio.Event()
+        self._catch_up_scope: trio.CancelScope | None = None
+
+    # ------------------------------------------------------------ subscriber
+
+    async def __aenter__(self) -> Subscription:
+        await self._hub._attach(self, self._after)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> list[EventRecord]:
+        try:
+            batch, upto = await self._receive.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            raise StopAsyncIteration from None
+        self.buffered -= len(batch)
+        self.delivered += len(batch)
+        self.received_upto = upto if self.buffered else max(upto, self.enqueued_upto)
+        self._space.set()
+        return batch
+
+    def close(self) -> None:
+        """Stop receiving; what is buffered is dropped. Never blocks."""
+        if self.state == "closed":
+            return
+        self.state = "closed"
+        self._hub._detach(self)
+        if self._catch_up_scope is not None:
+            self._catch_up_scope.cancel()
+        self._send.close()
+        self._receive.close()
+
+    def statistics(self) -> SubscriptionStatistics:
+        """The subscription's figures now; never blocks."""
+        position = self.received_upto if self.buffered else max(self.received_upto, self.enqueued_upto)
+        return SubscriptionStatistics(
+            name=self.name,
+            state=self.state,
+            overflow=self.overflow,
+            delivered=self.delivered,
+            buffered=self.buffered,
+            position=position,
+            lag=max(0, self._hub.position - position),
+            detaches=self.detaches,
+        )
+
+    # ------------------------------------------------------------ hub side
+
+    def offer(self, chunk: list[EventRecord], upto: int) -> bool:
+        """Enqueue without waiting; False when the buffer has no room."""
+        if self.buffered + len(chunk) > self.buffer:
+            return False
+        self._send.send_nowait((chunk, upto))
+        self.buffered += len(chunk)
+        return True
+
+    async def put(self, chunk: list[EventRecord], upto: int) -> None:
+        """Enqueue, waiting for room. Raises trio.ClosedResourceError if closed."""
+        while self.buffered + len(chunk) > self.buffer and self.buffered > 0:
+            self._space = trio.Event()
+            await self._space.wait()
+            if self.state == "closed":
+                raise trio.ClosedResourceError
+        self._send.send_nowait((chunk, upto))
+        self.buffered += len(chunk)
+
+
+def _describe(filter: EventFilter) -> str:
+    types = ",".join(filter.event_types) or "*"
+    if filter.payload_predicates:
+        return f"{types} {list(filter.payload_predicates)}"
+    return types
+
+
+def _chunks(records: list[EventRecord], size: int) -> Iterable[list[EventRecord]]:
+    if len(records) <= size:
+        yield records
+        return
+    for start in range(0, len(records), size):
+        yield records[start : start + size]
+
+
+class _Ring:
+    """The latest records, in position order, bounded in count.
+
+    ``floor``: every record with a position above it is in the ring.
+    """
+
+    def __init__(self, capacity: int, floor: int) -> None:
+        self._capacity = capacity
+        self._records: list[EventRecord] = []
+        self._start = 0
+        self.floor = floor
+
+    def __len__(self) -> int:
+        return len(self._records) - self._start
+
+    def extend(self, records: Sequence[EventRecord]) -> None:
+        self._records.extend(records)
+        excess = len(self) - self._capacity
+        if excess > 0:
+            self._start += excess
+            self.floor = self._records[self._start - 1].sequence_number
+            if self._start > self._capacity:
+                del self._records[: self._start]
+                self._start = 0
+
+    def after(self, position: int, limit: int) -> list[EventRecord] | None:
+        """Up to ``limit`` records after ``position``, or None if the ring
+        no longer holds all of them."""
+        if position < self.floor:
+            return None
+        index = bisect.bisect_right(self._records, position, lo=self._start, key=_position)
+        return self._records[index : index + limit]
+
+
+def _position(record: EventRecord) -> int:
+    return record.sequence_number
+
+
+class EventStream:
+    """The hub's handle: subscribe, publish committed records, read figures."""
+
+    def __init__(self, store: EventStore, position: int, ring_size: int = RING_SIZE) -> None:
+        self._store = store
+        self.position = position
+        self._ring = _Ring(ring_size, position)
+        self._live: dict[Subscription, None] = {}
+        self._all: dict[Subscription, None] = {}
+        self._inbox_send, self._inbox_receive = trio.open_memory_channel[object](INBOX_SIZE)
+        self._poll_pending = False
+        self._nursery: trio.Nursery | None = None
+        self._advanced = trio.Event()
+        self.ingested = 0
+
+    # ------------------------------------------------------------ public
+
+    def subscribe(
+        self,
+        filter: EventFilter,
+        *,
+        after: int | None = None,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        buffer: int = DEFAULT_BUFFER,
+        overflow: Overflow = "catch_up",
+        name: str | None = None,
+    ) -> Subscription:
+        """A subscription to the records that match ``filter``.
+
+        ``after=None`` starts at the store's head when the block is entered
+        (live events only); ``after=N`` starts with every matching event after
+        position N, read from the store, then continues live with no gap and no
+        duplicate. Use the result with ``async with``.
+
+        Raises:
+            InvalidFilter: at once, for a bad filter, position, batch size,
+                buffer or overflow policy.
+        """
+        if not isinstance(filter, EventFilter):
+            raise InvalidFilter(f"subscribe takes an EventFilter (see create_filter), not {filter!r}")
+        if after is not None and (type(after) is not int or after < 0):
+            raise InvalidFilter(f"after must be None or a whole number >= 0, not {after!r}")
+        if type(max_batch) is not int or max_batch < 1:
+            raise InvalidFilter(f"max_batch must be a whole number >= 1, not {max_batch!r}")
+        if type(buffer) is not int or buffer < max_batch:
+            raise InvalidFilter(f"buffer must be a whole number >= max_batch ({max_batch}), not {buffer!r}")
+        if overflow not in _OVERFLOWS:
+            raise InvalidFilter(f"overflow must be one of {', '.join(_OVERFLOWS)}, not {overflow!r}")
+        return Subscription(self, filter, after, max_batch, buffer, overflow, name)
+
+    def statistics(self) -> StreamStatistics:
+        """The hub's figures now; never blocks."""
+        return StreamStatistics(
+            position=self.position,
+            ring=len(self._ring),
+            ingested=self.ingested,
+            subscriptions=tuple(sub.statistics() for sub in self._all),
+        )
+
+    async def publish(self, records: list[EventRecord]) -> None:
+        """Hand committed records (in position order) to the hub.
+
+        Blocks while the hub's inbox is full (``INBOX_SIZE`` batches), which
+        happens only when a ``block`` subscriber holds the hub up.
+        """
+        await self._inbox_send.send(records)
+
+    def poll_soon(self) -> None:
+        """Ask the hub to read events other processes appended. Never blocks."""
+        if self._poll_pending:
+            return
+        try:
+            self._inbox_send.send_nowait(_POLL)
+            self._poll_pending = True
+        except trio.WouldBlock:
+            pass  # the inbox is full: the hub is busy and will be asked again
+
+    async def wait_position(self, position: int) -> None:
+        """Block until the hub's position reaches ``position``."""
+        while self.position < position:
+            await self._advanced.wait()
+
+    # ------------------------------------------------------------ the actor
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The ingest loop, until cancelled; subscriptions close when it ends."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started()
+                async for item in self._inbox_receive:
+                    if item is _POLL:
+                        self._poll_pending = False
+                        await self._poll()
+                    else:
+                        await self._ingest_local(item)  # type: ignore[arg-type]
+        finally:
+            for sub in list(self._all):
+                sub.close()
+
+    async def _read(self, after: int, upto: int | None, filter: EventFilter | None = None) -> list[EventRecord]:
+        """Records after a position, from the store, retrying while it is unavailable."""
+        query = EventQuery([filter or _EVERYTHING], after=after, limit=CATCH_UP_PAGE)
+        while True:
+            try:
+                return await self._store.fetch_records(query, upto)
+            except StoreUnavailable:
+                await trio.sleep(RETRY_DELAY)
+
+    async def _poll(self) -> None:
+        while True:
+            records = await self._read(self.position, None)
+            if records:
+                await self._deliver(records)
+            if len(records) < CATCH_UP_PAGE:
+                return
+
+    async def _ingest_local(self, records: list[EventRecord]) -> None:
+        if records[-1].sequence_number <= self.position:
+            return  # read from the database already
+        if records[0].sequence_number <= self.position:
+            records = [r for r in records if r.sequence_number > self.position]
+        first = records[0].sequence_number
+        # Before this batch took the store's lock, every lower position was
+        # settled: any we have not seen were appended by other processes.
+        while first > self.position + 1:
+            gap = await self._read(self.position, first - 1)
+            if not gap:
+                break
+            await self._deliver(gap)
+        await self._deliver(records)
+
+    async def _deliver(self, records: list[EventRecord]) -> None:
+        upto = records[-1].sequence_number
+        self.position = upto
+        self.ingested += len(records)
+        self._ring.extend(records)
+        advanced, self._advanced = self._advanced, trio.Event()
+        advanced.set()
+        selected: dict[EventFilter, list[EventRecord]] = {}
+        blocked: list[Subscription] = []
+        for sub in list(self._live):
+            matched = selected.get(sub.filter)
+            if matched is None:
+                matched = selected[sub.filter] = sub.filter.select(records)
+            if matched and matched[0].sequence_number <= sub.enqueued_upto:
+                matched = [r for r in matched if r.sequence_number > sub.enqueued_upto]
+            for chunk in _chunks(matched, sub.max_batch):
+                if not sub.offer(chunk, chunk[-1].sequence_number):
+                    if sub.overflow == "block":
+                        blocked.append(sub)
+                        break
+                    self._start_catch_up(sub, chunk[0].sequence_number - 1)
+                    break
+                sub.enqueued_upto = chunk[-1].sequence_number
+            else:
+                sub.enqueued_upto = upto
+        for sub in blocked:
+            # Backpressure: wait for this subscriber, then give it the rest.
+            rest = [r for r in selected[sub.filter] if r.sequence_number > sub.enqueued_upto]
+            try:
+                for chunk in _chunks(rest, sub.max_batch):
+                    await sub.put(chunk, chunk[-1].sequence_number)
+                    sub.enqueued_upto = chunk[-1].sequence_number
+                sub.enqueued_upto = max(sub.enqueued_upto, upto)
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                continue
+
+    # ------------------------------------------------------------ subscriptions
+
+    async def _attach(self, sub: Subscription, after: int | None) -> None:
+        if after is None:
+            after = await self._store.head()
+        sub.enqueued_upto = sub.received_upto = after
+        self._all[sub] = None
+        if after >= self.position:
+            sub.state = "live"
+            self._live[sub] = None
+        else:
+            self._start_catch_up(sub, after, counts_as_detach=False)
+
+    def _detach(self, sub: Subscription) -> None:
+        self._live.pop(sub, None)
+        self._all.pop(sub, None)
+
+    def _start_catch_up(self, sub: Subscription, position: int, *, counts_as_detach: bool = True) -> None:
+        self._live.pop(sub, None)
+        sub.state = "catching_up"
+        sub.enqueued_upto = position
+        if counts_as_detach:
+            sub.detaches += 1
+        assert self._nursery is not None, "the stream is not running"
+        scope = trio.CancelScope()
+        sub._catch_up_scope = scope
+        self._nursery.start_soon(self._catch_up, sub, scope)
+
+    async def _catch_up(self, sub: Subscription, scope: trio.CancelScope) -> None:
+        """Feed a detached subscriber until it reaches the hub, then re-attach.
+
+        Waits on the subscriber (never on the hub): its own pace is the limit.
+        Between the last check and re-attaching there is no checkpoint, so no
+        record can slip between the catch-up and the live feed.
+        """
+        with scope:
+            try:
+                while sub.enqueued_upto < self.position:
+                    position = sub.enqueued_upto
+                    page = self._ring.after(position, CATCH_UP_PAGE)
+                    if page is not None:
+                        scanned = page[-1].sequence_number if page else position
+                        matched = sub.filter.select(page)
+                    else:
+                        upto = self.position
+                        matched = await self._read(position, upto, sub.filter)
+                        scanned = matched[-1].sequence_number if len(matched) == CATCH_UP_PAGE else upto
+                    for chunk in _chunks(matched, sub.max_batch):
+                        await sub.put(chunk, chunk[-1].sequence_number)
+                        sub.enqueued_upto = chunk[-1].sequence_number
+                    sub.enqueued_upto = max(sub.enqueued_upto, scanned)
+                    if not matched:
+                        await trio.lowlevel.checkpoint()
+                if sub.state == "catching_up":
+                    sub.state = "live"
+                    self._live[sub] = None
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                return
+            finally:
+                if sub._catch_up_scope is scope:
+                    sub._catch_up_scope = None
+
+
+_EVERYTHING = EventFilter([])
+
+
+@asynccontextmanager
+async def open_event_stream(store: EventStore, *, ring_size: int = RING_SIZE) -> AsyncIterator[EventStream]:
+    """Run a hub over ``store`` for the duration of the block.
+
+    Starts at the store's head. Nothing feeds it by itself: hand it committed
+    records with ``publish`` (the bus wires the store to it) and call
+    ``poll_soon`` to read what other processes appended.
+    """
+    stream = EventStream(store, await store.head(), ring_size)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(stream.run)
+        try:
+            yield stream
+        finally:
+            nursery.cancel_scope.cancel()
