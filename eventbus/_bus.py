@@ -78,7 +78,7 @@ class _Listener:
                     # Whatever was appended while nobody listened.
                     self._stream.poll_soon()
                 await trio.sleep(self._poll_interval)
-                self._stream.poll_soon()
+                self._stream.poll_soon(unless_busy_within=self._poll_interval)
         finally:
             if self._conn is not None:
                 await self._conn.close()

@@ -147,10 +147,10 @@ class EventFilter:
         return any(_json.contains(payload, predicate) for predicate in self.payload_predicates)
 
     def select(self, records: Sequence[EventRecord]) -> list[EventRecord]:
-        """The records that match, in their order."""
+        """The records that match, in their order (``records`` itself if all do)."""
         if self.payload_predicates is None:
             if not self._type_set:
-                return list(records)
+                return records if isinstance(records, list) else list(records)
             types = self._type_set
             return [record for record in records if record.event_type in types]
         return [record for record in records if self.matches(record)]

@@ -20,6 +20,7 @@ subscriber instead, and so, through the store, do the appenders.
 from __future__ import annotations
 
 import bisect
+import math
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Literal
@@ -127,6 +128,7 @@ class Subscription:
         self.delivered = 0
         self.detaches = 0
         self._space = trio.Event()
+        self._low_water = buffer // 2
         self._catch_up_scope: trio.CancelScope | None = None
 
     # ------------------------------------------------------------ subscriber
@@ -149,7 +151,10 @@ class Subscription:
         self.buffered -= len(batch)
         self.delivered += len(batch)
         self.received_upto = upto if self.buffered else max(upto, self.enqueued_upto)
-        self._space.set()
+        if self.buffered <= self._low_water:
+            # A producer waiting for room wakes when half the buffer is free,
+            # and then fills it in one go rather than batch by batch.
+            self._space.set()
         return batch
 
     def close(self) -> None:
@@ -264,6 +269,7 @@ class EventStream:
         self._poll_pending = False
         self._nursery: trio.Nursery | None = None
         self._advanced = trio.Event()
+        self._last_local = -math.inf
         self.ingested = 0
 
     # ------------------------------------------------------------ public
@@ -318,9 +324,16 @@ class EventStream:
         """
         await self._inbox_send.send(records)
 
-    def poll_soon(self) -> None:
-        """Ask the hub to read events other processes appended. Never blocks."""
+    def poll_soon(self, *, unless_busy_within: float | None = None) -> None:
+        """Ask the hub to read events other processes appended. Never blocks.
+
+        With ``unless_busy_within=T``, skip it if a local batch arrived in the
+        last T seconds: each local batch already reads whatever other
+        processes appended before it (the gap below its first position).
+        """
         if self._poll_pending:
+            return
+        if unless_busy_within is not None and trio.current_time() - self._last_local < unless_busy_within:
             return
         try:
             self._inbox_send.send_nowait(_POLL)
@@ -369,6 +382,7 @@ class EventStream:
                 return
 
     async def _ingest_local(self, records: list[EventRecord]) -> None:
+        self._last_local = trio.current_time()
         if records[-1].sequence_number <= self.position:
             return  # read from the database already
         if records[0].sequence_number <= self.position:
@@ -391,33 +405,38 @@ class EventStream:
         advanced, self._advanced = self._advanced, trio.Event()
         advanced.set()
         selected: dict[EventFilter, list[EventRecord]] = {}
-        blocked: list[Subscription] = []
+        blocked: list[tuple[Subscription, list[EventRecord], int]] = []
         for sub in list(self._live):
             matched = selected.get(sub.filter)
             if matched is None:
                 matched = selected[sub.filter] = sub.filter.select(records)
+            start = 0
             if matched and matched[0].sequence_number <= sub.enqueued_upto:
-                matched = [r for r in matched if r.sequence_number > sub.enqueued_upto]
-            for chunk in _chunks(matched, sub.max_batch):
+                start = bisect.bisect_right(matched, sub.enqueued_upto, key=_position)
+            size = sub.max_batch
+            while start < len(matched):
+                chunk = matched[start : start + size]
                 if not sub.offer(chunk, chunk[-1].sequence_number):
                     if sub.overflow == "block":
-                        blocked.append(sub)
-                        break
-                    self._start_catch_up(sub, chunk[0].sequence_number - 1)
+                        blocked.append((sub, matched, start))
+                    else:
+                        self._start_catch_up(sub, chunk[0].sequence_number - 1)
                     break
                 sub.enqueued_upto = chunk[-1].sequence_number
+                start += size
             else:
                 sub.enqueued_upto = upto
-        for sub in blocked:
+        for sub, matched, start in blocked:
             # Backpressure: wait for this subscriber, then give it the rest.
-            rest = [r for r in selected[sub.filter] if r.sequence_number > sub.enqueued_upto]
             try:
-                for chunk in _chunks(rest, sub.max_batch):
+                while start < len(matched):
+                    chunk = matched[start : start + sub.max_batch]
                     await sub.put(chunk, chunk[-1].sequence_number)
                     sub.enqueued_upto = chunk[-1].sequence_number
-                sub.enqueued_upto = max(sub.enqueued_upto, upto)
+                    start += sub.max_batch
             except (trio.ClosedResourceError, trio.BrokenResourceError):
                 continue
+            sub.enqueued_upto = max(sub.enqueued_upto, upto)
 
     # ------------------------------------------------------------ subscriptions
 
