@@ -12,11 +12,32 @@ from ._errors import (
     StoreUnavailable,
 )
 from ._model import Event, EventFilter, EventQuery, EventRecord, QueryResult, create_filter
+from ._projection import (
+    HandlerFailed,
+    Projection,
+    ProjectionConfig,
+    ProjectionError,
+    ProjectionStatus,
+    Transaction,
+    create_projection_config,
+)
+from ._projector import ProjectionManager, start_projection_listener
 from ._store import EventStore, open_event_store, run_event_store
 from ._stream import EventStream, StreamStatistics, Subscription, SubscriptionStatistics, open_event_stream
+from ._supervisor import RestartPolicy
 from ._writer import StoreStatistics
 
 __all__ = [
+    "HandlerFailed",
+    "Projection",
+    "ProjectionConfig",
+    "ProjectionError",
+    "ProjectionManager",
+    "ProjectionStatus",
+    "RestartPolicy",
+    "Transaction",
+    "create_projection_config",
+    "start_projection_listener",
     "Bus",
     "BusStatistics",
     "EventStream",

@@ -21,6 +21,8 @@ from . import _json, _pg
 from ._embedded import open_database
 from ._errors import StoreUnavailable
 from ._model import EventFilter, EventRecord
+from ._projection import ProjectionStatus
+from ._projector import ProjectionManager
 from ._store import READ_POOL_SIZE, RECONNECT_TIMEOUT, EventStore, run_event_store
 from ._stream import DEFAULT_BUFFER, DEFAULT_MAX_BATCH, EventStream, Overflow, StreamStatistics, Subscription
 from ._writer import WRITE_LANES, StoreStatistics
@@ -42,11 +44,13 @@ class ListenerStatistics:
 
 @attrs.frozen
 class BusStatistics:
-    """The bus's figures: the store, the stream and each subscription, the listener."""
+    """The bus's figures: the store, the stream and each subscription, the
+    listener, and each projection started in this process."""
 
     store: StoreStatistics
     stream: StreamStatistics
     listener: ListenerStatistics
+    projections: dict[str, ProjectionStatus]
 
 
 class _Listener:
@@ -102,11 +106,15 @@ class Bus:
     Attributes:
         store: the event store; appends through it are dispatched to the stream.
         stream: the stream actor.
+        projections: start, watch, wait for and rebuild projections.
     """
 
-    def __init__(self, store: EventStore, stream: EventStream, listener: _Listener) -> None:
+    def __init__(
+        self, store: EventStore, stream: EventStream, listener: _Listener, projections: ProjectionManager
+    ) -> None:
         self.store = store
         self.stream = stream
+        self.projections = projections
         self._listener = listener
 
     def subscribe(
@@ -137,6 +145,7 @@ class Bus:
                 notifications=self._listener.notifications,
                 reconnects=max(0, self._listener.reconnects),
             ),
+            projections=self.projections.status(),
         )
 
 
@@ -177,7 +186,8 @@ async def run_bus(
         await nursery.start(stream.run)
         listener = _Listener(dsn, stream, store.origin, poll_interval)
         await nursery.start(listener.run)
-        task_status.started(Bus(store, stream, listener))
+        projections = ProjectionManager(dsn, store, stream, nursery)
+        task_status.started(Bus(store, stream, listener, projections))
 
 
 @asynccontextmanager

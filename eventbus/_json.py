@@ -9,21 +9,28 @@ database returns:
 * floats whose shortest form uses an exponent of 16 or more are held as the
   integer they are exactly equal to (``1e23 == 99999999999999991611392``),
   because PostgreSQL's ``numeric`` prints them without a decimal point;
+* ``-0.0`` is held as ``0.0``, because ``numeric`` has no negative zero;
+* subclasses of ``str``, ``int`` and ``float`` (enums, say) are held as their
+  plain value, and other mappings as a ``dict``;
 * any other float, every int, string, bool and None round-trips unchanged.
 
 Refused, with the path to the offending value: keys that are not strings,
 values of other types (sets, bytes, tuples, objects), NaN and infinities, the
-NUL character and lone surrogates (jsonb refuses both), ints too long to print,
-nesting deeper than ``MAX_DEPTH`` and documents over the size limit.
+NUL character and lone surrogates (jsonb refuses both), ints with more digits
+than Python will print (``sys.get_int_max_str_digits()``, 4300 by default) or
+than ``numeric`` holds (131072), nesting deeper than ``MAX_DEPTH`` and
+documents over the size limit.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
+import sys
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeAlias
 
 MAX_DEPTH = 256
 """The deepest nesting of objects and arrays accepted."""
@@ -32,11 +39,20 @@ DEFAULT_MAX_PAYLOAD_BYTES = 1 << 20
 """The default limit on a payload's size, as UTF-8 JSON."""
 
 _LARGE_FLOAT = 1e16  # from here on repr() uses an exponent and numeric drops the point
+# An int of at most this many bits has at most 603 digits, which str() prints
+# whatever sys.set_int_max_str_digits() says (its least limit is 640 digits).
+_SAFE_INT_BITS = 2000
+_NUMERIC_MAX_DIGITS = 131072  # numeric's limit on the digits before the point
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"), check_circular=False)
 
 JSONValue = Any
 """A value made of dict, list, str, int, float, bool and None."""
+
+# Where a value is: the path of the outermost value, or (where its container
+# is, key or index). Built as a chain of pairs because it is only written out
+# when a value is refused, and a pair is cheap while a formatted path is not.
+_Path: TypeAlias = "str | tuple[_Path, str | int]"
 
 
 class JSONRefused(ValueError):
@@ -48,72 +64,104 @@ class JSONRefused(ValueError):
         self.reason = reason
 
 
-def _check_str(value: str, path: str, what: str) -> None:
+def _refused(path: _Path, reason: str) -> JSONRefused:
+    steps: list[str] = []
+    while not isinstance(path, str):
+        path, step = path
+        steps.append(f"[{step!r}]")
+    steps.append(path)
+    return JSONRefused("".join(reversed(steps)), reason)
+
+
+def _checked_str(value: str, path: _Path, what: str) -> str:
     if "\x00" in value:
-        raise JSONRefused(path, f"{what} contains the NUL character, which jsonb cannot hold")
+        raise _refused(path, f"{what} contains the NUL character, which jsonb cannot hold")
     if not value.isascii() and _SURROGATE.search(value):
-        raise JSONRefused(path, f"{what} contains a lone surrogate, which is not valid Unicode")
+        raise _refused(path, f"{what} contains a lone surrogate, which is not valid Unicode")
+    return value
 
 
-def _key_path(path: str, key: str) -> str:
-    return f"{path}[{key!r}]"
+def _checked_int(value: int, path: _Path) -> int:
+    # Only for ints of more than _SAFE_INT_BITS bits; the common ones never get here.
+    # Compared with a power of ten rather than printed: printing is quadratic.
+    python_limit = sys.get_int_max_str_digits()
+    if python_limit and python_limit < _NUMERIC_MAX_DIGITS:
+        if abs(value) >= _power_of_ten(python_limit):
+            raise _refused(path, f"integer has more than {python_limit} digits, more than Python writes as JSON")
+    elif abs(value) >= _power_of_ten(_NUMERIC_MAX_DIGITS):
+        raise _refused(path, f"integer has more than {_NUMERIC_MAX_DIGITS} digits, more than jsonb holds")
+    return value
 
 
-def _normalize(value: object, path: str, depth: int) -> JSONValue:
+@functools.cache
+def _power_of_ten(exponent: int) -> int:
+    power: int = 10**exponent
+    return power
+
+
+def _normalized_float(value: float, path: _Path) -> float | int:
+    if -_LARGE_FLOAT < value < _LARGE_FLOAT:
+        return value or 0.0  # numeric has no negative zero: -0.0 comes back as 0.0
+    if not math.isfinite(value):
+        raise _refused(path, f"{value!r} is not a JSON number")
+    return int(value)
+
+
+def _normalize(value: object, path: _Path, depth: int) -> JSONValue:
     # Exact type checks first: they are the common case and the cheapest.
     kind = type(value)
     if kind is str:
-        _check_str(value, path, "string")  # type: ignore[arg-type]
+        if "\x00" in value or not value.isascii():  # type: ignore[operator, attr-defined]
+            return _checked_str(value, path, "string")  # type: ignore[arg-type]
+        return value
+    if kind is int:
+        if value.bit_length() > _SAFE_INT_BITS:  # type: ignore[attr-defined]
+            return _checked_int(value, path)  # type: ignore[arg-type]
         return value
     if kind is bool or value is None:
         return value
-    if kind is int:
-        return _normalize_int(value, path)  # type: ignore[arg-type]
     if kind is float:
-        return _normalize_float(value, path)  # type: ignore[arg-type]
-    if depth >= MAX_DEPTH:
-        raise JSONRefused(path, f"nesting deeper than {MAX_DEPTH} levels")
+        return _normalized_float(value, path)  # type: ignore[arg-type]
     if kind is dict or (kind is not list and isinstance(value, Mapping)):
-        out: dict[str, JSONValue] = {}
-        for key, item in value.items():  # type: ignore[attr-defined]
-            if type(key) is not str:
-                if isinstance(key, str):
-                    key = str.__str__(key)
-                else:
-                    raise JSONRefused(path, f"key {key!r} is a {type(key).__name__}, not a string")
-            _check_str(key, _key_path(path, key), "key")
-            out[key] = _normalize(item, _key_path(path, key), depth + 1)
-        return out
+        if depth >= MAX_DEPTH:
+            raise _refused(path, f"nesting deeper than {MAX_DEPTH} levels")
+        return _normalize_mapping(value, path, depth + 1)  # type: ignore[arg-type]
     if isinstance(value, list):
-        return [_normalize(item, f"{path}[{index}]", depth + 1) for index, item in enumerate(value)]
-    # Subclasses of the plain types (IntEnum, str enums, ...) are stored as their value.
-    if isinstance(value, bool):
-        return bool(value)
-    if isinstance(value, int):
-        return _normalize_int(int(value), path)
-    if isinstance(value, float):
-        return _normalize_float(float(value), path)
+        if depth >= MAX_DEPTH:
+            raise _refused(path, f"nesting deeper than {MAX_DEPTH} levels")
+        return [_normalize(item, (path, index), depth + 1) for index, item in enumerate(value)]
+    # Subclasses of the plain types (IntEnum, StrEnum, ...) are stored as their
+    # value, read past any __str__, __int__ or __float__ of their own.
     if isinstance(value, str):
-        plain = str.__str__(value)
-        _check_str(plain, path, "string")
-        return plain
-    raise JSONRefused(path, f"a {type(value).__name__} is not a JSON value")
+        return _normalize(str.__str__(value), path, depth)
+    if isinstance(value, int):  # bool cannot be subclassed
+        return _normalize(int.__int__(value), path, depth)
+    if isinstance(value, float):
+        return _normalize(float.__float__(value), path, depth)
+    raise _refused(path, f"values of type {kind.__name__} are not JSON")
 
 
-def _normalize_int(value: int, path: str) -> int:
-    try:
-        str(value)
-    except ValueError:
-        raise JSONRefused(path, "integer has too many digits to be written as JSON") from None
-    return value
-
-
-def _normalize_float(value: float, path: str) -> float | int:
-    if not math.isfinite(value):
-        raise JSONRefused(path, f"{value!r} is not a JSON number")
-    if abs(value) >= _LARGE_FLOAT:
-        return int(value)
-    return value
+def _normalize_mapping(value: Mapping[object, object], path: _Path, depth: int) -> dict[str, JSONValue]:
+    # The hot path: small flat objects of strings and small ints, checked inline.
+    out: dict[str, JSONValue] = {}
+    for key, item in value.items():
+        if type(key) is not str:
+            if not isinstance(key, str):
+                raise _refused(path, f"key {key!r} is of type {type(key).__name__}, not str")
+            key = str.__str__(key)
+        if "\x00" in key or not key.isascii():
+            _checked_str(key, (path, key), "key")
+        kind = type(item)
+        if kind is str:
+            if "\x00" in item or not item.isascii():  # type: ignore[operator, attr-defined]
+                _checked_str(item, (path, key), "string")  # type: ignore[arg-type]
+        elif kind is int:
+            if item.bit_length() > _SAFE_INT_BITS:  # type: ignore[attr-defined]
+                _checked_int(item, (path, key))  # type: ignore[arg-type]
+        elif kind is not bool and item is not None:
+            item = _normalize(item, (path, key), depth)
+        out[key] = item
+    return out
 
 
 def normalize(value: object, path: str = "payload") -> JSONValue:
@@ -124,7 +172,7 @@ def normalize(value: object, path: str = "payload") -> JSONValue:
 def normalize_object(value: object, path: str) -> dict[str, JSONValue]:
     """Like :func:`normalize`, but the value must be a mapping."""
     if not isinstance(value, Mapping):
-        raise JSONRefused(path, f"must be a mapping, not a {type(value).__name__}")
+        raise JSONRefused(path, f"must be a mapping, not of type {type(value).__name__}")
     result = _normalize(value, path, 0)
     assert isinstance(result, dict)
     return result
@@ -173,8 +221,10 @@ def contains(doc: JSONValue, pattern: JSONValue) -> bool:
     Objects: every key of the pattern is in the document and its value is
     contained. Arrays: every element of the pattern is contained in some
     element of the document (order and repeats do not matter). Scalars: equal,
-    numbers by value. Both arguments are normalized JSON; the top level of a
-    payload is always an object.
+    numbers by value. As in PostgreSQL, an array at the top level also
+    contains each of its scalar elements (``[1, 2] @> 1``), but only there:
+    ``{"a": [1]} @> {"a": 1}`` is false. Both arguments are normalized JSON;
+    the top level of a payload is always an object.
     """
     if type(pattern) is dict:
         if type(doc) is not dict:
@@ -201,6 +251,11 @@ def contains(doc: JSONValue, pattern: JSONValue) -> bool:
             ):
                 return False
         return True
-    if type(doc) is dict or type(doc) is list:
+    # Only the top level gets here: below it, a scalar pattern is compared in
+    # the loops above. PostgreSQL stores a top-level scalar as a one-element
+    # array, which an array may contain.
+    if type(doc) is list:
+        return any(type(have) is not dict and type(have) is not list and _same_scalar(have, pattern) for have in doc)
+    if type(doc) is dict:
         return False
     return _same_scalar(doc, pattern)

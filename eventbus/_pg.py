@@ -76,17 +76,22 @@ async def open_loop() -> AsyncIterator[None]:
 # asyncio needs one (measured here: 7 epoll waits per SELECT 1 against 4 with
 # draining, 320 us against 250 us). The loop below is the library's own
 # ``_main_loop_one`` with one change: after the first ready callback it also
-# runs every other one already queued, as asyncio's own loop does. Only for
+# runs the others that were queued before it started, as asyncio's own loop
+# does (never those queued meanwhile, so Trio tasks are not starved). Only for
 # the versions whose internals it was written against; others run unchanged.
 _DRAIN_SUPPORTED = tuple(int(x) for x in trio_asyncio.__version__.split(".")[:2]) in ((0, 15), (0, 16))
 
 
 async def _drain_ready_callbacks(self: Any, no_wait: bool = False) -> None:  # pragma: no cover - timing only
     obj = None
+    due = False
     if self._timers:
         timeout = self._timers[0]._when - self.time()
         if timeout <= 0:
+            # A timer that came due runs now; only timers arriving through the
+            # queue go onto the heap (pushing this one back would spin forever).
             obj = heapq.heappop(self._timers)
+            due = True
     else:
         timeout = math.inf
     if obj is None:
@@ -99,8 +104,11 @@ async def _drain_ready_callbacks(self: Any, no_wait: bool = False) -> None:  # p
                 obj = await self._q_recv.receive()
             if obj is None:
                 return
+    # Only the callbacks queued by now, as asyncio's own loop does: one that
+    # queues itself again (a task awaiting sleep(0)) waits for the next round.
+    more = self._q_recv.statistics().current_buffer_used
     while True:
-        if isinstance(obj, asyncio.TimerHandle):
+        if isinstance(obj, asyncio.TimerHandle) and not due:
             heapq.heappush(self._timers, obj)
         elif isinstance(obj, _AsyncHandle):
             obj._context.run(self._nursery.start_soon, obj._run, name=obj._callback)
@@ -111,8 +119,10 @@ async def _drain_ready_callbacks(self: Any, no_wait: bool = False) -> None:  # p
                 obj._run()
             finally:
                 sniffio.thread_local.name = previous
-        if self._stopped.is_set():
+        due = False
+        if self._stopped.is_set() or more <= 0:
             return
+        more -= 1
         try:
             obj = self._q_recv.receive_nowait()
         except trio.WouldBlock:
@@ -129,7 +139,9 @@ def _unavailable(exc: BaseException) -> bool:
         return code in _UNAVAILABLE_CODES or code.startswith(_UNAVAILABLE_CLASSES)
     if isinstance(exc, asyncpg.InterfaceError):
         return "closed" in str(exc) or ("connection" in str(exc) and "lost" in str(exc))
-    return isinstance(exc, TimeoutError)
+    # The protocol is in a state no statement can start from: a connection the
+    # server has just ended (its FATAL message came, the socket is not closed yet).
+    return isinstance(exc, (TimeoutError, asyncpg.InternalClientError))
 
 
 def translate(exc: BaseException, what: str) -> Exception:
@@ -143,7 +155,9 @@ def translate(exc: BaseException, what: str) -> Exception:
 
 def is_driver_error(exc: BaseException) -> bool:
     """Whether ``exc`` comes from the driver or the connection."""
-    return isinstance(exc, (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError))
+    return isinstance(
+        exc, (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError, TimeoutError)
+    )
 
 
 def _encode_json(value: object) -> str:
@@ -313,6 +327,24 @@ class Pool:
     async def fetchval(self, sql: str, *args: Any) -> Any:
         """Run a query on a pooled connection; return one value."""
         return await self._call("query", self._raw.fetchval, sql, *args)
+
+    @asynccontextmanager
+    async def acquire(self) -> AsyncIterator[Connection]:
+        """Borrow a connection for the block (waits for a free one)."""
+        try:
+            raw = await _aio(self._raw.acquire)
+        except Exception as exc:
+            if is_driver_error(exc):
+                raise translate(exc, "acquire") from None
+            raise
+        try:
+            yield Connection(raw)
+        finally:
+            with trio.move_on_after(CLOSE_TIMEOUT, shield=True):
+                try:
+                    await _aio(self._raw.release, raw)
+                except Exception:
+                    raw.terminate()
 
     async def close(self) -> None:
         """Close every connection, shielded and bounded; terminate stragglers."""

@@ -35,6 +35,40 @@ CREATE TABLE IF NOT EXISTS eventbus.event_tags (
     PRIMARY KEY (tag, sequence_number)
 );
 
+-- One row per projection: the position up to which its read model reflects
+-- every event. It is updated in the same transaction as the read model.
+CREATE TABLE IF NOT EXISTS eventbus.projections (
+    name text PRIMARY KEY,
+    checkpoint bigint NOT NULL DEFAULT 0,
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- Events a projection skipped (on_error = 'skip'), with the error.
+CREATE TABLE IF NOT EXISTS eventbus.dead_letters (
+    id bigserial PRIMARY KEY,
+    projection text NOT NULL,
+    sequence_number bigint NOT NULL,
+    event_id uuid NOT NULL,
+    event_type text NOT NULL,
+    payload jsonb NOT NULL,
+    error text NOT NULL,
+    failed_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS dead_letters_projection ON eventbus.dead_letters (projection, sequence_number);
+
+-- Move a projection's checkpoint from p_old to p_new, or fail if another
+-- process moved it: the guard against two processes applying the same events.
+CREATE OR REPLACE FUNCTION eventbus.advance_checkpoint(p_name text, p_old bigint, p_new bigint) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE eventbus.projections SET checkpoint = p_new, updated_at = now()
+    WHERE name = p_name AND checkpoint = p_old;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'projection % is not at checkpoint %', p_name, p_old USING ERRCODE = 'serialization_failure';
+    END IF;
+END
+$$;
+
 -- Appends are immutable: refuse UPDATE and DELETE on the events table.
 CREATE OR REPLACE FUNCTION eventbus.refuse_change() RETURNS trigger
 LANGUAGE plpgsql AS $$

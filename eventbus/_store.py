@@ -258,6 +258,11 @@ class EventStore:
         )
 
     @property
+    def pool(self) -> _pg.Pool:
+        """The read pool (for the library's own readers)."""
+        return self._pool
+
+    @property
     def origin(self) -> str:
         """This store's name in the notifications it sends."""
         return self._actor.origin

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Literal
 
@@ -129,6 +129,7 @@ class Subscription:
         self.detaches = 0
         self._space = trio.Event()
         self._low_water = buffer // 2
+        self.on_move: Callable[[], None] | None = None
         self._catch_up_scope: trio.CancelScope | None = None
 
     # ------------------------------------------------------------ subscriber
@@ -211,7 +212,7 @@ def _describe(filter: EventFilter) -> str:
 
 
 def _chunks(records: list[EventRecord], size: int) -> Iterable[list[EventRecord]]:
-    if len(records) <= size:
+    if 0 < len(records) <= size:  # no empty chunk: a batch is never empty
         yield records
         return
     for start in range(0, len(records), size):
@@ -426,6 +427,8 @@ class EventStream:
                 start += size
             else:
                 sub.enqueued_upto = upto
+            if sub.on_move is not None:
+                sub.on_move()
         for sub, matched, start in blocked:
             # Backpressure: wait for this subscriber, then give it the rest.
             try:

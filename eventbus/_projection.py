@@ -1,0 +1,229 @@
+"""Projections: what a read model is made of, and the transaction it is written in.
+
+A projection has a name (its tables live in the schema ``projection_<name>``),
+handlers per event type, an optional ``setup`` that creates its tables, a batch
+size and an error policy. The actor that runs it is in ``_projector.py``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any, Literal
+
+import attrs
+
+from . import _pg
+from ._errors import EventBusError
+from ._model import EventFilter, EventRecord
+from ._supervisor import RestartPolicy
+
+DEFAULT_BATCH_SIZE = 500
+"""Events applied per transaction, at most."""
+
+NAME_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,39}")
+"""A projection's name: lower-case letters, digits and underscores, at most 40."""
+
+OnError = Literal["retry", "skip"]
+
+
+class ProjectionError(EventBusError):
+    """A projection was defined or used wrongly (bad name, handler or policy,
+    unknown projection, a rebuild where another process leads)."""
+
+
+class HandlerFailed(EventBusError):
+    """A projection's handler raised for an event.
+
+    Attributes:
+        record: the event it failed on.
+    """
+
+    def __init__(self, message: str, record: EventRecord | None) -> None:
+        super().__init__(message)
+        self.record = record
+
+
+class Transaction:
+    """A read model's transaction, as handlers see it.
+
+    Every statement runs in the projection's transaction, with ``search_path``
+    set to the projection's schema: use unqualified table names. Each method
+    blocks for one round trip. Raises ``DatabaseError`` when PostgreSQL
+    refuses a statement (the transaction is then rolled back as a whole) and
+    ``StoreUnavailable`` when the connection is lost. jsonb parameters take
+    JSON text or plain Python values; jsonb results come back as Python values.
+    """
+
+    def __init__(self, conn: _pg.Connection) -> None:
+        self._conn = conn
+
+    async def execute(self, sql: str, *args: Any) -> str:
+        """Run a statement; return its status tag (``"UPDATE 1"``)."""
+        return await self._conn.execute(sql, *args)
+
+    async def executemany(self, sql: str, args: Iterable[Sequence[Any]]) -> None:
+        """Run a statement once per argument tuple, pipelined in one round trip."""
+        await self._conn.executemany(sql, list(args))
+
+    async def fetch(self, sql: str, *args: Any) -> list[_pg.Row]:
+        """Run a query; return its rows (indexable by position and by name)."""
+        return await self._conn.fetch(sql, *args)
+
+    async def fetchrow(self, sql: str, *args: Any) -> _pg.Row | None:
+        """Run a query; return its first row or None."""
+        return await self._conn.fetchrow(sql, *args)
+
+    async def fetchval(self, sql: str, *args: Any) -> Any:
+        """Run a query; return the first value of its first row, or None."""
+        return await self._conn.fetchval(sql, *args)
+
+
+Handler = Callable[[Transaction, EventRecord], Awaitable[None]]
+BatchHandler = Callable[[Transaction, list[EventRecord]], Awaitable[None]]
+Setup = Callable[[Transaction], Awaitable[None]]
+
+
+def _is_async(fn: object) -> bool:
+    if inspect.iscoroutinefunction(fn):
+        return True
+    # an object whose __call__ is async
+    return callable(fn) and inspect.iscoroutinefunction(type(fn).__call__)
+
+
+def _check_name(_: Any, __: Any, name: Any) -> None:
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+        raise ProjectionError(
+            f"projection name {name!r} is not a safe identifier: use 1 to 40 lower-case letters, "
+            "digits and underscores, starting with a letter"
+        )
+
+
+def _check_handlers(_: Any, __: Any, handlers: Any) -> None:
+    if not isinstance(handlers, Mapping):
+        raise ProjectionError(f"handlers must be a mapping of event type to async handler, not {handlers!r}")
+    for event_type, handler in handlers.items():
+        if not isinstance(event_type, str) or not event_type:
+            raise ProjectionError(f"handler keys must be event types (non-empty strings), not {event_type!r}")
+        if not _is_async(handler):
+            raise ProjectionError(f"the handler for {event_type!r} must be an async function (tx, record)")
+
+
+def _check_optional_async(what: str) -> Callable[[Any, Any, Any], None]:
+    def check(_: Any, __: Any, fn: Any) -> None:
+        if fn is not None and not _is_async(fn):
+            raise ProjectionError(f"{what} must be an async function, not {fn!r}")
+
+    return check
+
+
+def _check_on_error(_: Any, __: Any, value: Any) -> None:
+    if value not in ("retry", "skip"):
+        raise ProjectionError(f"on_error must be 'retry' or 'skip', not {value!r}")
+
+
+def _check_batch_size(_: Any, __: Any, value: Any) -> None:
+    if type(value) is not int or not 1 <= value <= 100_000:
+        raise ProjectionError(f"batch_size must be a whole number from 1 to 100000, not {value!r}")
+
+
+@attrs.frozen
+class Projection:
+    """A read model kept current from the events.
+
+    Attributes:
+        name: a safe identifier; the tables live in schema ``projection_<name>``.
+        handlers: ``{event_type: async (tx, record) -> None}``.
+        setup: ``async (tx) -> None``, creates the tables; it runs whenever a
+            process takes the lead and before a rebuild, so it must be
+            idempotent (``CREATE TABLE IF NOT EXISTS``).
+        batch_size: events per transaction, at most.
+        on_error: ``retry`` (restart with backoff, then ``failed``) or
+            ``skip`` (write the event to ``eventbus.dead_letters`` and go on).
+        batch_handler: optional ``async (tx, records) -> None`` that applies a
+            whole batch at once (for set-based SQL); it receives the events of
+            ``event_types`` and of the handlers' types, and runs before them.
+        event_types: more event types to subscribe to (for ``batch_handler``).
+        restart: the restart policy.
+
+    Raises:
+        ProjectionError: at once, for a bad name, handler, policy or size.
+    """
+
+    name: str = attrs.field(validator=_check_name)
+    handlers: Mapping[str, Handler] = attrs.field(factory=dict, validator=_check_handlers)
+    setup: Setup | None = attrs.field(default=None, validator=_check_optional_async("setup"))
+    batch_size: int = attrs.field(default=DEFAULT_BATCH_SIZE, validator=_check_batch_size)
+    on_error: OnError = attrs.field(default="retry", validator=_check_on_error)
+    batch_handler: BatchHandler | None = attrs.field(
+        default=None, kw_only=True, validator=_check_optional_async("batch_handler")
+    )
+    event_types: tuple[str, ...] = attrs.field(default=(), kw_only=True, converter=tuple)
+    restart: RestartPolicy = attrs.field(factory=RestartPolicy, kw_only=True)
+
+    def __attrs_post_init__(self) -> None:
+        if not self.handlers and self.batch_handler is None:
+            raise ProjectionError(f"projection {self.name!r} has no handlers")
+        if self.batch_handler is not None and not self.event_types and not self.handlers:
+            raise ProjectionError(f"projection {self.name!r}: batch_handler needs event_types")
+
+    @property
+    def schema(self) -> str:
+        """The schema that holds the read model."""
+        return schema_of(self.name)
+
+    @property
+    def filter(self) -> EventFilter:
+        """The events the projection reads."""
+        return EventFilter(sorted({*self.handlers, *self.event_types}))
+
+
+def schema_of(name: str) -> str:
+    """The schema of projection ``name`` (quoted-safe: names are identifiers)."""
+    return f"projection_{name}"
+
+
+@attrs.frozen
+class ProjectionStatus:
+    """A projection as this process sees it. Cheap to read.
+
+    Attributes:
+        state: ``starting``, ``standby`` (another process leads it),
+            ``catching_up``, ``live``, ``rebuilding`` (live, with a rebuild
+            under way), ``restarting``, ``failed`` or ``stopped``.
+        checkpoint: the position up to which the read model reflects every
+            event (as applied by this process, or last read when standby).
+        lag: positions between the stream's position and the checkpoint.
+        restarts: restarts since the projection was started here.
+        last_error: the latest failure, or None.
+        dead_letters: events skipped here (``on_error="skip"``).
+        leader: whether this process applies the projection.
+    """
+
+    state: str
+    checkpoint: int
+    lag: int
+    restarts: int
+    last_error: str | None
+    dead_letters: int = 0
+    leader: bool = False
+
+
+@attrs.frozen
+class ProjectionConfig:
+    """The original style's projection: event types and plain handlers.
+
+    Handlers are ``async (record) -> None`` and see live events only, once
+    each, in order, in this process (see :func:`start_projection_listener`).
+    """
+
+    event_types: tuple[str, ...]
+    handlers: Mapping[str, Callable[[EventRecord], Awaitable[None]]] = attrs.field(validator=_check_handlers)
+
+
+def create_projection_config(
+    event_types: Iterable[str], handlers: Mapping[str, Callable[[EventRecord], Awaitable[None]]]
+) -> ProjectionConfig:
+    """A :class:`ProjectionConfig` for :func:`start_projection_listener`."""
+    return ProjectionConfig(tuple(event_types), handlers)

@@ -1,0 +1,42 @@
+"""The restart policy for supervised tasks: exponential backoff, then give up."""
+
+from __future__ import annotations
+
+import random
+
+import attrs
+
+BACKOFF_INITIAL = 0.1
+"""Seconds before the first restart."""
+
+BACKOFF_MAX = 10.0
+"""The longest wait between restarts."""
+
+MAX_RESTARTS = 5
+"""Restarts in a row (without progress) before a task is marked failed."""
+
+
+@attrs.frozen
+class RestartPolicy:
+    """How a supervised task is restarted after it fails.
+
+    Attributes:
+        max_restarts: failures in a row after which the task is ``failed``; a
+            failure after progress (a batch applied) starts the count anew.
+        initial: seconds before the first restart; each further one doubles,
+            up to ``maximum``, with up to 10% jitter so that several processes
+            do not retry in step.
+    """
+
+    max_restarts: int = attrs.field(default=MAX_RESTARTS, validator=attrs.validators.ge(0))
+    initial: float = attrs.field(default=BACKOFF_INITIAL, validator=attrs.validators.gt(0))
+    maximum: float = attrs.field(default=BACKOFF_MAX, validator=attrs.validators.gt(0))
+
+    def delay(self, failures: int) -> float:
+        """Seconds to wait before restart number ``failures`` (1-based)."""
+        base: float = min(self.maximum, self.initial * 2.0 ** max(0, failures - 1))
+        return base * (1 + random.random() / 10)  # noqa: S311 - jitter, not secrecy
+
+    def gives_up(self, failures: int) -> bool:
+        """Whether ``failures`` in a row is one too many."""
+        return failures > self.max_restarts
