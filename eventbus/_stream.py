@@ -129,6 +129,7 @@ class Subscription:
         self.detaches = 0
         self._space = trio.Event()
         self._low_water = buffer // 2
+        self._carry: tuple[list[EventRecord], int] | None = None
         self.on_move: Callable[[], None] | None = None
         self._catch_up_scope: trio.CancelScope | None = None
 
@@ -145,10 +146,29 @@ class Subscription:
         return self
 
     async def __anext__(self) -> list[EventRecord]:
-        try:
-            batch, upto = await self._receive.receive()
-        except (trio.EndOfChannel, trio.ClosedResourceError):
-            raise StopAsyncIteration from None
+        if self._carry is not None:
+            (batch, upto), self._carry = self._carry, None
+        else:
+            try:
+                batch, upto = await self._receive.receive()
+            except (trio.EndOfChannel, trio.ClosedResourceError):
+                raise StopAsyncIteration from None
+        # Small batches waiting behind this one go out with it, up to max_batch:
+        # a subscriber that fell behind gets fewer, larger batches.
+        while len(batch) < self.max_batch:
+            try:
+                more, more_upto = self._receive.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                break
+            room = self.max_batch - len(batch)
+            if len(more) <= room:
+                batch.extend(more)
+                upto = more_upto
+            else:
+                batch.extend(more[:room])
+                upto = more[room - 1].sequence_number
+                self._carry = (more[room:], more_upto)
+                break
         self.buffered -= len(batch)
         self.delivered += len(batch)
         self.received_upto = upto if self.buffered else max(upto, self.enqueued_upto)
