@@ -10,7 +10,7 @@ test *args:
 
 # ruff and mypy --strict on the library.
 lint:
-    {{python}} -m ruff check eventbus apps tui tests bench
+    {{python}} -m ruff check eventbus apps tests bench
     {{python}} -m ruff format --check eventbus
     {{python}} -m mypy eventbus
 
