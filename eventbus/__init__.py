@@ -12,6 +12,7 @@ from ._errors import (
     StoreUnavailable,
 )
 from ._model import Event, EventFilter, EventQuery, EventRecord, QueryResult, create_filter
+from ._pg import call_asyncio, call_trio, open_loop
 from ._projection import (
     HandlerFailed,
     Projection,
@@ -28,6 +29,9 @@ from ._supervisor import RestartPolicy
 from ._writer import StoreStatistics
 
 __all__ = [
+    "call_asyncio",
+    "call_trio",
+    "open_loop",
     "HandlerFailed",
     "Projection",
     "ProjectionConfig",

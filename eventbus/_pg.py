@@ -129,6 +129,18 @@ async def _drain_ready_callbacks(self: Any, no_wait: bool = False) -> None:  # p
             return
 
 
+async def call_asyncio(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+    """From Trio, await an asyncio async function (within :func:`open_loop`)."""
+    return await _aio(fn, *args)
+
+
+async def call_trio(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+    """From asyncio code running on the loop of :func:`open_loop`, await a Trio
+    async function (for example from a Textual event handler)."""
+    result: T = await trio_asyncio.trio_as_aio(fn)(*args)
+    return result
+
+
 def _unavailable(exc: BaseException) -> bool:
     if isinstance(exc, (OSError, ConnectionError, asyncpg.exceptions.ConnectionDoesNotExistError)):
         return True

@@ -84,11 +84,13 @@ class SubscriptionStatistics:
 
 @attrs.frozen
 class StreamStatistics:
-    """The hub: its position, its ring, its subscriptions."""
+    """The hub: its position, the records in its ring, the records it took in
+    and handed to subscribers so far, and each subscription."""
 
     position: int
     ring: int
     ingested: int
+    delivered: int
     subscriptions: tuple[SubscriptionStatistics, ...]
 
 
@@ -188,6 +190,7 @@ class Subscription:
             self._catch_up_scope.cancel()
         self._send.close()
         self._receive.close()
+        self._space.set()  # the hub may be waiting in put() for room (overflow="block")
 
     def statistics(self) -> SubscriptionStatistics:
         """The subscription's figures now; never blocks."""
@@ -211,6 +214,7 @@ class Subscription:
             return False
         self._send.send_nowait((chunk, upto))
         self.buffered += len(chunk)
+        self._hub.delivered += len(chunk)
         return True
 
     async def put(self, chunk: list[EventRecord], upto: int) -> None:
@@ -222,6 +226,7 @@ class Subscription:
                 raise trio.ClosedResourceError
         self._send.send_nowait((chunk, upto))
         self.buffered += len(chunk)
+        self._hub.delivered += len(chunk)
 
 
 def _describe(filter: EventFilter) -> str:
@@ -292,6 +297,7 @@ class EventStream:
         self._advanced = trio.Event()
         self._last_local = -math.inf
         self.ingested = 0
+        self.delivered = 0
 
     # ------------------------------------------------------------ public
 
@@ -334,6 +340,7 @@ class EventStream:
             position=self.position,
             ring=len(self._ring),
             ingested=self.ingested,
+            delivered=self.delivered,
             subscriptions=tuple(sub.statistics() for sub in self._all),
         )
 
@@ -446,7 +453,8 @@ class EventStream:
                 sub.enqueued_upto = chunk[-1].sequence_number
                 start += size
             else:
-                sub.enqueued_upto = upto
+                # max: a subscriber may start after a position the hub has not reached
+                sub.enqueued_upto = max(sub.enqueued_upto, upto)
             if sub.on_move is not None:
                 sub.on_move()
         for sub, matched, start in blocked:
