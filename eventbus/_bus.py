@@ -21,6 +21,7 @@ from . import _json, _pg
 from ._embedded import open_database
 from ._errors import StoreUnavailable
 from ._model import EventFilter, EventRecord
+from ._nursery import open_actor_nursery
 from ._projection import ProjectionStatus
 from ._projector import ProjectionManager
 from ._store import READ_POOL_SIZE, RECONNECT_TIMEOUT, EventStore, run_event_store
@@ -170,7 +171,7 @@ async def run_bus(
         if stream is not None:
             await stream.publish(records)
 
-    async with _pg.open_loop(), trio.open_nursery() as nursery:
+    async with _pg.open_loop(), open_actor_nursery() as nursery:
         store: EventStore = await nursery.start(
             functools.partial(
                 run_event_store,
@@ -214,7 +215,7 @@ async def open_bus(
     Raises:
         StoreUnavailable: the database could not be reached at open.
     """
-    async with open_database(dsn) as resolved, _pg.open_loop(), trio.open_nursery() as nursery:
+    async with open_database(dsn) as resolved, _pg.open_loop(), open_actor_nursery() as nursery:
         bus: Bus = await nursery.start(
             functools.partial(
                 run_bus,

@@ -30,6 +30,7 @@ import importlib.util
 import json
 import os
 import pwd
+import re
 import shutil
 import stat
 import subprocess
@@ -37,7 +38,7 @@ import tempfile
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import attrs
 import psutil
@@ -105,12 +106,27 @@ def default_data_dir() -> Path:
     return (base / "eventbus").resolve()
 
 
+_URL_PASSWORD = re.compile(r"://[^:/@?#]*:([^@/?#]*)@")
+_KEY_PASSWORD = re.compile(r"(?i)password\s*=\s*('[^']*'|[^\s&]+)")
+
+
+def _passwords(dsn: str) -> list[str]:
+    found = [m.group(1) for m in _URL_PASSWORD.finditer(dsn)]
+    found += [m.group(1).strip("'") for m in _KEY_PASSWORD.finditer(dsn)]
+    found += [unquote(p) for p in found]
+    return sorted({p for p in found if p}, key=len, reverse=True)
+
+
 def redact_dsn(dsn: str) -> str:
     """The connection string with any password replaced by ``***``."""
-    import re
+    return scrub(dsn, dsn)
 
-    dsn = re.sub(r"(://[^:/@?#]*:)[^@/?#]*@", r"\1***@", dsn)
-    return re.sub(r"(?i)(password\s*=\s*)('[^']*'|\S+)", r"\1***", dsn)
+
+def scrub(text: str, dsn: str) -> str:
+    """``text`` with every password that ``dsn`` holds replaced by ``***``."""
+    for password in _passwords(dsn):
+        text = text.replace(password, "***")
+    return text
 
 
 @attrs.frozen

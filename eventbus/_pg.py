@@ -29,8 +29,9 @@ import trio
 import trio_asyncio
 from trio_asyncio._handles import AsyncHandle as _AsyncHandle
 
-from ._embedded import redact_dsn
+from ._embedded import scrub
 from ._errors import DatabaseError, StoreUnavailable
+from ._nursery import collapse
 
 T = TypeVar("T")
 
@@ -65,10 +66,13 @@ async def open_loop() -> AsyncIterator[None]:
     if trio_asyncio.current_loop.get() is not None:
         yield
         return
-    async with trio_asyncio.open_loop() as loop:
-        if _DRAIN_SUPPORTED:
-            loop._main_loop_one = types.MethodType(_drain_ready_callbacks, loop)
-        yield
+    try:
+        async with trio_asyncio.open_loop() as loop:
+            if _DRAIN_SUPPORTED:
+                loop._main_loop_one = types.MethodType(_drain_ready_callbacks, loop)
+            yield
+    except BaseExceptionGroup as group:  # the loop's nurseries: not the caller's concern
+        raise collapse(group) from None
 
 
 # trio-asyncio's loop runs ONE asyncio callback per Trio scheduler round. A
@@ -226,7 +230,7 @@ async def connect(dsn: str, *, application_name: str = "eventbus", custom_plans:
         raw = await _aio(_connect)
     except Exception as exc:
         if is_driver_error(exc) or isinstance(exc, (ValueError, KeyError)):
-            raise StoreUnavailable(f"cannot connect to {redact_dsn(dsn)}: {type(exc).__name__}: {exc}") from None
+            raise StoreUnavailable(scrub(f"cannot connect to {dsn}: {type(exc).__name__}: {exc}", dsn)) from None
         raise
     return Connection(raw)
 
@@ -390,7 +394,7 @@ async def create_pool(dsn: str, *, max_size: int, application_name: str = "event
         raw = await _aio(_create)
     except Exception as exc:
         if is_driver_error(exc) or isinstance(exc, (ValueError, KeyError)):
-            raise StoreUnavailable(f"cannot connect to {redact_dsn(dsn)}: {type(exc).__name__}: {exc}") from None
+            raise StoreUnavailable(scrub(f"cannot connect to {dsn}: {type(exc).__name__}: {exc}", dsn)) from None
         raise
     return Pool(raw)
 

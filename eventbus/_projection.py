@@ -118,6 +118,17 @@ def _check_optional_async(what: str) -> Callable[[Any, Any, Any], None]:
     return check
 
 
+def _event_types(value: Iterable[str]) -> tuple[str, ...]:
+    """Event types as a tuple; a lone string is refused (``tuple`` would make it its letters)."""
+    if isinstance(value, str) or not isinstance(value, Iterable):
+        raise ProjectionError(f"event_types must be a list of event types, not {value!r}")
+    types = tuple(value)
+    for event_type in types:
+        if not isinstance(event_type, str) or not event_type:
+            raise ProjectionError(f"event types must be non-empty strings, not {event_type!r}")
+    return types
+
+
 def _check_on_error(_: Any, __: Any, value: Any) -> None:
     if value not in ("retry", "skip"):
         raise ProjectionError(f"on_error must be 'retry' or 'skip', not {value!r}")
@@ -159,7 +170,7 @@ class Projection:
     batch_handler: BatchHandler | None = attrs.field(
         default=None, kw_only=True, validator=_check_optional_async("batch_handler")
     )
-    event_types: tuple[str, ...] = attrs.field(default=(), kw_only=True, converter=tuple)
+    event_types: tuple[str, ...] = attrs.field(default=(), kw_only=True, converter=_event_types)
     restart: RestartPolicy = attrs.field(factory=RestartPolicy, kw_only=True)
 
     def __attrs_post_init__(self) -> None:
@@ -218,7 +229,7 @@ class ProjectionConfig:
     each, in order, in this process (see :func:`start_projection_listener`).
     """
 
-    event_types: tuple[str, ...]
+    event_types: tuple[str, ...] = attrs.field(converter=_event_types)
     handlers: Mapping[str, Callable[[EventRecord], Awaitable[None]]] = attrs.field(validator=_check_handlers)
 
 
@@ -226,4 +237,4 @@ def create_projection_config(
     event_types: Iterable[str], handlers: Mapping[str, Callable[[EventRecord], Awaitable[None]]]
 ) -> ProjectionConfig:
     """A :class:`ProjectionConfig` for :func:`start_projection_listener`."""
-    return ProjectionConfig(tuple(event_types), handlers)
+    return ProjectionConfig(event_types, handlers)

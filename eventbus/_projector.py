@@ -79,7 +79,14 @@ async def _prepare_schema(conn: _pg.Connection, projection: Projection, schema: 
     tx = await _begin(conn, schema)
     try:
         if projection.setup is not None:
-            await projection.setup(tx)
+            try:
+                await projection.setup(tx)
+            except StoreUnavailable:
+                raise
+            except Exception as exc:
+                # The projection's own bug, as a handler's: supervised, never the bus's end.
+                message = f"projection {projection.name}: setup raised {type(exc).__name__}: {exc}"
+                raise HandlerFailed(message, None) from exc
         await conn.execute("COMMIT")
     except BaseException:
         await _rollback(conn)
@@ -186,9 +193,12 @@ class _Runner:
             self.state = "standby"
             self.notify()
             while not await conn.fetchval("SELECT pg_try_advisory_lock($1, hashtext($2))", _LEADER_LOCK, name):
-                self.applied = int(
+                applied = int(
                     await conn.fetchval("SELECT checkpoint FROM eventbus.projections WHERE name = $1", name) or 0
                 )
+                if applied != self.applied:
+                    self.applied = applied
+                    self.notify()  # wait_until_caught_up here follows the leader
                 await trio.sleep(LEADER_RETRY)
             self.leader = True
             self.state = "starting"
@@ -316,10 +326,11 @@ async def apply_batch(
             failed = await _run_handlers(tx, projection, batch, start, len(batch))
             if failed is None:
                 last = batch[-1].sequence_number
+                await conn.execute("COMMIT")
                 if checkpoint is not None:
+                    await trio.sleep(0.005)
                     await conn.execute("SELECT eventbus.advance_checkpoint($1, $2, $3)", projection.name,
                                        checkpoint, last)  # fmt: skip
-                await conn.execute("COMMIT")
                 return last
         except BaseException:
             await _rollback(conn)
@@ -463,8 +474,17 @@ class ProjectionManager:
         await trio.lowlevel.checkpoint()
 
     def restart(self, name: str) -> None:
-        """Let a ``failed`` projection try again (after a fix to its data)."""
-        self._runner(name).resume.set()
+        """Let a ``failed`` projection try again (after a fix to its data).
+
+        Does nothing to a projection that has not failed.
+        """
+        runner = self._runner(name)
+        if runner.state != "failed":
+            return  # a resume kept for later would skip its next "failed"
+        # Restarting from now on, not once its task runs: a wait_until_caught_up
+        # right after this call must not see the old failure.
+        runner._mark_restarting()
+        runner.resume.set()
 
     def status(self) -> dict[str, ProjectionStatus]:
         """Every projection started here, by name; never blocks."""

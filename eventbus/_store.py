@@ -24,6 +24,7 @@ from . import _json, _pg, _tags
 from ._embedded import open_database
 from ._errors import ClosedError, EventBusError
 from ._model import Event, EventFilter, EventQuery, EventRecord, QueryResult
+from ._nursery import open_actor_nursery
 from ._writer import (
     REQUEST_BUFFER,
     WRITE_LANES,
@@ -292,7 +293,7 @@ async def run_event_store(
         pool = await _pg.create_pool(dsn, max_size=read_pool_size)
         store = EventStore(send, pool, actor, max_payload_bytes)
         try:
-            async with trio.open_nursery() as nursery:
+            async with open_actor_nursery() as nursery:
                 await nursery.start(actor.run, install_schema)
                 task_status.started(store)
         finally:
@@ -331,7 +332,7 @@ async def open_event_store(
     Raises:
         StoreUnavailable: the database could not be reached at open.
     """
-    async with open_database(dsn) as resolved, _pg.open_loop(), trio.open_nursery() as nursery:
+    async with open_database(dsn) as resolved, _pg.open_loop(), open_actor_nursery() as nursery:
         store: EventStore = await nursery.start(
             functools.partial(
                 run_event_store,

@@ -30,6 +30,7 @@ import trio
 
 from ._errors import InvalidFilter, StoreUnavailable
 from ._model import EventFilter, EventQuery, EventRecord
+from ._nursery import open_actor_nursery
 from ._store import EventStore
 
 DEFAULT_MAX_BATCH = 100
@@ -379,7 +380,7 @@ class EventStream:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The ingest loop, until cancelled; subscriptions close when it ends."""
         try:
-            async with trio.open_nursery() as nursery:
+            async with open_actor_nursery() as nursery:
                 self._nursery = nursery
                 task_status.started()
                 async for item in self._inbox_receive:
@@ -544,7 +545,7 @@ async def open_event_stream(store: EventStore, *, ring_size: int = RING_SIZE) ->
     ``poll_soon`` to read what other processes appended.
     """
     stream = EventStream(store, await store.head(), ring_size)
-    async with trio.open_nursery() as nursery:
+    async with open_actor_nursery() as nursery:
         await nursery.start(stream.run)
         try:
             yield stream

@@ -553,6 +553,9 @@ class StoreActor:
         release()  # later batches need not wait for this one
         lane.drop()
         outcomes: list[Outcome] = []
+        redo: list[Request] = []
+        # The timeout bounds the wait for a connection and the lookup only: a
+        # redo cancelled by it would leave its callers without an answer.
         with trio.move_on_after(self._reconnect_timeout):
             while batch:
                 if not await self._reconnect(lane, patient=True):
@@ -561,23 +564,24 @@ class StoreActor:
                 ids = [p.event_id for request in batch for p in request.events]
                 try:
                     rows = await lane.conn.fetch(_FIND_SQL, ids)
-                    found = {event_id: (position, at) for event_id, position, at in rows}
-                    done = [r for r in batch if r.events[0].event_id in found]
-                    redo = [r for r in batch if r.events[0].event_id not in found and not r.abandoned]
-                    # Those that committed before the loss: answered as committed now.
-                    fake = [(0, "ok", p.event_id, *found[p.event_id]) for r in done for p in r.events]
-                    outcomes += self._outcomes(done, fake)
-                    batch = []
-                    if redo:
-                        outcomes += await self._execute(lane, redo, release)
                 except StoreUnavailable:
                     lane.drop()
+                    continue
+                found = {event_id: (position, at) for event_id, position, at in rows}
+                done = [r for r in batch if r.events[0].event_id in found]
+                redo = [r for r in batch if r.events[0].event_id not in found and not r.abandoned]
+                # Those that committed before the loss: answered as committed now.
+                fake = [(0, "ok", p.event_id, *found[p.event_id]) for r in done for p in r.events]
+                outcomes += self._outcomes(done, fake)
+                batch = []
         unknown = StoreUnavailable(
             "the connection was lost while this append was committing and has not come back; "
             "the append may or may not be stored: retry it with the same event ids to find out",
             outcome_known=False,
         )
         outcomes += [(request, None, unknown, False) for request in batch]
+        if redo:
+            outcomes += await self._execute(lane, redo, release)
         return outcomes
 
     async def _reconnect(self, lane: _Lane, *, patient: bool = False) -> bool:

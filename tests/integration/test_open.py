@@ -1,0 +1,42 @@
+"""Opening and closing the store and the bus: errors come out as themselves."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio_asyncio
+
+from eventbus import Event, StoreUnavailable, create_filter, open_bus, open_event_store
+
+
+class Boom(Exception):
+    pass
+
+
+async def test_an_error_in_the_callers_block_comes_out_as_itself(dsn: str) -> None:
+    with pytest.raises(Boom):
+        async with open_bus(dsn):
+            raise Boom
+
+
+async def test_an_unreachable_database_is_a_store_unavailable_error() -> None:
+    with pytest.raises(StoreUnavailable):
+        async with open_event_store("postgresql://nobody@127.0.0.1:1/nothing"):
+            pass
+
+
+async def test_the_bus_works_inside_a_trio_asyncio_loop_the_caller_opened(dsn: str) -> None:
+    async with trio_asyncio.open_loop(), open_bus(dsn) as bus:
+        records = await bus.store.append([Event("Opened", {"id": 1})])
+        assert (await bus.store.query(create_filter(["Opened"]))).events == records
+
+
+async def test_cancelling_the_bus_block_shuts_down_cleanly(dsn: str) -> None:
+    with trio.move_on_after(0.5) as scope:
+        async with open_bus(dsn) as bus, bus.subscribe(create_filter([])) as sub:
+            await bus.store.append([Event("Opened", {"id": 1})])
+            async for _ in sub:
+                await trio.sleep_forever()
+    assert scope.cancelled_caught
+    async with open_event_store(dsn) as store:
+        assert await store.head() == 1
