@@ -333,11 +333,7 @@ class StoreActor:
             async with trio.open_nursery() as nursery:
                 while True:
                     lane = await idle_receive.receive()
-                    # With other lanes idle too, take a fair share of what is
-                    # ready, so the next batch can go out while this one commits.
-                    idle = idle_receive.statistics().current_buffer_used + 1
-                    ready = self._receive.statistics().current_buffer_used + len(self._pending)
-                    batch = await self._next_batch(max(1, math.ceil(ready / idle)))
+                    batch = await self._next_batch(lambda: idle_receive.statistics().current_buffer_used + 1)
                     turn = trio.Event()
                     self._in_flight.update(batch)
                     nursery.start_soon(self._carry, lane, batch, answered, turn, idle_send)
@@ -367,17 +363,20 @@ class StoreActor:
                 break
         self._receive.close()
 
-    async def _next_batch(self, limit: int = MAX_BATCH_APPENDS) -> list[Request]:
-        """Wait for one request, then take ready ones up to ``limit`` and the batch limits.
+    async def _next_batch(self, idle_lanes: Callable[[], int] = lambda: 1) -> list[Request]:
+        """Wait for one request, then take the ready ones, up to the batch limits.
 
-        Requests whose callers gave up are dropped; a request sharing an event
-        id with one already in the batch waits for the next batch.
+        With other lanes idle too, only a fair share of what is ready: the
+        next batch can then go out while this one commits, and Python's work
+        on one overlaps PostgreSQL's on the other. Requests whose callers gave
+        up are dropped; a request sharing an event id with one already in the
+        batch waits for the next batch.
         """
         batch: list[Request] = []
         ids: set[uuid.UUID] = set()
         events = 0
         held: list[Request] = []
-        limit = min(limit, MAX_BATCH_APPENDS)
+        limit = MAX_BATCH_APPENDS
         while len(batch) < limit:
             if self._pending:
                 request = self._pending.popleft()
@@ -400,6 +399,9 @@ class StoreActor:
             batch.append(request)
             ids |= request_ids
             events += len(request.events)
+            if len(batch) == 1:
+                ready = 1 + self._receive.statistics().current_buffer_used + len(self._pending)
+                limit = min(MAX_BATCH_APPENDS, math.ceil(ready / idle_lanes()))
         self._pending.extendleft(reversed(held))
         return batch
 
