@@ -22,3 +22,7 @@ fmt:
 # Benchmarks: `just bench` runs all, `just bench store` one of them.
 bench *which:
     {{python}} -m bench {{which}}
+
+# The bank: the interactive menu, or a subcommand (`just cli list`); embedded database unless EVENTBUS_DSN is set.
+cli *args:
+    {{python}} -m apps.banking "$@"

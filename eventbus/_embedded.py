@@ -395,7 +395,8 @@ async def open_database(dsn: str | None = None) -> AsyncIterator[str]:
     try:
         from . import _pg  # imported here: _pg imports this module
 
-        await _pg.create_database(admin, EMBEDDED_DATABASE)
+        async with _pg.open_loop():
+            await _pg.create_database(admin, EMBEDDED_DATABASE)
         yield server.dsn(EMBEDDED_DATABASE)
     finally:
         with trio.CancelScope(shield=True):

@@ -109,6 +109,11 @@ class AccountNotEmpty(CommandRefused):
     """Only an account with a zero balance can be closed."""
 
 
+class Contention(BankingError):
+    """The accounts changed between every read and its append, a bounded
+    number of times in a row. Nothing was written; trying again later is safe."""
+
+
 class MalformedEvent(BankingError):
     """A stored event without the shape the bank writes: a bug or foreign
     data, never the fault of the command being decided."""

@@ -1,0 +1,7 @@
+"""``python -m apps.banking``: the ``banking`` command (the menu without arguments)."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

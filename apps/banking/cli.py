@@ -1,0 +1,245 @@
+"""The ``banking`` command: an interactive menu, and the same actions as subcommands.
+
+Run with no arguments for the menu. Subcommands::
+
+    banking open --owner "Ada" --type checking --currency EUR [--initial 100.00] [--id ID]
+    banking deposit ACCOUNT 100.00 [--currency EUR]
+    banking withdraw ACCOUNT 5.00 [--currency EUR]
+    banking transfer FROM TO 25.50 [--currency EUR]
+    banking close ACCOUNT
+
+The write subcommands take ``--command-id UUID``: run again with the same id
+(after a timeout, say), the command takes effect once.
+    banking list [--limit N]
+    banking balance ACCOUNT
+    banking analytics
+    banking rebuild [accounts|analytics]
+    banking simulate [--accounts 100] [--rate 500] [--duration 30] [--processes 1] [--journal FILE]
+
+Every subcommand takes ``--dsn URL``; without it, ``EVENTBUS_DSN``, then
+``DATABASE_URL``, else the embedded server.
+
+Exit status: 0 done; 1 refused or bad input (a one-line message on stderr,
+nothing written); 2 bad usage; 3 the database could not be reached (or
+refused a statement); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import sys
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Final, NoReturn
+
+import trio
+
+from eventbus import DatabaseError, EventBusError, StoreUnavailable
+
+from . import actions
+from .app import PROJECTIONS, Bank, Command, open_bank
+from .domain import BankingError, parse_account_id
+
+EXIT_OK: Final = 0
+EXIT_REFUSED: Final = 1
+EXIT_USAGE: Final = 2
+EXIT_UNAVAILABLE: Final = 3
+EXIT_INTERRUPTED: Final = 130
+
+DEFAULT_LIST_LIMIT: Final = 100
+"""Accounts ``banking list`` prints unless told otherwise."""
+
+
+class UsageError(Exception):
+    """The command line itself is wrong."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line, raised rather than printed."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
+def _uuid(text: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a UUID") from None
+
+
+def _count(text: str) -> int:
+    return 0 if text.strip() == "0" else _positive_int(text)
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of the command line."""
+    common = _Parser(add_help=False)
+    common.add_argument(
+        "--dsn", default=argparse.SUPPRESS, help="PostgreSQL URL (default: EVENTBUS_DSN, DATABASE_URL, embedded)"
+    )
+    parser = _Parser(prog="banking", description="A bank on eventbus. Without an ACTION: the interactive menu.")
+    parser.add_argument("--dsn", default=None, help="PostgreSQL URL (default: EVENTBUS_DSN, DATABASE_URL, embedded)")
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
+
+    def add(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=help, parents=[common])
+
+    def add_write(name: str, help: str) -> argparse.ArgumentParser:
+        parser = add(name, help)
+        parser.add_argument(
+            "--command-id",
+            type=_uuid,
+            default=None,
+            help="a UUID; running it again with the same one takes effect once",
+        )
+        return parser
+
+    add("menu", "the interactive menu (the default)")
+    p = add_write("open", "open an account")
+    p.add_argument("--owner", required=True, help="the owner's name")
+    p.add_argument("--type", dest="account_type", default="checking", help="checking (default) or savings")
+    p.add_argument("--currency", required=True, help="EUR, USD or GBP")
+    p.add_argument("--initial", default=None, help="a first deposit, like 100.00")
+    p.add_argument("--id", dest="account_id", default=None, help="the account's id (default: a new one)")
+    for name, help in (("deposit", "deposit into an account"), ("withdraw", "withdraw from an account")):
+        p = add_write(name, help)
+        p.add_argument("account", help="the account's id")
+        p.add_argument("amount", help="like 100.00")
+        p.add_argument("--currency", default=None, help="refuse unless the account holds this currency")
+    p = add_write("transfer", "move money between two accounts of one currency")
+    p.add_argument("source", metavar="FROM", help="the account to take it from")
+    p.add_argument("target", metavar="TO", help="the account to put it in")
+    p.add_argument("amount", help="like 25.50")
+    p.add_argument("--currency", default=None, help="refuse unless the accounts hold this currency")
+    add_write("close", "close an account whose balance is zero").add_argument("account", help="the account's id")
+    p = add("list", "list the accounts (from the accounts read model)")
+    p.add_argument("--limit", type=_positive_int, default=DEFAULT_LIST_LIMIT, help="at most this many")
+    add("balance", "an account's balance and history").add_argument("account", help="the account's id")
+    add("analytics", "openings, deposits, withdrawals and transfers per month")
+    p = add("rebuild", "rebuild a read model from the events, with a progress bar")
+    p.add_argument("name", nargs="?", choices=list(PROJECTIONS), help="the read model (default: all)")
+    p = add("simulate", "run a realistic mixed load and report what it did")
+    p.add_argument("--accounts", type=_count, default=100, help="accounts to open first (default 100)")
+    p.add_argument("--rate", type=_positive_float, default=500.0, help="commands per second (default 500)")
+    p.add_argument("--duration", type=_positive_float, default=30.0, help="seconds (default 30)")
+    p.add_argument("--processes", type=_positive_int, default=1, help="OS processes to run it in (default 1)")
+    p.add_argument("--seed", type=int, default=None, help="for a repeatable run")
+    p.add_argument("--journal", default=None, help="append one JSON line per acknowledged command here")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON line")
+    return parser
+
+
+def make_command(args: argparse.Namespace) -> Command | None:
+    """The command a write subcommand asks for, validated; None for the others.
+
+    Raises:
+        InvalidCommand: bad input (amount, id, owner, type, currency).
+    """
+    match args.action:
+        case "open":
+            return actions.make_open(
+                args.owner, args.account_type, args.currency, args.initial, args.account_id, args.command_id
+            )
+        case "deposit":
+            return actions.make_deposit(args.account, args.amount, args.currency, args.command_id)
+        case "withdraw":
+            return actions.make_withdraw(args.account, args.amount, args.currency, args.command_id)
+        case "transfer":
+            return actions.make_transfer(args.source, args.target, args.amount, args.currency, args.command_id)
+        case "close":
+            return actions.make_close(args.account, args.command_id)
+    return None
+
+
+async def _with_bank(dsn: str | None, fn: Callable[[Bank], Awaitable[None]], *, projections: bool) -> None:
+    async with open_bank(dsn, projections=projections) as bank:
+        await fn(bank)
+
+
+def _plan(args: argparse.Namespace) -> Callable[[], Awaitable[None]]:
+    """What to run for the parsed arguments; input is checked here, before any I/O."""
+    out = sys.stdout
+    dsn: str | None = args.dsn
+    command = make_command(args)
+    if command is not None:
+        return functools.partial(
+            _with_bank, dsn, functools.partial(actions.run_command, command=command, out=out), projections=False
+        )
+    match args.action:
+        case "list":
+            run: Callable[[Bank], Awaitable[None]] = functools.partial(actions.show_accounts, out=out, limit=args.limit)
+        case "balance":
+            run = functools.partial(actions.show_balance, account_id=parse_account_id(args.account), out=out)
+            return functools.partial(_with_bank, dsn, run, projections=False)
+        case "analytics":
+            run = functools.partial(actions.show_analytics, out=out)
+        case "rebuild":
+            run = functools.partial(actions.rebuild, names=[args.name] if args.name else [], out=out)
+        case "simulate":
+            from .simulate_cli import run_simulation
+
+            return functools.partial(run_simulation, args)
+        case _:
+            from .menu import run_menu
+
+            run = functools.partial(run_menu, stdin=sys.stdin, out=out)
+    return functools.partial(_with_bank, dsn, run, projections=True)
+
+
+def _fail(message: str, status: int) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return status
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``banking`` command; return its exit status.
+
+    Refusals and bad input print one line on stderr, never a traceback.
+    """
+    try:
+        args = build_parser().parse_args(argv)
+        plan = _plan(args)
+        trio.run(plan)
+    except UsageError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    except BankingError as exc:
+        return _fail(str(exc), EXIT_REFUSED)
+    except StoreUnavailable as exc:
+        return _fail(f"the database is unavailable: {exc}", EXIT_UNAVAILABLE)
+    except DatabaseError as exc:
+        return _fail(f"the database refused: {exc}", EXIT_UNAVAILABLE)
+    except EventBusError as exc:
+        return _fail(str(exc), EXIT_REFUSED)
+    except KeyboardInterrupt:
+        return _fail("interrupted", EXIT_INTERRUPTED)
+    except BrokenPipeError:
+        # The reader left (``banking list | head``): not an error; say nothing more.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

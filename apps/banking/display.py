@@ -1,0 +1,221 @@
+"""Plain-text output for people: tables, an account's history, receipts and a
+progress bar. Nothing here reads or writes the bank."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Final, TextIO
+
+from .app import Receipt
+from .domain import Currency, show_money
+from .features.analytics.types import MonthlyFigures
+from .features.get_account.types import AccountView, EntryKind
+from .features.list_accounts.types import AccountRow, CurrencyTotal
+from .features.transfer.types import Transfer
+
+BAR_WIDTH: Final = 30
+"""Characters in a progress bar."""
+
+REDRAW_INTERVAL: Final = 0.1
+"""Seconds between redraws of a progress bar on a terminal."""
+
+_ENTRY_NAMES: Final = {
+    EntryKind.OPENED: "opened",
+    EntryKind.DEPOSIT: "deposit",
+    EntryKind.WITHDRAWAL: "withdrawal",
+    EntryKind.TRANSFER_IN: "transfer in",
+    EntryKind.TRANSFER_OUT: "transfer out",
+    EntryKind.CLOSED: "closed",
+}
+
+
+def when(moment: datetime) -> str:
+    """A moment as ``2025-01-31 14:05:09`` (UTC)."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]], *, right: Sequence[int] = ()) -> str:
+    """Rows under headers in aligned columns; the columns in ``right`` are right-aligned."""
+    cells = [[str(cell) for cell in row] for row in rows]
+    widths = [max([len(header)] + [len(row[i]) for row in cells]) for i, header in enumerate(headers)]
+
+    def line(row: Sequence[str]) -> str:
+        parts = [
+            cell.rjust(w) if i in right else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        return "  ".join(parts).rstrip()
+
+    return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(row) for row in cells)])
+
+
+def accounts_table(rows: Sequence[AccountRow]) -> str:
+    """The accounts as a table, or a line saying there are none."""
+    if not rows:
+        return "No accounts yet."
+    return table(
+        ["Account", "Owner", "Type", "Currency", "Balance", "Status", "Opened", "Last change"],
+        [
+            [
+                row.account_id,
+                row.owner,
+                row.account_type,
+                row.currency,
+                f"{row.balance:,.2f}",
+                row.status,
+                when(row.opened_at),
+                when(row.updated_at),
+            ]
+            for row in rows
+        ],
+        right=(4,),
+    )
+
+
+def totals_lines(totals: Sequence[CurrencyTotal]) -> str:
+    """One line per currency: how many accounts and what they hold."""
+    return "\n".join(
+        f"{total.currency}: {_plural(total.accounts, 'account')} ({total.open_accounts} open) holding "
+        f"{total.balance:,.2f} {total.currency}"
+        for total in totals
+    )
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def account_details(view: AccountView) -> str:
+    """An account's particulars, balance and history."""
+    header = [
+        f"Account  {view.account_id}",
+        f"Owner    {view.owner}",
+        f"Type     {view.account_type}, {view.currency}, {view.status}",
+        f"Opened   {when(view.opened_at)} UTC"
+        + (f", closed {when(view.closed_at)} UTC" if view.closed_at is not None else ""),
+        f"Balance  {show_money(view.balance, view.currency)}",
+        "",
+    ]
+    history = table(
+        ["#", "When (UTC)", "What", "Amount", "Balance", "Other account"],
+        [
+            [
+                entry.sequence_number,
+                when(entry.occurred_at),
+                _ENTRY_NAMES[entry.kind],
+                f"{entry.change:+,.2f}" if entry.amount else "",
+                f"{entry.balance:,.2f}",
+                entry.counterparty or "",
+            ]
+            for entry in view.history
+        ],
+        right=(0, 3, 4),
+    )
+    return "\n".join(header) + history
+
+
+def analytics_table(figures: Sequence[MonthlyFigures]) -> str:
+    """Each month's figures per currency, or a line saying there are none."""
+    if not figures:
+        return "No activity yet."
+    return table(
+        [
+            "Month",
+            "Currency",
+            "Opened",
+            "Deposits",
+            "Deposited",
+            "Withdrawals",
+            "Withdrawn",
+            "Transfers",
+            "Transferred",
+        ],
+        [
+            [
+                f.month.strftime("%Y-%m"),
+                f.currency,
+                f.accounts_opened,
+                f.deposits,
+                f"{f.deposited:,.2f}",
+                f.withdrawals,
+                f"{f.withdrawn:,.2f}",
+                f.transfers,
+                f"{f.transferred:,.2f}",
+            ]
+            for f in figures
+        ],
+        right=(2, 3, 4, 5, 6, 7, 8),
+    )
+
+
+def balance_after(receipt: Receipt, view: AccountView) -> Decimal:
+    """The balance of ``view``'s account right after the receipt's last event of it."""
+    ids = set(receipt.event_ids)
+    entries = [entry for entry in view.history if entry.event_id in ids]
+    return entries[-1].balance if entries else view.balance
+
+
+def describe(receipt: Receipt, view: AccountView) -> str:
+    """One line saying what a command did; ``view`` is its account (the source of a transfer)."""
+    command = receipt.command
+    currency: Currency = view.currency
+    balance = show_money(balance_after(receipt, view), currency)
+    match receipt.kind:
+        case "open":
+            return (
+                f"Opened account {view.account_id} for {view.owner} ({view.account_type}, {currency}); "
+                f"balance {balance}."
+            )
+        case "deposit":
+            return f"Deposited {_amount(receipt, currency)} into {view.account_id}; balance {balance}."
+        case "withdraw":
+            return f"Withdrew {_amount(receipt, currency)} from {view.account_id}; balance {balance}."
+        case "transfer":
+            assert isinstance(command, Transfer)
+            return (
+                f"Transferred {_amount(receipt, currency)} from {command.from_account_id} to "
+                f"{command.to_account_id}; {command.from_account_id} now holds {balance}."
+            )
+        case _:
+            return f"Closed account {view.account_id}."
+
+
+def _amount(receipt: Receipt, currency: Currency) -> str:
+    amount = getattr(receipt.command, "amount", None)
+    return show_money(amount, currency) if isinstance(amount, Decimal) else ""
+
+
+class ProgressBar:
+    """A progress bar on a stream: redrawn in place on a terminal (at most
+    every ``REDRAW_INTERVAL``), else drawn once, when done."""
+
+    def __init__(self, out: TextIO, label: str) -> None:
+        self._out = out
+        self._label = label
+        self._tty = out.isatty()
+        self._drawn = 0.0
+        self._last: tuple[int, int] = (0, 0)
+
+    def update(self, done: int, total: int) -> None:
+        """Show ``done`` of ``total``; never blocks on anything but the stream."""
+        self._last = (done, total)
+        now = time.monotonic()
+        if self._tty and now - self._drawn >= REDRAW_INTERVAL:
+            self._drawn = now
+            self._out.write("\r" + self.render(done, total))
+            self._out.flush()
+
+    def finish(self) -> None:
+        """Draw the final state and end the line."""
+        done, total = self._last
+        total = max(total, done)
+        self._out.write(("\r" if self._tty else "") + self.render(total, total) + "\n")
+        self._out.flush()
+
+    def render(self, done: int, total: int) -> str:
+        """The bar's text for ``done`` of ``total``."""
+        fraction = 1.0 if total <= 0 else min(1.0, done / total)
+        filled = round(fraction * BAR_WIDTH)
+        return f"{self._label} [{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {fraction:4.0%} {done}/{total}"

@@ -1,0 +1,1 @@
+"""Analytics: openings, deposits, withdrawals and transfers per month, as a projection."""

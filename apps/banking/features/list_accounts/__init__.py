@@ -1,0 +1,1 @@
+"""List accounts: a projection into an ``accounts`` table, and its queries."""

@@ -1,0 +1,1 @@
+"""The banking example against a real PostgreSQL: shells, read models, concurrency, the CLI."""
