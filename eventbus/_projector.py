@@ -326,11 +326,10 @@ async def apply_batch(
             failed = await _run_handlers(tx, projection, batch, start, len(batch))
             if failed is None:
                 last = batch[-1].sequence_number
-                await conn.execute("COMMIT")
                 if checkpoint is not None:
-                    await trio.sleep(0.005)
                     await conn.execute("SELECT eventbus.advance_checkpoint($1, $2, $3)", projection.name,
                                        checkpoint, last)  # fmt: skip
+                await conn.execute("COMMIT")
                 return last
         except BaseException:
             await _rollback(conn)
