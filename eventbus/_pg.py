@@ -19,9 +19,9 @@ import json
 import json.scanner
 import math
 import types
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import asyncpg
 import sniffio
@@ -41,8 +41,20 @@ CONNECT_TIMEOUT = 10.0
 CLOSE_TIMEOUT = 2.0
 """Seconds a graceful close may take before the connection is terminated."""
 
-Row = Sequence[Any]
-"""A result row: indexable by position and, for asyncpg records, by name."""
+
+class Row(Protocol):
+    """A result row: indexable by position and by column name, iterable."""
+
+    def __getitem__(self, key: int | str, /) -> Any: ...
+
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+    def get(self, key: str, default: Any = None, /) -> Any: ...
+
+    def keys(self) -> Iterable[str]: ...
+
 
 # SQLSTATE classes and codes that mean "the server is not there for you now".
 _UNAVAILABLE_CLASSES = ("08",)

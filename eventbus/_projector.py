@@ -19,6 +19,7 @@ schemas and the checkpoint in one transaction.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -32,6 +33,7 @@ from . import _pg
 from ._errors import DatabaseError, EventBusError, StoreUnavailable
 from ._model import EventFilter, EventRecord
 from ._projection import (
+    NAME_PATTERN,
     HandlerFailed,
     Projection,
     ProjectionConfig,
@@ -49,7 +51,13 @@ LEADER_RETRY = 1.0
 IDLE_CHECKPOINT = 0.5
 """Seconds without events after which the checkpoint moves to the stream's position."""
 
-_LEADER_LOCK = 72430491  # advisory lock class (int4); the object is hashtext(name)
+
+def _leader_key(name: str) -> int:
+    """The advisory lock key of a projection's lead: 64 bits of its name's hash."""
+    digest = hashlib.blake2b(f"eventbus projection {name}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
 _log = logging.getLogger("eventbus.projections")
 
 Progress = Callable[[int, int], object]
@@ -192,7 +200,7 @@ class _Runner:
         try:
             self.state = "standby"
             self.notify()
-            while not await conn.fetchval("SELECT pg_try_advisory_lock($1, hashtext($2))", _LEADER_LOCK, name):
+            while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", _leader_key(name)):
                 applied = int(
                     await conn.fetchval("SELECT checkpoint FROM eventbus.projections WHERE name = $1", name) or 0
                 )
@@ -509,8 +517,14 @@ class ProjectionManager:
     @asynccontextmanager
     async def reader(self, name: str) -> AsyncIterator[Transaction]:
         """A read-only transaction on projection ``name``'s schema, for queries
-        with unqualified table names. Waits for a free pooled connection."""
-        schema = schema_of(name) if name not in self._runners else self._runners[name].projection.schema
+        with unqualified table names. Waits for a free pooled connection.
+
+        Raises:
+            ProjectionError: ``name`` is not a projection name.
+        """
+        if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+            raise ProjectionError(f"{name!r} is not a projection name")
+        schema = schema_of(name)
         async with self.store.pool.acquire() as conn:
             await conn.run_script(f"BEGIN READ ONLY; SET LOCAL search_path TO {_quote(schema)}, public")
             try:

@@ -478,7 +478,7 @@ class StoreActor:
             condition_text, dep_of, dep_on, check_ids, self.origin,
         )  # fmt: skip
 
-    def _outcomes(self, batch: list[Request], rows: Iterable[_pg.Row]) -> list[Outcome]:
+    def _outcomes(self, batch: list[Request], rows: Iterable[_pg.Row | tuple[Any, ...]]) -> list[Outcome]:
         stored: dict[uuid.UUID, tuple[int, Any]] = {}
         refused: dict[int, tuple[str, int | None]] = {}
         new_ids: set[uuid.UUID] = set()
