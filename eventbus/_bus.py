@@ -82,8 +82,11 @@ class _Listener:
                     await self._connect()
                     # Whatever was appended while nobody listened.
                     self._stream.poll_soon()
-                await trio.sleep(self._poll_interval)
-                self._stream.poll_soon(unless_busy_within=self._poll_interval)
+                # Half-interval ticks, skipped while local batches flow (each
+                # reads what other processes appended before it): an event whose
+                # notification was lost still arrives within the poll interval.
+                await trio.sleep(self._poll_interval / 2)
+                self._stream.poll_soon(unless_busy_within=self._poll_interval / 2)
         finally:
             if self._conn is not None:
                 await self._conn.close()

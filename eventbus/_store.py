@@ -227,14 +227,24 @@ class EventStore:
         """The records of ``query`` with positions up to ``upto`` (if given)."""
         if not query.filters or query.limit == 0:
             return []
+        self._check_open()
         sql, args = query_sql(query, upto)
         return to_records(await self._pool.fetch(sql, *args))
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError("the event store is closed")
 
     async def head(self) -> int:
         """The highest position stored, 0 when the store is empty.
 
         Blocks for one round trip on a pooled connection.
+
+        Raises:
+            StoreUnavailable: the database could not be reached.
+            ClosedError: the store is closed.
         """
+        self._check_open()
         value = await self._pool.fetchval("SELECT coalesce(max(sequence_number), 0) FROM eventbus.events")
         return int(value)
 

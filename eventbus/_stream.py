@@ -28,7 +28,7 @@ from typing import Literal
 import attrs
 import trio
 
-from ._errors import InvalidFilter, StoreUnavailable
+from ._errors import ClosedError, InvalidFilter, StoreUnavailable
 from ._model import EventFilter, EventQuery, EventRecord
 from ._nursery import open_actor_nursery
 from ._store import EventStore
@@ -157,7 +157,8 @@ class Subscription:
             except (trio.EndOfChannel, trio.ClosedResourceError):
                 raise StopAsyncIteration from None
         # Small batches waiting behind this one go out with it, up to max_batch:
-        # a subscriber that fell behind gets fewer, larger batches.
+        # a subscriber that fell behind gets fewer, larger batches. (Extending
+        # in place is safe: every chunk is a list of this subscription's own.)
         while len(batch) < self.max_batch:
             try:
                 more, more_upto = self._receive.receive_nowait()
@@ -191,6 +192,7 @@ class Subscription:
             self._catch_up_scope.cancel()
         self._send.close()
         self._receive.close()
+        self._carry = None  # dropped with the rest of the buffer: iteration ends
         self._space.set()  # the hub may be waiting in put() for room (overflow="block")
 
     def statistics(self) -> SubscriptionStatistics:
@@ -299,6 +301,7 @@ class EventStream:
         self._last_local = -math.inf
         self.ingested = 0
         self.delivered = 0
+        self._closed = False
 
     # ------------------------------------------------------------ public
 
@@ -322,6 +325,7 @@ class EventStream:
         Raises:
             InvalidFilter: at once, for a bad filter, position, batch size,
                 buffer or overflow policy.
+            ClosedError: when the block is entered, if the stream has stopped.
         """
         if not isinstance(filter, EventFilter):
             raise InvalidFilter(f"subscribe takes an EventFilter (see create_filter), not {filter!r}")
@@ -390,6 +394,7 @@ class EventStream:
                     else:
                         await self._ingest_local(item)  # type: ignore[arg-type]
         finally:
+            self._closed = True
             for sub in list(self._all):
                 sub.close()
 
@@ -473,8 +478,10 @@ class EventStream:
     # ------------------------------------------------------------ subscriptions
 
     async def _attach(self, sub: Subscription, after: int | None) -> None:
+        self._check_open()
         if after is None:
             after = await self._store.head()
+            self._check_open()
         sub.enqueued_upto = sub.received_upto = after
         self._all[sub] = None
         if after >= self.position:
@@ -482,6 +489,11 @@ class EventStream:
             self._live[sub] = None
         else:
             self._start_catch_up(sub, after, counts_as_detach=False)
+
+    def _check_open(self) -> None:
+        # A subscription to a stopped hub would wait forever for its first batch.
+        if self._closed:
+            raise ClosedError("the stream is closed (the bus was left)")
 
     def _detach(self, sub: Subscription) -> None:
         self._live.pop(sub, None)

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -31,22 +33,30 @@ _counter = itertools.count()
 
 
 @pytest.fixture(scope="session")
-def admin_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A DSN with the right to create databases, and a template with the schema."""
+def admin_dsn() -> Iterator[str]:
+    """A DSN with the right to create databases, and a template with the schema.
+
+    The embedded server lives in a folder of its own (not pytest's temporary
+    folders, which a parallel pytest run may clean up under it).
+    """
     external = os.environ.get("EVENTBUS_TEST_ADMIN_DSN", "").strip()
     server = None
+    folder = None
     if external:
         dsn = external
     else:
-        server = EmbeddedServer(Path(tmp_path_factory.mktemp("pg")), settings=TEST_SETTINGS)
+        folder = Path(tempfile.mkdtemp(prefix="eventbus-test-"))
+        server = EmbeddedServer(folder / "pg", settings=TEST_SETTINGS)
         server.start()
         dsn = server.dsn()
-    trio.run(_make_template, dsn)
     try:
+        trio.run(_make_template, dsn)
         yield dsn
     finally:
         if server is not None:
             server.stop(mode="immediate")
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 async def _make_template(admin: str) -> None:
