@@ -213,6 +213,26 @@ async def _aio(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
     return result
 
 
+async def _opened(open_: Callable[[], Awaitable[T]], dsn: str) -> T:
+    """Open a connection or a pool; its errors as StoreUnavailable, without secrets."""
+    try:
+        return await _aio(open_)
+    except Exception as exc:
+        if is_driver_error(exc) or isinstance(exc, (ValueError, KeyError)):
+            raise StoreUnavailable(scrub(f"cannot connect to {dsn}: {type(exc).__name__}: {exc}", dsn)) from None
+        raise
+
+
+async def _call(what: str, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+    """One crossing into asyncio; driver errors translated."""
+    try:
+        return await _aio(fn, *args)
+    except Exception as exc:
+        if is_driver_error(exc):
+            raise translate(exc, what) from None
+        raise
+
+
 async def connect(dsn: str, *, application_name: str = "eventbus", custom_plans: bool = True) -> Connection:
     """Open a connection.
 
@@ -238,13 +258,7 @@ async def connect(dsn: str, *, application_name: str = "eventbus", custom_plans:
             raise
         return raw
 
-    try:
-        raw = await _aio(_connect)
-    except Exception as exc:
-        if is_driver_error(exc) or isinstance(exc, (ValueError, KeyError)):
-            raise StoreUnavailable(scrub(f"cannot connect to {dsn}: {type(exc).__name__}: {exc}", dsn)) from None
-        raise
-    return Connection(raw)
+    return Connection(await _opened(_connect, dsn))
 
 
 class Connection:
@@ -269,37 +283,29 @@ class Connection:
         closed: bool = self._raw.is_closed()
         return closed
 
-    async def _call(self, what: str, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
-        try:
-            return await _aio(fn, *args)
-        except Exception as exc:
-            if is_driver_error(exc):
-                raise translate(exc, what) from None
-            raise
-
     async def execute(self, sql: str, *args: Any) -> str:
         """Run a statement; return its status tag."""
-        return await self._call("execute", self._raw.execute, sql, *args)
+        return await _call("execute", self._raw.execute, sql, *args)
 
     async def executemany(self, sql: str, args: Sequence[Sequence[Any]]) -> None:
         """Run a statement once per argument tuple, in one pipeline."""
-        await self._call("executemany", self._raw.executemany, sql, args)
+        await _call("executemany", self._raw.executemany, sql, args)
 
     async def fetch(self, sql: str, *args: Any) -> list[Row]:
         """Run a query; return all its rows."""
-        return await self._call("fetch", self._raw.fetch, sql, *args)
+        return await _call("fetch", self._raw.fetch, sql, *args)
 
     async def fetchrow(self, sql: str, *args: Any) -> Row | None:
         """Run a query; return its first row, or None."""
-        return await self._call("fetchrow", self._raw.fetchrow, sql, *args)
+        return await _call("fetchrow", self._raw.fetchrow, sql, *args)
 
     async def fetchval(self, sql: str, *args: Any) -> Any:
         """Run a query; return the first column of its first row, or None."""
-        return await self._call("fetchval", self._raw.fetchval, sql, *args)
+        return await _call("fetchval", self._raw.fetchval, sql, *args)
 
     async def run_script(self, sql: str) -> None:
         """Run several statements (no parameters) in one round trip."""
-        await self._call("script", self._raw.execute, sql)
+        await _call("script", self._raw.execute, sql)
 
     async def add_listener(self, channel: str, callback: Callable[[str], None]) -> None:
         """Call ``callback(payload)`` for every NOTIFY on ``channel``.
@@ -310,7 +316,7 @@ class Connection:
         def _on_notify(_conn: object, _pid: int, _channel: str, payload: str) -> None:
             callback(payload)
 
-        await self._call("listen", self._raw.add_listener, channel, _on_notify)
+        await _call("listen", self._raw.add_listener, channel, _on_notify)
 
     async def close(self) -> None:
         """Close gracefully, shielded from cancellation, within ``CLOSE_TIMEOUT``."""
@@ -340,21 +346,13 @@ class Pool:
     def __init__(self, raw: asyncpg.Pool) -> None:
         self._raw = raw
 
-    async def _call(self, what: str, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
-        try:
-            return await _aio(fn, *args)
-        except Exception as exc:
-            if is_driver_error(exc):
-                raise translate(exc, what) from None
-            raise
-
     async def fetch(self, sql: str, *args: Any) -> list[Row]:
         """Run a query on a pooled connection; return all its rows."""
-        return await self._call("query", self._raw.fetch, sql, *args)
+        return await _call("query", self._raw.fetch, sql, *args)
 
     async def fetchval(self, sql: str, *args: Any) -> Any:
         """Run a query on a pooled connection; return one value."""
-        return await self._call("query", self._raw.fetchval, sql, *args)
+        return await _call("query", self._raw.fetchval, sql, *args)
 
     @asynccontextmanager
     async def acquire(self) -> AsyncIterator[Connection]:
@@ -402,13 +400,7 @@ async def create_pool(dsn: str, *, max_size: int, application_name: str = "event
             server_settings={**SERVER_SETTINGS, "application_name": application_name},
         )
 
-    try:
-        raw = await _aio(_create)
-    except Exception as exc:
-        if is_driver_error(exc) or isinstance(exc, (ValueError, KeyError)):
-            raise StoreUnavailable(scrub(f"cannot connect to {dsn}: {type(exc).__name__}: {exc}", dsn)) from None
-        raise
-    return Pool(raw)
+    return Pool(await _opened(_create, dsn))
 
 
 async def create_database(admin_dsn: str, name: str, *, template: str | None = None) -> bool:
