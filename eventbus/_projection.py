@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import attrs
 
-from . import _pg
+from . import _json, _pg
 from ._errors import EventBusError
 from ._model import EventFilter, EventRecord
 from ._supervisor import RestartPolicy
@@ -100,12 +100,20 @@ def _check_name(_: Any, __: Any, name: Any) -> None:
         )
 
 
+def _check_event_type(event_type: object, what: str) -> None:
+    if not isinstance(event_type, str) or not event_type:
+        raise ProjectionError(f"{what}: event types must be non-empty strings, not {event_type!r}")
+    try:
+        _json.normalize(event_type, what)  # no NUL, no lone surrogate: what the store accepts
+    except _json.JSONRefused as exc:
+        raise ProjectionError(f"{what}: {event_type!r} is not a valid event type ({exc.reason})") from None
+
+
 def _check_handlers(_: Any, __: Any, handlers: Any) -> None:
     if not isinstance(handlers, Mapping):
         raise ProjectionError(f"handlers must be a mapping of event type to async handler, not {handlers!r}")
     for event_type, handler in handlers.items():
-        if not isinstance(event_type, str) or not event_type:
-            raise ProjectionError(f"handler keys must be event types (non-empty strings), not {event_type!r}")
+        _check_event_type(event_type, "handler keys")
         if not _is_async(handler):
             raise ProjectionError(f"the handler for {event_type!r} must be an async function (tx, record)")
 
@@ -124,8 +132,7 @@ def _event_types(value: Iterable[str]) -> tuple[str, ...]:
         raise ProjectionError(f"event_types must be a list of event types, not {value!r}")
     types = tuple(value)
     for event_type in types:
-        if not isinstance(event_type, str) or not event_type:
-            raise ProjectionError(f"event types must be non-empty strings, not {event_type!r}")
+        _check_event_type(event_type, "event_types")
     return types
 
 

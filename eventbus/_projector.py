@@ -168,12 +168,19 @@ class _Runner:
             while True:
                 try:
                     await self._lead()
-                except HandlerFailed as exc:
+                except (StoreUnavailable, DatabaseError) as exc:
+                    # The database, not the handlers: retry, without counting toward failure.
                     self.last_error = str(exc)
+                    self._mark_restarting()
+                    await trio.sleep(policy.delay(min(self.failures + 1, 4)))
+                except Exception as exc:
+                    # A handler (HandlerFailed), or anything else this projection
+                    # raised: its own failure, never the bus's.
+                    self.last_error = str(exc) if isinstance(exc, HandlerFailed) else f"{type(exc).__name__}: {exc}"
                     self.failures += 1
                     if policy.gives_up(self.failures):
                         self.state = "failed"
-                        _log.error("projection %s failed: %s", self.projection.name, exc)
+                        _log.error("projection %s failed: %s", self.projection.name, self.last_error)
                         self.notify()
                         await self.resume.wait()
                         self.resume = trio.Event()
@@ -181,11 +188,6 @@ class _Runner:
                         continue
                     self._mark_restarting()
                     await trio.sleep(policy.delay(self.failures))
-                except (StoreUnavailable, DatabaseError) as exc:
-                    # The database, not the handlers: retry, without counting toward failure.
-                    self.last_error = str(exc)
-                    self._mark_restarting()
-                    await trio.sleep(policy.delay(min(self.failures + 1, 4)))
 
     def _mark_restarting(self) -> None:
         self.state = "restarting"
