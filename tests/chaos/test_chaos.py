@@ -1,0 +1,54 @@
+"""The short chaos run (``just chaos``) finds no violation.
+
+Three simulator processes run the bank for 40 s on an embedded server of the
+run's own while, at the moments seed 2024 fixes, simulators are killed with
+SIGKILL and started again, the server crashes and restarts, and the bus's
+connections are terminated. The last 10 s are quiet, so no fault can race the
+stop or the checks. About a minute.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ..helpers import ROOT
+
+pytestmark = [pytest.mark.slow, pytest.mark.chaos]
+
+SEED = 2024
+TIMEOUT = 240  # seconds; the run takes about 50
+
+
+def count(name: str, output: str) -> int:
+    found = re.search(rf"^  {re.escape(name)}\s+([\d ]+?)(?:\s{{2,}}|$)", output, re.MULTILINE)
+    assert found, f"no {name!r} in the summary"
+    return int(found.group(1).replace(" ", ""))
+
+
+def test_the_short_chaos_run_survives_kills_crashes_and_terminated_connections_without_a_violation(
+    tmp_path: Path,
+) -> None:
+    env = {name: value for name, value in os.environ.items() if name not in ("EVENTBUS_DSN", "DATABASE_URL")}
+    result = subprocess.run(
+        [sys.executable, "-m", "chaos", "--seed", str(SEED), "--workdir", str(tmp_path / "run")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+    output = result.stdout
+    assert result.returncode == 0, output[-6000:] + result.stderr[-3000:]
+    assert "RESULT: no violation" in output
+    assert count("process kills (SIGKILL, then started again)", output) >= 1
+    assert count("server restarts (immediate mode: a crash)", output) >= 1
+    assert count("connection terminations (pg_terminate_backend)", output) >= 1
+    assert count("total", output) > 1000  # acknowledged commands
+    assert f"just chaos --seed {SEED}" in output

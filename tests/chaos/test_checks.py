@@ -1,0 +1,329 @@
+"""The chaos checks find each kind of violation, and pass a clean history.
+
+A check that cannot fail proves nothing: each test here breaks one guarantee
+in a small history and asserts the exact problem the check reports.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from apps.banking.domain import AccountType, Currency
+from apps.banking.features.analytics.core import fold_figures
+from apps.banking.features.close_account.types import bank_account_closed
+from apps.banking.features.deposit.types import money_deposited
+from apps.banking.features.list_accounts.core import fold_accounts
+from apps.banking.features.list_accounts.types import CurrencyTotal
+from apps.banking.features.open_account.types import bank_account_opened
+from apps.banking.features.transfer.types import money_transferred
+from apps.banking.features.withdraw.types import money_withdrawn
+from chaos import _checks
+from chaos._processes import Incarnation, Outcome
+from chaos._schedule import DECK, FaultKind, make_schedule
+from eventbus import Event, EventRecord
+
+EUR, USD = Currency.EUR, Currency.USD
+T0 = datetime(2025, 3, 1, tzinfo=UTC)
+
+
+_ids: Iterator[uuid.UUID] = (uuid.UUID(int=n) for n in itertools.count(1))
+
+
+def opened(account: str, currency: Currency = EUR) -> Event:
+    return bank_account_opened(
+        event_id=next(_ids), account_id=account, owner="Ada", account_type=AccountType.CHECKING, currency=currency
+    )
+
+
+def deposited(account: str, amount: str, currency: Currency = EUR) -> Event:
+    return money_deposited(event_id=next(_ids), account_id=account, amount=Decimal(amount), currency=currency)
+
+
+def withdrawn(account: str, amount: str, currency: Currency = EUR) -> Event:
+    return money_withdrawn(event_id=next(_ids), account_id=account, amount=Decimal(amount), currency=currency)
+
+
+def transferred(source: str, target: str, amount: str, currency: Currency = EUR) -> Event:
+    return money_transferred(
+        event_id=next(_ids), from_account_id=source, to_account_id=target, amount=Decimal(amount), currency=currency
+    )
+
+
+def closed(account: str) -> Event:
+    return bank_account_closed(event_id=next(_ids), account_id=account)
+
+
+def stored(*events: Event, first: int = 1) -> list[EventRecord]:
+    """The events as the store would hold them, from position ``first`` on."""
+    return [
+        EventRecord(first + n, e.event_id or uuid.uuid4(), e.event_type, e.payload, {}, T0 + timedelta(seconds=n))
+        for n, e in enumerate(events)
+    ]
+
+
+def clean_history() -> list[EventRecord]:
+    return stored(
+        opened("a"),
+        deposited("a", "100.00"),
+        opened("b"),
+        transferred("a", "b", "60.00"),
+        withdrawn("b", "60.00"),
+        closed("b"),
+        opened("c", USD),
+        deposited("c", "5.00", USD),
+    )
+
+
+def journal_line(records: list[EventRecord], kind: str = "deposit") -> dict[str, Any]:
+    return {
+        "kind": kind,
+        "command_id": str(uuid.uuid4()),
+        "accounts": ["a"],
+        "amount": None,
+        "event_ids": [str(r.event_id) for r in records],
+        "positions": [r.sequence_number for r in records],
+        "pid": 1,
+    }
+
+
+def seen(records: list[EventRecord]) -> dict[str, Any]:
+    return {
+        "positions": [r.sequence_number for r in records],
+        "ids": [str(r.event_id) for r in records],
+        "disorder": [],
+        "errors": 0,
+    }
+
+
+# ------------------------------------------------------------------ the schedule
+
+
+def test_the_same_seed_strikes_the_same_faults_at_the_same_moments() -> None:
+    one = make_schedule(7, start=2, end=300, mean_interval=3, slots=3, server_restarts=True)
+    assert one == make_schedule(7, start=2, end=300, mean_interval=3, slots=3, server_restarts=True)
+    assert one != make_schedule(8, start=2, end=300, mean_interval=3, slots=3, server_restarts=True)
+
+
+def test_faults_fall_in_the_window_in_order_and_every_kind_comes_up_in_the_first_deck() -> None:
+    faults = make_schedule(1, start=2, end=40, mean_interval=3, slots=2, server_restarts=True)
+    moments = [fault.at for fault in faults]
+    assert moments == sorted(moments)
+    assert all(2 < at <= 40 for at in moments)
+    assert all(later - earlier >= 1.5 - 0.1 for earlier, later in itertools.pairwise([2.0, *moments]))
+    assert {fault.kind for fault in faults[: len(DECK)]} == set(FaultKind)
+    assert {fault.slot for fault in faults if fault.kind is FaultKind.KILL} == {1}  # simulator 0 reports the whole run
+
+
+def test_a_server_that_is_not_ours_is_never_restarted() -> None:
+    faults = make_schedule(1, start=2, end=600, mean_interval=3, slots=2, server_restarts=False)
+    assert faults
+    assert FaultKind.RESTART not in {fault.kind for fault in faults}
+
+
+# ------------------------------------------------------------------ the store
+
+
+def test_a_clean_history_passes_every_store_and_rule_check() -> None:
+    records = clean_history()
+    rules, states = _checks.rules_held(records)
+    totals = [CurrencyTotal(EUR, 2, 1, Decimal("40.00")), CurrencyTotal(USD, 1, 1, Decimal("5.00"))]
+    checks = [
+        _checks.acknowledged_are_stored([journal_line(records[1:2])], records),
+        _checks.ids_are_unique(records),
+        _checks.positions_increase(records),
+        _checks.no_gap_filled_later(seen(records[:5]), records),
+        _checks.subscription_saw_everything_once(seen(records), records),
+        rules,
+        _checks.money_adds_up(records, states, totals),
+        _checks.accounts_model_matches(list(fold_accounts(records).values()), records),
+        _checks.analytics_model_matches(fold_figures(records), records),
+        _checks.checkpoints_at_head({"accounts": 8, "analytics": 8}, 8, {}),
+    ]
+    assert [(check.name, check.problems) for check in checks if not check.ok] == []
+    assert states["a"].balance == Decimal("40.00")
+
+
+def test_an_acknowledged_event_that_is_missing_or_elsewhere_is_a_violation() -> None:
+    records = clean_history()
+    missing = journal_line(stored(deposited("a", "1.00"), first=99))
+    moved = journal_line(records[1:2]) | {"positions": [7]}
+    check = _checks.acknowledged_are_stored([missing, moved], records)
+    assert check.count == 2
+    assert f"event {missing['event_ids'][0]} is not stored" in check.problems[0]
+    assert f"event {records[1].event_id} is at 2, acknowledged at 7" in check.problems[1]
+
+
+def test_an_event_id_stored_twice_is_a_violation() -> None:
+    records = clean_history()
+    twice = [*records, attrs.evolve(records[1], sequence_number=9)]
+    check = _checks.ids_are_unique(twice)
+    assert check.problems == (f"event {records[1].event_id} is stored 2 times",)
+
+
+def test_a_gap_filled_after_the_reader_passed_it_is_a_violation() -> None:
+    records = clean_history()
+    saw = seen([records[0], records[1], records[3]])  # position 3 committed later
+    check = _checks.no_gap_filled_later(saw, records)
+    assert check.problems == ("position 3 was committed after the reader had passed it: a gap filled later",)
+
+
+def test_a_reader_that_saw_another_event_at_a_position_is_a_violation() -> None:
+    records = clean_history()
+    saw = seen(records[:2])
+    saw["ids"][1] = str(uuid.UUID(int=999))
+    check = _checks.no_gap_filled_later(saw, records)
+    assert check.problems == (
+        f"the reader saw event {uuid.UUID(int=999)} at position 2; the store holds {records[1].event_id}",
+    )
+
+
+def test_a_subscription_that_skips_or_repeats_an_event_is_a_violation() -> None:
+    records = clean_history()
+    skipped = _checks.subscription_saw_everything_once(seen(records[:2] + records[3:]), records)
+    assert skipped.problems == (
+        f"delivery 2 was event {records[3].event_id} at 4; the store holds {records[2].event_id} at 3",
+        "the subscription delivered 7 events; the store holds 8",
+    )
+    repeated = seen(records)
+    repeated["disorder"] = ["position 2 came after position 2"]
+    assert _checks.subscription_saw_everything_once(repeated, records).count == 1
+
+
+# ------------------------------------------------------------------ the bank's rules
+
+
+def test_a_balance_below_zero_at_any_position_is_a_violation_even_if_it_recovers() -> None:
+    records = stored(opened("a"), deposited("a", "10.00"), withdrawn("a", "10.01"), deposited("a", "5.00"))
+    check, states = _checks.rules_held(records)
+    assert check.problems == ("account a is at -0.01 after position 3",)
+    assert states["a"].balance == Decimal("4.99")
+
+
+def test_money_on_a_closed_or_unopened_account_a_second_opening_and_a_close_with_money_are_violations() -> None:
+    records = stored(
+        opened("a"),
+        deposited("a", "1.00"),
+        closed("a"),
+        deposited("a", "2.00"),
+        deposited("nobody", "3.00"),
+        opened("a"),
+        opened("b", USD),
+        transferred("b", "c", "0.00", USD),
+    )
+    check, _ = _checks.rules_held(records)
+    assert check.problems == (
+        "BankAccountClosed at position 3 closes account a holding 1.00",
+        "MoneyDeposited at position 4 touches account a after it was closed",
+        "MoneyDeposited at position 5 touches account nobody before it was opened",
+        "BankAccountOpened at position 6 opens account a again",
+        "MoneyTransferred at position 8 touches account c before it was opened",
+    )
+
+
+def test_money_in_another_currency_than_the_accounts_is_a_violation() -> None:
+    records = stored(opened("a"), opened("b", USD), deposited("a", "9.00", USD), transferred("a", "b", "1.00"))
+    check, _ = _checks.rules_held(records)
+    assert check.problems == (
+        "MoneyDeposited at position 3 moves USD on account a, which holds EUR",
+        "MoneyTransferred at position 4 moves EUR on account b, which holds USD",
+    )
+
+
+def test_a_read_model_total_that_differs_from_deposits_minus_withdrawals_is_a_violation() -> None:
+    records = clean_history()
+    _, states = _checks.rules_held(records)
+    totals = [CurrencyTotal(EUR, 2, 1, Decimal("40.01")), CurrencyTotal(USD, 1, 1, Decimal("5.00"))]
+    check = _checks.money_adds_up(records, states, totals)
+    assert check.problems == (
+        "EUR: deposits minus withdrawals 40.00; the accounts hold 40.00 (replay), 40.01 (read model)",
+    )
+
+
+# ------------------------------------------------------------------ read models and checkpoints
+
+
+def test_a_read_model_row_that_differs_from_the_replay_is_reported_field_by_field() -> None:
+    records = clean_history()
+    rows = fold_accounts(records)
+    rows["a"] = attrs.evolve(rows["a"], balance=Decimal("100.00"))
+    del rows["c"]
+    check = _checks.accounts_model_matches(list(rows.values()), records)
+    assert check.problems == ("account a: balance 100.00 (replay 40.00)", "account c is missing from the read model")
+
+
+def test_analytics_counted_twice_is_reported_field_by_field() -> None:
+    records = clean_history()
+    figures = fold_figures(records + records[1:2])
+    check = _checks.analytics_model_matches(figures, records)
+    assert check.problems == ("2025-03 EUR: deposits 2 (replay 1), deposited 200.00 (replay 100.00)",)
+
+
+def test_a_checkpoint_behind_the_head_or_a_projection_that_did_not_catch_up_is_a_violation() -> None:
+    check = _checks.checkpoints_at_head({"accounts": 8, "analytics": 5}, 8, {"analytics": "failed: boom"})
+    assert check.problems == (
+        "projection analytics did not catch up: failed: boom",
+        "projection analytics has its checkpoint at 5; the head is at 8",
+    )
+
+
+# ------------------------------------------------------------------ processes and secrets
+
+
+def incarnation(tmp_path: Path, number: int, lines: int, outcome: Outcome, status: int | None) -> Incarnation:
+    stem = tmp_path / f"run-{number}"
+    journal = stem.with_suffix(".journal.jsonl")
+    journal.write_text("".join(json.dumps(journal_line([])) + "\n" for _ in range(lines)))
+    stem.with_suffix(".err.log").write_text("Traceback ...\nRuntimeError: boom\n")
+    return Incarnation(
+        slot=0,
+        number=number,
+        seed=1,
+        journal=journal,
+        stdout=stem.with_suffix(".out.log"),
+        stderr=stem.with_suffix(".err.log"),
+        outcome=outcome,
+        status=status,
+    )
+
+
+def test_a_simulator_that_crashed_or_hung_is_a_violation_and_a_killed_one_is_not(tmp_path: Path) -> None:
+    runs = [
+        incarnation(tmp_path, 0, 3, Outcome.KILLED, -9),
+        incarnation(tmp_path, 1, 0, Outcome.UNAVAILABLE, 3),
+        incarnation(tmp_path, 2, 5, Outcome.CRASHED, 1),
+        incarnation(tmp_path, 3, 5, Outcome.HUNG, -9),
+    ]
+    check = _checks.simulators_behaved(runs)
+    assert check.problems == (
+        "simulator 0 run 2 ended on its own (status 1): RuntimeError: boom",
+        "simulator 0 run 3 did not stop in time (status -9): RuntimeError: boom",
+    )
+
+
+def test_a_report_that_counts_more_acknowledged_commands_than_its_journal_holds_is_a_violation(
+    tmp_path: Path,
+) -> None:
+    from apps.banking.simulate import Outcomes, SimulationReport
+
+    run = incarnation(tmp_path, 0, 2, Outcome.STOPPED, 0)
+    run.report = SimulationReport(kinds={"deposit": Outcomes(acknowledged=3)})
+    check = _checks.reports_match_journals([run])
+    assert check.problems == ("simulator 0 run 0 reports 3 acknowledged commands and journaled 2",)
+
+
+def test_the_password_in_any_log_plain_or_url_quoted_is_a_violation(tmp_path: Path) -> None:
+    secret = "s3cr3t/pa ss"
+    (tmp_path / "clean.log").write_text("postgresql://postgres:***@/chaos")
+    (tmp_path / "plain.log").write_text(f"cannot connect: password {secret}")
+    (tmp_path / "quoted.log").write_text("postgresql://postgres:s3cr3t%2Fpa%20ss@/chaos")
+    check = _checks.secret_never_shown(sorted(tmp_path.glob("*.log")), secret)
+    assert check.problems == ("plain.log shows the database password", "quoted.log shows the database password")
