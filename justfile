@@ -10,7 +10,7 @@ test *args:
 
 # ruff and mypy --strict on the library.
 lint:
-    {{python}} -m ruff check eventbus apps tests bench
+    {{python}} -m ruff check eventbus apps tui chaos tests bench
     {{python}} -m ruff format --check eventbus
     {{python}} -m mypy eventbus
 
@@ -26,3 +26,11 @@ bench *which:
 # The bank: the interactive menu, or a subcommand (`just cli list`); embedded database unless EVENTBUS_DSN is set.
 cli *args:
     {{python}} -m apps.banking "$@"
+
+# The dashboard over the bank (`just banking`); embedded database unless EVENTBUS_DSN is set.
+banking *args:
+    {{python}} -m apps.banking dashboard "$@"
+
+# Chaos: simulators killed, the server crashed, connections ended, then every guarantee checked (about a minute; `--minutes 10` for the long form, `--seed N` to repeat a run).
+chaos *args:
+    {{python}} -m chaos "$@"

@@ -15,6 +15,7 @@ The write subcommands take ``--command-id UUID``: run again with the same id
     banking analytics
     banking rebuild [accounts|analytics]
     banking simulate [--accounts 100] [--rate 500] [--duration 30] [--processes 1] [--journal FILE]
+    banking dashboard
 
 Every subcommand takes ``--dsn URL``; without it, ``EVENTBUS_DSN``, then
 ``DATABASE_URL``, else the embedded server.
@@ -149,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="for a repeatable run")
     p.add_argument("--journal", default=None, help="append one JSON line per acknowledged command here")
     p.add_argument("--json", action="store_true", help="print the report as one JSON line")
+    add("dashboard", "the live dashboard: events, accounts, projections; forms to act")
     return parser
 
 
@@ -202,6 +204,10 @@ def _plan(args: argparse.Namespace) -> Callable[[], Awaitable[None]]:
             from .simulate_cli import run_simulation
 
             return functools.partial(run_simulation, args)
+        case "dashboard":
+            from tui.run import run_dashboard
+
+            return functools.partial(run_dashboard, dsn)
         case _:
             from .menu import run_menu
 

@@ -395,7 +395,7 @@ BAD_DEFINITIONS: list[tuple[str, Callable[[], object], str]] = [
     ("setup not async", lambda: Projection("p", {"A": on_event}, setup=not_async), "setup must be an async"),
     ("no handlers", lambda: Projection("p", {}), "has no handlers"),
     ("handlers not a mapping", lambda: Projection("p", [on_event]), "handlers must be a mapping"),
-    ("empty event type", lambda: Projection("p", {"": on_event}), "handler keys: event types must be non-empty strings"),
+    ("empty event type", lambda: Projection("p", {"": on_event}), "event types must be non-empty"),
     ("upper case name", lambda: Projection("Accounts", {"A": on_event}), "not a safe identifier"),
     ("dash in name", lambda: Projection("a-b", {"A": on_event}), "not a safe identifier"),
     ("SQL in name", lambda: Projection("x; DROP TABLE", {"A": on_event}), "not a safe identifier"),

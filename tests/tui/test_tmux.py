@@ -1,0 +1,107 @@
+"""A person at a terminal: ``just banking`` in tmux (120x40), keys in, the screen read back."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+import trio
+
+from ..helpers import ROOT
+
+TMUX = shutil.which("tmux")
+JUST = shutil.which("just") or str(Path(sys.executable).with_name("just"))
+START_TIMEOUT = 30.0
+"""Seconds the dashboard may take to show up (it opens the bank first)."""
+
+QUIT_TIMEOUT = 5.0
+"""Seconds from ``q`` until the process must be gone."""
+
+ACCOUNT_ROW = r"│ acc-[0-9a-f]{16} +Ada Lovelace +EUR +0\.00 +open +│"
+
+pytestmark = pytest.mark.skipif(TMUX is None, reason="tmux is not installed")
+
+
+class Terminal:
+    """A tmux server of the test's own, with one 120x40 window."""
+
+    def __init__(self, name: str) -> None:
+        assert TMUX is not None
+        self.base = [TMUX, "-L", name]
+
+    def tmux(self, *args: str) -> str:
+        # os.environ, not the inherited C environment: readline (imported under
+        # pytest) exports COLUMNS=80 and LINES=24 there, and the dashboard in
+        # the pane would believe them over the window's real size.
+        done = subprocess.run(
+            [*self.base, *args], capture_output=True, text=True, check=True, timeout=10, env=dict(os.environ)
+        )
+        return done.stdout
+
+    def screen(self) -> str:
+        """What the window shows now, as text."""
+        return self.tmux("capture-pane", "-p", "-t", "main")
+
+    async def wait_for(self, pattern: str | None = None, *, gone: str | None = None, timeout: float = 10.0) -> str:
+        """Poll the window until ``pattern`` (a regular expression) shows, and
+        ``gone`` (plain text) no longer does; return the screen."""
+        with trio.move_on_after(timeout):
+            while True:
+                screen = self.screen()
+                if (pattern is None or re.search(pattern, screen)) and (gone is None or gone not in screen):
+                    return screen
+                await trio.sleep(0.1)
+        raise AssertionError(f"waited {timeout} s for {pattern!r} (gone: {gone!r}); the screen:\n{screen}")
+
+    def pane_pid(self) -> int:
+        return int(self.tmux("display-message", "-p", "-t", "main", "#{pane_pid}").strip())
+
+    def pane_dead(self) -> bool:
+        return self.tmux("display-message", "-p", "-t", "main", "#{pane_dead}").strip() == "1"
+
+
+def _alive(process: psutil.Process) -> bool:
+    try:
+        return bool(process.is_running() and process.status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False
+
+
+async def test_just_banking_opens_an_account_with_key_presses_and_quits_with_q(dsn: str) -> None:
+    terminal = Terminal(f"eventbus-test-{psutil.Process().pid}")
+    command = f"cd {shlex.quote(str(ROOT))} && EVENTBUS_DSN={shlex.quote(dsn)} exec {shlex.quote(JUST)} banking"
+    terminal.tmux("new-session", "-d", "-s", "main", "-x", "120", "-y", "40", command)
+    try:
+        terminal.tmux("set-option", "-t", "main", "remain-on-exit", "on")
+        await terminal.wait_for("store connected", timeout=START_TIMEOUT)
+        await terminal.wait_for("projections 2 live")
+        processes = [psutil.Process(terminal.pane_pid())]
+        processes += processes[0].children(recursive=True)
+
+        terminal.tmux("send-keys", "-t", "main", "o")
+        await terminal.wait_for("Open an account")
+        terminal.tmux("send-keys", "-t", "main", "-l", "Ada Lovelace")
+        await terminal.wait_for("Ada Lovelace")
+        terminal.tmux("send-keys", "-t", "main", "Enter")
+        await terminal.wait_for(gone="Open an account")
+        await terminal.wait_for(ACCOUNT_ROW)  # the accounts table
+        await terminal.wait_for(r"│ 1 +[0-9:]{8} +BankAccountOpened +Ada Lovelace checking EUR")  # the event log
+        await terminal.wait_for("Ada Lovelace · checking · EUR · open")  # the account, selected
+        screen = await terminal.wait_for(r"1 account +EUR 0\.00")  # the totals
+        assert len(re.findall(ACCOUNT_ROW, screen)) == 1, screen
+
+        terminal.tmux("send-keys", "-t", "main", "q")
+        with trio.move_on_after(QUIT_TIMEOUT):
+            while not terminal.pane_dead() or any(map(_alive, processes)):
+                await trio.sleep(0.1)
+        assert terminal.pane_dead(), terminal.screen()
+        assert [p.pid for p in processes if _alive(p)] == []
+    finally:
+        subprocess.run([*terminal.base, "kill-server"], capture_output=True, check=False)

@@ -1,0 +1,1 @@
+"""The Textual dashboard over the banking example and its bus: ``banking dashboard``."""

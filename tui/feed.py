@@ -1,0 +1,167 @@
+"""Trio tasks that feed the dashboard's state from a running bank and bus.
+
+Each runs until cancelled (``feed_accounts`` until told to stop) and only
+ever writes :class:`DashboardState`; the widgets read it on their own timer.
+None of them waits on the screen, so a slow terminal never slows the bus.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import psutil
+import trio
+
+from apps.banking.app import Bank
+from apps.banking.domain import BankingError
+from apps.banking.features.list_accounts.shell import NAME as ACCOUNTS
+from eventbus import Bus, EventBusError, create_filter
+
+from .state import DashboardState
+from .trail import follow_account
+
+SAMPLE_INTERVAL = 0.5
+"""Seconds between samples of the bus's figures."""
+
+ACCOUNTS_INTERVAL = 0.25
+"""Seconds between reads of the ``accounts`` read model (sooner when poked)."""
+
+ACCOUNTS_SHOWN = 1000
+"""Accounts the table holds at most: the latest opened."""
+
+LOG_BATCH = 1000
+"""Records per batch the event log's subscription receives, at most."""
+
+LOG_BUFFER = 20_000
+"""Records the event log's subscription may hold unread before it is detached
+(it then catches up on its own; the writers never wait for it)."""
+
+RETRY_DELAY = 1.0
+"""Seconds before a feed tries again after the database failed it."""
+
+
+async def feed_events(
+    bus: Bus, state: DashboardState, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Every committed event into the log, from the bus's head on, until cancelled.
+
+    ``task_status.started()`` once subscribed: from then on no event is missed.
+    A large buffer absorbs bursts; if the dashboard still falls behind, the
+    hub detaches it and it catches up on its own, without slowing anyone down.
+    Returns when the bus closes.
+    """
+    everything = create_filter([])
+    async with bus.subscribe(everything, max_batch=LOG_BATCH, buffer=LOG_BUFFER, name="dashboard log") as sub:
+        task_status.started()
+        async for batch in sub:
+            state.add_events(batch)
+
+
+async def feed_figures(bus: Bus, state: DashboardState, interval: float = SAMPLE_INTERVAL) -> None:
+    """Sample the bus's figures (and this process's memory) every ``interval`` seconds, until cancelled."""
+    process = psutil.Process(os.getpid())
+    previous = bus.statistics()
+    last = time.perf_counter()
+    while True:
+        await trio.sleep(interval)
+        stats = bus.statistics()
+        now = time.perf_counter()
+        elapsed = max(now - last, 1e-6)
+        state.appends_per_s.append(max(0.0, (stats.store.events - previous.store.events) / elapsed))
+        state.deliveries_per_s.append(max(0.0, (stats.stream.delivered - previous.stream.delivered) / elapsed))
+        state.commits_per_s = max(0.0, (stats.store.batches - previous.store.batches) / elapsed)
+        state.store = stats.store
+        state.stream = stats.stream
+        state.listener_connected = stats.listener.connected
+        state.projections = stats.projections
+        state.memory_mb = process.memory_info().rss / 2**20
+        state.figures_version += 1
+        state.touch()
+        previous, last = stats, now
+
+
+class Refresher:
+    """Wakes :func:`feed_accounts` before its next tick (after a command, a new
+    selection), and stops it between two reads when the dashboard closes."""
+
+    def __init__(self) -> None:
+        self._poked = trio.Event()
+        self.closing = False
+        self.stopped = trio.Event()
+
+    def poke(self) -> None:
+        """Ask for a read now; never blocks. Call from Trio."""
+        self._poked.set()
+
+    def close(self) -> None:
+        """Ask the feed to stop after the read under way; ``stopped`` is set then."""
+        self.closing = True
+        self._poked.set()
+
+    async def wait(self, timeout: float) -> bool:
+        """Block until poked or ``timeout`` seconds passed; True if poked."""
+        with trio.move_on_after(timeout):
+            await self._poked.wait()
+        poked = self._poked.is_set()
+        if poked:
+            self._poked = trio.Event()
+        return poked
+
+
+async def feed_accounts(
+    bank: Bank, state: DashboardState, refresher: Refresher, interval: float = ACCOUNTS_INTERVAL
+) -> None:
+    """Keep the accounts (the latest ``ACCOUNTS_SHOWN``), their totals and the
+    selected account current in ``state``, until ``refresher.close()``.
+
+    Reads the read model when its checkpoint moved, or when poked; reads the
+    selected account from its events (always current). The database being
+    away shows as an error on the table; the last rows stay. Stop it with
+    ``refresher.close()`` rather than by cancelling it: a read cut off halfway
+    leaves its pooled connection mid-transaction, which trips up the bus as
+    it closes.
+    """
+    seen: tuple[int, str | None] | None = None
+    try:
+        while not refresher.closing:
+            status = bank.projection_status().get(ACCOUNTS)
+            checkpoint = -1 if status is None else status.checkpoint
+            key = (checkpoint, state.selected)
+            if key != seen:
+                try:
+                    await _read_accounts(bank, state)
+                    seen = key
+                except (EventBusError, BankingError) as exc:
+                    # EventBusError: the database is away, or the read model's
+                    # table is not there yet (another process leads and has not
+                    # created it); both pass.
+                    state.accounts_error = str(exc)
+                    state.accounts_version += 1
+                    state.touch()
+                    await refresher.wait(RETRY_DELAY)
+                    continue
+            if await refresher.wait(interval):
+                seen = None
+    finally:
+        refresher.stopped.set()
+
+
+async def _read_accounts(bank: Bank, state: DashboardState) -> None:
+    totals = await bank.totals(wait=False)
+    count = sum(total.accounts for total in totals)
+    rows = await bank.list_accounts(wait=False, limit=ACCOUNTS_SHOWN, offset=max(0, count - ACCOUNTS_SHOWN))
+    if (rows, totals, None) != (state.accounts, state.totals, state.accounts_error):
+        state.totals, state.accounts, state.accounts_error = totals, rows, None
+        state.accounts_version += 1
+    selected = state.selected
+    if selected is not None:
+        trail = state.account if state.account is not None and state.account.view.account_id == selected else None
+        try:
+            trail = await follow_account(bank.bus.store, selected, trail, more=lambda: state.selected == selected)
+        except BankingError:
+            trail = None
+        if state.selected == selected and trail is not state.account:  # not changed meanwhile
+            state.account = trail
+            state.account_version += 1
+    state.touch()

@@ -1,0 +1,66 @@
+"""Save an SVG screenshot of the dashboard at work: ``python -m tui.screenshot [--dsn URL] [FILE]``.
+
+Runs the dashboard headless (120x40) on the database, opens a few accounts,
+lets the load simulator run for some seconds, selects the richest open account
+and saves the screen (``docs/dashboard.svg`` by default). Best on an empty
+database.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import trio
+
+from apps.banking.app import open_bank
+from apps.banking.domain import AccountStatus
+from eventbus import call_asyncio, call_trio, open_loop
+
+from .app import DashboardApp
+from .run import describe_database, open_dashboard
+
+SIZE = (120, 40)
+OWNERS = (("Ada Lovelace", "EUR", "1200.00"), ("Grace Hopper", "USD", "830.50"), ("Alan Turing", "GBP", "415.25"))
+
+
+async def _shoot(app: DashboardApp, out: Path, seconds: float) -> None:
+    async with app.run_test(size=SIZE) as pilot:
+        await call_trio(app.controller.start_simulation, 100.0, 12)
+        await call_trio(trio.sleep, seconds)
+        open_accounts = [row for row in app.state.accounts if row.status is AccountStatus.OPEN]
+        richest = max(open_accounts, key=lambda row: row.balance, default=None)
+        await call_trio(app.controller.select, None if richest is None else richest.account_id)
+        await call_trio(app.state.wait_until, lambda state: state.account is not None and state.appends_per_s[-1] > 0)
+        await app.wait_for_redraw()
+        await app.wait_for_redraw()
+        await pilot.pause()
+        app.save_screenshot(out.name, path=str(out.parent))
+
+
+async def screenshot(dsn: str | None, out: Path, seconds: float = 15.0) -> None:
+    """Run the dashboard headless on ``dsn`` for about ``seconds`` of simulated load, then save it to ``out``."""
+    async with open_loop(), open_bank(dsn) as bank:
+        for owner, currency, initial in OWNERS:
+            await bank.open_account(owner=owner, account_type="checking", currency=currency, initial_deposit=initial)
+        async with open_dashboard(bank, database=describe_database(dsn)) as app:
+            await call_asyncio(_shoot, app, out, seconds)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Save the screenshot; return the exit status."""
+    parser = argparse.ArgumentParser(prog="python -m tui.screenshot", description=__doc__.splitlines()[0])
+    parser.add_argument("out", nargs="?", default="docs/dashboard.svg", help="the SVG file")
+    parser.add_argument("--dsn", default=None, help="PostgreSQL URL (default: EVENTBUS_DSN, DATABASE_URL, embedded)")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    trio.run(screenshot, args.dsn, out)
+    print(f"saved {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

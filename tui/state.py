@@ -1,0 +1,140 @@
+"""What the dashboard shows, kept by Trio tasks and read by Textual's timer.
+
+Trio tasks (``tui/feed.py``, ``tui/control.py``) write here as events, figures
+and read models arrive; the app reads it a few times a second and each widget
+redraws only the part whose version moved. Nothing crosses between the two
+loops but this plain state, so a flood of events costs a bounded log and one
+redraw per tick, never a message per event.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable
+from typing import Literal
+
+import attrs
+import trio
+
+from apps.banking.features.list_accounts.types import AccountRow, CurrencyTotal
+from eventbus import EventRecord, ProjectionStatus, StoreStatistics, StreamStatistics
+
+from .trail import AccountTrail
+
+LOG_SIZE = 2000
+"""Events the log keeps (newest first); older ones drop off."""
+
+HISTORY = 60
+"""Samples each sparkline keeps."""
+
+NOTICES = 20
+"""Messages for the person that may wait for the next redraw; older ones drop off."""
+
+Severity = Literal["information", "warning", "error"]
+
+
+def _history() -> collections.deque[float]:
+    return collections.deque([0.0] * HISTORY, maxlen=HISTORY)
+
+
+@attrs.frozen
+class Notice:
+    """A one-line message for the person, from a Trio task (a rebuild that ended, say)."""
+
+    text: str
+    severity: Severity = "information"
+
+
+@attrs.frozen
+class Simulation:
+    """The load simulator as the dashboard runs it.
+
+    Attributes:
+        running: whether it issues commands now.
+        rate: the commands per second it was asked for.
+        summary: what the latest run did, once it ended.
+    """
+
+    running: bool = False
+    rate: float = 0.0
+    summary: str = ""
+
+
+@attrs.frozen
+class RebuildProgress:
+    """A rebuild under way: positions replayed of those to replay."""
+
+    done: int = 0
+    total: int = 0
+
+
+@attrs.define
+class DashboardState:
+    """The shared state. Fields are replaced or appended, never shared out.
+
+    Each area has a version, bumped by its writer; a widget redraws when the
+    version it last showed differs.
+    """
+
+    # the event log
+    events: collections.deque[EventRecord] = attrs.field(factory=lambda: collections.deque(maxlen=LOG_SIZE))
+    events_version: int = 0
+    events_seen: int = 0
+    # the bus's figures
+    appends_per_s: collections.deque[float] = attrs.field(factory=_history)
+    deliveries_per_s: collections.deque[float] = attrs.field(factory=_history)
+    commits_per_s: float = 0.0
+    store: StoreStatistics | None = None
+    stream: StreamStatistics | None = None
+    listener_connected: bool = False
+    projections: dict[str, ProjectionStatus] = attrs.field(factory=dict)
+    memory_mb: float = 0.0
+    figures_version: int = 0
+    # the bank
+    accounts: list[AccountRow] = attrs.field(factory=list)
+    totals: list[CurrencyTotal] = attrs.field(factory=list)
+    accounts_error: str | None = None
+    accounts_version: int = 0
+    selected: str | None = None
+    account: AccountTrail | None = None
+    account_version: int = 0
+    # what the person started
+    simulation: Simulation = Simulation()
+    rebuilds: dict[str, RebuildProgress] = attrs.field(factory=dict)
+    control_version: int = 0
+    notices: collections.deque[Notice] = attrs.field(factory=lambda: collections.deque(maxlen=NOTICES))
+    database: str = ""
+    _changed: trio.Event = attrs.field(factory=trio.Event, repr=False)
+
+    def add_events(self, records: list[EventRecord]) -> None:
+        """Append a batch to the log (newest first); never blocks."""
+        self.events.extendleft(records)
+        self.events_seen += len(records)
+        self.events_version += 1
+        self.touch()
+
+    def notice(self, text: str, severity: Severity = "information") -> None:
+        """Leave a message for the person, shown at the next redraw."""
+        self.notices.append(Notice(text, severity))
+        self.control_changed()
+
+    def control_changed(self) -> None:
+        """Say that the simulator, a rebuild or the notices changed."""
+        self.control_version += 1
+        self.touch()
+
+    def touch(self) -> None:
+        """Wake the tasks in :meth:`wait_until`; writers call it after a change.
+
+        Must be called from Trio (a Trio task, or code that ``call_trio`` runs).
+        """
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def wait_until(self, predicate: Callable[[DashboardState], bool]) -> None:
+        """Block until ``predicate(state)`` holds, checking after every change.
+
+        For Trio code (tests, through ``call_trio``); cancellation ends the wait.
+        """
+        while not predicate(self):
+            await self._changed.wait()
