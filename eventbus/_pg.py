@@ -17,6 +17,7 @@ import asyncio
 import heapq
 import json
 import json.scanner
+import logging
 import math
 import types
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
@@ -82,9 +83,26 @@ async def open_loop() -> AsyncIterator[None]:
         async with trio_asyncio.open_loop() as loop:
             if _DRAIN_SUPPORTED:
                 loop._main_loop_one = types.MethodType(_drain_ready_callbacks, loop)
+            loop.set_exception_handler(_log_loop_error)
             yield
     except BaseExceptionGroup as group:  # the loop's nurseries: not the caller's concern
         raise collapse(group) from None
+
+
+_log = logging.getLogger("eventbus.pg")
+
+
+def _log_loop_error(loop: Any, context: dict[str, Any]) -> None:
+    """Log what asyncio code reports to its loop, instead of ending the program.
+
+    trio-asyncio's own handler raises every report in the loop's nursery, and
+    asyncpg reports things that are no error of ours: a pooled connection
+    reset while its cancelled query was still in a transaction, a background
+    release that failed because the server went away. The connection concerned
+    is discarded by asyncpg either way.
+    """
+    error = context.get("exception")
+    _log.warning("asyncio: %s%s", context.get("message", "error"), f" ({error!r})" if error else "")
 
 
 # trio-asyncio's loop runs ONE asyncio callback per Trio scheduler round. A

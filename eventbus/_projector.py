@@ -73,12 +73,14 @@ async def _begin(conn: _pg.Connection, schema: str) -> Transaction:
 
 
 async def _rollback(conn: _pg.Connection) -> None:
-    with trio.CancelScope(shield=True):
+    with trio.move_on_after(_pg.CLOSE_TIMEOUT, shield=True) as scope:
         if not conn.is_closed():
             try:
                 await conn.execute("ROLLBACK")
-            except EventBusError:
+            except Exception:  # the connection is in no state to be reused
                 conn.terminate()
+    if scope.cancelled_caught:
+        conn.terminate()
 
 
 async def _prepare_schema(conn: _pg.Connection, projection: Projection, schema: str) -> None:

@@ -6,7 +6,16 @@ import pytest
 import trio
 import trio_asyncio
 
-from eventbus import Event, StoreUnavailable, create_filter, open_bus, open_event_store
+from eventbus import (
+    Event,
+    EventRecord,
+    Projection,
+    StoreUnavailable,
+    Transaction,
+    create_filter,
+    open_bus,
+    open_event_store,
+)
 
 
 class Boom(Exception):
@@ -40,3 +49,33 @@ async def test_cancelling_the_bus_block_shuts_down_cleanly(dsn: str) -> None:
     assert scope.cancelled_caught
     async with open_event_store(dsn) as store:
         assert await store.head() == 1
+
+
+async def test_leaving_the_bus_while_reads_are_in_flight_raises_nothing(dsn: str) -> None:
+    async def read_model(tx: Transaction) -> None:
+        await tx.execute("CREATE TABLE IF NOT EXISTS seen (n int)")
+
+    async def on_ping(tx: Transaction, record: EventRecord) -> None:
+        await tx.execute("INSERT INTO seen VALUES (1)")
+
+    for round_ in range(12):
+        with trio.move_on_after(0.05 + 0.01 * round_):
+            async with open_bus(dsn) as bus, trio.open_nursery() as nursery:
+                await bus.projections.start(Projection("pings", {"Ping": on_ping}, setup=read_model))
+
+                async def query() -> None:
+                    while True:
+                        await bus.store.query(create_filter([], [{"id": 1}]))
+
+                async def read() -> None:
+                    while True:
+                        async with bus.projections.reader("pings") as tx:
+                            await tx.fetch("SELECT pg_sleep(0.001)")
+
+                for _ in range(4):
+                    nursery.start_soon(query)
+                    nursery.start_soon(read)
+                await bus.store.append([Event("Ping", {"id": 1})])
+                await trio.sleep_forever()
+    async with open_event_store(dsn) as store:
+        assert await store.head() == 12
