@@ -58,6 +58,7 @@ async def test_leaving_the_bus_while_reads_are_in_flight_raises_nothing(dsn: str
     async def on_ping(tx: Transaction, record: EventRecord) -> None:
         await tx.execute("INSERT INTO seen VALUES (1)")
 
+    acknowledged = 0
     for round_ in range(12):
         with trio.move_on_after(0.05 + 0.01 * round_):
             async with open_bus(dsn) as bus, trio.open_nursery() as nursery:
@@ -76,6 +77,8 @@ async def test_leaving_the_bus_while_reads_are_in_flight_raises_nothing(dsn: str
                     nursery.start_soon(query)
                     nursery.start_soon(read)
                 await bus.store.append([Event("Ping", {"id": 1})])
+                acknowledged += 1
                 await trio.sleep_forever()
     async with open_event_store(dsn) as store:
-        assert await store.head() == 12
+        # An append cancelled in flight may still have committed.
+        assert acknowledged <= await store.head() <= 12
