@@ -23,10 +23,11 @@ from ._projection import (
     create_projection_config,
 )
 from ._projector import ProjectionManager, start_projection_listener
+from ._requests import StoreStatistics
 from ._store import EventStore, open_event_store, run_event_store
-from ._stream import EventStream, StreamStatistics, Subscription, SubscriptionStatistics, open_event_stream
+from ._stream import EventStream, StreamStatistics, open_event_stream
+from ._subscription import Subscription, SubscriptionStatistics
 from ._supervisor import RestartPolicy
-from ._writer import StoreStatistics
 
 __all__ = [
     "call_asyncio",

@@ -24,9 +24,11 @@ from ._model import EventFilter, EventRecord
 from ._nursery import open_actor_nursery
 from ._projection import ProjectionStatus
 from ._projector import ProjectionManager
+from ._requests import StoreStatistics
 from ._store import READ_POOL_SIZE, RECONNECT_TIMEOUT, EventStore, run_event_store
-from ._stream import DEFAULT_BUFFER, DEFAULT_MAX_BATCH, EventStream, Overflow, StreamStatistics, Subscription
-from ._writer import WRITE_LANES, StoreStatistics
+from ._stream import EventStream, StreamStatistics
+from ._subscription import DEFAULT_BUFFER, DEFAULT_MAX_BATCH, Overflow, Subscription
+from ._writer import WRITE_LANES
 
 POLL_INTERVAL = 1.0
 """Seconds between reads of what other processes appended, notified or not."""

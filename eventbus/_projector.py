@@ -18,7 +18,6 @@ schemas and the checkpoint in one transaction.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import math
@@ -26,11 +25,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Protocol
 
-import attrs
 import trio
 
 from . import _pg
-from ._errors import DatabaseError, EventBusError, StoreUnavailable
+from ._apply import apply_records, prepare_schema, quote, rollback
+from ._errors import DatabaseError, StoreUnavailable
 from ._model import EventFilter, EventRecord
 from ._projection import (
     NAME_PATTERN,
@@ -42,8 +41,10 @@ from ._projection import (
     Transaction,
     schema_of,
 )
+from ._rebuild import Progress, Rebuild, Swap
 from ._store import EventStore
-from ._stream import EventStream, Subscription
+from ._stream import EventStream
+from ._subscription import Subscription
 
 LEADER_RETRY = 1.0
 """Seconds between a standby's attempts to take the lead."""
@@ -60,62 +61,8 @@ def _leader_key(name: str) -> int:
 
 _log = logging.getLogger("eventbus.projections")
 
-Progress = Callable[[int, int], object]
 
-
-def _quote(identifier: str) -> str:
-    return '"' + identifier.replace('"', '""') + '"'
-
-
-async def _begin(conn: _pg.Connection, schema: str) -> Transaction:
-    await conn.run_script(f"BEGIN; SET LOCAL search_path TO {_quote(schema)}, public")
-    return Transaction(conn)
-
-
-async def _rollback(conn: _pg.Connection) -> None:
-    with trio.move_on_after(_pg.CLOSE_TIMEOUT, shield=True) as scope:
-        if not conn.is_closed():
-            try:
-                await conn.execute("ROLLBACK")
-            except Exception:  # the connection is in no state to be reused
-                conn.terminate()
-    if scope.cancelled_caught:
-        conn.terminate()
-
-
-async def _prepare_schema(conn: _pg.Connection, projection: Projection, schema: str) -> None:
-    """Create the schema if missing and run ``setup`` in it, in one transaction."""
-    await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {_quote(schema)}")
-    tx = await _begin(conn, schema)
-    try:
-        if projection.setup is not None:
-            try:
-                await projection.setup(tx)
-            except StoreUnavailable:
-                raise
-            except Exception as exc:
-                # The projection's own bug, as a handler's: supervised, never the bus's end.
-                message = f"projection {projection.name}: setup raised {type(exc).__name__}: {exc}"
-                raise HandlerFailed(message, None) from exc
-        await conn.execute("COMMIT")
-    except BaseException:
-        await _rollback(conn)
-        raise
-
-
-class _Swap:
-    """The hand-over between a rebuild's shadow and the live leader."""
-
-    def __init__(self) -> None:
-        self.target: int | None = None  # set by the leader once it has paused
-        self.target_set = trio.Event()
-        self.reached: int | None = None  # set by the shadow once it is there
-        self.reached_event = trio.Event()
-        self.done = trio.Event()
-        self.error: BaseException | None = None
-
-
-class _Runner:
+class Runner:
     """One projection in this process: its supervised task and its state."""
 
     def __init__(self, projection: Projection, manager: ProjectionManager) -> None:
@@ -130,10 +77,13 @@ class _Runner:
         self.leader = False
         self.sub: Subscription | None = None
         self.changed = trio.Event()
-        self.swap: _Swap | None = None
+        self.swap: Swap | None = None
         self._wait_scope: trio.CancelScope | None = None
         self.scope = trio.CancelScope()
         self.resume = trio.Event()
+
+    def _count_dead_letter(self) -> None:
+        self.dead_letters += 1
 
     def notify(self) -> None:
         self.changed.set()
@@ -214,7 +164,7 @@ class _Runner:
                 await trio.sleep(LEADER_RETRY)
             self.leader = True
             self.state = "starting"
-            await _prepare_schema(conn, self.projection, self.projection.schema)
+            await prepare_schema(conn, self.projection, self.projection.schema)
             await conn.execute("INSERT INTO eventbus.projections (name) VALUES ($1) ON CONFLICT DO NOTHING", name)
             checkpoint = int(await conn.fetchval("SELECT checkpoint FROM eventbus.projections WHERE name = $1", name))
             self.applied = checkpoint
@@ -265,7 +215,7 @@ class _Runner:
                     continue
                 self._busy = True
                 try:
-                    checkpoint = await apply_records(conn, projection, batch, checkpoint, self)
+                    checkpoint = await apply_records(conn, projection, batch, checkpoint, self._count_dead_letter)
                 finally:
                     self._busy = False
                 self.applied = checkpoint
@@ -287,9 +237,9 @@ class _Runner:
             await swap.reached_event.wait()
             if swap.error is not None or swap.reached is None:
                 return checkpoint
-            live = _quote(self.projection.schema)
-            old = _quote(self.projection.schema + "__old")
-            shadow = _quote(self.projection.schema + "__shadow")
+            live = quote(self.projection.schema)
+            old = quote(self.projection.schema + "__old")
+            shadow = quote(self.projection.schema + "__shadow")
             try:
                 await conn.run_script(
                     f"BEGIN; DROP SCHEMA IF EXISTS {old} CASCADE; ALTER SCHEMA {live} RENAME TO {old}; "
@@ -299,7 +249,7 @@ class _Runner:
                                    self.projection.name, checkpoint, swap.reached)  # fmt: skip
                 await conn.execute("COMMIT")
             except BaseException as exc:
-                await _rollback(conn)
+                await rollback(conn)
                 swap.error = exc
                 raise
             self.applied = swap.reached
@@ -312,130 +262,6 @@ def _state_of(sub: Subscription) -> str:
     return "live" if sub.state == "live" else "catching_up"
 
 
-async def apply_batch(
-    conn: _pg.Connection,
-    projection: Projection,
-    batch: list[EventRecord],
-    checkpoint: int | None,
-    runner: _Runner | None,
-    schema: str | None = None,
-) -> int:
-    """Apply ``batch`` in one transaction with the checkpoint; return the new one.
-
-    ``checkpoint`` None applies without a checkpoint (a rebuild's shadow). A
-    handler that raises rolls the transaction back; with ``on_error="skip"``
-    the events before it are applied again, the failing one goes to the
-    dead-letter table, and the rest follow in a new transaction.
-
-    Raises:
-        HandlerFailed: a handler raised and the policy is ``retry``.
-    """
-    schema = schema or projection.schema
-    start = 0
-    while start < len(batch):
-        tx = await _begin(conn, schema)
-        try:
-            failed = await _run_handlers(tx, projection, batch, start, len(batch))
-            if failed is None:
-                last = batch[-1].sequence_number
-                if checkpoint is not None:
-                    await conn.execute("SELECT eventbus.advance_checkpoint($1, $2, $3)", projection.name,
-                                       checkpoint, last)  # fmt: skip
-                await conn.execute("COMMIT")
-                return last
-        except BaseException:
-            await _rollback(conn)
-            raise
-        index, error = failed
-        await _rollback(conn)
-        record = batch[index]
-        message = f"projection {projection.name}: handler for {record.event_type} at position " \
-                  f"{record.sequence_number} raised {type(error).__name__}: {error}"  # fmt: skip
-        if isinstance(error, StoreUnavailable):
-            raise error
-        if projection.on_error == "retry":
-            raise HandlerFailed(message, record) from error
-        # skip: the events before it again, the poison event to the dead letters.
-        tx = await _begin(conn, schema)
-        try:
-            again = await _run_handlers(tx, projection, batch, start, index)
-            if again is not None:
-                _fail_on_replay(projection, batch, again)
-            await conn.execute(
-                "INSERT INTO eventbus.dead_letters (projection, sequence_number, event_id, event_type, payload, error)"
-                " VALUES ($1, $2, $3, $4, $5, $6)",
-                projection.name, record.sequence_number, record.event_id, record.event_type,
-                dict(record.payload), message,
-            )  # fmt: skip
-            if checkpoint is not None:
-                await conn.execute("SELECT eventbus.advance_checkpoint($1, $2, $3)", projection.name,
-                                   checkpoint, record.sequence_number)  # fmt: skip
-                checkpoint = record.sequence_number
-            await conn.execute("COMMIT")
-        except BaseException:
-            await _rollback(conn)
-            raise
-        _log.warning("%s; sent to the dead letters", message)
-        if runner is not None:
-            runner.dead_letters += 1
-        start = index + 1
-    return batch[-1].sequence_number
-
-
-def _fail_on_replay(projection: Projection, batch: list[EventRecord], failure: tuple[int, BaseException]) -> None:
-    index, error = failure
-    raise HandlerFailed(
-        f"projection {projection.name}: a handler failed on events it had just applied: {error}", batch[index]
-    ) from error
-
-
-async def _run_handlers(
-    tx: Transaction, projection: Projection, batch: list[EventRecord], start: int, stop: int
-) -> tuple[int, BaseException] | None:
-    """Run the handlers on ``batch[start:stop]``; the index and error of the first failure."""
-    if projection.batch_handler is not None and start < stop:
-        try:
-            await projection.batch_handler(tx, batch[start:stop])
-        except Exception as exc:
-            if stop - start == 1:
-                return start, exc
-            # Which event? Find it one by one, each in its own attempt.
-            raise _Bisect from exc
-    handlers = projection.handlers
-    for index in range(start, stop):
-        record = batch[index]
-        handler = handlers.get(record.event_type)
-        if handler is None:
-            continue
-        try:
-            await handler(tx, record)
-        except Exception as exc:
-            return index, exc
-    return None
-
-
-class _Bisect(Exception):
-    """A batch handler failed on a batch of several events."""
-
-
-async def apply_records(
-    conn: _pg.Connection,
-    projection: Projection,
-    batch: list[EventRecord],
-    checkpoint: int | None,
-    runner: _Runner | None,
-    schema: str | None = None,
-) -> int:
-    """:func:`apply_batch`, going one event at a time when a batch handler fails."""
-    try:
-        return await apply_batch(conn, projection, batch, checkpoint, runner, schema)
-    except _Bisect:
-        pass
-    for record in batch:
-        checkpoint = await apply_batch(conn, projection, [record], checkpoint, runner, schema)
-    return batch[-1].sequence_number
-
-
 class ProjectionManager:
     """``bus.projections``: start, watch, wait for and rebuild projections."""
 
@@ -444,14 +270,14 @@ class ProjectionManager:
         self.store = store
         self.stream = stream
         self._nursery = nursery
-        self._runners: dict[str, _Runner] = {}
+        self._runners: dict[str, Runner] = {}
         self._rebuilding: set[str] = set()
         self._listeners = 0
 
     def rebuilding(self, name: str) -> bool:
         return name in self._rebuilding
 
-    def _runner(self, name: str) -> _Runner:
+    def _runner(self, name: str) -> Runner:
         try:
             return self._runners[name]
         except KeyError:
@@ -472,7 +298,7 @@ class ProjectionManager:
             raise ProjectionError(f"start takes a Projection, not {projection!r}")
         if projection.name in self._runners:
             raise ProjectionError(f"projection {projection.name!r} is started already")
-        runner = _Runner(projection, self)
+        runner = Runner(projection, self)
         self._runners[projection.name] = runner
         self._nursery.start_soon(runner.run, name=f"projection {projection.name}")
 
@@ -530,11 +356,11 @@ class ProjectionManager:
             raise ProjectionError(f"{name!r} is not a projection name")
         schema = schema_of(name)
         async with self.store.pool.acquire() as conn:
-            await conn.run_script(f"BEGIN READ ONLY; SET LOCAL search_path TO {_quote(schema)}, public")
+            await conn.run_script(f"BEGIN READ ONLY; SET LOCAL search_path TO {quote(schema)}, public")
             try:
                 yield Transaction(conn)
             finally:
-                await _rollback(conn)
+                await rollback(conn)
 
     async def rebuild(self, name: str, progress: Progress | None = None) -> None:
         """Rebuild projection ``name`` from position 0, without downtime.
@@ -557,88 +383,11 @@ class ProjectionManager:
             raise ProjectionError(f"projection {name!r} is led by another process (or not yet): rebuild it there")
         self._rebuilding.add(name)
         try:
-            await _Rebuild(self, runner, progress).run()
+            await Rebuild(self, runner, progress).run()
         finally:
             self._rebuilding.discard(name)
             if runner.state == "rebuilding":
                 runner.state = "live"
-
-
-@attrs.define
-class _Rebuild:
-    manager: ProjectionManager
-    runner: _Runner
-    progress: Progress | None
-
-    async def run(self) -> None:
-        projection = self.runner.projection
-        shadow = projection.schema + "__shadow"
-        manager = self.manager
-        conn = await _pg.connect(manager.dsn, application_name=f"eventbus-rebuild {projection.name}")
-        swap = _Swap()
-        try:
-            await conn.execute(f"DROP SCHEMA IF EXISTS {_quote(shadow)} CASCADE")
-            await _prepare_schema(conn, projection, shadow)
-            total = await manager.store.head()
-            await self._replay(conn, projection, shadow, swap, total)
-        except BaseException as exc:
-            swap.error = exc
-            swap.reached_event.set()
-            with trio.CancelScope(shield=True):
-                if not conn.is_closed() and not swap.done.is_set():
-                    with contextlib.suppress(EventBusError):
-                        await conn.execute(f"DROP SCHEMA IF EXISTS {_quote(shadow)} CASCADE")
-            raise
-        finally:
-            await conn.close()
-        await swap.done.wait()
-        if swap.error is not None:
-            raise ProjectionError(f"rebuild of {projection.name!r} did not swap: {swap.error}") from swap.error
-
-    async def _replay(self, conn: _pg.Connection, projection: Projection, shadow: str, swap: _Swap,
-                      total: int) -> None:  # fmt: skip
-        runner = self.runner
-        position = 0
-        asked = False
-        sub = self.manager.stream.subscribe(
-            projection.filter,
-            after=0,
-            max_batch=projection.batch_size,
-            buffer=projection.batch_size * 4,
-            name=f"rebuild {projection.name}",
-        )
-        async with sub:
-            while True:
-                if swap.target is not None and position >= swap.target:
-                    swap.reached = position
-                    swap.reached_event.set()
-                    await swap.done.wait()
-                    return
-                if not asked and (sub.state == "live" or position >= runner.applied):
-                    runner.swap = swap
-                    runner.interrupt()
-                    asked = True
-                batch: list[EventRecord] | None = None
-                with trio.move_on_after(IDLE_CHECKPOINT) as scope:
-                    async with trio.open_nursery() as nursery:
-
-                        async def wake_on_target(scope: trio.CancelScope = scope) -> None:
-                            await swap.target_set.wait()
-                            scope.cancel()
-
-                        nursery.start_soon(wake_on_target)
-                        try:
-                            batch = await sub.__anext__()
-                        except StopAsyncIteration:
-                            raise ProjectionError("the bus closed during the rebuild") from None
-                        nursery.cancel_scope.cancel()
-                if batch:
-                    position = await apply_records(conn, projection, batch, None, None, shadow)
-                stats = sub.statistics()
-                if stats.buffered == 0:
-                    position = max(position, stats.position)
-                if self.progress is not None:
-                    self.progress(position, max(total, position))
 
 
 # ------------------------------------------------------------------ the original's style

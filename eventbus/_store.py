@@ -25,17 +25,8 @@ from ._embedded import open_database
 from ._errors import ClosedError, EventBusError
 from ._model import Event, EventFilter, EventQuery, EventRecord, QueryResult
 from ._nursery import open_actor_nursery
-from ._writer import (
-    REQUEST_BUFFER,
-    WRITE_LANES,
-    CommitHook,
-    Request,
-    StoreActor,
-    StoreStatistics,
-    condition,
-    percentile,
-    prepare,
-)
+from ._requests import Request, StoreStatistics, condition, percentile, prepare
+from ._writer import REQUEST_BUFFER, WRITE_LANES, CommitHook, StoreActor
 
 READ_POOL_SIZE = 4
 """Connections in the read pool."""

@@ -1,0 +1,185 @@
+"""Applying a batch of events to a read model: one transaction, with the checkpoint.
+
+A handler that raises rolls the transaction back. With ``on_error="skip"`` the
+events before it are applied again, the failing one goes to
+``eventbus.dead_letters``, and the rest follow in a new transaction; a batch
+handler that fails is retried one event at a time to find the event at fault.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import trio
+
+from . import _pg
+from ._errors import StoreUnavailable
+from ._model import EventRecord
+from ._projection import HandlerFailed, Projection, Transaction
+
+_log = logging.getLogger("eventbus.projections")
+
+
+def quote(identifier: str) -> str:
+    return '"' + identifier.replace('"', '""') + '"'
+
+
+async def begin(conn: _pg.Connection, schema: str) -> Transaction:
+    await conn.run_script(f"BEGIN; SET LOCAL search_path TO {quote(schema)}, public")
+    return Transaction(conn)
+
+
+async def rollback(conn: _pg.Connection) -> None:
+    with trio.move_on_after(_pg.CLOSE_TIMEOUT, shield=True) as scope:
+        if not conn.is_closed():
+            try:
+                await conn.execute("ROLLBACK")
+            except Exception:  # the connection is in no state to be reused
+                conn.terminate()
+    if scope.cancelled_caught:
+        conn.terminate()
+
+
+async def prepare_schema(conn: _pg.Connection, projection: Projection, schema: str) -> None:
+    """Create the schema if missing and run ``setup`` in it, in one transaction."""
+    await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote(schema)}")
+    tx = await begin(conn, schema)
+    try:
+        if projection.setup is not None:
+            try:
+                await projection.setup(tx)
+            except StoreUnavailable:
+                raise
+            except Exception as exc:
+                # The projection's own bug, as a handler's: supervised, never the bus's end.
+                message = f"projection {projection.name}: setup raised {type(exc).__name__}: {exc}"
+                raise HandlerFailed(message, None) from exc
+        await conn.execute("COMMIT")
+    except BaseException:
+        await rollback(conn)
+        raise
+
+
+async def apply_batch(
+    conn: _pg.Connection,
+    projection: Projection,
+    batch: list[EventRecord],
+    checkpoint: int | None,
+    on_dead_letter: Callable[[], object] | None,
+    schema: str | None = None,
+) -> int:
+    """Apply ``batch`` in one transaction with the checkpoint; return the new one.
+
+    ``checkpoint`` None applies without a checkpoint (a rebuild's shadow). A
+    handler that raises rolls the transaction back; with ``on_error="skip"``
+    the events before it are applied again, the failing one goes to the
+    dead-letter table, and the rest follow in a new transaction.
+
+    Raises:
+        HandlerFailed: a handler raised and the policy is ``retry``.
+    """
+    schema = schema or projection.schema
+    start = 0
+    while start < len(batch):
+        tx = await begin(conn, schema)
+        try:
+            failed = await _run_handlers(tx, projection, batch, start, len(batch))
+            if failed is None:
+                last = batch[-1].sequence_number
+                if checkpoint is not None:
+                    await conn.execute("SELECT eventbus.advance_checkpoint($1, $2, $3)", projection.name,
+                                       checkpoint, last)  # fmt: skip
+                await conn.execute("COMMIT")
+                return last
+        except BaseException:
+            await rollback(conn)
+            raise
+        index, error = failed
+        await rollback(conn)
+        record = batch[index]
+        message = f"projection {projection.name}: handler for {record.event_type} at position " \
+                  f"{record.sequence_number} raised {type(error).__name__}: {error}"  # fmt: skip
+        if isinstance(error, StoreUnavailable):
+            raise error
+        if projection.on_error == "retry":
+            raise HandlerFailed(message, record) from error
+        # skip: the events before it again, the poison event to the dead letters.
+        tx = await begin(conn, schema)
+        try:
+            again = await _run_handlers(tx, projection, batch, start, index)
+            if again is not None:
+                _fail_on_replay(projection, batch, again)
+            await conn.execute(
+                "INSERT INTO eventbus.dead_letters (projection, sequence_number, event_id, event_type, payload, error)"
+                " VALUES ($1, $2, $3, $4, $5, $6)",
+                projection.name, record.sequence_number, record.event_id, record.event_type,
+                dict(record.payload), message,
+            )  # fmt: skip
+            if checkpoint is not None:
+                await conn.execute("SELECT eventbus.advance_checkpoint($1, $2, $3)", projection.name,
+                                   checkpoint, record.sequence_number)  # fmt: skip
+                checkpoint = record.sequence_number
+            await conn.execute("COMMIT")
+        except BaseException:
+            await rollback(conn)
+            raise
+        _log.warning("%s; sent to the dead letters", message)
+        if on_dead_letter is not None:
+            on_dead_letter()
+        start = index + 1
+    return batch[-1].sequence_number
+
+
+def _fail_on_replay(projection: Projection, batch: list[EventRecord], failure: tuple[int, BaseException]) -> None:
+    index, error = failure
+    raise HandlerFailed(
+        f"projection {projection.name}: a handler failed on events it had just applied: {error}", batch[index]
+    ) from error
+
+
+async def _run_handlers(
+    tx: Transaction, projection: Projection, batch: list[EventRecord], start: int, stop: int
+) -> tuple[int, BaseException] | None:
+    """Run the handlers on ``batch[start:stop]``; the index and error of the first failure."""
+    if projection.batch_handler is not None and start < stop:
+        try:
+            await projection.batch_handler(tx, batch[start:stop])
+        except Exception as exc:
+            if stop - start == 1:
+                return start, exc
+            # Which event? Find it one by one, each in its own attempt.
+            raise _Bisect from exc
+    handlers = projection.handlers
+    for index in range(start, stop):
+        record = batch[index]
+        handler = handlers.get(record.event_type)
+        if handler is None:
+            continue
+        try:
+            await handler(tx, record)
+        except Exception as exc:
+            return index, exc
+    return None
+
+
+class _Bisect(Exception):
+    """A batch handler failed on a batch of several events."""
+
+
+async def apply_records(
+    conn: _pg.Connection,
+    projection: Projection,
+    batch: list[EventRecord],
+    checkpoint: int | None,
+    on_dead_letter: Callable[[], object] | None,
+    schema: str | None = None,
+) -> int:
+    """:func:`apply_batch`, going one event at a time when a batch handler fails."""
+    try:
+        return await apply_batch(conn, projection, batch, checkpoint, on_dead_letter, schema)
+    except _Bisect:
+        pass
+    for record in batch:
+        checkpoint = await apply_batch(conn, projection, [record], checkpoint, on_dead_letter, schema)
+    return batch[-1].sequence_number

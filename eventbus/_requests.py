@@ -1,0 +1,227 @@
+"""Append requests: checked and written as JSON before they reach the store actor.
+
+Everything here runs in the caller's task: a bad event is refused with
+``InvalidEvent`` before anything is queued, and the actor's batch only joins
+text that is ready. Also the store's figures (``StoreStatistics``).
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import math
+import os
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import attrs
+import trio
+
+from . import _json, _tags
+from ._errors import InvalidEvent
+from ._model import Event, EventFilter, EventRecord
+
+# ---------------------------------------------------------------- requests
+
+
+@attrs.frozen
+class Prepared:
+    """An event checked and written as JSON, ready for the database."""
+
+    event_id: uuid.UUID
+    event_type: str
+    payload: dict[str, Any]
+    payload_text: str
+    metadata: dict[str, Any]
+    metadata_text: str
+    tags: list[int]
+
+
+def new_event_id() -> uuid.UUID:
+    """A fresh event id: a version-7 UUID (RFC 9562).
+
+    48 bits of Unix milliseconds, then 74 random bits. Ids made close in time
+    sort close together, so the unique index on event ids takes new entries at
+    its right edge instead of on random pages of a large index.
+    """
+    millis = time.time_ns() // 1_000_000
+    rand = int.from_bytes(os.urandom(10), "big")  # 80 bits; 74 are used
+    value = (
+        (millis & 0xFFFF_FFFF_FFFF) << 80
+        | 0x7 << 76  # version
+        | ((rand >> 62) & 0xFFF) << 64  # rand_a
+        | 0b10 << 62  # variant
+        | (rand & ((1 << 62) - 1))  # rand_b
+    )
+    return uuid.UUID(int=value)
+
+
+def prepare(events: Sequence[Event], max_bytes: int) -> list[Prepared]:
+    """Check every event and write its JSON; raise InvalidEvent naming the first bad one."""
+    if isinstance(events, (Event, str, bytes)) or not isinstance(events, Iterable):
+        raise InvalidEvent(f"append takes a list of Event, not {type(events).__name__}")
+    prepared: list[Prepared] = []
+    seen: set[uuid.UUID] = set()
+    for index, event in enumerate(events):
+        if not isinstance(event, Event):
+            raise InvalidEvent(f"event {index}: must be an Event, not {type(event).__name__}")
+        kind = event.event_type
+        if not isinstance(kind, str) or not kind:
+            raise InvalidEvent(f"event {index}: event_type must be a non-empty string, not {kind!r}")
+        where = f"event {index} ({kind!r})"
+        try:
+            _json.normalize(kind, "event_type")
+            payload, payload_text = _json.encode(event.payload, "payload", max_bytes=max_bytes)
+            metadata: dict[str, Any] = {}
+            metadata_text = "{}"
+            if event.metadata is not None:
+                metadata, metadata_text = _json.encode(event.metadata, "metadata", max_bytes=max_bytes)
+        except _json.JSONRefused as exc:
+            raise InvalidEvent(f"{where}: {exc}") from None
+        event_id = event.event_id
+        if event_id is None:
+            event_id = new_event_id()
+        elif not isinstance(event_id, uuid.UUID):
+            raise InvalidEvent(f"{where}: event_id must be a uuid.UUID, not {event_id!r}")
+        if event_id in seen:
+            raise InvalidEvent(f"{where}: event_id {event_id} appears twice in one append")
+        seen.add(event_id)
+        tags = _tags.event_tags(payload)
+        prepared.append(Prepared(event_id, kind, payload, payload_text, metadata, metadata_text, tags))
+    return prepared
+
+
+def condition(filter: EventFilter | None, expected: int | None) -> str | None:
+    """The condition as ``append_batch`` reads it, or None for an unconditional append."""
+    if filter is None:
+        if expected is not None:
+            raise InvalidEvent("expected_max_sequence_number needs a filter")
+        return None
+    if not isinstance(filter, EventFilter):
+        raise InvalidEvent(f"filter must be an EventFilter (see create_filter), not {filter!r}")
+    if expected is None:
+        expected = 0
+    if type(expected) is not int or expected < 0:
+        raise InvalidEvent(f"expected_max_sequence_number must be a whole number >= 0, not {expected!r}")
+    if filter.predicate_texts is None or filter.predicate_tags is None:
+        preds = tags = "null"
+    else:
+        preds = "[" + ",".join(filter.predicate_texts) + "]"
+        tags = json.dumps(filter.predicate_tags)
+    return f'{{"t":{json.dumps(filter.event_types)},"p":{preds},"k":{tags},"a":{expected}}}'
+
+
+@attrs.define(eq=False)
+class Request:
+    """One append waiting for its outcome."""
+
+    events: list[Prepared]
+    condition: str | None
+    expected: int
+    filter: EventFilter | None = None
+    done: trio.Event = attrs.field(factory=trio.Event)
+    result: list[EventRecord] | None = None
+    error: BaseException | None = None
+    abandoned: bool = False
+    started: float = attrs.field(factory=time.perf_counter)
+
+    def finish(self, result: list[EventRecord] | None = None, error: BaseException | None = None) -> None:
+        if not self.done.is_set():
+            self.result, self.error = result, error
+            self.done.set()
+
+
+Outcome = tuple[Request, list[EventRecord] | None, BaseException | None, bool]
+"""A request, its records or its error, and whether its records are new."""
+
+
+def dependencies(batch: list[Request]) -> tuple[list[int], list[int]]:
+    """Pairs (j, i), 1-based: an event of append i matches the condition of a
+    later append j of the same batch. (The database cannot see those events
+    yet; the batch decides in order whether i committed.)
+
+    The batch's events are indexed by tag and by type as they go, so each
+    condition looks at its likely matches only, then checks them exactly.
+    """
+    dep_of: list[int] = []
+    dep_on: list[int] = []
+    by_tag: dict[int, list[tuple[int, Prepared]]] = collections.defaultdict(list)
+    by_type: dict[str, list[tuple[int, Prepared]]] = collections.defaultdict(list)
+    everything: list[tuple[int, Prepared]] = []
+    for number, request in enumerate(batch, 1):
+        filter = request.filter
+        if filter is not None and everything:
+            if filter.predicate_tags is not None and None not in filter.predicate_tags:
+                candidates = by_tag[_tags.WIDE].copy()
+                for tag in filter.predicate_tags:
+                    candidates += by_tag[tag]  # type: ignore[index]
+            elif filter.event_types:
+                candidates = [c for kind in filter.event_types for c in by_type[kind]]
+            else:
+                candidates = everything
+            matched = sorted({i for i, prepared in candidates if filter.matches(prepared)})
+            dep_of += [number] * len(matched)
+            dep_on += matched
+        for prepared in request.events:
+            entry = (number, prepared)
+            everything.append(entry)
+            by_type[prepared.event_type].append(entry)
+            for tag in prepared.tags:
+                by_tag[tag].append(entry)
+    return dep_of, dep_on
+
+
+# ---------------------------------------------------------------- statistics
+
+
+@attrs.frozen
+class StoreStatistics:
+    """What the store actor has done since it started.
+
+    Attributes:
+        connected: whether a write connection is up.
+        appends: append requests answered (stored, refused or failed).
+        events: events committed.
+        batches: transactions run.
+        conflicts: appends refused with ConcurrencyError.
+        unavailable: appends failed with StoreUnavailable.
+        reconnects: connections re-established after a loss.
+        queued: requests waiting for the actor now.
+        last_batch_appends: append requests in the latest transaction.
+        mean_batch_appends: average append requests per transaction.
+        p50_latency / p99_latency: seconds from request to answer, over the
+            latest answered appends.
+    """
+
+    connected: bool
+    appends: int
+    events: int
+    batches: int
+    conflicts: int
+    unavailable: int
+    reconnects: int
+    queued: int
+    last_batch_appends: int
+    mean_batch_appends: float
+    p50_latency: float
+    p99_latency: float
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-quantile (0..1) of values, 0.0 for none."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+class Counters:
+    """Running totals for StoreStatistics."""
+
+    def __init__(self) -> None:
+        self.appends = self.events = self.batches = 0
+        self.conflicts = self.unavailable = self.reconnects = 0
+        self.last_batch = 0
+        self.latencies: collections.deque[float] = collections.deque(maxlen=2048)
