@@ -59,6 +59,29 @@ _FIND_SQL = "SELECT event_id, sequence_number, occurred_at FROM eventbus.events 
 
 CommitHook = Callable[[list[EventRecord]], Awaitable[None]]
 
+
+# One error object per caller: each raises its own, with its own traceback.
+
+
+def _unavailable() -> StoreUnavailable:
+    return StoreUnavailable("the database is unavailable; nothing was stored")
+
+
+def _unknown() -> StoreUnavailable:
+    return StoreUnavailable(
+        "the connection was lost while this append was committing and has not come back; "
+        "the append may or may not be stored: retry it with the same event ids to find out",
+        outcome_known=False,
+    )
+
+
+def _in_doubt() -> ClosedError:
+    return ClosedError(
+        "the event store closed while this append was committing; it may or may not "
+        "be stored: retry it with the same event ids to find out"
+    )
+
+
 # ---------------------------------------------------------------- the actor
 
 
@@ -142,18 +165,16 @@ class StoreActor:
 
     def _close_queue(self) -> None:
         for request in self._in_flight:
-            request.finish(
-                error=ClosedError(
-                    "the event store closed while this append was committing; it may or may not "
-                    "be stored: retry it with the same event ids to find out"
-                )
-            )
-        closed = ClosedError("the event store closed before this append ran; nothing was stored")
+            request.finish(error=_in_doubt())
+
+        def closed() -> ClosedError:
+            return ClosedError("the event store closed before this append ran; nothing was stored")
+
         for request in self._pending:
-            request.finish(error=closed)
+            request.finish(error=closed())
         while True:
             try:
-                self._receive.receive_nowait().finish(error=closed)
+                self._receive.receive_nowait().finish(error=closed())
             except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
                 break
         self._receive.close()
@@ -218,6 +239,10 @@ class StoreActor:
             await previous.wait()
             await self._deliver(outcomes)
         finally:
+            # Cancelled (the store is closing) or failed before answering:
+            # no caller may be left waiting.
+            for request in batch:
+                request.finish(error=_in_doubt())
             self._in_flight.difference_update(batch)
             turn.set()
             idle.send_nowait(lane)
@@ -226,8 +251,7 @@ class StoreActor:
 
     async def _execute(self, lane: _Lane, batch: list[Request], release: Callable[[], None]) -> list[Outcome]:
         if not lane.up and not await self._reconnect(lane):
-            error = StoreUnavailable("the database is unavailable; nothing was stored")
-            return [(request, None, error, False) for request in batch]
+            return [(request, None, _unavailable(), False) for request in batch]
         assert lane.conn is not None
         try:
             try:
@@ -335,8 +359,7 @@ class StoreActor:
             self.counters.batches += 1
             outcomes += self._outcomes([request], rows)
         answered = {outcome[0] for outcome in outcomes}
-        unavailable = StoreUnavailable("the database is unavailable; nothing was stored")
-        outcomes += [(request, None, unavailable, False) for request in batch if request not in answered]
+        outcomes += [(request, None, _unavailable(), False) for request in batch if request not in answered]
         return outcomes
 
     async def _settle(self, lane: _Lane, batch: list[Request], release: Callable[[], None]) -> list[Outcome]:
@@ -371,12 +394,7 @@ class StoreActor:
                 fake = [(0, "ok", p.event_id, *found[p.event_id]) for r in done for p in r.events]
                 outcomes += self._outcomes(done, fake)
                 batch = []
-        unknown = StoreUnavailable(
-            "the connection was lost while this append was committing and has not come back; "
-            "the append may or may not be stored: retry it with the same event ids to find out",
-            outcome_known=False,
-        )
-        outcomes += [(request, None, unknown, False) for request in batch]
+        outcomes += [(request, None, _unknown(), False) for request in batch]
         if redo:
             outcomes += await self._execute(lane, redo, release)
         return outcomes
