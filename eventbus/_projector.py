@@ -81,6 +81,7 @@ class Runner:
         self._wait_scope: trio.CancelScope | None = None
         self.scope = trio.CancelScope()
         self.resume = trio.Event()
+        self._busy = False  # a batch is being applied
 
     def _count_dead_letter(self) -> None:
         self.dead_letters += 1
@@ -97,8 +98,6 @@ class Runner:
             if stats.buffered == 0 and not self._busy:
                 return max(self.applied, stats.position)
         return self.applied
-
-    _busy = False
 
     def status(self, stream_position: int) -> ProjectionStatus:
         checkpoint = self.position()
@@ -272,7 +271,6 @@ class ProjectionManager:
         self._nursery = nursery
         self._runners: dict[str, Runner] = {}
         self._rebuilding: set[str] = set()
-        self._listeners = 0
 
     def rebuilding(self, name: str) -> bool:
         return name in self._rebuilding
