@@ -10,6 +10,7 @@ listening connection and a restarted server.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -19,7 +20,7 @@ import trio
 
 from . import _json, _pg
 from ._embedded import open_database
-from ._errors import StoreUnavailable
+from ._errors import EventBusError, StoreUnavailable
 from ._model import EventFilter, EventRecord
 from ._nursery import open_actor_nursery
 from ._projection import ProjectionStatus
@@ -34,6 +35,13 @@ POLL_INTERVAL = 1.0
 """Seconds between reads of what other processes appended, notified or not."""
 
 NOTIFY_CHANNEL = "eventbus_events"
+
+_REGISTER = """
+INSERT INTO eventbus.listeners (origin, pid) VALUES ($1, pg_backend_pid())
+ON CONFLICT (origin) DO UPDATE SET pid = excluded.pid, since = now()
+"""
+_UNREGISTER = "DELETE FROM eventbus.listeners WHERE origin = $1"
+_FORGET_GONE = "DELETE FROM eventbus.listeners WHERE pid NOT IN (SELECT pid FROM pg_stat_activity)"
 
 
 @attrs.frozen
@@ -91,6 +99,9 @@ class _Listener:
                 self._stream.poll_soon(unless_busy_within=self._poll_interval / 2)
         finally:
             if self._conn is not None:
+                with trio.move_on_after(_pg.CLOSE_TIMEOUT, shield=True):
+                    with contextlib.suppress(EventBusError):
+                        await self._conn.execute(_UNREGISTER, self._origin)
                 await self._conn.close()
 
     async def _connect(self) -> None:
@@ -100,6 +111,9 @@ class _Listener:
         try:
             conn = await _pg.connect(self._dsn, application_name="eventbus-listen")
             await conn.add_listener(NOTIFY_CHANNEL, self._on_notify)
+            # Writers of other processes notify only while some bus listens.
+            await conn.execute(_FORGET_GONE)
+            await conn.execute(_REGISTER, self._origin)
         except StoreUnavailable:
             return  # the next tick tries again
         self._conn = conn

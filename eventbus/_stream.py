@@ -183,7 +183,10 @@ class EventStream:
         Blocks while the hub's inbox is full (``INBOX_SIZE`` batches), which
         happens only when a ``block`` subscriber holds the hub up.
         """
-        await self._inbox_send.send(records)
+        try:
+            self._inbox_send.send_nowait(records)  # the common case, without a scheduler round
+        except trio.WouldBlock:
+            await self._inbox_send.send(records)
 
     def poll_soon(self, *, unless_busy_within: float | None = None) -> None:
         """Ask the hub to read events other processes appended. Never blocks.

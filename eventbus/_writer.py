@@ -236,7 +236,8 @@ class StoreActor:
         """
         try:
             outcomes = await self._execute(lane, batch, turn.set)
-            await previous.wait()
+            if not previous.is_set():  # (waiting on a set Event would cost a scheduler round)
+                await previous.wait()
             await self._deliver(outcomes)
         finally:
             # Cancelled (the store is closing) or failed before answering:

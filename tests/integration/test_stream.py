@@ -492,7 +492,8 @@ async def test_a_subscriber_cancelled_while_it_catches_up_leaves_the_bus_healthy
 ) -> None:
     async with ring_of(RING_SIZE if source == "ring" else 100), open_bus(dsn) as bus:
         for _ in range(30):
-            await bus.store.append(events(100))
+            records = await bus.store.append(events(100))
+        await bus.stream.wait_position(records[-1].sequence_number)
         assert bus.stream.statistics().ring == (3000 if source == "ring" else 100)
         with trio.fail_after(20), trio.CancelScope() as scope:
             async with bus.subscribe(EVERYTHING, after=0, max_batch=50, buffer=100) as sub:
