@@ -401,6 +401,16 @@ class Pool:
         self._raw.terminate()
 
 
+async def _keep_session(raw: asyncpg.Connection) -> None:
+    """A pooled connection needs no reset query when it goes back to the pool.
+
+    asyncpg's default sends one (advisory unlocks, CLOSE ALL, UNLISTEN, RESET
+    ALL): a second round trip for every query. Pooled connections here only run
+    single statements and read-only transactions with ``SET LOCAL``; asyncpg
+    still rolls back a transaction left open before calling this.
+    """
+
+
 async def create_pool(dsn: str, *, max_size: int, application_name: str = "eventbus-read") -> Pool:
     """Open a pool of up to ``max_size`` connections (one opened at once).
 
@@ -415,6 +425,7 @@ async def create_pool(dsn: str, *, max_size: int, application_name: str = "event
             max_size=max_size,
             timeout=CONNECT_TIMEOUT,
             init=_init_connection,
+            reset=_keep_session,
             server_settings={**SERVER_SETTINGS, "application_name": application_name},
         )
 
