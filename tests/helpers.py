@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+import trio
+
 from eventbus import _pg
 
 TEMPLATE = "eventbus_test_template"
@@ -40,3 +42,28 @@ def spawn_python(*args: str, env: dict[str, str] | None = None) -> subprocess.Po
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+# ---------------------------------------------------------------- worker processes
+
+
+class LineReader:
+    """Lines from a byte stream."""
+
+    def __init__(self, stream: trio.abc.ReceiveStream) -> None:
+        self._stream = stream
+        self._buffer = b""
+
+    async def receive_line(self) -> str | None:
+        while b"\n" not in self._buffer:
+            data = await self._stream.receive_some(65536)
+            if not data:
+                return None
+            self._buffer += data
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        return line.decode()
+
+
+def say(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()

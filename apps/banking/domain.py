@@ -426,6 +426,20 @@ def require_open(account: AccountLifecycle) -> Currency:
     return currency
 
 
+def require_funds(account: AccountState, amount: Decimal, verb: str) -> None:
+    """Check that the account holds ``amount`` (no overdraft).
+
+    Raises:
+        InsufficientFunds: it holds less.
+    """
+    if amount > account.balance:
+        currency = opened_currency(account)
+        raise InsufficientFunds(
+            f"account {account.account_id} holds {show_money(account.balance, currency)}: "
+            f"cannot {verb} {show_money(amount, currency)}"
+        )
+
+
 def require_currency(wanted: Currency | None, account: AccountLifecycle) -> None:
     """Check that a command's currency, if it names one, is the account's.
 

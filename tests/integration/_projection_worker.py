@@ -31,6 +31,7 @@ import attrs
 import trio
 
 from eventbus import Event, EventRecord, Projection, RestartPolicy, Transaction, open_bus
+from tests.helpers import LineReader, say
 
 OPENED = "AccountOpened"
 DEPOSITED = "MoneyDeposited"
@@ -177,28 +178,6 @@ async def read_appliers(tx: Transaction) -> dict[int, tuple[int, int, int]]:
 
 
 # ---------------------------------------------------------------- the worker
-
-
-class LineReader:
-    """Lines from a byte stream."""
-
-    def __init__(self, stream: trio.abc.ReceiveStream) -> None:
-        self._stream = stream
-        self._buffer = b""
-
-    async def receive_line(self) -> str | None:
-        while b"\n" not in self._buffer:
-            data = await self._stream.receive_some(65536)
-            if not data:
-                return None
-            self._buffer += data
-        line, self._buffer = self._buffer.split(b"\n", 1)
-        return line.decode()
-
-
-def say(line: str) -> None:
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
 
 
 async def main(dsn: str, style: str) -> None:

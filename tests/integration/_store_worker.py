@@ -27,33 +27,12 @@ import sys
 import trio
 
 from eventbus import ConcurrencyError, Event, EventFilter, EventStore, _pg, create_filter, open_event_store
+from tests.helpers import LineReader, say
 
 
 def round_filter(number: int) -> EventFilter:
     """The consistency boundary of one round: its ``Claimed`` events."""
     return create_filter(["Claimed"], [{"round": number}])
-
-
-class LineReader:
-    """Lines from a byte stream."""
-
-    def __init__(self, stream: trio.abc.ReceiveStream) -> None:
-        self._stream = stream
-        self._buffer = b""
-
-    async def receive_line(self) -> str | None:
-        while b"\n" not in self._buffer:
-            data = await self._stream.receive_some(65536)
-            if not data:
-                return None
-            self._buffer += data
-        line, self._buffer = self._buffer.split(b"\n", 1)
-        return line.decode()
-
-
-def say(line: str) -> None:
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
 
 
 async def race(store: EventStore, number: int, tasks: int) -> None:

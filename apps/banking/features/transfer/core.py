@@ -13,14 +13,13 @@ from apps.banking.domain import (
     AccountState,
     CurrencyMismatch,
     EventLike,
-    InsufficientFunds,
     account_filter,
     event_id,
     evolve_account,
     opened_currency,
     require_currency,
+    require_funds,
     require_open,
-    show_money,
 )
 from eventbus import Event, EventFilter
 
@@ -79,11 +78,7 @@ def decide(state: TransferState, command: Transfer) -> list[Event]:
                 f"holds {destination.currency}: a transfer needs one currency"
             )
         require_currency(command.currency, source)
-        if command.amount > source.balance:
-            raise InsufficientFunds(
-                f"account {source.account_id} holds {show_money(source.balance, currency)}: "
-                f"cannot transfer {show_money(command.amount, currency)}"
-            )
+        require_funds(source, command.amount, "transfer")
     return [
         money_transferred(
             event_id=event_id(command.command_id, 0),

@@ -11,14 +11,13 @@ from __future__ import annotations
 from apps.banking.domain import (
     AccountState,
     EventLike,
-    InsufficientFunds,
     account_filter,
     event_id,
     evolve_account,
     opened_currency,
     require_currency,
+    require_funds,
     require_open,
-    show_money,
 )
 from eventbus import Event, EventFilter
 
@@ -67,11 +66,7 @@ def decide(state: WithdrawState, command: Withdraw) -> list[Event]:
     else:
         currency = require_open(account)
         require_currency(command.currency, account)
-        if command.amount > account.balance:
-            raise InsufficientFunds(
-                f"account {account.account_id} holds {show_money(account.balance, currency)}: "
-                f"cannot withdraw {show_money(command.amount, currency)}"
-            )
+        require_funds(account, command.amount, "withdraw")
     return [
         money_withdrawn(
             event_id=event_id(command.command_id, 0),
