@@ -25,6 +25,11 @@ def quote(identifier: str) -> str:
     return '"' + identifier.replace('"', '""') + '"'
 
 
+def literal(text: str) -> str:
+    """``text`` as an SQL string literal (standard_conforming_strings is on)."""
+    return "'" + text.replace("'", "''") + "'"
+
+
 async def begin(conn: _pg.Connection, schema: str) -> Transaction:
     await conn.run_script(f"BEGIN; SET LOCAL search_path TO {quote(schema)}, public")
     return Transaction(conn)

@@ -28,7 +28,7 @@ from typing import Protocol
 import trio
 
 from . import _pg
-from ._apply import apply_records, prepare_schema, quote, rollback
+from ._apply import apply_records, literal, prepare_schema, quote, rollback
 from ._errors import DatabaseError, StoreUnavailable
 from ._model import EventFilter, EventRecord
 from ._projection import (
@@ -51,6 +51,14 @@ LEADER_RETRY = 1.0
 
 IDLE_CHECKPOINT = 0.5
 """Seconds without events after which the checkpoint moves to the stream's position."""
+
+SWAP_LOCK_TIMEOUT = 1.0
+"""Seconds a rebuild's swap waits for the live tables' locks before it gives way."""
+
+SWAP_ATTEMPTS = 10
+"""How many times a swap that gave way (a lock timeout, a deadlock) is tried."""
+
+_LOCK_CONFLICTS = frozenset({"40P01", "55P03"})  # deadlock_detected, lock_not_available
 
 
 def _leader_key(name: str) -> int:
@@ -236,25 +244,51 @@ class Runner:
             await swap.reached_event.wait()
             if swap.error is not None or swap.reached is None:
                 return checkpoint
-            live = quote(self.projection.schema)
-            old = quote(self.projection.schema + "__old")
-            shadow = quote(self.projection.schema + "__shadow")
-            try:
-                await conn.run_script(
-                    f"BEGIN; DROP SCHEMA IF EXISTS {old} CASCADE; ALTER SCHEMA {live} RENAME TO {old}; "
-                    f"ALTER SCHEMA {shadow} RENAME TO {live}; DROP SCHEMA {old} CASCADE"
-                )
-                await conn.execute("SELECT eventbus.advance_checkpoint($1, $2, $3)",
-                                   self.projection.name, checkpoint, swap.reached)  # fmt: skip
-                await conn.execute("COMMIT")
-            except BaseException as exc:
-                await rollback(conn)
-                swap.error = exc
-                raise
+            if not await self._swap_schemas(conn, checkpoint, swap.reached, swap):
+                return checkpoint
             self.applied = swap.reached
             return swap.reached
         finally:
             swap.done.set()
+
+    async def _swap_schemas(self, conn: _pg.Connection, checkpoint: int, reached: int, swap: Swap) -> bool:
+        """Swap the live and shadow schemas and move the checkpoint, in one
+        transaction. The live tables are locked first, in the order readers
+        lock them; a lock that is not granted within ``SWAP_LOCK_TIMEOUT``
+        (a long reader) or a deadlock with a session outside ``reader`` rolls
+        the swap back, and it is tried again up to ``SWAP_ATTEMPTS`` times.
+        Returns whether it swapped."""
+        schema = self.projection.schema
+        live, old, shadow = quote(schema), quote(schema + "__old"), quote(schema + "__shadow")
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                await conn.run_script(
+                    f"BEGIN; SET LOCAL lock_timeout = '{int(SWAP_LOCK_TIMEOUT * 1000)}ms';"
+                    f" SELECT eventbus.lock_read_model({literal(schema)}, true);"
+                    f" DROP SCHEMA IF EXISTS {old} CASCADE; ALTER SCHEMA {live} RENAME TO {old};"
+                    f" ALTER SCHEMA {shadow} RENAME TO {live}; DROP SCHEMA {old} CASCADE"
+                )
+                await conn.execute("SELECT eventbus.advance_checkpoint($1, $2, $3)",
+                                   self.projection.name, checkpoint, reached)  # fmt: skip
+                await conn.execute("COMMIT")
+                return True
+            except DatabaseError as exc:
+                await rollback(conn)
+                if exc.sqlstate not in _LOCK_CONFLICTS:
+                    swap.error = exc
+                    raise
+                if attempt == SWAP_ATTEMPTS:  # the rebuild fails; the live model goes on
+                    swap.error = exc
+                    return False
+                _log.info("projection %s: swap attempt %d gave way (%s); trying again",
+                          self.projection.name, attempt, exc.sqlstate)  # fmt: skip
+            except BaseException as exc:
+                await rollback(conn)
+                swap.error = exc
+                raise
+            await trio.sleep(min(SWAP_LOCK_TIMEOUT, 0.05 * 2 ** (attempt - 1)))  # others' turn
 
 
 def _state_of(sub: Subscription) -> str:
@@ -345,7 +379,12 @@ class ProjectionManager:
     @asynccontextmanager
     async def reader(self, name: str) -> AsyncIterator[Transaction]:
         """A read-only transaction on projection ``name``'s schema, for queries
-        with unqualified table names. Waits for a free pooled connection.
+        with unqualified table names. Waits for a free pooled connection, then
+        for the tables' shared locks (held until the block ends, so one
+        snapshot of each table stays whole): a rebuild's swap in progress holds
+        the entry for a moment, and a block held open for long makes a swap
+        wait up to ``SWAP_LOCK_TIMEOUT`` per attempt. Cancelling it rolls the
+        transaction back and returns the connection to the pool.
 
         Raises:
             ProjectionError: ``name`` is not a projection name.
@@ -354,7 +393,10 @@ class ProjectionManager:
             raise ProjectionError(f"{name!r} is not a projection name")
         schema = schema_of(name)
         async with self.store.pool.acquire() as conn:
-            await conn.run_script(f"BEGIN READ ONLY; SET LOCAL search_path TO {quote(schema)}, public")
+            await conn.run_script(
+                f"BEGIN READ ONLY; SET LOCAL search_path TO {quote(schema)}, public;"
+                f" SELECT eventbus.lock_read_model({literal(schema)}, false)"
+            )
             try:
                 yield Transaction(conn)
             finally:

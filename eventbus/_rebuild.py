@@ -60,17 +60,17 @@ class Rebuild:
             await prepare_schema(conn, projection, shadow)
             total = await manager.store.head()
             await self._replay(conn, projection, shadow, swap, total)
+            if swap.error is not None:  # the leader's swap failed and was rolled back
+                await _drop(conn, shadow)
         except BaseException as exc:
+            handed_over = swap.reached is not None
             swap.error = exc
             swap.reached_event.set()
-            with trio.CancelScope(shield=True):
-                if not conn.is_closed() and not swap.done.is_set():
-                    with contextlib.suppress(EventBusError):
-                        await conn.execute(f"DROP SCHEMA IF EXISTS {quote(shadow)} CASCADE")
+            if not handed_over:  # the leader will not touch the shadow: it is ours to drop
+                await _drop(conn, shadow)
             raise
         finally:
             await conn.close()
-        await swap.done.wait()
         if swap.error is not None:
             raise ProjectionError(f"rebuild of {projection.name!r} did not swap: {swap.error}") from swap.error
 
@@ -118,3 +118,10 @@ class Rebuild:
                     position = max(position, stats.position)
                 if self.progress is not None:
                     self.progress(position, max(total, position))
+
+
+async def _drop(conn: _pg.Connection, schema: str) -> None:
+    """Drop ``schema`` if the connection can; a rebuild that starts drops it anyway."""
+    with trio.move_on_after(_pg.CLOSE_TIMEOUT, shield=True), contextlib.suppress(EventBusError):
+        if not conn.is_closed():
+            await conn.execute(f"DROP SCHEMA IF EXISTS {quote(schema)} CASCADE")

@@ -69,6 +69,28 @@ BEGIN
 END
 $$;
 
+-- Lock every table and view of a read model's schema, in name order. Readers
+-- take ACCESS SHARE at the start of their transaction and a rebuild's swap
+-- takes ACCESS EXCLUSIVE before it renames the schemas: both in one order, so
+-- a reader that touches the tables in another order than the swap drops them
+-- cannot deadlock with it. A reader that waits on the swap locks the new
+-- tables once it commits (the names are looked up again after the wait).
+CREATE OR REPLACE FUNCTION eventbus.lock_read_model(p_schema text, p_exclusive boolean) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_name text;
+BEGIN
+    FOR v_name IN
+        SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE n.nspname = p_schema AND c.relkind IN ('r', 'p', 'v')
+        ORDER BY c.relname COLLATE "C"
+    LOOP
+        EXECUTE format('LOCK TABLE %I.%I IN %s MODE', p_schema, v_name,
+                       CASE WHEN p_exclusive THEN 'ACCESS EXCLUSIVE' ELSE 'ACCESS SHARE' END);
+    END LOOP;
+END
+$$;
+
 -- Buses that listen for appends, so that writers notify only when a bus of
 -- another process listens: a notification wakes every listening session, and
 -- on a small machine that costs each commit a measurable delay (measured here:
