@@ -76,18 +76,21 @@ $$;
 -- cannot deadlock with it. A reader that waits on the swap locks the new
 -- tables once it commits (the names are looked up again after the wait).
 CREATE OR REPLACE FUNCTION eventbus.lock_read_model(p_schema text, p_exclusive boolean) RETURNS void
-LANGUAGE plpgsql AS $$
+-- The catalog lookup's generic plan is right for any schema, and planning it
+-- anew on each call (the sessions' force_custom_plan) costs 0.3 ms.
+LANGUAGE plpgsql SET plan_cache_mode = 'auto' AS $$
 DECLARE
-    v_name text;
+    v_tables text;
 BEGIN
-    FOR v_name IN
-        SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-        WHERE n.nspname = p_schema AND c.relkind IN ('r', 'p', 'v')
-        ORDER BY c.relname COLLATE "C"
-    LOOP
-        EXECUTE format('LOCK TABLE %I.%I IN %s MODE', p_schema, v_name,
-                       CASE WHEN p_exclusive THEN 'ACCESS EXCLUSIVE' ELSE 'ACCESS SHARE' END);
-    END LOOP;
+    -- One LOCK statement: it takes its tables' locks in the order listed.
+    SELECT string_agg(format('%I.%I', p_schema, c.relname), ', ' ORDER BY c.relname COLLATE "C")
+    INTO v_tables
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE n.nspname = p_schema AND c.relkind IN ('r', 'p', 'v');
+    IF v_tables IS NOT NULL THEN
+        EXECUTE 'LOCK TABLE ' || v_tables || ' IN '
+            || CASE WHEN p_exclusive THEN 'ACCESS EXCLUSIVE' ELSE 'ACCESS SHARE' END || ' MODE';
+    END IF;
 END
 $$;
 
