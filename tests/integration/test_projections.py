@@ -404,12 +404,11 @@ async def test_a_reader_touching_the_tables_in_any_order_during_a_swap_does_not_
     first, second = tables
     async with open_bus(dsn) as bus:
         await start_with_a_stray_row(bus)
-        async with trio.open_nursery() as nursery:
-            async with bus.projections.reader("accounts") as tx:
-                counts = [await tx.fetchval(f"SELECT count(*) FROM {first}")]
-                nursery.start_soon(bus.projections.rebuild, "accounts")
-                await a_lock_on_the_read_model_is_awaited(bus)  # the swap waits for this reader
-                counts.append(await tx.fetchval(f"SELECT count(*) FROM {second}"))
+        async with trio.open_nursery() as nursery, bus.projections.reader("accounts") as tx:
+            counts = [await tx.fetchval(f"SELECT count(*) FROM {first}")]
+            nursery.start_soon(bus.projections.rebuild, "accounts")
+            await a_lock_on_the_read_model_is_awaited(bus)  # the swap waits for this reader
+            counts.append(await tx.fetchval(f"SELECT count(*) FROM {second}"))
         after = await model_of(bus, "accounts")
         records = await stored(bus)
 
@@ -441,13 +440,12 @@ async def test_a_swap_gives_way_to_a_long_reader_and_swaps_once_it_is_done(
     try:
         async with open_bus(dsn) as bus:
             await start_with_a_stray_row(bus)
-            async with trio.open_nursery() as nursery:
-                async with bus.projections.reader("accounts") as tx:
-                    await tx.fetchval("SELECT count(*) FROM tallies")
-                    nursery.start_soon(bus.projections.rebuild, "accounts")
-                    await gave_way.event.wait()  # a new reader waits one lock timeout at most
-                    async with bus.projections.reader("accounts") as other:
-                        assert await other.fetchval("SELECT count(*) FROM accounts WHERE id = 'stray'") == 1
+            async with trio.open_nursery() as nursery, bus.projections.reader("accounts") as tx:
+                await tx.fetchval("SELECT count(*) FROM tallies")
+                nursery.start_soon(bus.projections.rebuild, "accounts")
+                await gave_way.event.wait()  # a new reader waits one lock timeout at most
+                async with bus.projections.reader("accounts") as other:
+                    assert await other.fetchval("SELECT count(*) FROM accounts WHERE id = 'stray'") == 1
             after = await model_of(bus, "accounts")
             records = await stored(bus)
     finally:
@@ -466,7 +464,7 @@ async def test_a_swap_that_never_gets_its_locks_fails_the_rebuild_and_the_live_m
         await start_with_a_stray_row(bus)
         async with bus.projections.reader("accounts") as tx:
             await tx.fetchval("SELECT count(*) FROM accounts")
-            with pytest.raises(ProjectionError, match="did not swap: .*lock timeout"):
+            with pytest.raises(ProjectionError, match=r"did not swap: .*lock timeout"):
                 await bus.projections.rebuild("accounts")
         head = await append_accounts(bus, 100, seed=12)
         await bus.projections.wait_until_caught_up("accounts", timeout=CAUGHT_UP)
