@@ -380,11 +380,11 @@ class ProjectionManager:
     async def reader(self, name: str) -> AsyncIterator[Transaction]:
         """A read-only transaction on projection ``name``'s schema, for queries
         with unqualified table names. Waits for a free pooled connection, then
-        for the tables' shared locks (held until the block ends, so one
-        snapshot of each table stays whole): a rebuild's swap in progress holds
-        the entry for a moment, and a block held open for long makes a swap
-        wait up to ``SWAP_LOCK_TIMEOUT`` per attempt. Cancelling it rolls the
-        transaction back and returns the connection to the pool.
+        for shared locks on all the model's tables, held until the block ends
+        so that no swap replaces the tables under it: a swap in progress holds
+        the block's start for a moment, and a block held open for long makes a
+        rebuild's swap give way (``SWAP_LOCK_TIMEOUT`` per attempt). Cancelling
+        it rolls the transaction back and returns the connection to the pool.
 
         Raises:
             ProjectionError: ``name`` is not a projection name.
