@@ -55,8 +55,6 @@ BACKOFF_MAX = 2.0
 
 _UNIQUE_VIOLATION = "23505"
 _APPEND_SQL = "SELECT * FROM eventbus.append_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
-_FIND_SQL = "SELECT event_id, sequence_number, occurred_at FROM eventbus.events WHERE event_id = ANY($1)"
-
 CommitHook = Callable[[list[EventRecord]], Awaitable[None]]
 
 
@@ -339,14 +337,23 @@ class StoreActor:
             "(or only some of them are stored): pick new ids for new events"
         )
 
-    async def _execute_singly(self, lane: _Lane, batch: list[Request], release: Callable[[], None]) -> list[Outcome]:
-        """The batch failed as a whole: run each append alone to find the culprit."""
+    async def _execute_singly(
+        self, lane: _Lane, batch: list[Request], release: Callable[[], None], *, settling: bool = False
+    ) -> list[Outcome]:
+        """The batch failed as a whole: run each append alone to find the culprit.
+
+        With ``settling`` (the batch is being settled after a lost connection),
+        a second lost connection answers the rest with the outcome unknown.
+        """
         outcomes: list[Outcome] = []
         for request in batch:
             assert lane.conn is not None
             try:
                 rows = await lane.conn.fetch(_APPEND_SQL, *self._arguments([request], check_ids=True))
             except StoreUnavailable:
+                if settling:
+                    lane.drop()
+                    break
                 outcomes += await self._settle(lane, [request], release)
                 if not lane.up:
                     break
@@ -358,47 +365,45 @@ class StoreActor:
                 outcomes.append((request, None, error, False))
                 continue
             self.counters.batches += 1
-            outcomes += self._outcomes([request], rows)
+            outcomes += _as_new(self._outcomes([request], rows)) if settling else self._outcomes([request], rows)
         answered = {outcome[0] for outcome in outcomes}
-        outcomes += [(request, None, _unavailable(), False) for request in batch if request not in answered]
+        lost = _unknown if settling else _unavailable
+        outcomes += [(request, None, lost(), False) for request in batch if request not in answered]
         return outcomes
 
     async def _settle(self, lane: _Lane, batch: list[Request], release: Callable[[], None]) -> list[Outcome]:
-        """The connection was lost during a batch: learn what committed.
+        """The connection was lost during a batch: learn what committed, and
+        run the rest again, once.
 
-        Reconnects for up to the reconnect timeout. Appends found stored are
-        answered with their records; the others did not commit and run again
-        on this lane. If no connection comes back in time, their callers get
-        StoreUnavailable with the outcome unknown.
+        Reconnects for up to the reconnect timeout, then runs the batch again
+        with its stored ids looked up first: appends that committed before the
+        loss are answered with their stored records, the others commit now (or
+        are refused, as any append). Appends whose callers have left are not
+        run again. If no connection comes back in time, or the second run
+        loses its connection too, the callers get StoreUnavailable with the
+        outcome unknown.
         """
         release()  # later batches need not wait for this one
         lane.drop()
-        outcomes: list[Outcome] = []
-        redo: list[Request] = []
-        # The timeout bounds the wait for a connection and the lookup only: a
-        # redo cancelled by it would leave its callers without an answer.
+        waiting = [request for request in batch if not request.abandoned]
+        connected = False
         with trio.move_on_after(self._reconnect_timeout):
-            while batch:
-                if not await self._reconnect(lane, patient=True):
-                    continue
-                assert lane.conn is not None
-                ids = [p.event_id for request in batch for p in request.events]
-                try:
-                    rows = await lane.conn.fetch(_FIND_SQL, ids)
-                except StoreUnavailable:
-                    lane.drop()
-                    continue
-                found = {event_id: (position, at) for event_id, position, at in rows}
-                done = [r for r in batch if r.events[0].event_id in found]
-                redo = [r for r in batch if r.events[0].event_id not in found and not r.abandoned]
-                # Those that committed before the loss: answered as committed now.
-                fake = [(0, "ok", p.event_id, *found[p.event_id]) for r in done for p in r.events]
-                outcomes += self._outcomes(done, fake)
-                batch = []
-        outcomes += [(request, None, _unknown(), False) for request in batch]
-        if redo:
-            outcomes += await self._execute(lane, redo, release)
-        return outcomes
+            connected = await self._reconnect(lane, patient=True)
+        if not connected or not waiting:
+            return [(request, None, _unknown(), False) for request in batch]
+        assert lane.conn is not None
+        try:
+            rows = await lane.conn.fetch(_APPEND_SQL, *self._arguments(waiting, check_ids=True))
+        except StoreUnavailable:
+            lane.drop()
+            return [(request, None, _unknown(), False) for request in batch]
+        except DatabaseError:
+            outcomes = await self._execute_singly(lane, waiting, release, settling=True)
+        else:
+            self.counters.batches += 1
+            # Stored before the loss or now: the stream has seen neither (it drops what it has).
+            outcomes = _as_new(self._outcomes(waiting, rows))
+        return outcomes + [(request, None, _unknown(), False) for request in batch if request.abandoned]
 
     async def _reconnect(self, lane: _Lane, *, patient: bool = False) -> bool:
         """Give the lane a connection. Without ``patient``, one attempt at most
@@ -442,3 +447,8 @@ class StoreActor:
             elif isinstance(error, StoreUnavailable):
                 counters.unavailable += 1
             request.finish(records, error)
+
+
+def _as_new(outcomes: list[Outcome]) -> list[Outcome]:
+    """``outcomes`` with every stored append marked new, to be handed to the stream."""
+    return [(request, records, error, records is not None) for request, records, error, _ in outcomes]

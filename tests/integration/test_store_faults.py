@@ -19,7 +19,16 @@ from urllib.parse import urlsplit
 import pytest
 import trio
 
-from eventbus import Event, EventRecord, EventStore, StoreUnavailable, _pg, create_filter, open_event_store
+from eventbus import (
+    DuplicateEventId,
+    Event,
+    EventRecord,
+    EventStore,
+    StoreUnavailable,
+    _pg,
+    create_filter,
+    open_event_store,
+)
 from eventbus._embedded import EmbeddedServer
 from eventbus._store import schema_sql
 
@@ -267,6 +276,36 @@ async def test_an_append_whose_connection_dies_before_commit_is_run_again_once(d
                 assert record.event_id == event.event_id
                 assert await everything(store) == [record]
                 assert await store.append([event]) == [record]
+        finally:
+            await locker.close()
+            await admin.close()
+
+
+@pytest.mark.parametrize("with_new_id", [False, True], ids=["every id stored", "the first id stored"])
+async def test_an_append_reusing_a_stored_id_whose_connection_dies_is_refused_not_acknowledged(
+    dsn: str, admin_dsn: str, with_new_id: bool
+) -> None:
+    database = database_of(dsn)
+    stored_id = uuid.uuid4()
+    reuse = [Event("Tick", {"n": 2}, event_id=stored_id)] + ([Event("Tick", {"n": 3})] if with_new_id else [])
+    async with _pg.open_loop():
+        admin = await _pg.connect(admin_dsn)
+        locker = await _pg.connect(dsn)
+        try:
+            async with open_event_store(dsn, reconnect_timeout=RECONNECT_TIMEOUT) as store:
+                [first] = await store.append([Event("Tick", {"n": 1}, event_id=stored_id)])
+                with trio.fail_after(10):
+                    async with trio.open_nursery() as nursery, append_lock_held(locker):
+
+                        async def append() -> None:
+                            with pytest.raises(DuplicateEventId):
+                                await store.append(reuse)
+
+                        nursery.start_soon(append)
+                        await wait_for_backend(admin, database, "advisory")
+                        assert await terminate_store_connections(admin, database) >= 1
+                assert await everything(store) == [first]
+                assert (await store.append([Event("Tick", {"n": 4})]))[0].sequence_number == 2  # still serving
         finally:
             await locker.close()
             await admin.close()
