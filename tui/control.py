@@ -14,8 +14,8 @@ import time
 import attrs
 import trio
 
+from apps.banking import actions
 from apps.banking.app import Bank, Command, Receipt
-from apps.banking.display import describe
 from apps.banking.domain import BankingError
 from apps.banking.simulate import SimulationConfig, SimulationReport, simulate
 from eventbus import EventBusError
@@ -67,10 +67,9 @@ class Controller:
             BankingError: refused or invalid; nothing was written.
             EventBusError: the database could not be reached (``StoreUnavailable``).
         """
-        receipt = await self.bank.execute(command)
+        receipt, message = await actions.execute(self.bank, command)
         self._refresher.poke()
-        view = await self.bank.get_account(receipt.account_id)
-        return Done(receipt, describe(receipt, view))
+        return Done(receipt, message)
 
     async def select(self, account_id: str | None) -> None:
         """Show ``account_id``'s balance and history (None: no account); returns at once."""

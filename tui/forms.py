@@ -10,6 +10,7 @@ saying what it did, which the app shows as a notification.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Mapping
 from typing import ClassVar
 
@@ -115,7 +116,7 @@ class Form(ModalScreen[str | None]):
         super().__init__()
         self.controller = controller
         self.fields = fields
-        self.busy = False
+        self._command: tuple[dict[str, str], uuid.UUID] | None = None
 
     def compose(self) -> ComposeResult:
         """Title, help, each field with its complaint line, then OK and Cancel."""
@@ -185,9 +186,11 @@ class Form(ModalScreen[str | None]):
     @on(Input.Submitted)
     @on(Button.Pressed, "#submit")
     async def submit(self) -> None:
-        """Check every field, then run the form; on success close with its message."""
-        if self.busy:
-            return
+        """Check every field, then run the form; on success close with its message.
+
+        Textual handles the screen's messages one at a time, so a second
+        Enter waits for this one to finish.
+        """
         values = self.values()
         first_bad = None
         for field in self.fields:
@@ -198,7 +201,6 @@ class Form(ModalScreen[str | None]):
         if first_bad is not None:
             self.query_one(f"#field-{first_bad.name}").focus()
             return
-        self.busy = True
         try:
             message = await self.run(values)
         except CommandRefused as exc:
@@ -208,11 +210,18 @@ class Form(ModalScreen[str | None]):
         except (BankingError, ValueError) as exc:
             self.show_error(str(exc))
         except EventBusError as exc:
-            self.show_error(f"The database is unavailable: {exc}")
+            again = " OK tries again: the command takes effect once." if self._command is not None else ""
+            self.show_error(f"The database is unavailable: {exc}.{again}")
         else:
             self.dismiss(message)
-        finally:
-            self.busy = False
+
+    def command_id(self, values: Mapping[str, str]) -> uuid.UUID:
+        """The id of the command ``values`` make: the same while they stay the
+        same, so that OK pressed again after the database was unreachable
+        runs the same command, which takes effect once."""
+        if self._command is None or self._command[0] != values:
+            self._command = (dict(values), uuid.uuid4())
+        return self._command[1]
 
     def show_error(self, text: str) -> None:
         """Show why the form did not go through (``""``: nothing)."""
@@ -265,7 +274,8 @@ class OpenAccountForm(Form):
 
     async def run(self, values: Mapping[str, str]) -> str:
         """Open the account."""
-        command = actions.make_open(values["owner"], values["type"], values["currency"], values["initial"] or None)
+        command = actions.make_open(values["owner"], values["type"], values["currency"], values["initial"] or None,
+                                    command_id=self.command_id(values))  # fmt: skip
         done = await call_trio(self.controller.execute, command)
         await call_trio(self.controller.select, done.receipt.account_id)  # the new account, once it shows
         return done.message
@@ -281,7 +291,7 @@ class DepositForm(Form):
 
     async def run(self, values: Mapping[str, str]) -> str:
         """Make the deposit."""
-        command = actions.make_deposit(values["account"], values["amount"])
+        command = actions.make_deposit(values["account"], values["amount"], command_id=self.command_id(values))
         return (await call_trio(self.controller.execute, command)).message
 
 
@@ -296,7 +306,7 @@ class WithdrawForm(Form):
 
     async def run(self, values: Mapping[str, str]) -> str:
         """Make the withdrawal."""
-        command = actions.make_withdraw(values["account"], values["amount"])
+        command = actions.make_withdraw(values["account"], values["amount"], command_id=self.command_id(values))
         return (await call_trio(self.controller.execute, command)).message
 
 
@@ -312,7 +322,8 @@ class TransferForm(Form):
 
     async def run(self, values: Mapping[str, str]) -> str:
         """Make the transfer."""
-        command = actions.make_transfer(values["source"], values["target"], values["amount"])
+        command = actions.make_transfer(values["source"], values["target"], values["amount"],
+                                        command_id=self.command_id(values))  # fmt: skip
         return (await call_trio(self.controller.execute, command)).message
 
 

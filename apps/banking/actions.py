@@ -13,13 +13,16 @@ import uuid
 from collections.abc import Sequence
 from typing import TextIO
 
-from .app import PROJECTIONS, Bank, Command
+from eventbus import EventBusError, StoreUnavailable
+
+from .app import PROJECTIONS, Bank, Command, Receipt
 from .display import (
     ProgressBar,
     account_details,
     accounts_table,
     analytics_table,
     describe,
+    describe_unread,
     totals_lines,
 )
 from .features.close_account.types import CloseAccount
@@ -89,15 +92,39 @@ def make_close(account_id: str, command_id: uuid.UUID | None = None) -> CloseAcc
     return CloseAccount(command_id=command_id or uuid.uuid4(), account_id=account_id)
 
 
+async def execute(bank: Bank, command: Command) -> tuple[Receipt, str]:
+    """Run a command; return its receipt and one line saying what it did.
+
+    Blocks for the command, then for a read of its account for the balance.
+    A command that took effect is reported as done even when that read fails.
+
+    Raises:
+        BankingError, EventBusError: as :meth:`Bank.execute`; nothing was written,
+            or for ``StoreUnavailable``, see its ``outcome_known``.
+    """
+    receipt = await bank.execute(command)
+    try:
+        view = await bank.get_account(receipt.account_id)
+    except EventBusError:
+        return receipt, describe_unread(receipt)
+    return receipt, describe(receipt, view)
+
+
 async def run_command(bank: Bank, command: Command, out: TextIO) -> None:
     """Run a command and print one line saying what it did.
 
     Raises:
         BankingError, EventBusError: as :meth:`Bank.execute`; nothing is printed.
+            A ``StoreUnavailable`` names the command id that settles it.
     """
-    receipt = await bank.execute(command)
-    view = await bank.get_account(receipt.account_id)
-    print(describe(receipt, view), file=out)
+    try:
+        _, line = await execute(bank, command)
+    except StoreUnavailable as exc:
+        raise StoreUnavailable(
+            f"{exc}; run the same command again with --command-id {command.command_id}: it takes effect once",
+            outcome_known=exc.outcome_known,
+        ) from exc
+    print(line, file=out)
 
 
 async def show_accounts(bank: Bank, out: TextIO, *, limit: int | None = None) -> None:

@@ -182,6 +182,18 @@ def describe(receipt: Receipt, view: AccountView) -> str:
             return f"Closed account {view.account_id}."
 
 
+PAST: Final = {"open": "Opened", "deposit": "Deposited", "withdraw": "Withdrew", "transfer": "Transferred",
+               "close": "Closed"}  # fmt: skip
+
+
+def describe_unread(receipt: Receipt) -> str:
+    """One line saying a command took effect, for when its account could not be read after."""
+    return (
+        f"{PAST[receipt.kind]}: done, stored at position {receipt.position} "
+        f"(the balance could not be read just now)."
+    )
+
+
 def _amount(receipt: Receipt, currency: Currency) -> str:
     amount = getattr(receipt.command, "amount", None)
     return show_money(amount, currency) if isinstance(amount, Decimal) else ""

@@ -6,17 +6,19 @@ import functools
 import sys
 import textwrap
 from collections.abc import Sequence
+from typing import cast
 
 import trio
 from textual.pilot import Pilot
 from textual.widgets import Button, DataTable
 
-from apps.banking.app import Bank
+from apps.banking.app import Bank, Command
 from apps.banking.features.list_accounts.types import AccountRow
-from eventbus import Event, EventRecord, Projection, RestartPolicy, Transaction, call_trio
+from eventbus import Event, EventRecord, Projection, RestartPolicy, StoreUnavailable, Transaction, call_trio
 from tui.accounts import AccountDetail, AccountsTable
 from tui.app import DashboardApp
-from tui.forms import Form, OpenAccountForm, RebuildForm, WithdrawForm
+from tui.control import Controller, Done
+from tui.forms import DepositForm, Form, OpenAccountForm, RebuildForm, WithdrawForm
 from tui.widgets import EventLog, HealthBar, Line, cells
 
 from ..helpers import ROOT
@@ -61,6 +63,49 @@ async def test_a_deposit_updates_the_balance(dsn: str) -> None:
         assert "balance 125.50 EUR · 3 entries" in app.query_one(AccountDetail).summary
 
     await drive(dsn, script, before=lambda bank: _open_with(bank, "100.00"))
+
+
+async def test_ok_again_after_a_lost_acknowledgement_deposits_once(dsn: str) -> None:
+    async def script(app: DashboardApp, pilot: Pilot[None]) -> None:
+        await until(app, lambda state: state.account is not None)
+        account_id = app.state.selected
+        store = app.controller.bank.bus.store
+        head = await call_trio(store.head)
+        execute = app.controller.execute
+        commands: list[Command] = []
+
+        async def acknowledgement_lost_once(command: Command) -> Done:
+            commands.append(command)
+            done = await execute(command)  # it commits...
+            if len(commands) == 1:  # ...and the first time, the answer never comes
+                raise StoreUnavailable("the connection was lost", outcome_known=False)
+            return done
+
+        app.controller.execute = acknowledgement_lost_once  # type: ignore[method-assign]
+        await pilot.press("d")
+        await type_text(pilot, "25.50")
+        await pilot.press("enter")
+        form = app.screen
+        assert isinstance(form, DepositForm)
+        assert "OK tries again" in form.error
+        await pilot.press("enter")
+        await until(app, lambda state: state.account is not None and str(state.account.view.balance) == "125.50")
+        assert not isinstance(app.screen, Form)
+        assert [c.command_id for c in commands] == [commands[0].command_id] * 2
+        assert await call_trio(store.head) == head + 1
+        view = await call_trio(app.controller.bank.get_account, account_id)
+        assert str(view.balance) == "125.50"
+
+    await drive(dsn, script, before=lambda bank: _open_with(bank, "100.00"))
+
+
+def test_a_form_makes_a_new_command_id_only_when_its_values_change() -> None:
+    form = Form(cast(Controller, None), ())
+    first = form.command_id({"account": "acc-1", "amount": "5"})
+    assert form.command_id({"account": "acc-1", "amount": "5"}) == first
+    second = form.command_id({"account": "acc-1", "amount": "6"})
+    assert second != first
+    assert form.command_id({"account": "acc-1", "amount": "5"}) not in (first, second)
 
 
 async def test_an_overdraft_shows_the_refusal_and_changes_nothing(dsn: str) -> None:
