@@ -12,17 +12,19 @@ from pathlib import Path
 
 import pytest
 
-from apps.banking.app import Receipt
+from apps.banking.actions import run_command
+from apps.banking.app import Bank, Command, Receipt
 from apps.banking.cli import UsageError, build_parser, main, make_command
 from apps.banking.display import ProgressBar, analytics_table, table
 from apps.banking.domain import Currency, InvalidAmount, InvalidCommand, SameAccount, UnsupportedCurrency
 from apps.banking.features.analytics.types import MonthlyFigures
 from apps.banking.features.deposit.types import Deposit
+from apps.banking.features.get_account.types import AccountView
 from apps.banking.features.open_account.types import OpenAccount
 from apps.banking.features.transfer.types import Transfer
 from apps.banking.journal import Journal, unstored
 from apps.banking.simulate import Outcomes, SimulationReport
-from eventbus import EventRecord
+from eventbus import EventRecord, StoreUnavailable
 
 
 def parse(*argv: str) -> object:
@@ -159,3 +161,35 @@ def test_the_journal_holds_one_line_per_acknowledged_command_and_its_check_finds
         f"transfer {command.command_id}: event {record.event_id} is at 8, acknowledged at 7"
     ]
     assert unstored([line], []) == [f"transfer {command.command_id}: event {record.event_id} is not stored"]
+
+
+class LostAnswers(Bank):
+    """A bank whose appends are in doubt, or whose reads fail after a write."""
+
+    def __init__(self, receipt: Receipt | None) -> None:
+        self.receipt = receipt
+
+    async def execute(self, command: Command) -> Receipt:
+        if self.receipt is None:
+            raise StoreUnavailable("the connection was lost", outcome_known=False)
+        return self.receipt
+
+    async def get_account(self, account_id: str) -> AccountView:
+        raise StoreUnavailable("the connection was lost")
+
+
+async def test_a_command_in_doubt_names_the_command_id_that_settles_it() -> None:
+    command = Deposit(command_id=uuid.uuid4(), account_id="acc-1", amount="5.00")
+    out = io.StringIO()
+    with pytest.raises(StoreUnavailable, match=f"--command-id {command.command_id}") as caught:
+        await run_command(LostAnswers(None), command, out)
+    assert caught.value.outcome_known is False
+    assert out.getvalue() == ""
+
+
+async def test_a_command_that_took_effect_is_reported_done_when_its_account_cannot_be_read() -> None:
+    command = Deposit(command_id=uuid.uuid4(), account_id="acc-1", amount="5.00")
+    record = EventRecord(7, uuid.uuid4(), "MoneyDeposited", {}, {}, datetime.now(UTC))
+    out = io.StringIO()
+    await run_command(LostAnswers(Receipt(command, (record,))), command, out)
+    assert out.getvalue() == "Deposited: done, stored at position 7 (the balance could not be read just now).\n"
