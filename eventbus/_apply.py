@@ -97,8 +97,10 @@ async def apply_batch(
                                        checkpoint, last)  # fmt: skip
                 await conn.execute("COMMIT")
                 return last
-        except BaseException:
+        except BaseException as exc:
             await rollback(conn)
+            if isinstance(exc, _Bisect):  # what is committed already stays: go on from here
+                exc.resume = (start, checkpoint)
             raise
         index, error = failed
         await rollback(conn)
@@ -115,9 +117,10 @@ async def apply_batch(
             again = await _run_handlers(tx, projection, batch, start, index)
             if again is not None:
                 _fail_on_replay(projection, batch, again)
-            await conn.execute(
+            await conn.execute(  # once per event: a rebuild meets the same poison again
                 "INSERT INTO eventbus.dead_letters (projection, sequence_number, event_id, event_type, payload, error)"
-                " VALUES ($1, $2, $3, $4, $5, $6)",
+                " SELECT $1, $2, $3, $4, $5, $6 WHERE NOT EXISTS (SELECT FROM eventbus.dead_letters"
+                " WHERE projection = $1 AND sequence_number = $2)",
                 projection.name, record.sequence_number, record.event_id, record.event_type,
                 dict(record.payload), message,
             )  # fmt: skip
@@ -126,8 +129,10 @@ async def apply_batch(
                                    checkpoint, record.sequence_number)  # fmt: skip
                 checkpoint = record.sequence_number
             await conn.execute("COMMIT")
-        except BaseException:
+        except BaseException as exc:
             await rollback(conn)
+            if isinstance(exc, _Bisect):  # what is committed already stays: go on from here
+                exc.resume = (start, checkpoint)
             raise
         _log.warning("%s; sent to the dead letters", message)
         if on_dead_letter is not None:
@@ -169,7 +174,13 @@ async def _run_handlers(
 
 
 class _Bisect(Exception):
-    """A batch handler failed on a batch of several events."""
+    """A batch handler failed on a batch of several events.
+
+    ``resume`` is where to go on one event at a time: the index of the first
+    event not yet applied, and the checkpoint committed with what was.
+    """
+
+    resume: tuple[int, int | None] = (0, None)
 
 
 async def apply_records(
@@ -183,8 +194,10 @@ async def apply_records(
     """:func:`apply_batch`, going one event at a time when a batch handler fails."""
     try:
         return await apply_batch(conn, projection, batch, checkpoint, on_dead_letter, schema)
-    except _Bisect:
-        pass
-    for record in batch:
-        checkpoint = await apply_batch(conn, projection, [record], checkpoint, on_dead_letter, schema)
+    except _Bisect as bisect:
+        start, checkpoint = bisect.resume
+    for record in batch[start:]:
+        position = await apply_batch(conn, projection, [record], checkpoint, on_dead_letter, schema)
+        if checkpoint is not None:  # None: a shadow, which has no checkpoint
+            checkpoint = position
     return batch[-1].sequence_number

@@ -200,9 +200,12 @@ async def test_a_failing_batch_handler_with_skip_dead_letters_only_the_event_it_
         await bus.projections.wait_until_caught_up("ledger", timeout=CAUGHT_UP)
         records = await stored(bus)
         model = await model_of(bus, "ledger")
+        await bus.projections.rebuild("ledger")  # the copy meets the same poison, one event at a time
+        rebuilt = await model_of(bus, "ledger")
         dead = await bus.store.pool.fetch("SELECT projection, sequence_number, error FROM eventbus.dead_letters")
         status = bus.projections.status()["ledger"]
 
+    assert rebuilt == model
     assert [tuple(row) for row in dead] == [
         (
             "ledger",
@@ -212,6 +215,44 @@ async def test_a_failing_batch_handler_with_skip_dead_letters_only_the_event_it_
         )
     ]
     assert (status.state, status.checkpoint, status.dead_letters) == ("live", len(records), 1)
+    assert model == replay([r for r in records if r.sequence_number != poison.sequence_number])
+
+
+class BreaksAfterThePoison:
+    """An event handler that fails on the poison event, and a batch handler
+    that from then on fails on batches of several events after it: the batch
+    handler fails on what is left of a batch once part of it is committed."""
+
+    def __init__(self) -> None:
+        self.poison_at: int | None = None
+
+    async def on_event(self, tx: Transaction, record: EventRecord) -> None:
+        if record.payload.get("poison"):
+            self.poison_at = record.sequence_number
+            raise ValueError("poison")
+
+    async def on_batch(self, tx: Transaction, records: list[EventRecord]) -> None:
+        if self.poison_at is not None and len(records) > 1 and records[0].sequence_number > self.poison_at:
+            raise ValueError("several events after the poison")
+        await apply_events(tx, records)
+
+
+async def test_a_batch_handler_failing_after_a_skip_goes_on_from_there_one_event_at_a_time(dsn: str) -> None:
+    handler = BreaksAfterThePoison()
+    projection = Projection("ledger", {DEPOSITED: handler.on_event}, create_tables, 50, "skip",
+                            batch_handler=handler.on_batch, event_types=TYPES)  # fmt: skip
+    async with open_bus(dsn) as bus:
+        poison = await append_with_one_poison(bus)
+        await bus.projections.start(projection)
+        await bus.projections.wait_until_caught_up("ledger", timeout=CAUGHT_UP)
+        records = await stored(bus)
+        model = await model_of(bus, "ledger")
+        dead = await bus.store.pool.fetch("SELECT sequence_number FROM eventbus.dead_letters")
+        status = bus.projections.status()["ledger"]
+
+    assert handler.poison_at == poison.sequence_number
+    assert [row["sequence_number"] for row in dead] == [poison.sequence_number]
+    assert (status.state, status.checkpoint, status.restarts) == ("live", len(records), 0)
     assert model == replay([r for r in records if r.sequence_number != poison.sequence_number])
 
 
