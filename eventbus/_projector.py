@@ -41,7 +41,7 @@ from ._projection import (
     Transaction,
     schema_of,
 )
-from ._rebuild import Progress, Rebuild, Swap
+from ._rebuild import Progress, Rebuild, Swap, drop_schema
 from ._store import EventStore
 from ._stream import EventStream
 from ._subscription import Subscription
@@ -235,20 +235,33 @@ class Runner:
             self._wait_scope.cancel()
 
     async def _swap(self, conn: _pg.Connection, checkpoint: int) -> int:
+        """Pause at ``checkpoint`` for the rebuild's copy, then swap it in.
+
+        Once the copy is handed over (``swap.reached`` set), the shadow schema
+        is this leader's: it swaps it in, or drops it, whatever ends the swap.
+        """
         swap = self.swap
         assert swap is not None
         self.swap = None
+        swapped = False
         try:
             swap.target = checkpoint
             swap.target_set.set()
             await swap.reached_event.wait()
             if swap.error is not None or swap.reached is None:
                 return checkpoint
-            if not await self._swap_schemas(conn, checkpoint, swap.reached, swap):
+            swapped = await self._swap_schemas(conn, checkpoint, swap.reached, swap)
+            if not swapped:
                 return checkpoint
             self.applied = swap.reached
+            self.notify()
             return swap.reached
         finally:
+            if not swapped:
+                if swap.error is None:
+                    swap.error = ProjectionError("the live projection stopped before the swap")
+                if swap.reached is not None:
+                    await drop_schema(conn, self.projection.schema + "__shadow")
             swap.done.set()
 
     async def _swap_schemas(self, conn: _pg.Connection, checkpoint: int, reached: int, swap: Swap) -> bool:
@@ -263,6 +276,8 @@ class Runner:
         attempt = 0
         while True:
             attempt += 1
+            if swap.error is not None:  # the rebuild was cancelled meanwhile
+                return False
             try:
                 await conn.run_script(
                     f"BEGIN; SET LOCAL lock_timeout = '{int(SWAP_LOCK_TIMEOUT * 1000)}ms';"
@@ -412,8 +427,10 @@ class ProjectionManager:
         Blocks until the swap; cancelling it abandons the copy.
 
         Raises:
-            ProjectionError: unknown name, a rebuild already running, or this
-                process does not lead the projection.
+            ProjectionError: unknown name, a rebuild already running, this
+                process does not lead the projection (or stops leading it, or
+                the projection is stopped, before the swap), or the swap could
+                not get its locks. The shadow copy is dropped.
             HandlerFailed: a handler failed on the copy (the live model stays).
         """
         runner = self._runner(name)
@@ -426,8 +443,7 @@ class ProjectionManager:
             await Rebuild(self, runner, progress).run()
         finally:
             self._rebuilding.discard(name)
-            if runner.state == "rebuilding":
-                runner.state = "live"
+            runner.interrupt()  # its state is worked out again
 
 
 # ------------------------------------------------------------------ the original's style

@@ -59,15 +59,15 @@ class Rebuild:
             await conn.execute(f"DROP SCHEMA IF EXISTS {quote(shadow)} CASCADE")
             await prepare_schema(conn, projection, shadow)
             total = await manager.store.head()
-            await self._replay(conn, projection, shadow, swap, total)
-            if swap.error is not None:  # the leader's swap failed and was rolled back
-                await _drop(conn, shadow)
+            await self._replay(conn, projection, shadow, swap, total)  # returns once the swap is over
         except BaseException as exc:
+            if self.runner.swap is swap:
+                self.runner.swap = None
             handed_over = swap.reached is not None
             swap.error = exc
             swap.reached_event.set()
             if not handed_over:  # the leader will not touch the shadow: it is ours to drop
-                await _drop(conn, shadow)
+                await drop_schema(conn, shadow)
             raise
         finally:
             await conn.close()
@@ -93,6 +93,8 @@ class Rebuild:
                     swap.reached_event.set()
                     await swap.done.wait()
                     return
+                if not runner.leader:
+                    raise ProjectionError("this process no longer leads the projection")
                 if not asked and (sub.state == "live" or position >= runner.applied):
                     runner.swap = swap
                     runner.interrupt()
@@ -105,7 +107,8 @@ class Rebuild:
                             await swap.target_set.wait()
                             scope.cancel()
 
-                        nursery.start_soon(wake_on_target)
+                        if not swap.target_set.is_set():
+                            nursery.start_soon(wake_on_target)
                         try:
                             batch = await sub.__anext__()
                         except StopAsyncIteration:
@@ -120,8 +123,9 @@ class Rebuild:
                     self.progress(position, max(total, position))
 
 
-async def _drop(conn: _pg.Connection, schema: str) -> None:
-    """Drop ``schema`` if the connection can; a rebuild that starts drops it anyway."""
+async def drop_schema(conn: _pg.Connection, schema: str) -> None:
+    """Drop ``schema`` if the connection can, shielded and bounded; a rebuild
+    that starts drops its shadow anyway."""
     with trio.move_on_after(_pg.CLOSE_TIMEOUT, shield=True), contextlib.suppress(EventBusError):
         if not conn.is_closed():
             await conn.execute(f"DROP SCHEMA IF EXISTS {quote(schema)} CASCADE")

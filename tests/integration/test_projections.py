@@ -412,6 +412,27 @@ async def test_a_rebuild_under_live_writes_never_shows_readers_an_empty_or_parti
     assert (status.state, status.checkpoint, status.lag) == ("live", len(records), 0)
 
 
+async def test_a_rebuild_whose_projection_is_stopped_fails_and_leaves_no_shadow(dsn: str) -> None:
+    async with open_bus(dsn) as bus:
+        await append_accounts(bus, 3000, seed=13, size=500)
+        await bus.projections.start(accounts_projection(batch_size=100))
+        await bus.projections.wait_until_caught_up("accounts", timeout=CAUGHT_UP)
+        copying = trio.Event()
+        async with trio.open_nursery() as nursery:
+
+            async def stop_once_copying() -> None:
+                await copying.wait()
+                await bus.projections.stop("accounts")
+
+            nursery.start_soon(stop_once_copying)
+            with trio.fail_after(CAUGHT_UP), pytest.raises(ProjectionError, match=r"no longer leads|stopped"):
+                await bus.projections.rebuild("accounts", progress=lambda done, total: copying.set())
+        async with bus.store.pool.acquire() as conn:
+            schemas = await conn.fetch("SELECT nspname FROM pg_namespace WHERE nspname LIKE 'projection_accounts%'")
+
+    assert [row["nspname"] for row in schemas] == ["projection_accounts"]
+
+
 async def start_with_a_stray_row(bus: Bus) -> None:
     """The accounts projection, caught up on 300 events, with a row no event
     explains: only a rebuild (a swap) removes it."""
