@@ -385,11 +385,13 @@ class ProjectionManager:
         """
         runner = self._runner(name)
         target = await self.store.head()
-        with trio.fail_after(math.inf if timeout is None else timeout):
+        with trio.move_on_after(math.inf if timeout is None else timeout):
             while runner.position() < target:
                 if runner.state == "failed":
                     raise ProjectionError(f"projection {name!r} failed: {runner.last_error}")
                 await runner.changed.wait()
+            return
+        raise TimeoutError(f"projection {name!r} is not at position {target} after {timeout} s")
 
     @asynccontextmanager
     async def reader(self, name: str) -> AsyncIterator[Transaction]:

@@ -256,6 +256,21 @@ async def test_a_batch_handler_failing_after_a_skip_goes_on_from_there_one_event
     assert model == replay([r for r in records if r.sequence_number != poison.sequence_number])
 
 
+async def test_waiting_for_a_projection_that_does_not_catch_up_in_time_raises_timeout_error(dsn: str) -> None:
+    let_go = trio.Event()
+
+    async def held(tx: Transaction, record: EventRecord) -> None:
+        await let_go.wait()
+
+    async with open_bus(dsn) as bus:
+        await bus.store.append([Event(DEPOSITED, {"account": "a", "amount": 1})])
+        await bus.projections.start(Projection("held", {DEPOSITED: held}))
+        with pytest.raises(TimeoutError, match=re.escape("'held' is not at position 1 after 0.05 s")):
+            await bus.projections.wait_until_caught_up("held", timeout=0.05)
+        let_go.set()
+        await bus.projections.wait_until_caught_up("held", timeout=CAUGHT_UP)
+
+
 async def test_restart_is_seen_at_once_so_waiting_right_after_it_does_not_report_the_old_failure(dsn: str) -> None:
     handler = Poisoned()
     policy = RestartPolicy(max_restarts=0, initial=0.01, maximum=0.01)
