@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -30,6 +31,8 @@ from ._store import READ_POOL_SIZE, RECONNECT_TIMEOUT, EventStore, run_event_sto
 from ._stream import EventStream, StreamStatistics
 from ._subscription import DEFAULT_BUFFER, DEFAULT_MAX_BATCH, Overflow, Subscription
 from ._writer import WRITE_LANES
+
+_log = logging.getLogger("eventbus.bus")
 
 POLL_INTERVAL = 1.0
 """Seconds between reads of what other processes appended, notified or not."""
@@ -110,12 +113,21 @@ class _Listener:
             self._conn = None
         try:
             conn = await _pg.connect(self._dsn, application_name="eventbus-listen")
+        except StoreUnavailable:
+            return  # the next tick tries again
+        try:
             await conn.add_listener(NOTIFY_CHANNEL, self._on_notify)
             # Writers of other processes notify only while some bus listens.
             await conn.execute(_FORGET_GONE)
             await conn.execute(_REGISTER, self._origin)
-        except StoreUnavailable:
-            return  # the next tick tries again
+        except BaseException as exc:
+            conn.terminate()
+            if isinstance(exc, StoreUnavailable):
+                return
+            if isinstance(exc, EventBusError):  # polls still bring other processes' events
+                _log.warning("the bus could not listen (%s); it tries again at the next tick", exc)
+                return
+            raise
         self._conn = conn
         self.reconnects += 1
 
