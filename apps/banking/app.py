@@ -13,12 +13,13 @@ Every method may be called from many tasks at once.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from decimal import Decimal
 from typing import Final, TypeAlias
 
 import attrs
+import trio
 
 from eventbus import Bus, EventRecord, Projection, ProjectionStatus, open_bus
 
@@ -127,6 +128,7 @@ class Bank:
 
     def __init__(self, bus: Bus) -> None:
         self._bus = bus
+        self._starting = trio.Lock()  # one task starts the read models at a time
 
     @property
     def bus(self) -> Bus:
@@ -139,10 +141,14 @@ class Bank:
         Returns at once; they catch up on their own (or stand by, when
         another process applies them).
         """
-        started = self._bus.projections.status()
-        for name, projection in PROJECTIONS.items():
-            if name not in started:
-                await self._bus.projections.start(projection)
+        await self._start(PROJECTIONS)
+
+    async def _start(self, names: Iterable[str]) -> None:
+        async with self._starting:
+            started = self._bus.projections.status()
+            for name in names:
+                if name not in started:
+                    await self._bus.projections.start(PROJECTIONS[name])
 
     def projection_status(self) -> dict[str, ProjectionStatus]:
         """The state of each of the bank's read models started here; never blocks."""
@@ -168,6 +174,8 @@ class Bank:
                 records = await transfer(store, command)
             case CloseAccount():
                 records = await close_account(store, command)
+            case _:
+                raise InvalidCommand(f"{command!r} is not a command of the bank")
         return Receipt(command, tuple(records))
 
     async def open_account(
@@ -340,11 +348,9 @@ class Bank:
             ProjectionError: the read model failed.
         """
         self._check_name(name)
-        manager = self._bus.projections
-        if name not in manager.status():
-            await manager.start(PROJECTIONS[name])
+        await self._start([name])
         try:
-            await manager.wait_until_caught_up(name, timeout=timeout)
+            await self._bus.projections.wait_until_caught_up(name, timeout=timeout)
         except TimeoutError:
             return False
         return True

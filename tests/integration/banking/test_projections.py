@@ -154,3 +154,27 @@ async def test_commands_run_during_a_rebuild_reach_the_new_read_model(bank: Bank
             # The old read model serves reads throughout.
             assert len(await bank.list_accounts(wait=False)) == 6
     await assert_read_models_equal_a_fold(bank)
+
+
+async def test_many_tasks_reading_a_read_model_not_yet_started_start_it_once(dsn: str) -> None:
+    async with open_bank(dsn, projections=False) as bank:
+        await bank.open_account(owner="Ada", account_type="checking", currency="EUR")
+        results: list[int] = []
+
+        async def read() -> None:
+            results.append(len(await bank.list_accounts()))
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(8):
+                nursery.start_soon(read)
+            nursery.start_soon(bank.analytics)
+            nursery.start_soon(bank.totals)
+        started = sorted(bank.projection_status())
+
+    assert results == [1] * 8
+    assert started == ["accounts", "analytics"]
+
+
+async def test_something_that_is_not_a_command_is_refused_as_invalid(bank: Bank) -> None:
+    with pytest.raises(InvalidCommand, match="is not a command of the bank"):
+        await bank.execute("deposit 5")  # type: ignore[arg-type]
