@@ -2,7 +2,9 @@
 
 Opens a few accounts through the bank, then appends deposits into them
 directly, in batches, at a steady rate of events per second, and prints what
-it achieved each ``--every`` seconds. It runs the bank's read models too (so a
+it achieved each ``--every`` seconds. The deposits skip the bank's rules (no
+condition, for speed): run it on its own, not beside a simulator, which may
+close the accounts it deposits into. It runs the bank's read models too (so a
 dashboard attached to the same database stands by and shows the events live)
 unless ``--no-projections``::
 
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import trio
 
@@ -78,13 +80,27 @@ async def _main(args: argparse.Namespace) -> None:
         await burst(bank, rate=args.rate, duration=args.duration, accounts=args.accounts)
 
 
+def _positive(kind: Callable[[str], float]) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"{text!r} is not above 0")
+        return value
+
+    return parse
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the appender; return the exit status."""
     parser = argparse.ArgumentParser(prog="python -m tui.burst", description=__doc__.splitlines()[0])
     parser.add_argument("--dsn", default=None, help="PostgreSQL URL (default: EVENTBUS_DSN, DATABASE_URL, embedded)")
-    parser.add_argument("--rate", type=float, default=5000.0, help="events per second (default 5000)")
-    parser.add_argument("--duration", type=float, default=60.0, help="seconds (default 60)")
-    parser.add_argument("--accounts", type=int, default=20, help="accounts the deposits go to (default 20)")
+    parser.add_argument("--rate", type=_positive(float), default=5000.0, help="events per second (default 5000)")
+    parser.add_argument("--duration", type=_positive(float), default=60.0, help="seconds (default 60)")
+    parser.add_argument("--accounts", type=_positive(int), default=20,
+                        help="accounts the deposits go to (default 20)")  # fmt: skip
     parser.add_argument("--no-projections", dest="projections", action="store_false",
                         help="leave the read models to another process")  # fmt: skip
     trio.run(_main, parser.parse_args(argv))

@@ -122,6 +122,7 @@ async def feed_accounts(
     leaves its pooled connection mid-transaction, which trips up the bus as
     it closes.
     """
+    refresher.stopped = trio.Event()  # a fresh one for each run: a restart follows a failed run's
     seen: tuple[int, str | None] | None = None
     try:
         while not refresher.closing:

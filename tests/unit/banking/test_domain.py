@@ -159,6 +159,8 @@ def test_other_account_types_are_refused() -> None:
         pytest.param("  Ada  \t Lovelace \n", "Ada Lovelace", id="whitespace is trimmed and collapsed"),
         pytest.param("Zoë Ōtsuka", "Zoë Ōtsuka", id="letters of any script"),
         pytest.param("x" * MAX_OWNER_LENGTH, "x" * MAX_OWNER_LENGTH, id="the longest name"),
+        pytest.param("\u0645\u06cc\u200c\u062f\u0627\u0646", "\u0645\u06cc\u200c\u062f\u0627\u0646",
+                     id="a zero-width non-joiner in a Persian name"),
     ],
 )
 def test_owner_names_that_are_accepted(given: str, name: str) -> None:
@@ -173,6 +175,8 @@ def test_owner_names_that_are_accepted(given: str, name: str) -> None:
         pytest.param("x" * 101, "an owner's name has at most 100 characters, not 101", id="a name too long"),
         pytest.param("Ada\x00", "an owner's name must not hold control characters", id="a NUL character"),
         pytest.param("Ada\x07", "an owner's name must not hold control characters", id="a bell character"),
+        pytest.param("Ada \u202eecalevoL", "an owner's name must not hold control characters", id="an RTL override"),
+        pytest.param("Ada\u2066 x", "an owner's name must not hold control characters", id="a bidi isolate"),
         pytest.param(42, "an owner's name must be text, not a int", id="not text"),
     ],
 )

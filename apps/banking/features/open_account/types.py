@@ -29,7 +29,7 @@ def parse_owner(value: object) -> str:
 
     Raises:
         InvalidOwner: not text, empty, longer than ``MAX_OWNER_LENGTH`` or
-            holding control characters.
+            holding control characters (bidirectional controls among them).
     """
     if not isinstance(value, str):
         raise InvalidOwner(f"an owner's name must be text, not a {type(value).__name__}")
@@ -38,9 +38,15 @@ def parse_owner(value: object) -> str:
         raise InvalidOwner("an owner's name is required")
     if len(name) > MAX_OWNER_LENGTH:
         raise InvalidOwner(f"an owner's name has at most {MAX_OWNER_LENGTH} characters, not {len(name)}")
-    if any(unicodedata.category(char) in ("Cc", "Cs") for char in name):
+    if any(unicodedata.category(char) in ("Cc", "Cs") or char in BIDI_CONTROLS for char in name):
         raise InvalidOwner("an owner's name must not hold control characters")
     return name
+
+
+BIDI_CONTROLS: Final = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+"""Marks that reorder the text around them, so that a name shows as another
+(other format characters, such as the zero-width non-joiner of Persian
+names, are letters' business and stay)."""
 
 
 def account_id_for(command_id: uuid.UUID) -> str:
