@@ -16,8 +16,7 @@ from typing import Any
 
 from eventbus import EventRecord
 
-from .app import Receipt
-from .features.transfer.types import Transfer
+from .app import Receipt, account_ids_of
 
 
 class Journal:
@@ -39,9 +38,7 @@ class Journal:
         line = {
             "kind": receipt.kind,
             "command_id": str(receipt.command.command_id),
-            "accounts": [receipt.account_id]
-            if not isinstance(receipt.command, Transfer)
-            else [receipt.command.from_account_id, receipt.command.to_account_id],
+            "accounts": list(account_ids_of(receipt.command)),
             "amount": None if amount is None else f"{amount:f}",
             "event_ids": [str(event_id) for event_id in receipt.event_ids],
             "positions": [record.sequence_number for record in receipt.records],

@@ -49,7 +49,7 @@ from .journal import Journal
 MAX_IN_FLIGHT: Final = 256
 """Commands under way at once, at most; beyond it the rate drops."""
 
-KINDS: Final = ("open", "deposit", "withdraw", "transfer", "close")
+KINDS: Final = tuple(COMMAND_KINDS.values())
 """The kinds of command, as the report and the journal name them."""
 
 MIX: Final = {"deposit": 33, "withdraw": 27, "transfer": 33, "open": 5, "close": 2}
