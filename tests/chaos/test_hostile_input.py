@@ -202,25 +202,9 @@ async def test_hostile_event_types_as_handler_keys_reach_exactly_their_own_handl
 
 
 @pytest.mark.parametrize("event_type", ["T\x00", "\udc00"], ids=["NUL", "lone surrogate"])
-async def test_a_handler_key_no_filter_can_hold_is_refused_at_definition_and_never_ends_the_bus(
-    hostile_dsn: str, event_type: str
-) -> None:
+def test_a_handler_key_no_filter_can_hold_is_refused_at_definition(event_type: str) -> None:
     async def handle(tx: Transaction, record: EventRecord) -> None:
         pass
 
-    try:
-        projection = Projection("unholdable", {event_type: handle, "Ordinary": handle})
-    except (ProjectionError, InvalidFilter):
-        return  # refused at definition: what we want
-    ended_by: list[Exception] = []
-    try:
-        async with open_bus(hostile_dsn) as bus:
-            await bus.projections.start(projection)
-            with trio.move_on_after(2):
-                await trio.sleep_forever()  # the projection's actor runs meanwhile
-            # Still here: the bus survived; the projection must say it failed.
-            assert bus.projections.status()["unholdable"].state == "failed"
-            await bus.store.append([Event("After", {})])
-    except* InvalidFilter as group:
-        ended_by += group.exceptions
-    assert not ended_by, f"the bus ended with {ended_by[0]!r}"
+    with pytest.raises(ProjectionError, match="is not a valid event type"):
+        Projection("unholdable", {event_type: handle, "Ordinary": handle})
