@@ -64,6 +64,20 @@ class JSONRefused(ValueError):
         self.reason = reason
 
 
+MAX_EVENT_TYPE_LENGTH = 200
+"""Characters in an event type, at most. Event types are keys of a btree
+index, whose entries PostgreSQL limits to about 2.7 kB; 200 characters take
+at most 800 bytes."""
+
+
+def check_event_type(value: str, what: str) -> None:
+    """Refuse an event type the store cannot hold: the NUL character, a lone
+    surrogate, more than ``MAX_EVENT_TYPE_LENGTH`` characters."""
+    _checked_str(value, what, "the string")
+    if len(value) > MAX_EVENT_TYPE_LENGTH:
+        raise JSONRefused(what, f"has {len(value)} characters, more than the {MAX_EVENT_TYPE_LENGTH} an event type may")
+
+
 def _refused(path: _Path, reason: str) -> JSONRefused:
     steps: list[str] = []
     while not isinstance(path, str):

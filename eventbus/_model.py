@@ -73,7 +73,7 @@ def _types(value: object) -> tuple[str, ...]:
         if not isinstance(item, str) or not item:
             raise InvalidFilter(f"event types must be non-empty strings, not {item!r}")
         try:
-            _json.normalize(item, "event type")
+            _json.check_event_type(item, "event type")
         except _json.JSONRefused as exc:
             raise InvalidFilter(str(exc)) from None
     return tuple(dict.fromkeys(types))

@@ -104,7 +104,7 @@ def _check_event_type(event_type: object, what: str) -> None:
     if not isinstance(event_type, str) or not event_type:
         raise ProjectionError(f"{what}: event types must be non-empty strings, not {event_type!r}")
     try:
-        _json.normalize(event_type, what)  # no NUL, no lone surrogate: what the store accepts
+        _json.check_event_type(event_type, what)  # what the store accepts
     except _json.JSONRefused as exc:
         raise ProjectionError(f"{what}: {event_type!r} is not a valid event type ({exc.reason})") from None
 

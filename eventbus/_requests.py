@@ -72,7 +72,7 @@ def prepare(events: Sequence[Event], max_bytes: int) -> list[Prepared]:
             raise InvalidEvent(f"event {index}: event_type must be a non-empty string, not {kind!r}")
         where = f"event {index} ({kind!r})"
         try:
-            _json.normalize(kind, "event_type")
+            _json.check_event_type(kind, "event_type")
             payload, payload_text = _json.encode(event.payload, "payload", max_bytes=max_bytes)
             metadata: dict[str, Any] = {}
             metadata_text = "{}"

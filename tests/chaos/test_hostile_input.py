@@ -36,6 +36,7 @@ from eventbus import (
     open_bus,
     open_event_store,
 )
+from eventbus._json import MAX_EVENT_TYPE_LENGTH
 
 from ..helpers import TEMPLATE, database_dsn, drop_database
 from ..integration.test_json_against_postgres import HOSTILE_KEYS, HOSTILE_VALUES, nested
@@ -171,7 +172,7 @@ HOSTILE_HANDLER_KEYS = [
     "ünïcødé 🚀 тип",
     "\u2028\u2029 line separators",
     "e\u0301 combining",
-    "x" * 1000,
+    "x" * MAX_EVENT_TYPE_LENGTH,
 ]
 
 

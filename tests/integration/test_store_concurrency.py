@@ -23,16 +23,20 @@ import trio.testing
 
 from eventbus import (
     ConcurrencyError,
+    DatabaseError,
     DuplicateEventId,
     Event,
+    EventBusError,
     EventQuery,
     EventRecord,
     EventStore,
     InvalidEvent,
+    InvalidFilter,
     _pg,
     create_filter,
     open_event_store,
 )
+from eventbus._json import MAX_EVENT_TYPE_LENGTH
 from eventbus._store import schema_sql
 
 from ..helpers import ROOT
@@ -465,3 +469,60 @@ async def test_cancelled_appends_are_stored_at_most_once_and_retries_never_dupli
         final = await everything(store)
         assert final[0] == warm_up
         assert len(final) == len({r.event_id for r in final}) == 2 * (len(acknowledged) + len(cancelled)) + 2
+
+
+async def test_an_event_type_too_long_for_the_index_is_refused_before_the_database(dsn: str) -> None:
+    longest = "T" * MAX_EVENT_TYPE_LENGTH
+    async with open_event_store(dsn) as store:
+        with pytest.raises(InvalidEvent, match=f"has {MAX_EVENT_TYPE_LENGTH + 1} characters"):
+            await store.append([Event(longest + "T", {})])
+        with pytest.raises(InvalidEvent, match="more than the 200 an event type may"):
+            await store.append([Event("\U0001f680" * 1000, {})])  # 4 kB: more than an index entry holds
+        with pytest.raises(InvalidFilter, match=f"has {MAX_EVENT_TYPE_LENGTH + 1} characters"):
+            create_filter([longest + "T"])
+        [record] = await store.append([Event(longest, {})])
+        assert (await store.query(create_filter([longest]))).events == [record]
+
+
+async def test_a_batch_the_database_refuses_as_a_whole_fails_only_the_append_it_refuses(dsn: str) -> None:
+    async with open_event_store(dsn, write_connections=1) as store:
+        admin = await _pg.connect(dsn)
+        try:
+            # A rule of the database's own (a trigger of the operator's, say)
+            # that no check in the library knows of.
+            await admin.run_script(
+                "CREATE FUNCTION refuse_forbidden() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+                " IF NEW.event_type = 'Forbidden' THEN RAISE EXCEPTION 'forbidden here'; END IF;"
+                " RETURN NEW; END $$;"
+                " CREATE TRIGGER refuse_forbidden BEFORE INSERT ON eventbus.events"
+                " FOR EACH ROW EXECUTE FUNCTION refuse_forbidden()"
+            )
+            outcomes: dict[str, list[EventRecord] | BaseException] = {}
+
+            async def append(name: str, events: list[Event]) -> None:
+                try:
+                    outcomes[name] = await store.append(events)
+                except EventBusError as exc:
+                    outcomes[name] = exc
+
+            await admin.execute("SELECT pg_advisory_lock($1)", append_lock_key())
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(append, "plug", [Event("Plug", {})])
+                await trio.testing.wait_all_tasks_blocked()
+                for name, events in [
+                    ("before", [Event("Good", {"n": 1})]),
+                    ("forbidden", [Event("Good", {"n": 2}), Event("Forbidden", {})]),
+                    ("after", [Event("Good", {"n": 3})]),
+                ]:
+                    nursery.start_soon(append, name, events)
+                    await trio.testing.wait_all_tasks_blocked()
+                assert store.statistics().queued == 3
+                await admin.execute("SELECT pg_advisory_unlock($1)", append_lock_key())
+        finally:
+            await admin.close()
+        stored = await everything(store)
+
+    forbidden = outcomes.pop("forbidden")
+    assert isinstance(forbidden, DatabaseError) and "forbidden here" in str(forbidden)
+    assert all(isinstance(records, list) for records in outcomes.values())
+    assert [r.payload for r in stored] == [{}, {"n": 1}, {"n": 3}]  # the refused append stored nothing
