@@ -19,6 +19,7 @@ single tag ``WIDE`` instead, and every lookup also looks at wide events.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -76,27 +77,31 @@ def _scalar(value: Any) -> bytes:
     return _number(value)
 
 
-def _leaves(value: Any, path: bytes, out: set[int], limit: int) -> None:
-    if isinstance(value, dict):
-        for key, item in value.items():
-            _leaves(item, path + _PATH_SEP + key.encode("utf-8", "surrogatepass"), out, limit)
-            if len(out) > limit:
-                return
-    elif isinstance(value, list):
-        for item in value:
-            _leaves(item, path, out, limit)
-            if len(out) > limit:
-                return
-    else:
-        out.add(_hash(path + _VALUE_SEP + _scalar(value)))
+def _leaves(value: Any) -> Iterator[tuple[bytes, bytes]]:
+    """The path and the typed scalar of every scalar leaf of ``value``."""
+    stack: list[tuple[Any, bytes]] = [(value, b"")]
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, dict):
+            for key, item in value.items():
+                stack.append((item, path + _PATH_SEP + key.encode("utf-8", "surrogatepass")))
+        elif isinstance(value, list):
+            stack.extend((item, path) for item in value)
+        else:
+            yield path, _scalar(value)
+
+
+def _tag(path: bytes, scalar: bytes) -> int:
+    return _hash(path + _VALUE_SEP + scalar)
 
 
 def event_tags(payload: dict[str, Any]) -> list[int]:
     """The tags to store for a normalized payload (``[WIDE]`` if too many)."""
     out: set[int] = set()
-    _leaves(payload, b"", out, MAX_TAGS)
-    if len(out) > MAX_TAGS:
-        return [WIDE]
+    for path, scalar in _leaves(payload):
+        out.add(_tag(path, scalar))
+        if len(out) > MAX_TAGS:
+            return [WIDE]
     return sorted(out)
 
 
@@ -107,18 +112,5 @@ def predicate_tag(predicate: dict[str, Any]) -> int | None:
     few events share (``{"accountId": "a-17", "currency": "EUR"}`` looks up
     ``accountId``).
     """
-    best: tuple[int, int] | None = None
-    stack: list[tuple[Any, bytes]] = [(predicate, b"")]
-    while stack:
-        value, path = stack.pop()
-        if isinstance(value, dict):
-            for key, item in value.items():
-                stack.append((item, path + _PATH_SEP + key.encode("utf-8", "surrogatepass")))
-        elif isinstance(value, list):
-            stack.extend((item, path) for item in value)
-        else:
-            scalar = _scalar(value)
-            weight = len(scalar)
-            if best is None or weight > best[0]:
-                best = (weight, _hash(path + _VALUE_SEP + scalar))
-    return None if best is None else best[1]
+    best = max(_leaves(predicate), key=lambda leaf: len(leaf[1]), default=None)
+    return None if best is None else _tag(*best)
