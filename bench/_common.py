@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import math
 import os
@@ -28,6 +29,7 @@ def server() -> tuple[str, EmbeddedServer | None]:
         return external, None
     embedded = EmbeddedServer(BENCH_DIR / "server")
     embedded.start()
+    atexit.register(embedded.stop)  # its data stays for the next run
     return embedded.dsn(), embedded
 
 
