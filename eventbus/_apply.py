@@ -11,11 +11,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-import trio
-
 from . import _pg
 from ._errors import StoreUnavailable
 from ._model import EventRecord
+from ._pg import rollback
 from ._projection import HandlerFailed, Projection, Transaction
 
 _log = logging.getLogger("eventbus.projections")
@@ -33,17 +32,6 @@ def literal(text: str) -> str:
 async def begin(conn: _pg.Connection, schema: str) -> Transaction:
     await conn.run_script(f"BEGIN; SET LOCAL search_path TO {quote(schema)}, public")
     return Transaction(conn)
-
-
-async def rollback(conn: _pg.Connection) -> None:
-    with trio.move_on_after(_pg.CLOSE_TIMEOUT, shield=True) as scope:
-        if not conn.is_closed():
-            try:
-                await conn.execute("ROLLBACK")
-            except Exception:  # the connection is in no state to be reused
-                conn.terminate()
-    if scope.cancelled_caught:
-        conn.terminate()
 
 
 async def prepare_schema(conn: _pg.Connection, projection: Projection, schema: str) -> None:

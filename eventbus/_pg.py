@@ -454,3 +454,16 @@ async def create_database(admin_dsn: str, name: str, *, template: str | None = N
         return True
     finally:
         await conn.close()
+
+
+async def rollback(conn: Connection) -> None:
+    """End ``conn``'s transaction, shielded and bounded; a connection that
+    cannot is terminated rather than reused."""
+    with trio.move_on_after(CLOSE_TIMEOUT, shield=True) as scope:
+        if not conn.is_closed():
+            try:
+                await conn.execute("ROLLBACK")
+            except Exception:  # the connection is in no state to be reused
+                conn.terminate()
+    if scope.cancelled_caught:
+        conn.terminate()

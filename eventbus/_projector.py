@@ -28,9 +28,10 @@ from typing import Protocol
 import trio
 
 from . import _pg
-from ._apply import apply_records, literal, prepare_schema, quote, rollback
+from ._apply import apply_records, literal, prepare_schema, quote
 from ._errors import DatabaseError, StoreUnavailable
 from ._model import EventFilter, EventRecord
+from ._pg import rollback
 from ._projection import (
     NAME_PATTERN,
     HandlerFailed,

@@ -118,9 +118,11 @@ CREATE OR REPLACE TRIGGER events_append_only
     BEFORE UPDATE OR DELETE ON eventbus.events
     FOR EACH STATEMENT EXECUTE FUNCTION eventbus.refuse_change();
 
--- The first position after p_cond.a of an event that matches the condition
+-- The position after p_cond.a of an event that matches the condition
 -- p_cond = {"t": [types], "p": [predicates] or null, "k": [tag or null per
--- predicate], "a": after}, or null. Each lookup is written so that the plan
+-- predicate], "a": after}, or null. Whether one exists is what counts: the
+-- position (for the error message) is the first one found, not always the
+-- first in order. Each lookup is written so that the plan
 -- PostgreSQL caches for it is right for any values: the explicit loops keep
 -- it from betting on a LIMIT and scanning the table.
 CREATE OR REPLACE FUNCTION eventbus.first_match(p_cond jsonb) RETURNS bigint

@@ -1,16 +1,16 @@
 """The event store: the store actor and the handle callers use.
 
-One actor owns the write connection. Callers put append requests on a bounded
-channel; the actor takes one, then every other request that is ready (group
-commit), and runs them all in one transaction and one round trip through the
-``eventbus.append_batch`` function. Each caller then gets its own outcome: a
-failed condition or an id clash fails that append only. Reads go through a
-separate pool and never wait behind appends.
+One actor (``_writer``) owns the write connections, its lanes. Callers put
+append requests on a bounded channel; the actor takes one, then its share of
+the others that are ready (group commit), and runs them in one transaction and
+one round trip through the ``eventbus.append_batch`` function, while the next
+batch forms for another lane. Each caller then gets its own outcome: a failed
+condition or an id clash fails that append only. Reads go through a separate
+pool and never wait behind appends.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import importlib.resources
@@ -22,7 +22,7 @@ import trio
 
 from . import _json, _pg, _tags
 from ._embedded import open_database
-from ._errors import ClosedError, EventBusError
+from ._errors import ClosedError
 from ._model import Event, EventFilter, EventQuery, EventRecord, QueryResult
 from ._nursery import open_actor_nursery
 from ._requests import Request, StoreStatistics, condition, percentile, prepare
@@ -63,10 +63,7 @@ async def install_schema(conn: _pg.Connection) -> None:
     try:
         await conn.run_script(script)
     except BaseException:
-        with trio.CancelScope(shield=True):
-            if not conn.is_closed():
-                with contextlib.suppress(EventBusError):
-                    await conn.execute("ROLLBACK")
+        await _pg.rollback(conn)
         raise
 
 
