@@ -373,37 +373,41 @@ class StoreActor:
 
     async def _settle(self, lane: _Lane, batch: list[Request], release: Callable[[], None]) -> list[Outcome]:
         """The connection was lost during a batch: learn what committed, and
-        run the rest again, once.
+        run the rest again.
 
-        Reconnects for up to the reconnect timeout, then runs the batch again
-        with its stored ids looked up first: appends that committed before the
-        loss are answered with their stored records, the others commit now (or
-        are refused, as any append). Appends whose callers have left are not
-        run again. If no connection comes back in time, or the second run
-        loses its connection too, the callers get StoreUnavailable with the
-        outcome unknown.
+        Reconnects, then runs the batch again with its stored ids looked up
+        first: appends that committed before the loss are answered with their
+        stored records, the others commit now (or are refused, as any append).
+        Appends whose callers have left are not run again. A run that loses
+        its connection too is tried again, until ``reconnect_timeout`` after
+        the first loss; then the callers get StoreUnavailable with the outcome
+        unknown (so does a batch that ends every connection it runs on).
         """
         release()  # later batches need not wait for this one
         lane.drop()
         waiting = [request for request in batch if not request.abandoned]
-        connected = False
-        with trio.move_on_after(self._reconnect_timeout):
-            connected = await self._reconnect(lane, patient=True)
-        if not connected or not waiting:
-            return [(request, None, _unknown(), False) for request in batch]
-        assert lane.conn is not None
-        try:
-            rows = await lane.conn.fetch(_APPEND_SQL, *self._arguments(waiting, check_ids=True))
-        except StoreUnavailable:
-            lane.drop()
-            return [(request, None, _unknown(), False) for request in batch]
-        except DatabaseError:
-            outcomes = await self._execute_singly(lane, waiting, release, settling=True)
-        else:
-            self.counters.batches += 1
-            # Stored before the loss or now: the stream has seen neither (it drops what it has).
-            outcomes = _as_new(self._outcomes(waiting, rows))
-        return outcomes + [(request, None, _unknown(), False) for request in batch if request.abandoned]
+        unknown: list[Outcome] = [(request, None, _unknown(), False) for request in batch]
+        deadline = trio.current_time() + self._reconnect_timeout
+        while waiting:
+            connected = False
+            with trio.move_on_at(deadline):
+                connected = await self._reconnect(lane, patient=True)
+            if not connected:
+                return unknown
+            assert lane.conn is not None
+            try:
+                rows = await lane.conn.fetch(_APPEND_SQL, *self._arguments(waiting, check_ids=True))
+            except StoreUnavailable:
+                lane.drop()
+                continue
+            except DatabaseError:
+                outcomes = await self._execute_singly(lane, waiting, release, settling=True)
+            else:
+                self.counters.batches += 1
+                # Stored before the loss or now: the stream has seen neither (it drops what it has).
+                outcomes = _as_new(self._outcomes(waiting, rows))
+            return outcomes + [(request, None, _unknown(), False) for request in batch if request.abandoned]
+        return unknown
 
     async def _reconnect(self, lane: _Lane, *, patient: bool = False) -> bool:
         """Give the lane a connection. Without ``patient``, one attempt at most
