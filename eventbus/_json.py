@@ -64,10 +64,10 @@ class JSONRefused(ValueError):
         self.reason = reason
 
 
-MAX_EVENT_TYPE_LENGTH = 200
+MAX_EVENT_TYPE_LENGTH = 500
 """Characters in an event type, at most. Event types are keys of a btree
-index, whose entries PostgreSQL limits to about 2.7 kB; 200 characters take
-at most 800 bytes."""
+index, whose entries PostgreSQL limits to about 2.7 kB; 500 characters take
+at most 2,000 bytes."""
 
 
 def check_event_type(value: str, what: str) -> None:

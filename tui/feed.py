@@ -150,8 +150,7 @@ async def feed_accounts(
 
 async def _read_accounts(bank: Bank, state: DashboardState) -> None:
     totals = await bank.totals(wait=False)
-    count = sum(total.accounts for total in totals)
-    rows = await bank.list_accounts(wait=False, limit=ACCOUNTS_SHOWN, offset=max(0, count - ACCOUNTS_SHOWN))
+    rows = await bank.latest_accounts(ACCOUNTS_SHOWN, wait=False)
     if (rows, totals, None) != (state.accounts, state.totals, state.accounts_error):
         state.totals, state.accounts, state.accounts_error = totals, rows, None
         state.accounts_version += 1

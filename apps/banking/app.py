@@ -319,6 +319,14 @@ class Bank:
             await self.wait_until_current(accounts_shell.NAME)
         return await accounts_shell.list_accounts(self._bus, status=status, limit=limit, offset=offset)
 
+    async def latest_accounts(self, count: int, *, wait: bool = True) -> list[AccountRow]:
+        """The ``count`` accounts opened last, in the order they were opened
+        (``wait`` as for :meth:`list_accounts`); as cheap with a million
+        accounts as with a thousand."""
+        if wait:
+            await self.wait_until_current(accounts_shell.NAME)
+        return await accounts_shell.latest_accounts(self._bus, count)
+
     async def totals(self, *, wait: bool = True) -> list[CurrencyTotal]:
         """Per currency: accounts, open accounts and money held, from the ``accounts`` read model."""
         if wait:

@@ -109,6 +109,8 @@ async def test_the_accounts_queries_filter_find_and_total(bank: Bank) -> None:
     assert [row.account_id for row in open_rows] == ids[:6]
     assert [row.account_id for row in closed_rows] == ids[6:]
     assert [row.account_id for row in await bank.list_accounts(limit=2, offset=1)] == ids[1:3]
+    assert [row.account_id for row in await bank.latest_accounts(4)] == ids[-4:]
+    assert await bank.latest_accounts(100) == await bank.list_accounts()
     found = await accounts.get(bank.bus, ids[0])
     assert found is not None and found.balance == (await bank.get_account(ids[0])).balance
     assert await accounts.get(bank.bus, "never-opened") is None

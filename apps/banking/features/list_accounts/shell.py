@@ -166,6 +166,17 @@ async def list_accounts(
     return [_row(row) for row in rows]
 
 
+async def latest_accounts(bus: Bus, count: int) -> list[AccountRow]:
+    """The ``count`` accounts opened last, in the order they were opened.
+
+    Blocks for one query on a pooled connection, which reads ``count`` rows
+    of the opening index from its end, however many accounts there are.
+    """
+    async with bus.projections.reader(NAME) as tx:
+        rows = await tx.fetch(f"SELECT {_COLUMNS} FROM accounts ORDER BY opened_at DESC, id DESC LIMIT $1", count)
+    return [_row(row) for row in reversed(rows)]
+
+
 async def get(bus: Bus, account_id: str) -> AccountRow | None:
     """One account as the read model holds it now, or None if it holds no such account.
 
