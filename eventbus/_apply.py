@@ -29,6 +29,14 @@ def literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+def commit_sql(name: str, checkpoint: int | None, new: int) -> str:
+    """Move projection ``name``'s checkpoint from ``checkpoint`` to ``new`` and
+    commit, in one round trip (``checkpoint`` None: a shadow, which only commits)."""
+    if checkpoint is None:
+        return "COMMIT"
+    return f"SELECT eventbus.advance_checkpoint({literal(name)}, {int(checkpoint)}, {int(new)}); COMMIT"
+
+
 async def begin(conn: _pg.Connection, schema: str) -> Transaction:
     await conn.run_script(f"BEGIN; SET LOCAL search_path TO {quote(schema)}, public")
     return Transaction(conn)
@@ -80,10 +88,7 @@ async def apply_batch(
             failed = await _run_handlers(tx, projection, batch, start, len(batch))
             if failed is None:
                 last = batch[-1].sequence_number
-                if checkpoint is not None:
-                    await conn.execute("SELECT eventbus.advance_checkpoint($1, $2, $3)", projection.name,
-                                       checkpoint, last)  # fmt: skip
-                await conn.execute("COMMIT")
+                await conn.run_script(commit_sql(projection.name, checkpoint, last))
                 return last
         except BaseException as exc:
             await rollback(conn)
@@ -112,11 +117,9 @@ async def apply_batch(
                 projection.name, record.sequence_number, record.event_id, record.event_type,
                 dict(record.payload), message,
             )  # fmt: skip
+            await conn.run_script(commit_sql(projection.name, checkpoint, record.sequence_number))
             if checkpoint is not None:
-                await conn.execute("SELECT eventbus.advance_checkpoint($1, $2, $3)", projection.name,
-                                   checkpoint, record.sequence_number)  # fmt: skip
                 checkpoint = record.sequence_number
-            await conn.execute("COMMIT")
         except BaseException as exc:
             await rollback(conn)
             if isinstance(exc, _Bisect):  # what is committed already stays: go on from here

@@ -28,7 +28,7 @@ from typing import Protocol
 import trio
 
 from . import _pg
-from ._apply import apply_records, literal, prepare_schema, quote
+from ._apply import apply_records, commit_sql, literal, prepare_schema, quote
 from ._errors import DatabaseError, StoreUnavailable
 from ._model import EventFilter, EventRecord
 from ._pg import rollback
@@ -284,11 +284,9 @@ class Runner:
                     f"BEGIN; SET LOCAL lock_timeout = '{int(SWAP_LOCK_TIMEOUT * 1000)}ms';"
                     f" SELECT eventbus.lock_read_model({literal(schema)}, true);"
                     f" DROP SCHEMA IF EXISTS {old} CASCADE; ALTER SCHEMA {live} RENAME TO {old};"
-                    f" ALTER SCHEMA {shadow} RENAME TO {live}; DROP SCHEMA {old} CASCADE"
+                    f" ALTER SCHEMA {shadow} RENAME TO {live}; DROP SCHEMA {old} CASCADE;"
+                    f" {commit_sql(self.projection.name, checkpoint, reached)}"
                 )
-                await conn.execute("SELECT eventbus.advance_checkpoint($1, $2, $3)",
-                                   self.projection.name, checkpoint, reached)  # fmt: skip
-                await conn.execute("COMMIT")
                 return True
             except DatabaseError as exc:
                 await rollback(conn)
