@@ -102,10 +102,13 @@ class Runner:
     def position(self) -> int:
         """The position up to which the read model reflects every event."""
         sub = self.sub
-        if sub is not None and self.state in ("live", "catching_up", "rebuilding"):
-            stats = sub.statistics()
-            if stats.buffered == 0 and not self._busy:
-                return max(self.applied, stats.position)
+        if (
+            sub is not None
+            and sub.buffered == 0
+            and not self._busy
+            and self.state in ("live", "catching_up", "rebuilding")
+        ):
+            return max(self.applied, sub.position)
         return self.applied
 
     def status(self, stream_position: int) -> ProjectionStatus:
@@ -213,7 +216,7 @@ class Runner:
                         await trio.sleep_forever()  # the bus is closing: cancellation follows
                 self._wait_scope = None
                 if batch is None:
-                    position = sub.statistics().position
+                    position = sub.position
                     if position > checkpoint and self.swap is None:
                         # Nothing to apply up to there: the checkpoint may move on.
                         await conn.execute("SELECT eventbus.advance_checkpoint($1, $2, $3)",

@@ -116,9 +116,8 @@ class Rebuild:
                         nursery.cancel_scope.cancel()
                 if batch:
                     position = await apply_records(conn, projection, batch, None, None, shadow)
-                stats = sub.statistics()
-                if stats.buffered == 0:
-                    position = max(position, stats.position)
+                if sub.buffered == 0:
+                    position = max(position, sub.position)
                 if self.progress is not None:
                     self.progress(position, max(total, position))
 

@@ -163,9 +163,15 @@ class Subscription:
         self._carry = None  # dropped with the rest of the buffer: iteration ends
         self._space.set()  # the hub may be waiting in put() for room (overflow="block")
 
+    @property
+    def position(self) -> int:
+        """Every matching event up to this position has been received by the
+        consumer (or did not match); never blocks."""
+        return self.received_upto if self.buffered else max(self.received_upto, self.enqueued_upto)
+
     def statistics(self) -> SubscriptionStatistics:
         """The subscription's figures now; never blocks."""
-        position = self.received_upto if self.buffered else max(self.received_upto, self.enqueued_upto)
+        position = self.position
         return SubscriptionStatistics(
             name=self.name,
             state=self.state,
