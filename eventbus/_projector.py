@@ -352,7 +352,11 @@ class ProjectionManager:
         self._nursery.start_soon(runner.run, name=f"projection {projection.name}")
 
     async def stop(self, name: str) -> None:
-        """Stop projection ``name`` here (its state stays in the database)."""
+        """Stop projection ``name`` here (its state stays in the database).
+
+        Returns without waiting for its task to end: a batch under way is
+        rolled back, and a rebuild of it under way fails with ``ProjectionError``.
+        """
         runner = self._runner(name)
         runner.scope.cancel()
         runner.state = "stopped"

@@ -150,10 +150,20 @@ class EventStream:
         position N, read from the store, then continues live with no gap and no
         duplicate. Use the result with ``async with``.
 
+        Never blocks itself. Entering the block with ``after=None`` blocks for
+        one read of the store's head. Iterating blocks until a batch is there;
+        up to ``buffer`` records wait for the consumer, beyond which
+        ``overflow`` decides (``catch_up``: the subscription reads from the
+        store later; ``block``: the hub waits). Cancelling an iteration loses
+        nothing: the batch stays for the next one. Leaving the block drops
+        what is buffered.
+
         Raises:
             InvalidFilter: at once, for a bad filter, position, batch size,
                 buffer or overflow policy.
             ClosedError: when the block is entered, if the stream has stopped.
+            StoreUnavailable: when the block is entered with ``after=None``
+                and the store cannot be reached.
         """
         if not isinstance(filter, EventFilter):
             raise InvalidFilter(f"subscribe takes an EventFilter (see create_filter), not {filter!r}")
