@@ -14,9 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from eventbus import _pg
-from eventbus._embedded import EmbeddedServer, dsn_from_environment
-from eventbus._store import install_schema
+from eventbus import testing
+from eventbus.testing import EmbeddedServer, dsn_from_environment, install_schema
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = Path(os.environ.get("EVENTBUS_BENCH_DIR") or Path(tempfile.gettempdir()) / f"eventbus-bench-{os.getuid()}")
@@ -41,15 +40,15 @@ def database_dsn(admin: str, name: str) -> str:
 
 async def fresh_database(admin: str, name: str, *, template: str | None = None) -> str:
     """Drop and create ``name`` (from ``template`` if given), with the eventbus schema."""
-    async with _pg.open_loop():
-        conn = await _pg.connect(admin)
+    async with testing.open_loop():
+        conn = await testing.connect(admin)
         try:
             await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         finally:
             await conn.close()
-        await _pg.create_database(admin, name, template=template)
+        await testing.create_database(admin, name, template=template)
         dsn = database_dsn(admin, name)
-        conn = await _pg.connect(dsn)
+        conn = await testing.connect(dsn)
         try:
             await install_schema(conn)
         finally:
@@ -59,8 +58,8 @@ async def fresh_database(admin: str, name: str, *, template: str | None = None) 
 
 async def settings_line(dsn: str) -> str:
     """The server settings that matter for the figures, on one line."""
-    async with _pg.open_loop():
-        conn = await _pg.connect(dsn)
+    async with testing.open_loop():
+        conn = await testing.connect(dsn)
         try:
             names = ["server_version", "fsync", "synchronous_commit", "wal_sync_method", "shared_buffers",
                      "max_wal_size", "wal_level"]  # fmt: skip

@@ -35,9 +35,8 @@ from bench._common import (
     verdict,
 )
 from bench.workload import account_id, deposit_payload
-from eventbus import Event, EventQuery, _pg, create_filter, open_event_store
-from eventbus._store import query_sql, schema_sql
-from eventbus._tags import event_tags
+from eventbus import Event, EventQuery, create_filter, open_event_store, testing
+from eventbus.testing import event_tags, query_sql, schema_sql
 
 TASKS = 64
 APPENDS_PER_TASK = 150
@@ -98,8 +97,8 @@ async def _preload(dsn: str) -> None:
 
 async def _template(admin: str) -> None:
     """Make the 1M-event template once; later runs reuse it."""
-    async with _pg.open_loop():
-        conn = await _pg.connect(admin)
+    async with testing.open_loop():
+        conn = await testing.connect(admin)
         try:
             exists = bool(await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", TEMPLATE))
         finally:

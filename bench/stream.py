@@ -77,7 +77,11 @@ async def hub_fanout(dsn: str, records: list[EventRecord], subscribers: int, *, 
                 # A stalled subscriber must not hold the others up: it catches up.
                 policy = overflow if read else "catch_up"
                 async with stream.subscribe(
-                    create_filter([]), after=0, max_batch=BATCH, buffer=10 * BATCH, overflow=policy  # type: ignore[arg-type]
+                    create_filter([]),
+                    after=0,
+                    max_batch=BATCH,
+                    buffer=10 * BATCH,
+                    overflow=policy,  # type: ignore[arg-type]
                 ) as sub:
                     ready += 1
                     if ready == subscribers + stalled:
@@ -263,6 +267,3 @@ async def run() -> None:
 
 def main() -> None:
     trio.run(run)
-
-
-

@@ -26,8 +26,8 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import attrs
 import trio
 
-from eventbus import EventBusError, _pg, open_event_store
-from eventbus._embedded import EmbeddedServer
+from eventbus import EventBusError, open_event_store, testing
+from eventbus.testing import EmbeddedServer
 
 SERVER_SETTINGS: Final = {"fsync": "off", "max_connections": "300"}
 """The embedded server's settings. fsync off: a crash of the server process
@@ -123,7 +123,7 @@ class ChaosDatabase:
         Raises:
             StoreUnavailable: the server could not be reached.
         """
-        conn = await _pg.connect(with_database(self.admin_dsn, self.name), application_name=APPLICATION_NAME)
+        conn = await testing.connect(with_database(self.admin_dsn, self.name), application_name=APPLICATION_NAME)
         try:
             count = int(await conn.fetchval(_TERMINATE, self.name, pattern))
         finally:
@@ -149,7 +149,7 @@ async def open_chaos_database(
     Raises:
         StoreUnavailable: the server could not be started or reached.
     """
-    async with _pg.open_loop():
+    async with testing.open_loop():
         if admin_dsn is None:
             async with _own_server(workdir) as database:
                 yield database
@@ -164,7 +164,7 @@ async def _own_server(workdir: Path) -> AsyncIterator[ChaosDatabase]:
     await trio.to_thread.run_sync(server.start)
     try:
         admin = server.dsn()
-        await _pg.create_database(admin, DATABASE)
+        await testing.create_database(admin, DATABASE)
         password = "chaos-" + secrets.token_hex(8)
         database = ChaosDatabase(
             dsn=with_database(admin, DATABASE, password=password),
@@ -183,7 +183,7 @@ async def _own_server(workdir: Path) -> AsyncIterator[ChaosDatabase]:
 @asynccontextmanager
 async def _given_server(admin_dsn: str, *, keep: bool) -> AsyncIterator[ChaosDatabase]:
     name = f"chaos_{time.strftime('%Y%m%d_%H%M%S')}_{os.getpid()}"
-    await _pg.create_database(admin_dsn, name)
+    await testing.create_database(admin_dsn, name)
     database: ChaosDatabase | None = None
     try:
         database = ChaosDatabase(
@@ -210,7 +210,7 @@ async def _install_schema(dsn: str) -> None:
 
 async def _drop(admin_dsn: str, name: str) -> None:
     try:
-        conn = await _pg.connect(admin_dsn, application_name=APPLICATION_NAME)
+        conn = await testing.connect(admin_dsn, application_name=APPLICATION_NAME)
     except EventBusError:
         return
     try:

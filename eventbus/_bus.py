@@ -19,18 +19,14 @@ from contextlib import asynccontextmanager
 import attrs
 import trio
 
-from . import _json, _pg
-from ._embedded import open_database
+from . import _db
+from ._db import open_database
 from ._errors import EventBusError, StoreUnavailable
-from ._model import EventFilter, EventRecord
 from ._nursery import open_actor_nursery
-from ._projection import ProjectionStatus
-from ._projector import ProjectionManager
-from ._requests import StoreStatistics
-from ._store import READ_POOL_SIZE, RECONNECT_TIMEOUT, EventStore, run_event_store
-from ._stream import EventStream, StreamStatistics
-from ._subscription import DEFAULT_BUFFER, DEFAULT_MAX_BATCH, Overflow, Subscription
-from ._writer import WRITE_LANES
+from ._projections import ProjectionManager, ProjectionStatus
+from ._store import READ_POOL_SIZE, RECONNECT_TIMEOUT, WRITE_LANES, EventStore, StoreStatistics, run_event_store
+from ._stream import DEFAULT_BUFFER, DEFAULT_MAX_BATCH, EventStream, Overflow, StreamStatistics, Subscription
+from ._values import EventFilter, EventRecord, _json
 
 _log = logging.getLogger("eventbus.bus")
 
@@ -73,7 +69,7 @@ class _Listener:
         self._stream = stream
         self._origin = origin
         self._poll_interval = poll_interval
-        self._conn: _pg.Connection | None = None
+        self._conn: _db.Connection | None = None
         self.notifications = 0
         self.reconnects = -1
 
@@ -102,7 +98,7 @@ class _Listener:
                 self._stream.poll_soon(unless_busy_within=self._poll_interval / 2)
         finally:
             if self._conn is not None:
-                with trio.move_on_after(_pg.CLOSE_TIMEOUT, shield=True):
+                with trio.move_on_after(_db.CLOSE_TIMEOUT, shield=True):
                     with contextlib.suppress(EventBusError):
                         await self._conn.execute(_UNREGISTER, self._origin)
                 await self._conn.close()
@@ -112,7 +108,7 @@ class _Listener:
             self._conn.terminate()
             self._conn = None
         try:
-            conn = await _pg.connect(self._dsn, application_name="eventbus-listen")
+            conn = await _db.connect(self._dsn, application_name="eventbus-listen")
         except StoreUnavailable:
             return  # the next tick tries again
         try:
@@ -202,7 +198,7 @@ async def run_bus(
         if stream is not None:
             await stream.publish(records)
 
-    async with _pg.open_loop(), open_actor_nursery() as nursery:
+    async with _db.open_loop(), open_actor_nursery() as nursery:
         store: EventStore = await nursery.start(
             functools.partial(
                 run_event_store,
@@ -246,7 +242,7 @@ async def open_bus(
     Raises:
         StoreUnavailable: the database could not be reached at open.
     """
-    async with open_database(dsn) as resolved, _pg.open_loop(), open_actor_nursery() as nursery:
+    async with open_database(dsn) as resolved, _db.open_loop(), open_actor_nursery() as nursery:
         bus: Bus = await nursery.start(
             functools.partial(
                 run_bus,

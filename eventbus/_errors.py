@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class EventBusError(Exception):
     """The root of every error eventbus raises on purpose."""
@@ -65,3 +67,21 @@ class ClosedError(EventBusError):
 
 class InvalidFilter(EventBusError, ValueError):
     """A filter, query or subscription was refused: the message says why."""
+
+
+class ProjectionError(EventBusError):
+    """A projection was defined or used wrongly (bad name, handler or policy,
+    unknown projection, a rebuild where another process leads)."""
+
+
+class HandlerFailed(EventBusError):
+    """A projection's handler raised for an event.
+
+    Attributes:
+        record: the ``EventRecord`` it failed on, or None when the failure
+            was not in one event (a commit, a deadline).
+    """
+
+    def __init__(self, message: str, record: Any) -> None:
+        super().__init__(message)
+        self.record = record

@@ -21,9 +21,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from eventbus import _pg
-from eventbus._embedded import EmbeddedServer
-from eventbus._store import install_schema
+from eventbus import testing
+from eventbus.testing import EmbeddedServer, install_schema
 
 from .helpers import TEMPLATE, database_dsn, drop_database
 
@@ -60,14 +59,14 @@ def admin_dsn() -> Iterator[str]:
 
 
 async def _make_template(admin: str) -> None:
-    async with _pg.open_loop():
-        conn = await _pg.connect(admin)
+    async with testing.open_loop():
+        conn = await testing.connect(admin)
         try:
             await conn.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE}" WITH (FORCE)')
         finally:
             await conn.close()
-        await _pg.create_database(admin, TEMPLATE)
-        conn = await _pg.connect(database_dsn(admin, TEMPLATE))
+        await testing.create_database(admin, TEMPLATE)
+        conn = await testing.connect(database_dsn(admin, TEMPLATE))
         try:
             await install_schema(conn)
         finally:
@@ -78,8 +77,8 @@ async def _make_template(admin: str) -> None:
 async def dsn(admin_dsn: str) -> AsyncIterator[str]:
     """A fresh database holding the eventbus schema and no events."""
     name = f"t_{os.getpid()}_{next(_counter)}"
-    async with _pg.open_loop():
-        await _pg.create_database(admin_dsn, name, template=TEMPLATE)
+    async with testing.open_loop():
+        await testing.create_database(admin_dsn, name, template=TEMPLATE)
     yield database_dsn(admin_dsn, name)
     with trio.CancelScope(shield=True):
         await drop_database(admin_dsn, name)

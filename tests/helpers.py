@@ -10,7 +10,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import trio
 
-from eventbus import _pg
+from eventbus import testing
 
 TEMPLATE = "eventbus_test_template"
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,8 +24,8 @@ def database_dsn(admin_dsn: str, name: str) -> str:
 
 async def drop_database(admin_dsn: str, name: str) -> None:
     """Drop a test database, closing whatever still uses it."""
-    async with _pg.open_loop():
-        conn = await _pg.connect(admin_dsn)
+    async with testing.open_loop():
+        conn = await testing.connect(admin_dsn)
         try:
             await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         finally:

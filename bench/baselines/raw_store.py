@@ -13,7 +13,7 @@ from typing import Any
 import asyncpg
 
 from bench.workload import deposit_payload
-from eventbus._tags import event_tags
+from eventbus.testing import event_tags
 
 # The same rows eventbus writes: the events and their payload tags (the
 # store's inverted index). Positions come from the sequence, without a lock.

@@ -16,7 +16,7 @@ import trio
 
 from apps.banking.app import open_bank
 from chaos._database import with_database
-from eventbus import Event, EventStore, StoreUnavailable, _pg, call_asyncio, call_trio, open_loop
+from eventbus import Event, EventStore, StoreUnavailable, call_asyncio, call_trio, open_loop, testing
 from tui.run import describe_database, open_dashboard
 from tui.state import DashboardState
 
@@ -44,7 +44,7 @@ def test_the_dashboards_name_for_a_database_never_holds_its_password(dsn: str) -
 
 
 async def _terminate_bus_connections(admin_dsn: str, database: str) -> int:
-    conn = await _pg.connect(admin_dsn, application_name="test-terminator")
+    conn = await testing.connect(admin_dsn, application_name="test-terminator")
     try:
         return int(
             await conn.fetchval(

@@ -31,12 +31,12 @@ from eventbus import (
     Projection,
     ProjectionError,
     Transaction,
-    _pg,
     create_filter,
     open_bus,
     open_event_store,
+    testing,
 )
-from eventbus._json import MAX_EVENT_TYPE_LENGTH
+from eventbus._values._json import MAX_EVENT_TYPE_LENGTH
 
 from ..helpers import TEMPLATE, database_dsn, drop_database
 from ..integration.test_json_against_postgres import HOSTILE_KEYS, HOSTILE_VALUES, nested
@@ -88,8 +88,8 @@ def hostile_dsn(admin_dsn: str) -> Iterator[str]:
     dsn = database_dsn(admin_dsn, name)
 
     async def create() -> None:
-        async with _pg.open_loop():
-            await _pg.create_database(admin_dsn, name, template=TEMPLATE)
+        async with testing.open_loop():
+            await testing.create_database(admin_dsn, name, template=TEMPLATE)
         async with open_event_store(dsn) as store:
             await store.append([Event(event_type, payload) for event_type, payload in STORED])
 

@@ -26,7 +26,7 @@ import sys
 
 import trio
 
-from eventbus import ConcurrencyError, Event, EventFilter, EventStore, _pg, create_filter, open_event_store
+from eventbus import ConcurrencyError, Event, EventFilter, EventStore, create_filter, open_event_store, testing
 from tests.helpers import LineReader, say
 
 
@@ -73,7 +73,7 @@ async def write(store: EventStore, tasks: int, appends: int) -> None:
 
 
 async def linger(dsn: str, seconds: float) -> None:
-    _pg.CONNECT_TIMEOUT = seconds / 2
+    testing.CONNECT_TIMEOUT = seconds / 2
     async with open_event_store(dsn) as store:
         await trio.sleep(seconds)
         await store.append([Event("Tick", {})])

@@ -27,7 +27,8 @@ import trio
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from eventbus import Event, EventQuery, InvalidEvent, _json, _pg, create_filter, open_event_store
+from eventbus import Event, EventQuery, InvalidEvent, create_filter, open_event_store, testing
+from eventbus._values import _json
 
 from ..helpers import TEMPLATE, database_dsn, drop_database
 
@@ -257,8 +258,8 @@ def store_dsn(admin_dsn: str) -> Iterator[str]:
     name = f"t_{os.getpid()}_json"
 
     async def create() -> None:
-        async with _pg.open_loop():
-            await _pg.create_database(admin_dsn, name, template=TEMPLATE)
+        async with testing.open_loop():
+            await testing.create_database(admin_dsn, name, template=TEMPLATE)
 
     trio.run(create)
     try:
@@ -322,8 +323,8 @@ def storable(event_type: str, payload: Any) -> tuple[bool, Any]:
 @given(cases=st.lists(doc_and_pattern(), min_size=1, max_size=25))
 async def test_contains_agrees_with_jsonb_containment(admin_dsn: str, cases: list[tuple[Any, Any]]) -> None:
     normalized = [(_json.normalize(doc), _json.normalize(pattern)) for doc, pattern in cases]
-    async with _pg.open_loop():
-        conn = await _pg.connect(admin_dsn)
+    async with testing.open_loop():
+        conn = await testing.connect(admin_dsn)
         try:
             answers = await conn.fetchval(
                 "SELECT array_agg(d::jsonb @> p::jsonb ORDER BY n)"

@@ -10,8 +10,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from eventbus import Event, StoreUnavailable, _pg, create_filter, open_event_store
-from eventbus._embedded import EmbeddedServer, redact_dsn
+from eventbus import Event, StoreUnavailable, create_filter, open_event_store, testing
+from eventbus.testing import EmbeddedServer, redact_dsn
 
 PASSWORD = "s3cr3t-Pa55"
 
@@ -58,8 +58,8 @@ async def test_the_embedded_server_listens_on_a_private_unix_socket_only(embedde
     pid = embedded_server.pid()
     assert pid is not None
     assert _listening_ports(pid) == []
-    async with _pg.open_loop():
-        conn = await _pg.connect(embedded_server.dsn())
+    async with testing.open_loop():
+        conn = await testing.connect(embedded_server.dsn())
         try:
             assert await conn.fetchval("SHOW listen_addresses") == ""
             assert await conn.fetchval("SHOW unix_socket_permissions") == "0700"

@@ -32,12 +32,12 @@ from eventbus import (
     EventStore,
     InvalidEvent,
     InvalidFilter,
-    _pg,
     create_filter,
     open_event_store,
+    testing,
 )
-from eventbus._json import MAX_EVENT_TYPE_LENGTH
-from eventbus._store import schema_sql
+from eventbus._values._json import MAX_EVENT_TYPE_LENGTH
+from eventbus.testing import schema_sql
 
 from ..helpers import ROOT
 from ._store_worker import LineReader
@@ -233,7 +233,7 @@ async def test_a_batch_fails_only_its_bad_conflicting_and_clashing_appends(dsn: 
 
             return run
 
-        lock = await _pg.connect(dsn)
+        lock = await testing.connect(dsn)
         try:
             # The first append waits for the append lock on the store's only
             # write connection; the others queue behind it and then go as one batch.
@@ -486,7 +486,7 @@ async def test_an_event_type_too_long_for_the_index_is_refused_before_the_databa
 
 async def test_a_batch_the_database_refuses_as_a_whole_fails_only_the_append_it_refuses(dsn: str) -> None:
     async with open_event_store(dsn, write_connections=1) as store:
-        admin = await _pg.connect(dsn)
+        admin = await testing.connect(dsn)
         try:
             # A rule of the database's own (a trigger of the operator's, say)
             # that no check in the library knows of.

@@ -25,12 +25,11 @@ from eventbus import (
     EventRecord,
     EventStore,
     StoreUnavailable,
-    _pg,
     create_filter,
     open_event_store,
+    testing,
 )
-from eventbus._embedded import EmbeddedServer
-from eventbus._store import schema_sql
+from eventbus.testing import EmbeddedServer, schema_sql
 
 from ..helpers import ROOT
 
@@ -56,7 +55,7 @@ def append_lock_key() -> int:
 
 
 async def new_database(server: EmbeddedServer, name: str = "events") -> str:
-    await _pg.create_database(server.dsn(), name)
+    await testing.create_database(server.dsn(), name)
     return server.dsn(name)
 
 
@@ -64,7 +63,7 @@ async def everything(store: EventStore) -> list[EventRecord]:
     return (await store.query(create_filter([]))).events
 
 
-async def wait_for_backend(admin: _pg.Connection, database: str, wait_event: str, *, other_than: int = 0) -> int:
+async def wait_for_backend(admin: testing.Connection, database: str, wait_event: str, *, other_than: int = 0) -> int:
     """The pid of a store write connection waiting on ``wait_event``; polls the server."""
     sql = BACKEND + " AND wait_event = $2 AND pid <> $3"
     with trio.fail_after(10):
@@ -76,7 +75,7 @@ async def wait_for_backend(admin: _pg.Connection, database: str, wait_event: str
     raise AssertionError(f"no store connection waited on {wait_event}")
 
 
-async def terminate_store_connections(admin: _pg.Connection, database: str) -> int:
+async def terminate_store_connections(admin: testing.Connection, database: str) -> int:
     """Kill every write connection of the stores on ``database``; how many there were."""
     sql = f"SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM ({BACKEND}) AS store"
     return int(await admin.fetchval(sql, database))
@@ -170,7 +169,7 @@ class Load:
 async def test_acknowledged_appends_survive_a_server_crash_and_the_same_store_recovers(
     embedded_server: EmbeddedServer,
 ) -> None:
-    async with _pg.open_loop():
+    async with testing.open_loop():
         dsn = await new_database(embedded_server)
         async with open_event_store(dsn, reconnect_timeout=RECONNECT_TIMEOUT) as store:
             load = Load(store)
@@ -199,8 +198,8 @@ async def test_acknowledged_appends_survive_a_server_crash_and_the_same_store_re
 
 async def test_terminated_write_connections_are_replaced_and_every_append_succeeds(dsn: str, admin_dsn: str) -> None:
     database = database_of(dsn)
-    async with _pg.open_loop():
-        admin = await _pg.connect(admin_dsn)
+    async with testing.open_loop():
+        admin = await testing.connect(admin_dsn)
         try:
             async with open_event_store(dsn, reconnect_timeout=RECONNECT_TIMEOUT) as store:
                 load = Load(store)
@@ -226,7 +225,7 @@ async def test_terminated_write_connections_are_replaced_and_every_append_succee
 
 
 @asynccontextmanager
-async def append_lock_held(admin: _pg.Connection) -> AsyncIterator[None]:
+async def append_lock_held(admin: testing.Connection) -> AsyncIterator[None]:
     """Hold the append lock: every batch waits in the database, uncommitted."""
     await admin.execute("SELECT pg_advisory_lock($1)", append_lock_key())
     try:
@@ -242,7 +241,7 @@ async def wait_commits_forever(server: EmbeddedServer, dsn: str) -> None:
     A transaction then commits (durably, and visibly once its connection
     dies) but its client never hears so: the append is in doubt after commit.
     """
-    admin = await _pg.connect(dsn)
+    admin = await testing.connect(dsn)
     try:
         await admin.execute("ALTER SYSTEM SET synchronous_standby_names = 'nobody'")
     finally:
@@ -254,9 +253,9 @@ async def test_an_append_whose_connection_dies_before_commit_is_run_again_once(d
     database = database_of(dsn)
     event = Event("Tick", {"n": 1}, event_id=uuid.uuid4())
     outcome: list[list[EventRecord]] = []
-    async with _pg.open_loop():
-        admin = await _pg.connect(admin_dsn)
-        locker = await _pg.connect(dsn)  # advisory locks are per database
+    async with testing.open_loop():
+        admin = await testing.connect(admin_dsn)
+        locker = await testing.connect(dsn)  # advisory locks are per database
         try:
             async with open_event_store(dsn, reconnect_timeout=RECONNECT_TIMEOUT) as store:
                 with trio.fail_after(10):
@@ -288,9 +287,9 @@ async def test_an_append_reusing_a_stored_id_whose_connection_dies_is_refused_no
     database = database_of(dsn)
     stored_id = uuid.uuid4()
     reuse = [Event("Tick", {"n": 2}, event_id=stored_id)] + ([Event("Tick", {"n": 3})] if with_new_id else [])
-    async with _pg.open_loop():
-        admin = await _pg.connect(admin_dsn)
-        locker = await _pg.connect(dsn)
+    async with testing.open_loop():
+        admin = await testing.connect(admin_dsn)
+        locker = await testing.connect(dsn)
         try:
             async with open_event_store(dsn, reconnect_timeout=RECONNECT_TIMEOUT) as store:
                 [first] = await store.append([Event("Tick", {"n": 1}, event_id=stored_id)])
@@ -316,12 +315,12 @@ async def test_an_append_whose_connection_dies_after_commit_returns_the_stored_r
 ) -> None:
     event = Event("Tick", {"n": 1}, event_id=uuid.uuid4())
     outcome: list[list[EventRecord]] = []
-    async with _pg.open_loop():
+    async with testing.open_loop():
         dsn = await new_database(embedded_server)
         async with open_event_store(dsn):
             pass  # the schema, installed while commits still return
         await wait_commits_forever(embedded_server, dsn)
-        admin = await _pg.connect(dsn)
+        admin = await testing.connect(dsn)
         try:
             async with open_event_store(dsn, reconnect_timeout=RECONNECT_TIMEOUT) as store:
                 with trio.fail_after(10):
@@ -347,13 +346,13 @@ async def test_an_append_in_flight_when_the_server_stays_down_is_in_doubt_until_
 ) -> None:
     event = Event("Tick", {"n": 1}, event_id=uuid.uuid4())
     caught: list[StoreUnavailable] = []
-    async with _pg.open_loop():
+    async with testing.open_loop():
         dsn = await new_database(embedded_server)
         async with open_event_store(dsn):
             pass  # the schema
         if committed:
             await wait_commits_forever(embedded_server, dsn)
-        admin = await _pg.connect(dsn)  # advisory locks are per database
+        admin = await testing.connect(dsn)  # advisory locks are per database
         try:
             async with open_event_store(dsn, reconnect_timeout=RECONNECT_TIMEOUT) as store:
                 with trio.fail_after(20):

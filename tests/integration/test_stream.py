@@ -41,12 +41,12 @@ from eventbus import (
     EventStream,
     InvalidFilter,
     Subscription,
-    _pg,
     create_filter,
     open_bus,
     open_event_store,
+    testing,
 )
-from eventbus._stream import INBOX_SIZE, RING_SIZE
+from eventbus._stream._hub import INBOX_SIZE, RING_SIZE
 
 from ..helpers import TEMPLATE, database_dsn, drop_database
 
@@ -241,8 +241,8 @@ def shared_dsn(admin_dsn: str) -> Iterator[str]:
     name = f"t_{os.getpid()}_stream_{next(_database_names)}"
 
     async def create() -> None:
-        async with _pg.open_loop():
-            await _pg.create_database(admin_dsn, name, template=TEMPLATE)
+        async with testing.open_loop():
+            await testing.create_database(admin_dsn, name, template=TEMPLATE)
 
     trio.run(create)
     try:

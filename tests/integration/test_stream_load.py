@@ -12,7 +12,7 @@ import pytest
 import trio
 
 from eventbus import Event, EventRecord, create_filter, open_bus
-from eventbus._stream import RING_SIZE
+from eventbus._stream._hub import RING_SIZE
 
 from .test_stream import EVERYTHING, Log, assert_well_formed, follow, keys, receive_through
 

@@ -15,8 +15,8 @@ from contextlib import asynccontextmanager
 
 import trio
 
-from eventbus import Event, _pg, create_filter, open_bus
-from eventbus._embedded import EmbeddedServer
+from eventbus import Event, create_filter, open_bus, testing
+from eventbus.testing import EmbeddedServer
 
 from ..helpers import spawn_python
 from ._stream_worker import event_id
@@ -92,8 +92,8 @@ async def wait_until(condition: Callable[[], bool], *, timeout: float) -> None:
 
 
 async def terminate_listening_connections(dsn: str) -> int:
-    async with _pg.open_loop():
-        conn = await _pg.connect(dsn, application_name="eventbus-test-admin")
+    async with testing.open_loop():
+        conn = await testing.connect(dsn, application_name="eventbus-test-admin")
         try:
             killed: int = await conn.fetchval(
                 "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
@@ -108,8 +108,8 @@ async def test_events_from_another_process_arrive_through_a_killed_listener_and_
     embedded_server: EmbeddedServer,
 ) -> None:
     server = embedded_server
-    async with _pg.open_loop():
-        await _pg.create_database(server.dsn(), "db")
+    async with testing.open_loop():
+        await testing.create_database(server.dsn(), "db")
     dsn = server.dsn("db")
     everything, some = Log(), Log()
     with trio.fail_after(120):

@@ -21,8 +21,8 @@ from eventbus import (
     RestartPolicy,
     StoreUnavailable,
     Transaction,
-    _pg,
     call_trio,
+    testing,
 )
 from tui.accounts import AccountDetail, AccountsTable
 from tui.app import DashboardApp
@@ -267,7 +267,7 @@ async def test_a_rebuild_shows_progress_while_the_old_read_model_stays_on_screen
         await until(app, lambda state: bool(state.accounts) and str(state.accounts[0].balance) == "5001.00")
         table = app.query_one("#accounts-table", DataTable)
         # A reader of the live model holds the swap back until the screen has been looked at.
-        holder = await call_trio(_pg.connect, dsn)
+        holder = await call_trio(testing.connect, dsn)
         await call_trio(holder.run_script, "BEGIN; LOCK TABLE projection_accounts.accounts IN ACCESS SHARE MODE")
         await pilot.press("r")
         assert isinstance(app.screen, RebuildForm)

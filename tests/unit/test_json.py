@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from eventbus import _json
-from eventbus._json import MAX_DEPTH, JSONRefused, contains, dumps, encode, normalize, normalize_object
+from eventbus._values import _json
+from eventbus._values._json import MAX_DEPTH, JSONRefused, contains, dumps, encode, normalize, normalize_object
 
 
 class Colour(enum.IntEnum):

@@ -159,8 +159,11 @@ def test_other_account_types_are_refused() -> None:
         pytest.param("  Ada  \t Lovelace \n", "Ada Lovelace", id="whitespace is trimmed and collapsed"),
         pytest.param("Zoë Ōtsuka", "Zoë Ōtsuka", id="letters of any script"),
         pytest.param("x" * MAX_OWNER_LENGTH, "x" * MAX_OWNER_LENGTH, id="the longest name"),
-        pytest.param("\u0645\u06cc\u200c\u062f\u0627\u0646", "\u0645\u06cc\u200c\u062f\u0627\u0646",
-                     id="a zero-width non-joiner in a Persian name"),
+        pytest.param(
+            "\u0645\u06cc\u200c\u062f\u0627\u0646",
+            "\u0645\u06cc\u200c\u062f\u0627\u0646",
+            id="a zero-width non-joiner in a Persian name",
+        ),
     ],
 )
 def test_owner_names_that_are_accepted(given: str, name: str) -> None:

@@ -13,7 +13,7 @@ from typing import Literal, Protocol
 import attrs
 import trio
 
-from ._model import EventFilter, EventRecord
+from .._values import EventFilter, EventRecord
 
 DEFAULT_MAX_BATCH = 100
 """Records per batch a subscriber receives, at most."""

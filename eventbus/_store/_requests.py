@@ -19,9 +19,8 @@ from typing import Any
 import attrs
 import trio
 
-from . import _json, _tags
-from ._errors import InvalidEvent
-from ._model import Event, EventFilter, EventRecord
+from .._errors import InvalidEvent
+from .._values import Event, EventFilter, EventRecord, _json, _tags
 
 # ---------------------------------------------------------------- requests
 

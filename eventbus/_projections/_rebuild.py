@@ -16,14 +16,14 @@ from typing import TYPE_CHECKING
 import attrs
 import trio
 
-from . import _pg
+from .. import _db
+from .._errors import EventBusError, ProjectionError
+from .._values import EventRecord
 from ._apply import apply_records, prepare_schema, quote
-from ._errors import EventBusError
-from ._model import EventRecord
-from ._projection import Projection, ProjectionError
+from ._definition import Projection
 
 if TYPE_CHECKING:
-    from ._projector import ProjectionManager, Runner
+    from ._manager import ProjectionManager, Runner
 
 IDLE_WAIT = 0.5
 """Seconds the copy waits for a batch before it looks at the swap again."""
@@ -53,7 +53,7 @@ class Rebuild:
         projection = self.runner.projection
         shadow = projection.schema + "__shadow"
         manager = self.manager
-        conn = await _pg.connect(manager.dsn, application_name=f"eventbus-rebuild {projection.name}")
+        conn = await _db.connect(manager.dsn, application_name=f"eventbus-rebuild {projection.name}")
         swap = Swap()
         try:
             await conn.execute(f"DROP SCHEMA IF EXISTS {quote(shadow)} CASCADE")
@@ -74,7 +74,7 @@ class Rebuild:
         if swap.error is not None:
             raise ProjectionError(f"rebuild of {projection.name!r} did not swap: {swap.error}") from swap.error
 
-    async def _replay(self, conn: _pg.Connection, projection: Projection, shadow: str, swap: Swap,
+    async def _replay(self, conn: _db.Connection, projection: Projection, shadow: str, swap: Swap,
                       total: int) -> None:  # fmt: skip
         runner = self.runner
         position = 0
@@ -122,9 +122,9 @@ class Rebuild:
                     self.progress(position, max(total, position))
 
 
-async def drop_schema(conn: _pg.Connection, schema: str) -> None:
+async def drop_schema(conn: _db.Connection, schema: str) -> None:
     """Drop ``schema`` if the connection can, shielded and bounded; a rebuild
     that starts drops its shadow anyway."""
-    with trio.move_on_after(_pg.CLOSE_TIMEOUT, shield=True), contextlib.suppress(EventBusError):
+    with trio.move_on_after(_db.CLOSE_TIMEOUT, shield=True), contextlib.suppress(EventBusError):
         if not conn.is_closed():
             await conn.execute(f"DROP SCHEMA IF EXISTS {quote(schema)} CASCADE")

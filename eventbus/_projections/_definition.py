@@ -14,9 +14,9 @@ from typing import Any, Literal
 
 import attrs
 
-from . import _json, _pg
-from ._errors import EventBusError
-from ._model import EventFilter, EventRecord
+from .. import _db
+from .._errors import ProjectionError
+from .._values import EventFilter, EventRecord, _json
 from ._supervisor import RestartPolicy
 
 DEFAULT_BATCH_SIZE = 500
@@ -26,23 +26,6 @@ NAME_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,39}")
 """A projection's name: lower-case letters, digits and underscores, at most 40."""
 
 OnError = Literal["retry", "skip"]
-
-
-class ProjectionError(EventBusError):
-    """A projection was defined or used wrongly (bad name, handler or policy,
-    unknown projection, a rebuild where another process leads)."""
-
-
-class HandlerFailed(EventBusError):
-    """A projection's handler raised for an event.
-
-    Attributes:
-        record: the event it failed on.
-    """
-
-    def __init__(self, message: str, record: EventRecord | None) -> None:
-        super().__init__(message)
-        self.record = record
 
 
 class Transaction:
@@ -56,7 +39,7 @@ class Transaction:
     JSON text or plain Python values; jsonb results come back as Python values.
     """
 
-    def __init__(self, conn: _pg.Connection) -> None:
+    def __init__(self, conn: _db.Connection) -> None:
         self._conn = conn
 
     async def execute(self, sql: str, *args: Any) -> str:
@@ -67,11 +50,11 @@ class Transaction:
         """Run a statement once per argument tuple, pipelined in one round trip."""
         await self._conn.executemany(sql, list(args))
 
-    async def fetch(self, sql: str, *args: Any) -> list[_pg.Row]:
+    async def fetch(self, sql: str, *args: Any) -> list[_db.Row]:
         """Run a query; return its rows (indexable by position and by name)."""
         return await self._conn.fetch(sql, *args)
 
-    async def fetchrow(self, sql: str, *args: Any) -> _pg.Row | None:
+    async def fetchrow(self, sql: str, *args: Any) -> _db.Row | None:
         """Run a query; return its first row or None."""
         return await self._conn.fetchrow(sql, *args)
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from . import _pg
-from ._errors import StoreUnavailable
-from ._model import EventRecord
-from ._pg import rollback
-from ._projection import HandlerFailed, Projection, Transaction
+from .. import _db
+from .._db import rollback
+from .._errors import HandlerFailed, StoreUnavailable
+from .._values import EventRecord
+from ._definition import Projection, Transaction
 
 _log = logging.getLogger("eventbus.projections")
 
@@ -37,12 +37,12 @@ def commit_sql(name: str, checkpoint: int | None, new: int) -> str:
     return f"SELECT eventbus.advance_checkpoint({literal(name)}, {int(checkpoint)}, {int(new)}); COMMIT"
 
 
-async def begin(conn: _pg.Connection, schema: str) -> Transaction:
+async def begin(conn: _db.Connection, schema: str) -> Transaction:
     await conn.run_script(f"BEGIN; SET LOCAL search_path TO {quote(schema)}, public")
     return Transaction(conn)
 
 
-async def prepare_schema(conn: _pg.Connection, projection: Projection, schema: str) -> None:
+async def prepare_schema(conn: _db.Connection, projection: Projection, schema: str) -> None:
     """Create the schema if missing and run ``setup`` in it, in one transaction."""
     await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote(schema)}")
     tx = await begin(conn, schema)
@@ -63,7 +63,7 @@ async def prepare_schema(conn: _pg.Connection, projection: Projection, schema: s
 
 
 async def apply_batch(
-    conn: _pg.Connection,
+    conn: _db.Connection,
     projection: Projection,
     batch: list[EventRecord],
     checkpoint: int | None,
@@ -175,7 +175,7 @@ class _Bisect(Exception):
 
 
 async def apply_records(
-    conn: _pg.Connection,
+    conn: _db.Connection,
     projection: Projection,
     batch: list[EventRecord],
     checkpoint: int | None,

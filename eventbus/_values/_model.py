@@ -14,8 +14,8 @@ from typing import Any, Protocol
 
 import attrs
 
+from .._errors import InvalidFilter
 from . import _json, _tags
-from ._errors import InvalidFilter
 
 Payload = Mapping[str, Any]
 

@@ -27,10 +27,10 @@ from contextlib import asynccontextmanager
 import attrs
 import trio
 
-from ._errors import ClosedError, InvalidFilter, StoreUnavailable
-from ._model import EventFilter, EventQuery, EventRecord
-from ._nursery import open_actor_nursery
-from ._store import EventStore
+from .._errors import ClosedError, InvalidFilter, StoreUnavailable
+from .._nursery import open_actor_nursery
+from .._store import EventStore
+from .._values import EventFilter, EventQuery, EventRecord
 from ._subscription import (
     DEFAULT_BUFFER,
     DEFAULT_MAX_BATCH,

@@ -12,60 +12,28 @@ pool and never wait behind appends.
 from __future__ import annotations
 
 import functools
-import hashlib
-import importlib.resources
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
 import trio
 
-from . import _json, _pg, _tags
-from ._embedded import open_database
-from ._errors import ClosedError
-from ._model import Event, EventFilter, EventQuery, EventRecord, QueryResult
-from ._nursery import open_actor_nursery
+from .. import _db
+from .._db import open_database
+from .._errors import ClosedError
+from .._nursery import open_actor_nursery
+from .._values import Event, EventFilter, EventQuery, EventRecord, QueryResult, _json, _tags
+from ._actor import REQUEST_BUFFER, WRITE_LANES, CommitHook, StoreActor
 from ._requests import Request, StoreStatistics, condition, percentile, prepare
-from ._writer import REQUEST_BUFFER, WRITE_LANES, CommitHook, StoreActor
 
 READ_POOL_SIZE = 4
 """Connections in the read pool."""
 
+_COLUMNS = "sequence_number, event_id, event_type, payload, metadata, occurred_at"
+
 RECONNECT_TIMEOUT = 10.0
 """Seconds the actor tries to reconnect, after losing its connection in the
 middle of a batch, before telling those callers the outcome is unknown."""
-
-_SCHEMA_LOCK = 7243049118  # advisory lock key taken while installing the schema
-_COLUMNS = "sequence_number, event_id, event_type, payload, metadata, occurred_at"
-
-
-def schema_sql() -> str:
-    """The text of the schema eventbus installs."""
-    return importlib.resources.files("eventbus").joinpath("_schema.sql").read_text()
-
-
-async def install_schema(conn: _pg.Connection) -> None:
-    """Create or update the eventbus schema, unless it is current.
-
-    Safe when several processes open at once: the work runs under an advisory
-    lock, and every statement is idempotent.
-    """
-    sql = schema_sql()
-    digest = hashlib.sha256(sql.encode()).hexdigest()
-    installed = await conn.fetchval("SELECT to_regclass('eventbus.meta') IS NOT NULL")
-    if installed and await conn.fetchval("SELECT value FROM eventbus.meta WHERE key = 'schema'") == digest:
-        return
-    script = (
-        f"BEGIN;\nSELECT pg_advisory_xact_lock({_SCHEMA_LOCK});\n{sql}\n"
-        "INSERT INTO eventbus.meta (key, value) VALUES ('schema', "
-        f"'{digest}') ON CONFLICT (key) DO UPDATE SET value = excluded.value;\nCOMMIT;"
-    )
-    try:
-        await conn.run_script(script)
-    except BaseException:
-        await _pg.rollback(conn)
-        raise
-
 
 # ---------------------------------------------------------------- queries
 
@@ -105,7 +73,7 @@ def query_sql(query: EventQuery, upto: int | None = None) -> tuple[str, list[Any
     return sql, args
 
 
-def to_records(rows: Iterable[_pg.Row]) -> list[EventRecord]:
+def to_records(rows: Iterable[_db.Row]) -> list[EventRecord]:
     """Records from rows of ``_COLUMNS``."""
     return [EventRecord(*row) for row in rows]
 
@@ -123,7 +91,7 @@ class EventStore:
     def __init__(
         self,
         send: trio.MemorySendChannel[Request],
-        pool: _pg.Pool,
+        pool: _db.Pool,
         actor: StoreActor,
         max_payload_bytes: int,
     ) -> None:
@@ -206,7 +174,7 @@ class EventStore:
         if isinstance(query, EventFilter):
             query = EventQuery([query])
         elif not isinstance(query, EventQuery):
-            from ._errors import InvalidFilter
+            from .._errors import InvalidFilter
 
             raise InvalidFilter(f"query takes an EventFilter or an EventQuery, not {query!r}")
         return QueryResult(await self.fetch_records(query))
@@ -257,7 +225,7 @@ class EventStore:
         )
 
     @property
-    def pool(self) -> _pg.Pool:
+    def pool(self) -> _db.Pool:
         """The read pool (for the library's own readers)."""
         return self._pool
 
@@ -287,12 +255,12 @@ async def run_event_store(
     """
     send, receive = trio.open_memory_channel[Request](REQUEST_BUFFER)
     actor = StoreActor(dsn, receive, on_commit, reconnect_timeout, write_connections)
-    async with _pg.open_loop():
-        pool = await _pg.create_pool(dsn, max_size=read_pool_size)
+    async with _db.open_loop():
+        pool = await _db.create_pool(dsn, max_size=read_pool_size)
         store = EventStore(send, pool, actor, max_payload_bytes)
         try:
             async with open_actor_nursery() as nursery:
-                await nursery.start(actor.run, install_schema)
+                await nursery.start(actor.run, _db.install_schema)
                 task_status.started(store)
         finally:
             store._closed = True
@@ -330,7 +298,7 @@ async def open_event_store(
     Raises:
         StoreUnavailable: the database could not be reached at open.
     """
-    async with open_database(dsn) as resolved, _pg.open_loop(), open_actor_nursery() as nursery:
+    async with open_database(dsn) as resolved, _db.open_loop(), open_actor_nursery() as nursery:
         store: EventStore = await nursery.start(
             functools.partial(
                 run_event_store,

@@ -1,0 +1,51 @@
+"""The database room: the ONLY place that imports asyncpg and trio_asyncio.
+
+Connections and pools as Trio sees them (errors translated at this door),
+the asyncio loop they run on, connection strings and their secrets, the
+embedded server, and the schema.
+"""
+
+from ._connections import (
+    CLOSE_TIMEOUT,
+    CONNECT_TIMEOUT,
+    Connection,
+    Pool,
+    Row,
+    connect,
+    create_database,
+    create_pool,
+    is_driver_error,
+    rollback,
+    translate,
+)
+from ._dsn import dsn_from_environment, redact_dsn, scrub
+from ._embedded import EMBEDDED_DATABASE, EmbeddedServer, default_data_dir
+from ._loop import call_asyncio, call_trio, open_loop
+from ._resolve import open_database
+from ._schema import install_schema, schema_sql
+
+__all__ = [
+    "CLOSE_TIMEOUT",
+    "CONNECT_TIMEOUT",
+    "EMBEDDED_DATABASE",
+    "Connection",
+    "EmbeddedServer",
+    "Pool",
+    "Row",
+    "call_asyncio",
+    "call_trio",
+    "connect",
+    "create_database",
+    "create_pool",
+    "default_data_dir",
+    "dsn_from_environment",
+    "install_schema",
+    "is_driver_error",
+    "open_database",
+    "open_loop",
+    "redact_dsn",
+    "rollback",
+    "schema_sql",
+    "scrub",
+    "translate",
+]

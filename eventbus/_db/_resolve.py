@@ -1,0 +1,40 @@
+"""Where the events live: a named database, or the embedded server."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import trio
+
+from . import _connections, _loop
+from ._dsn import dsn_from_environment
+from ._embedded import EMBEDDED_DATABASE, EmbeddedServer, default_data_dir
+
+
+@asynccontextmanager
+async def open_database(dsn: str | None = None) -> AsyncIterator[str]:
+    """Resolve where the events live, for the duration of the block.
+
+    ``dsn`` if given, else ``EVENTBUS_DSN``, else ``DATABASE_URL``; with none of
+    them, the embedded server of :func:`default_data_dir` is started (or
+    joined) and its ``eventbus`` database created if missing. Leaving the block
+    lets go of the embedded server (the last user stops it). Starting the
+    server blocks a worker thread, not Trio; leaving is shielded.
+
+    Yields:
+        The connection string to use.
+    """
+    resolved = dsn or dsn_from_environment()
+    if resolved:
+        yield resolved
+        return
+    server = EmbeddedServer(default_data_dir())
+    admin = await trio.to_thread.run_sync(server.acquire)
+    try:
+        async with _loop.open_loop():
+            await _connections.create_database(admin, EMBEDDED_DATABASE)
+        yield server.dsn(EMBEDDED_DATABASE)
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(server.release)

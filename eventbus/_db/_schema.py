@@ -1,0 +1,38 @@
+"""The database schema eventbus installs, and its installation."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+
+from . import _connections as _pg
+
+_SCHEMA_LOCK = 7243049118  # advisory lock key taken while installing the schema
+
+
+def schema_sql() -> str:
+    """The text of the schema eventbus installs."""
+    return importlib.resources.files("eventbus._db").joinpath("schema.sql").read_text()
+
+
+async def install_schema(conn: _pg.Connection) -> None:
+    """Create or update the eventbus schema, unless it is current.
+
+    Safe when several processes open at once: the work runs under an advisory
+    lock, and every statement is idempotent.
+    """
+    sql = schema_sql()
+    digest = hashlib.sha256(sql.encode()).hexdigest()
+    installed = await conn.fetchval("SELECT to_regclass('eventbus.meta') IS NOT NULL")
+    if installed and await conn.fetchval("SELECT value FROM eventbus.meta WHERE key = 'schema'") == digest:
+        return
+    script = (
+        f"BEGIN;\nSELECT pg_advisory_xact_lock({_SCHEMA_LOCK});\n{sql}\n"
+        "INSERT INTO eventbus.meta (key, value) VALUES ('schema', "
+        f"'{digest}') ON CONFLICT (key) DO UPDATE SET value = excluded.value;\nCOMMIT;"
+    )
+    try:
+        await conn.run_script(script)
+    except BaseException:
+        await _pg.rollback(conn)
+        raise

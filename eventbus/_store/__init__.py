@@ -1,0 +1,18 @@
+"""The store room: the handle callers use, the actor that owns the write
+connections (group commit), the append requests, and the SQL of reads."""
+
+from ._actor import WRITE_LANES, CommitHook
+from ._handle import READ_POOL_SIZE, RECONNECT_TIMEOUT, EventStore, open_event_store, query_sql, run_event_store
+from ._requests import StoreStatistics
+
+__all__ = [
+    "READ_POOL_SIZE",
+    "RECONNECT_TIMEOUT",
+    "WRITE_LANES",
+    "CommitHook",
+    "EventStore",
+    "StoreStatistics",
+    "open_event_store",
+    "query_sql",
+    "run_event_store",
+]

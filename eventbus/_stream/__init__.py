@@ -1,0 +1,16 @@
+"""The stream room: the hub that owns delivery state, and the subscription,
+the consumer's end of it."""
+
+from ._hub import EventStream, StreamStatistics, open_event_stream
+from ._subscription import DEFAULT_BUFFER, DEFAULT_MAX_BATCH, Overflow, Subscription, SubscriptionStatistics
+
+__all__ = [
+    "DEFAULT_BUFFER",
+    "DEFAULT_MAX_BATCH",
+    "EventStream",
+    "Overflow",
+    "StreamStatistics",
+    "Subscription",
+    "SubscriptionStatistics",
+    "open_event_stream",
+]
