@@ -1,16 +1,29 @@
 """The asyncio loop that asyncpg runs on, on top of Trio (trio-asyncio), and its one patch.
 
-Every crossing from Trio into asyncio goes through :func:`aio`. The patch
-(``_drain_ready_callbacks``) makes the loop run every ready callback in one
-Trio round; ``EVENTBUS_LOOP_PATCH=0`` turns it off.
+Every crossing from Trio into asyncio goes through :func:`aio`.
+
+The patch (``_drain_ready_callbacks``) makes the loop run every ready callback
+in one Trio round instead of one per round. It replaces a private method of
+trio-asyncio's loop and uses its private attributes, so it is applied only
+when the library's method is exactly the one it was written against (compared
+by the digest of its syntax tree, see ``KNOWN_MAIN_LOOPS``); otherwise the
+loop runs unpatched, a warning says why, and the test suite fails
+(``tests/unit/test_loop_patch.py``). Set ``EVENTBUS_LOOP_PATCH=0`` to turn it
+off.
 """
 
 from __future__ import annotations
 
+import ast
 import asyncio
+import functools
+import hashlib
 import heapq
+import inspect
 import logging
 import math
+import os
+import textwrap
 import types
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -38,7 +51,7 @@ async def open_loop() -> AsyncIterator[None]:
         return
     try:
         async with trio_asyncio.open_loop() as loop:
-            if _DRAIN_SUPPORTED:
+            if patch_state() == "applied":
                 loop._main_loop_one = types.MethodType(_drain_ready_callbacks, loop)
             loop.set_exception_handler(_log_loop_error)
             yield
@@ -70,7 +83,40 @@ def _log_loop_error(loop: Any, context: dict[str, Any]) -> None:
 # runs the others that were queued before it started, as asyncio's own loop
 # does (never those queued meanwhile, so Trio tasks are not starved). Only for
 # the versions whose internals it was written against; others run unchanged.
-_DRAIN_SUPPORTED = tuple(int(x) for x in trio_asyncio.__version__.split(".")[:2]) in ((0, 15), (0, 16))
+KNOWN_MAIN_LOOPS = {
+    "0d934e135aad4305": "trio-asyncio 0.15.0",
+    "8c4744f5c2f3d5cf": "trio-asyncio 0.16.0",
+}
+"""Digests of the ``_main_loop_one`` syntax trees the patch was written against."""
+
+PATCH_SWITCH = "EVENTBUS_LOOP_PATCH"
+"""Environment variable: ``0``, ``off`` or ``false`` runs trio-asyncio's loop unpatched."""
+
+
+def main_loop_digest() -> str | None:
+    """The digest of trio-asyncio's ``_main_loop_one`` as installed, or None if unreadable."""
+    try:
+        method = trio_asyncio.TrioEventLoop._main_loop_one
+        tree = ast.parse(textwrap.dedent(inspect.getsource(method)))
+    except (AttributeError, OSError, TypeError, SyntaxError):
+        return None
+    return hashlib.sha256(ast.dump(tree.body[0]).encode()).hexdigest()[:16]
+
+
+@functools.cache
+def patch_state() -> str:
+    """``"applied"``, ``"off"`` (by :data:`PATCH_SWITCH`) or ``"unsupported: <why>"``.
+
+    Decided once per process; an unsupported library is logged as a warning.
+    """
+    if os.environ.get(PATCH_SWITCH, "").strip().lower() in ("0", "off", "false", "no"):
+        return "off"
+    digest = main_loop_digest()
+    if digest in KNOWN_MAIN_LOOPS:
+        return "applied"
+    state = f"unsupported: trio-asyncio {trio_asyncio.__version__}'s loop is not one the patch knows ({digest})"
+    _log.warning("the loop runs unpatched, one asyncio callback per Trio round: %s", state)
+    return state
 
 
 async def _drain_ready_callbacks(self: Any, no_wait: bool = False) -> None:  # pragma: no cover - timing only

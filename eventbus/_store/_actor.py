@@ -23,6 +23,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
+import attrs
 import trio
 
 from .. import _db
@@ -36,7 +37,8 @@ from .._errors import (
     StoreUnavailable,
 )
 from .._values import EventRecord
-from ._requests import Counters, Outcome, Request, dependencies
+from ._requests import Counters, Outcome, Request
+from ._sql import APPEND_SQL, batch_arguments
 
 REQUEST_BUFFER = 1024
 """Append requests that may wait for the actor before ``append`` blocks."""
@@ -54,7 +56,6 @@ BACKOFF_INITIAL = 0.05
 BACKOFF_MAX = 2.0
 
 _UNIQUE_VIOLATION = "23505"
-_APPEND_SQL = "SELECT * FROM eventbus.append_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
 CommitHook = Callable[[list[EventRecord]], Awaitable[None]]
 
 
@@ -250,16 +251,16 @@ class StoreActor:
 
     async def _execute(self, lane: _Lane, batch: list[Request], release: Callable[[], None]) -> list[Outcome]:
         if not lane.up and not await self._reconnect(lane):
-            return [(request, None, _unavailable(), False) for request in batch]
+            return [Outcome(request, error=_unavailable()) for request in batch]
         assert lane.conn is not None
         try:
             try:
-                rows = await lane.conn.fetch(_APPEND_SQL, *self._arguments(batch))
+                rows = await lane.conn.fetch(APPEND_SQL, *batch_arguments(batch, self.origin))
             except DatabaseError as exc:
                 if exc.sqlstate != _UNIQUE_VIOLATION:
                     raise
                 # A retry of a stored append: look for stored ids this time.
-                rows = await lane.conn.fetch(_APPEND_SQL, *self._arguments(batch, check_ids=True))
+                rows = await lane.conn.fetch(APPEND_SQL, *batch_arguments(batch, self.origin, check_ids=True))
         except StoreUnavailable:
             return await self._settle(lane, batch, release)
         except DatabaseError:
@@ -267,34 +268,6 @@ class StoreActor:
         self.counters.batches += 1
         self.counters.last_batch = len(batch)
         return self._outcomes(batch, rows)
-
-    def _arguments(self, batch: list[Request], check_ids: bool = False) -> tuple[Any, ...]:
-        append_of: list[int] = []
-        ids: list[uuid.UUID] = []
-        types: list[str] = []
-        payloads: list[str] = []
-        metadata: list[str] = []
-        tag_of: list[int] = []
-        tags: list[int] = []
-        conditions: list[str] = []
-        conditional = False
-        for number, request in enumerate(batch, 1):
-            for prepared in request.events:
-                append_of.append(number)
-                ids.append(prepared.event_id)
-                types.append(prepared.event_type)
-                payloads.append(prepared.payload_text)
-                metadata.append(prepared.metadata_text)
-                tag_of.extend([len(ids)] * len(prepared.tags))
-                tags.extend(prepared.tags)
-            conditions.append(request.condition or "null")
-            conditional = conditional or request.condition is not None
-        condition_text = "[" + ",".join(conditions) + "]" if conditional else None
-        dep_of, dep_on = dependencies(batch) if conditional and len(batch) > 1 else ([], [])
-        return (
-            append_of, ids, types, payloads, metadata, tag_of, tags,
-            condition_text, dep_of, dep_on, check_ids, self.origin,
-        )  # fmt: skip
 
     def _outcomes(self, batch: list[Request], rows: Iterable[_db.Row | tuple[Any, ...]]) -> list[Outcome]:
         stored: dict[uuid.UUID, tuple[int, Any]] = {}
@@ -311,17 +284,17 @@ class StoreActor:
         for number, request in enumerate(batch, 1):
             if number in refused:
                 outcome, position = refused[number]
-                outcomes.append((request, None, self._refusal(request, outcome, position), False))
+                outcomes.append(Outcome(request, error=self._refusal(request, outcome, position)))
                 continue
             if any(p.event_id not in stored for p in request.events):
                 error = DatabaseError("the store returned no position for this append")
-                outcomes.append((request, None, error, False))
+                outcomes.append(Outcome(request, error=error))
                 continue
             records = []
             for p in request.events:
                 position, occurred_at = stored[p.event_id]
                 records.append(EventRecord(position, p.event_id, p.event_type, p.payload, p.metadata, occurred_at))
-            outcomes.append((request, records, None, request.events[0].event_id in new_ids))
+            outcomes.append(Outcome(request, records, new=request.events[0].event_id in new_ids))
         return outcomes
 
     @staticmethod
@@ -349,7 +322,7 @@ class StoreActor:
         for request in batch:
             assert lane.conn is not None
             try:
-                rows = await lane.conn.fetch(_APPEND_SQL, *self._arguments([request], check_ids=True))
+                rows = await lane.conn.fetch(APPEND_SQL, *batch_arguments([request], self.origin, check_ids=True))
             except StoreUnavailable:
                 if settling:
                     lane.drop()
@@ -362,13 +335,13 @@ class StoreActor:
                 error: EventBusError = exc
                 if exc.sqlstate and exc.sqlstate.startswith("22"):  # data exception
                     error = InvalidEvent(f"the database refused the events: {exc}")
-                outcomes.append((request, None, error, False))
+                outcomes.append(Outcome(request, error=error))
                 continue
             self.counters.batches += 1
             outcomes += _as_new(self._outcomes([request], rows)) if settling else self._outcomes([request], rows)
-        answered = {outcome[0] for outcome in outcomes}
+        answered = {outcome.request for outcome in outcomes}
         lost = _unknown if settling else _unavailable
-        outcomes += [(request, None, lost(), False) for request in batch if request not in answered]
+        outcomes += [Outcome(request, error=lost()) for request in batch if request not in answered]
         return outcomes
 
     async def _settle(self, lane: _Lane, batch: list[Request], release: Callable[[], None]) -> list[Outcome]:
@@ -386,7 +359,7 @@ class StoreActor:
         release()  # later batches need not wait for this one
         lane.drop()
         waiting = [request for request in batch if not request.abandoned]
-        unknown: list[Outcome] = [(request, None, _unknown(), False) for request in batch]
+        unknown: list[Outcome] = [Outcome(request, error=_unknown()) for request in batch]
         deadline = trio.current_time() + self._reconnect_timeout
         while waiting:
             connected = False
@@ -396,7 +369,7 @@ class StoreActor:
                 return unknown
             assert lane.conn is not None
             try:
-                rows = await lane.conn.fetch(_APPEND_SQL, *self._arguments(waiting, check_ids=True))
+                rows = await lane.conn.fetch(APPEND_SQL, *batch_arguments(waiting, self.origin, check_ids=True))
             except StoreUnavailable:
                 lane.drop()
                 continue
@@ -406,7 +379,7 @@ class StoreActor:
                 self.counters.batches += 1
                 # Stored before the loss or now: the stream has seen neither (it drops what it has).
                 outcomes = _as_new(self._outcomes(waiting, rows))
-            return outcomes + [(request, None, _unknown(), False) for request in batch if request.abandoned]
+            return outcomes + [Outcome(request, error=_unknown()) for request in batch if request.abandoned]
         return unknown
 
     async def _reconnect(self, lane: _Lane, *, patient: bool = False) -> bool:
@@ -435,7 +408,7 @@ class StoreActor:
 
     async def _deliver(self, outcomes: list[Outcome]) -> None:
         counters = self.counters
-        committed = [record for _, records, _, new in outcomes if new and records for record in records]
+        committed = [record for outcome in outcomes if outcome.new and outcome.records for record in outcome.records]
         if committed:
             committed.sort(key=lambda record: record.sequence_number)
             counters.events += len(committed)
@@ -443,16 +416,16 @@ class StoreActor:
                 # Handed over before callers wake: once append returns, the stream has it.
                 await self._on_commit(committed)
         now = time.perf_counter()
-        for request, records, error, _ in outcomes:
+        for outcome in outcomes:
             counters.appends += 1
-            counters.latencies.append(now - request.started)
-            if isinstance(error, ConcurrencyError):
+            counters.latencies.append(now - outcome.request.started)
+            if isinstance(outcome.error, ConcurrencyError):
                 counters.conflicts += 1
-            elif isinstance(error, StoreUnavailable):
+            elif isinstance(outcome.error, StoreUnavailable):
                 counters.unavailable += 1
-            request.finish(records, error)
+            outcome.request.finish(outcome.records, outcome.error)
 
 
 def _as_new(outcomes: list[Outcome]) -> list[Outcome]:
     """``outcomes`` with every stored append marked new, to be handed to the stream."""
-    return [(request, records, error, records is not None) for request, records, error, _ in outcomes]
+    return [attrs.evolve(outcome, new=outcome.records is not None) for outcome in outcomes]

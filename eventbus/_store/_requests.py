@@ -132,8 +132,22 @@ class Request:
             self.done.set()
 
 
-Outcome = tuple[Request, list[EventRecord] | None, BaseException | None, bool]
-"""A request, its records or its error, and whether its records are new."""
+@attrs.frozen
+class Outcome:
+    """What became of one append: its records or its error.
+
+    Attributes:
+        request: the append.
+        records: its stored records, or None when it failed.
+        error: why it failed, or None.
+        new: whether its records were committed by this batch (and so are for
+            the stream to hand on), not found stored by an earlier one.
+    """
+
+    request: Request
+    records: list[EventRecord] | None = None
+    error: BaseException | None = None
+    new: bool = False
 
 
 def dependencies(batch: list[Request]) -> tuple[list[int], list[int]]:
