@@ -1,6 +1,7 @@
-"""The bank's functional core imports without the database stack.
+"""What the bank imports: its functional core needs no database stack, and
+nothing of it needs the dashboard.
 
-Each module is imported in a fresh interpreter in which asyncpg, trio-asyncio
+Each core module is imported in a fresh interpreter in which asyncpg, trio-asyncio
 and trio cannot be imported: a core that reached for ``eventbus`` (whose actors
 need them) rather than ``eventbus.values`` would fail here.
 """
@@ -8,6 +9,7 @@ need them) rather than ``eventbus.values`` would fail here.
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 
@@ -63,6 +65,12 @@ def import_without_the_stack(module: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def imported_modules(tree: ast.AST) -> set[str]:
+    """The absolute imports of a module's source."""
+    names = {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level == 0}
+    return names | {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+
+
 def test_every_feature_has_its_core_and_types_checked() -> None:
     features = sorted(path.parent.name for path in FEATURES.glob("*/shell.py"))
     assert len(features) == 8
@@ -79,13 +87,26 @@ def test_imports_without_asyncpg_trio_asyncio_or_trio(module: str) -> None:
 
 @pytest.mark.parametrize("module", PURE_MODULES)
 def test_takes_its_eventbus_names_from_eventbus_values_only(module: str) -> None:
-    tree = ast.parse(ROOT.joinpath(*module.split(".")).with_suffix(".py").read_text())
-    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level == 0}
-    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
-    assert {name for name in imported if name and name.partition(".")[0] == "eventbus"} <= {"eventbus.values"}
+    imported = imported_modules(ast.parse(ROOT.joinpath(*module.split(".")).with_suffix(".py").read_text()))
+    assert {name for name in imported if name.partition(".")[0] == "eventbus"} <= {"eventbus.values"}
 
 
 def test_the_database_stack_is_really_absent_in_that_interpreter() -> None:
     done = import_without_the_stack("eventbus.testing")
     assert done.returncode == 1
     assert "(absent in this test)" in done.stderr
+
+
+def test_the_bank_never_imports_the_dashboard() -> None:
+    """Not by an import statement, nor by a string naming it (a dynamic import)."""
+    dashboard = re.compile(r"tui(\.\w+)*")
+    found = {}
+    for path in sorted((ROOT / "apps").rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        strings = {
+            node.value for node in ast.walk(tree) if isinstance(node, ast.Constant) and isinstance(node.value, str)
+        }
+        names = sorted(filter(dashboard.fullmatch, imported_modules(tree) | strings))
+        if names:
+            found[str(path.relative_to(ROOT))] = names
+    assert found == {}
