@@ -8,11 +8,11 @@ python := if path_exists(".venv/bin/python") == "true" { ".venv/bin/python" } el
 test *args:
     {{python}} -m pytest {{args}}
 
-# ruff and mypy --strict on the library.
+# ruff, and mypy --strict on the library, the bank and the dashboard.
 lint:
     {{python}} -m ruff check eventbus apps tui chaos tests bench
     {{python}} -m ruff format --check eventbus
-    {{python}} -m mypy eventbus
+    {{python}} -m mypy eventbus apps tui
 
 # Format the code.
 fmt:
@@ -25,11 +25,11 @@ bench *which:
 
 # The bank: the interactive menu, or a subcommand (`just cli list`); embedded database unless EVENTBUS_DSN is set.
 cli *args:
-    {{python}} -m apps.banking "$@"
+    {{python}} -m tui "$@"
 
 # The dashboard over the bank (`just banking`); embedded database unless EVENTBUS_DSN is set.
 banking *args:
-    {{python}} -m apps.banking dashboard "$@"
+    {{python}} -m tui dashboard "$@"
 
 # Chaos: simulators killed, the server crashed, connections ended, then every guarantee checked (about a minute; `--minutes 10` for the long form, `--seed N` to repeat a run).
 chaos *args:

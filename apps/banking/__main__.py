@@ -1,4 +1,4 @@
-"""``python -m apps.banking``: the ``banking`` command (the menu without arguments)."""
+"""``python -m apps.banking``: the bank's ``banking`` command (the menu without arguments), without the dashboard."""
 
 import sys
 

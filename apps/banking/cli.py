@@ -15,7 +15,10 @@ The write subcommands take ``--command-id UUID``: run again with the same id
     banking analytics
     banking rebuild [accounts|analytics]
     banking simulate [--accounts 100] [--rate 500] [--duration 30] [--processes 1] [--journal FILE]
-    banking dashboard
+
+Other packages add subcommands of their own (:class:`Subcommand`): the
+dashboard adds ``banking dashboard`` and provides the installed ``banking``
+command (``tui/cli.py``); ``python -m apps.banking`` is the bank alone.
 
 Every subcommand takes ``--dsn URL``; without it, ``EVENTBUS_DSN``, then
 ``DATABASE_URL``, else the embedded server.
@@ -35,6 +38,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Final, NoReturn
 
+import attrs
 import trio
 
 from eventbus import DatabaseError, EventBusError, StoreUnavailable
@@ -51,6 +55,23 @@ EXIT_INTERRUPTED: Final = 130
 
 DEFAULT_LIST_LIMIT: Final = 100
 """Accounts ``banking list`` prints unless told otherwise."""
+
+
+Plan = Callable[[], Awaitable[None]]
+"""What a command line asks for, ready to run in Trio."""
+
+
+@attrs.frozen
+class Subcommand:
+    """A subcommand another package adds to ``banking``, after the bank's own.
+
+    It takes ``--dsn`` like every other.
+    """
+
+    name: str
+    help: str
+    plan: Callable[[argparse.Namespace], Plan]
+    """What to run for the parsed arguments (``args.dsn`` among them); it checks input before any I/O."""
 
 
 class UsageError(Exception):
@@ -95,8 +116,8 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The parser of the command line."""
+def build_parser(*, extra: Sequence[Subcommand] = ()) -> argparse.ArgumentParser:
+    """The parser of the command line, with the ``extra`` subcommands after the bank's own."""
     common = _Parser(add_help=False)
     common.add_argument(
         "--dsn", default=argparse.SUPPRESS, help="PostgreSQL URL (default: EVENTBUS_DSN, DATABASE_URL, embedded)"
@@ -150,7 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="for a repeatable run")
     p.add_argument("--journal", default=None, help="append one JSON line per acknowledged command here")
     p.add_argument("--json", action="store_true", help="print the report as one JSON line")
-    add("dashboard", "the live dashboard: events, accounts, projections; forms to act")
+    for subcommand in extra:
+        add(subcommand.name, subcommand.help)
     return parser
 
 
@@ -181,8 +203,11 @@ async def _with_bank(dsn: str | None, fn: Callable[[Bank], Awaitable[None]], *, 
         await fn(bank)
 
 
-def _plan(args: argparse.Namespace) -> Callable[[], Awaitable[None]]:
+def _plan(args: argparse.Namespace, extra: Sequence[Subcommand]) -> Plan:
     """What to run for the parsed arguments; input is checked here, before any I/O."""
+    for subcommand in extra:
+        if args.action == subcommand.name:
+            return subcommand.plan(args)
     out = sys.stdout
     dsn: str | None = args.dsn
     command = make_command(args)
@@ -204,10 +229,6 @@ def _plan(args: argparse.Namespace) -> Callable[[], Awaitable[None]]:
             from .simulate_cli import run_simulation
 
             return functools.partial(run_simulation, args)
-        case "dashboard":
-            from tui.run import run_dashboard
-
-            return functools.partial(run_dashboard, dsn)
         case _:
             from .menu import run_menu
 
@@ -220,14 +241,15 @@ def _fail(message: str, status: int) -> int:
     return status
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``banking`` command; return its exit status.
+def main(argv: Sequence[str] | None = None, *, extra: Sequence[Subcommand] = ()) -> int:
+    """Run the ``banking`` command, with the ``extra`` subcommands; return its exit status.
 
-    Refusals and bad input print one line on stderr, never a traceback.
+    Refusals and bad input print one line on stderr, never a traceback; the
+    same holds for the ``extra`` subcommands.
     """
     try:
-        args = build_parser().parse_args(argv)
-        plan = _plan(args)
+        args = build_parser(extra=extra).parse_args(argv)
+        plan = _plan(args, extra)
         trio.run(plan)
     except UsageError as exc:
         return _fail(str(exc), EXIT_USAGE)

@@ -20,7 +20,7 @@ from typing import Final, Protocol, TypeAlias
 
 import attrs
 
-from eventbus import Event, EventFilter, EventRecord, create_filter
+from eventbus.values import Event, EventFilter, EventRecord, create_filter
 
 # --- Event types -------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from apps.banking.domain import (
     payload_amount,
     payload_currency,
 )
-from eventbus import EventRecord
+from eventbus.values import EventRecord
 
 from .types import MonthlyFigures
 

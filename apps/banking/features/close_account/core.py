@@ -18,7 +18,7 @@ from apps.banking.domain import (
     require_open,
     show_money,
 )
-from eventbus import Event, EventFilter
+from eventbus.values import Event, EventFilter
 
 from .types import CloseAccount, CloseAccountState, bank_account_closed
 

@@ -7,7 +7,7 @@ import uuid
 import attrs
 
 from apps.banking.domain import BANK_ACCOUNT_CLOSED, AccountState, parse_account_id
-from eventbus import Event
+from eventbus.values import Event
 
 
 @attrs.frozen(kw_only=True)

@@ -26,7 +26,7 @@ from apps.banking.domain import (
     require_currency,
     require_open,
 )
-from eventbus import Event, EventFilter, create_filter
+from eventbus.values import Event, EventFilter, create_filter
 
 from .types import Deposit, DepositState, money_deposited
 

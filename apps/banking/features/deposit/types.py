@@ -16,7 +16,7 @@ from apps.banking.domain import (
     parse_amount,
     parse_optional_currency,
 )
-from eventbus import Event
+from eventbus.values import Event
 
 
 @attrs.frozen(kw_only=True)

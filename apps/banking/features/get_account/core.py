@@ -27,7 +27,7 @@ from apps.banking.domain import (
     payload_currency,
     payload_text,
 )
-from eventbus import EventFilter, EventRecord
+from eventbus.values import EventFilter, EventRecord
 
 from .types import DEBITS, AccountView, EntryKind, HistoryEntry
 

@@ -27,7 +27,7 @@ from apps.banking.domain import (
     payload_currency,
     payload_text,
 )
-from eventbus import EventRecord
+from eventbus.values import EventRecord
 
 from .types import AccountChange, AccountRow, Opening
 

@@ -16,7 +16,7 @@ from apps.banking.domain import (
     payload_text,
 )
 from apps.banking.features.deposit.types import money_deposited
-from eventbus import Event, EventFilter, create_filter
+from eventbus.values import Event, EventFilter, create_filter
 
 from .types import OpenAccount, OpenAccountState, bank_account_opened
 

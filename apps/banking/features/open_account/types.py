@@ -19,7 +19,7 @@ from apps.banking.domain import (
     parse_currency,
     parse_optional_amount,
 )
-from eventbus import Event
+from eventbus.values import Event
 
 MAX_OWNER_LENGTH: Final = 100
 

@@ -21,7 +21,7 @@ from apps.banking.domain import (
     require_funds,
     require_open,
 )
-from eventbus import Event, EventFilter
+from eventbus.values import Event, EventFilter
 
 from .types import Transfer, TransferState, money_transferred
 

@@ -17,7 +17,7 @@ from apps.banking.domain import (
     parse_amount,
     parse_optional_currency,
 )
-from eventbus import Event
+from eventbus.values import Event
 
 
 def _different(instance: Transfer, attribute: attrs.Attribute[str], value: str) -> None:

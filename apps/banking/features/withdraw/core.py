@@ -19,7 +19,7 @@ from apps.banking.domain import (
     require_funds,
     require_open,
 )
-from eventbus import Event, EventFilter
+from eventbus.values import Event, EventFilter
 
 from .types import Withdraw, WithdrawState, money_withdrawn
 

@@ -1,0 +1,33 @@
+"""The installed ``banking`` command: the bank's command line with ``banking dashboard`` added.
+
+The bank (``apps/banking/cli.py``) knows nothing of the dashboard; the
+dashboard extends the bank's parser with its subcommand, so the doors run one
+way: ``tui`` imports ``apps``, never the reverse.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+from collections.abc import Sequence
+
+from apps.banking import cli
+
+
+def _plan_dashboard(args: argparse.Namespace) -> cli.Plan:
+    # Textual loads only for the dashboard: ``banking list`` starts as fast as before.
+    from .run import run_dashboard
+
+    return functools.partial(run_dashboard, args.dsn)
+
+
+DASHBOARD = cli.Subcommand(
+    name="dashboard",
+    help="the live dashboard: events, accounts, projections; forms to act",
+    plan=_plan_dashboard,
+)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``banking`` command, dashboard included; return its exit status."""
+    return cli.main(argv, extra=[DASHBOARD])
