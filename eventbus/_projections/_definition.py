@@ -2,11 +2,12 @@
 
 A projection has a name (its tables live in the schema ``projection_<name>``),
 handlers per event type, an optional ``setup`` that creates its tables, a batch
-size and an error policy. The actor that runs it is in ``_projector.py``.
+size and an error policy. The task that runs it is in ``_runner.py``.
 """
 
 from __future__ import annotations
 
+import enum
 import inspect
 import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -185,14 +186,37 @@ def schema_of(name: str) -> str:
     return f"projection_{name}"
 
 
+class ProjectionState(enum.StrEnum):
+    """What a projection is doing in this process.
+
+    A ``str``: ``status.state == "live"`` holds for ``ProjectionState.LIVE``.
+    """
+
+    STARTING = "starting"
+    """Taking the lead, running ``setup``, reading its checkpoint."""
+    STANDBY = "standby"
+    """Another process leads it; this one follows its checkpoint."""
+    CATCHING_UP = "catching_up"
+    """Applying events read from the store or the stream's ring."""
+    LIVE = "live"
+    """Applying events as they are committed."""
+    REBUILDING = "rebuilding"
+    """Live, with a rebuild under way."""
+    RESTARTING = "restarting"
+    """Waiting out its backoff after a failure."""
+    FAILED = "failed"
+    """Gave up after the restart limit; ``restart`` lets it try again."""
+    STOPPED = "stopped"
+    """Stopped here; its state stays in the database."""
+
+
 @attrs.frozen
 class ProjectionStatus:
     """A projection as this process sees it. Cheap to read.
 
     Attributes:
-        state: ``starting``, ``standby`` (another process leads it),
-            ``catching_up``, ``live``, ``rebuilding`` (live, with a rebuild
-            under way), ``restarting``, ``failed`` or ``stopped``.
+        state: a :class:`ProjectionState` (a ``str``, so ``state == "live"``
+            works); a plain string given here is converted.
         checkpoint: the position up to which the read model reflects every
             event (as applied by this process, or last read when standby).
         lag: positions between the stream's position and the checkpoint.
@@ -202,7 +226,7 @@ class ProjectionStatus:
         leader: whether this process applies the projection.
     """
 
-    state: str
+    state: ProjectionState = attrs.field(converter=ProjectionState)
     checkpoint: int
     lag: int
     restarts: int

@@ -38,6 +38,7 @@ from ._definition import (
     NAME_PATTERN,
     Projection,
     ProjectionConfig,
+    ProjectionState,
     ProjectionStatus,
     Transaction,
     schema_of,
@@ -55,6 +56,9 @@ SWAP_LOCK_TIMEOUT = 1.0
 
 SWAP_ATTEMPTS = 10
 """How many times a swap that gave way (a lock timeout, a deadlock) is tried."""
+
+_FOLLOWING = frozenset({ProjectionState.LIVE, ProjectionState.CATCHING_UP, ProjectionState.REBUILDING})
+"""States in which the leader follows the stream (its subscription's position counts)."""
 
 _LOCK_CONFLICTS = frozenset({"40P01", "55P03"})  # deadlock_detected, lock_not_available
 
@@ -74,7 +78,7 @@ class Runner:
     def __init__(self, projection: Projection, manager: ProjectionManager) -> None:
         self.projection = projection
         self._manager = manager
-        self.state = "starting"
+        self.state: ProjectionState = ProjectionState.STARTING
         self.applied = 0
         self.restarts = 0
         self.failures = 0
@@ -99,12 +103,7 @@ class Runner:
     def position(self) -> int:
         """The position up to which the read model reflects every event."""
         sub = self.sub
-        if (
-            sub is not None
-            and sub.buffered == 0
-            and not self._busy
-            and self.state in ("live", "catching_up", "rebuilding")
-        ):
+        if sub is not None and sub.buffered == 0 and not self._busy and self.state in _FOLLOWING:
             return max(self.applied, sub.position)
         return self.applied
 
@@ -139,7 +138,7 @@ class Runner:
                     self.last_error = str(exc) if isinstance(exc, HandlerFailed) else f"{type(exc).__name__}: {exc}"
                     self.failures += 1
                     if policy.gives_up(self.failures):
-                        self.state = "failed"
+                        self.state = ProjectionState.FAILED
                         _log.error("projection %s failed: %s", self.projection.name, self.last_error)
                         self.notify()
                         await self.resume.wait()
@@ -150,7 +149,7 @@ class Runner:
                     await trio.sleep(policy.delay(self.failures))
 
     def _mark_restarting(self) -> None:
-        self.state = "restarting"
+        self.state = ProjectionState.RESTARTING
         self.restarts += 1
         self.leader = False
         self.notify()
@@ -160,7 +159,7 @@ class Runner:
         name = self.projection.name
         conn = await _db.connect(manager.dsn, application_name=f"eventbus-projection {name}")
         try:
-            self.state = "standby"
+            self.state = ProjectionState.STANDBY
             self.notify()
             while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", _leader_key(name)):
                 applied = int(
@@ -171,7 +170,7 @@ class Runner:
                     self.notify()  # wait_until_caught_up here follows the leader
                 await trio.sleep(LEADER_RETRY)
             self.leader = True
-            self.state = "starting"
+            self.state = ProjectionState.STARTING
             await prepare_schema(conn, self.projection, self.projection.schema)
             await conn.execute("INSERT INTO eventbus.projections (name) VALUES ($1) ON CONFLICT DO NOTHING", name)
             checkpoint = int(await conn.fetchval("SELECT checkpoint FROM eventbus.projections WHERE name = $1", name))
@@ -201,7 +200,7 @@ class Runner:
             while True:
                 if self.swap is not None:
                     return await self._swap(conn, checkpoint)
-                state = "rebuilding" if manager.rebuilding(projection.name) else _state_of(sub)
+                state = ProjectionState.REBUILDING if manager.rebuilding(projection.name) else _state_of(sub)
                 if state != self.state:
                     self.state = state
                     self.notify()
@@ -305,8 +304,8 @@ class Runner:
             await trio.sleep(min(SWAP_LOCK_TIMEOUT, 0.05 * 2 ** (attempt - 1)))  # others' turn
 
 
-def _state_of(sub: Subscription) -> str:
-    return "live" if sub.state == "live" else "catching_up"
+def _state_of(sub: Subscription) -> ProjectionState:
+    return ProjectionState.LIVE if sub.state == "live" else ProjectionState.CATCHING_UP
 
 
 class ProjectionManager:
@@ -356,7 +355,7 @@ class ProjectionManager:
         """
         runner = self._runner(name)
         runner.scope.cancel()
-        runner.state = "stopped"
+        runner.state = ProjectionState.STOPPED
         del self._runners[name]
         await trio.lowlevel.checkpoint()
 
@@ -366,8 +365,8 @@ class ProjectionManager:
         Does nothing to a projection that has not failed.
         """
         runner = self._runner(name)
-        if runner.state != "failed":
-            return  # a resume kept for later would skip its next "failed"
+        if runner.state != ProjectionState.FAILED:
+            return  # a resume kept for later would skip its next failure
         # Restarting from now on, not once its task runs: a wait_until_caught_up
         # right after this call must not see the old failure.
         runner._mark_restarting()
@@ -390,7 +389,7 @@ class ProjectionManager:
         target = await self.store.head()
         with trio.move_on_after(math.inf if timeout is None else timeout):
             while runner.position() < target:
-                if runner.state == "failed":
+                if runner.state == ProjectionState.FAILED:
                     raise ProjectionError(f"projection {name!r} failed: {runner.last_error}")
                 await runner.changed.wait()
             return
