@@ -8,14 +8,16 @@ handler that fails is retried one event at a time to find the event at fault.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 
 import attrs
+import trio
 
 from .. import _db
 from .._db import rollback
-from .._errors import HandlerFailed, StoreUnavailable
+from .._errors import EventBusError, HandlerFailed, StoreUnavailable
 from .._values import EventRecord
 from ._definition import Projection, Transaction
 
@@ -80,6 +82,14 @@ async def prepare_schema(conn: _db.Connection, projection: Projection, schema: s
     except BaseException:
         await rollback(conn)
         raise
+
+
+async def drop_schema(conn: _db.Connection, schema: str) -> None:
+    """Drop ``schema`` if the connection can, shielded and bounded; a rebuild
+    that starts drops its shadow anyway."""
+    with trio.move_on_after(_db.CLOSE_TIMEOUT, shield=True), contextlib.suppress(EventBusError):
+        if not conn.is_closed():
+            await conn.execute(f"DROP SCHEMA IF EXISTS {quote(schema)} CASCADE")
 
 
 async def apply_batch(

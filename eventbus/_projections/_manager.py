@@ -33,7 +33,7 @@ from .._errors import DatabaseError, HandlerFailed, ProjectionError, StoreUnavai
 from .._store import EventStore
 from .._stream import EventStream, Subscription
 from .._values import EventFilter, EventRecord
-from ._apply import apply_records, commit_sql, literal, prepare_schema, quote
+from ._apply import apply_records, literal, prepare_schema, quote
 from ._definition import (
     NAME_PATTERN,
     Projection,
@@ -43,7 +43,8 @@ from ._definition import (
     Transaction,
     schema_of,
 )
-from ._rebuild import Progress, Rebuild, Swap, drop_schema
+from ._rebuild import Progress, Rebuild
+from ._swap import Swap, swap_in
 
 LEADER_RETRY = 1.0
 """Seconds between a standby's attempts to take the lead."""
@@ -51,16 +52,9 @@ LEADER_RETRY = 1.0
 IDLE_CHECKPOINT = 0.5
 """Seconds without events after which the checkpoint moves to the stream's position."""
 
-SWAP_LOCK_TIMEOUT = 1.0
-"""Seconds a rebuild's swap waits for the live tables' locks before it gives way."""
-
-SWAP_ATTEMPTS = 10
-"""How many times a swap that gave way (a lock timeout, a deadlock) is tried."""
 
 _FOLLOWING = frozenset({ProjectionState.LIVE, ProjectionState.CATCHING_UP, ProjectionState.REBUILDING})
 """States in which the leader follows the stream (its subscription's position counts)."""
-
-_LOCK_CONFLICTS = frozenset({"40P01", "55P03"})  # deadlock_detected, lock_not_available
 
 
 def _leader_key(name: str) -> int:
@@ -235,73 +229,17 @@ class Runner:
             self._wait_scope.cancel()
 
     async def _swap(self, conn: _db.Connection, checkpoint: int) -> int:
-        """Pause at ``checkpoint`` for the rebuild's copy, then swap it in.
-
-        Once the copy is handed over (``swap.reached`` set), the shadow schema
-        is this leader's: it swaps it in, or drops it, whatever ends the swap.
-        """
+        """Pause at ``checkpoint`` for the rebuild's copy, then swap it in;
+        the checkpoint after."""
         swap = self.swap
         assert swap is not None
         self.swap = None
-        swapped = False
-        try:
-            swap.target = checkpoint
-            swap.target_set.set()
-            await swap.reached_event.wait()
-            if swap.error is not None or swap.reached is None:
-                return checkpoint
-            swapped = await self._swap_schemas(conn, checkpoint, swap.reached, swap)
-            if not swapped:
-                return checkpoint
-            self.applied = swap.reached
-            self.notify()
-            return swap.reached
-        finally:
-            if not swapped:
-                if swap.error is None:
-                    swap.error = ProjectionError("the live projection stopped before the swap")
-                if swap.reached is not None:
-                    await drop_schema(conn, self.projection.schema + "__shadow")
-            swap.done.set()
-
-    async def _swap_schemas(self, conn: _db.Connection, checkpoint: int, reached: int, swap: Swap) -> bool:
-        """Swap the live and shadow schemas and move the checkpoint, in one
-        transaction. The live tables are locked first, in the order readers
-        lock them; a lock that is not granted within ``SWAP_LOCK_TIMEOUT``
-        (a long reader) or a deadlock with a session outside ``reader`` rolls
-        the swap back, and it is tried again up to ``SWAP_ATTEMPTS`` times.
-        Returns whether it swapped."""
-        schema = self.projection.schema
-        live, old, shadow = quote(schema), quote(schema + "__old"), quote(schema + "__shadow")
-        attempt = 0
-        while True:
-            attempt += 1
-            if swap.error is not None:  # the rebuild was cancelled meanwhile
-                return False
-            try:
-                await conn.run_script(
-                    f"BEGIN; SET LOCAL lock_timeout = '{int(SWAP_LOCK_TIMEOUT * 1000)}ms';"
-                    f" SELECT eventbus.lock_read_model({literal(schema)}, true);"
-                    f" DROP SCHEMA IF EXISTS {old} CASCADE; ALTER SCHEMA {live} RENAME TO {old};"
-                    f" ALTER SCHEMA {shadow} RENAME TO {live}; DROP SCHEMA {old} CASCADE;"
-                    f" {commit_sql(self.projection.name, checkpoint, reached)}"
-                )
-                return True
-            except DatabaseError as exc:
-                await rollback(conn)
-                if exc.sqlstate not in _LOCK_CONFLICTS:
-                    swap.error = exc
-                    raise
-                if attempt == SWAP_ATTEMPTS:  # the rebuild fails; the live model goes on
-                    swap.error = exc
-                    return False
-                _log.info("projection %s: swap attempt %d gave way (%s); trying again",
-                          self.projection.name, attempt, exc.sqlstate)  # fmt: skip
-            except BaseException as exc:
-                await rollback(conn)
-                swap.error = exc
-                raise
-            await trio.sleep(min(SWAP_LOCK_TIMEOUT, 0.05 * 2 ** (attempt - 1)))  # others' turn
+        swapped = await swap_in(conn, self.projection, checkpoint, swap)
+        if swapped is None:
+            return checkpoint
+        self.applied = swapped
+        self.notify()
+        return swapped
 
 
 def _state_of(sub: Subscription) -> ProjectionState:

@@ -9,7 +9,6 @@ swaps the two schemas and moves the checkpoint in one transaction.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -17,10 +16,11 @@ import attrs
 import trio
 
 from .. import _db
-from .._errors import EventBusError, ProjectionError
+from .._errors import ProjectionError
 from .._values import EventRecord
-from ._apply import apply_records, prepare_schema, quote
+from ._apply import apply_records, drop_schema, prepare_schema, quote
 from ._definition import Projection
+from ._swap import Swap
 
 if TYPE_CHECKING:
     from ._manager import ProjectionManager, Runner
@@ -29,18 +29,6 @@ IDLE_WAIT = 0.5
 """Seconds the copy waits for a batch before it looks at the swap again."""
 
 Progress = Callable[[int, int], object]
-
-
-class Swap:
-    """The hand-over between a rebuild's shadow and the live leader."""
-
-    def __init__(self) -> None:
-        self.target: int | None = None  # set by the leader once it has paused
-        self.target_set = trio.Event()
-        self.reached: int | None = None  # set by the shadow once it is there
-        self.reached_event = trio.Event()
-        self.done = trio.Event()
-        self.error: BaseException | None = None
 
 
 @attrs.define
@@ -63,9 +51,8 @@ class Rebuild:
         except BaseException as exc:
             if self.runner.swap is swap:
                 self.runner.swap = None
-            handed_over = swap.reached is not None
-            swap.error = exc
-            swap.reached_event.set()
+            handed_over = swap.handed_over
+            swap.abandon(exc)
             if not handed_over:  # the leader will not touch the shadow: it is ours to drop
                 await drop_schema(conn, shadow)
             raise
@@ -89,9 +76,8 @@ class Rebuild:
         async with sub:
             while True:
                 if swap.target is not None and position >= swap.target:
-                    swap.reached = position
-                    swap.reached_event.set()
-                    await swap.done.wait()
+                    swap.hand_over(position)
+                    await swap.wait_finished()
                     return
                 if not runner.leader:
                     raise ProjectionError("this process no longer leads the projection")
@@ -104,10 +90,10 @@ class Rebuild:
                     async with trio.open_nursery() as nursery:
 
                         async def wake_on_target(scope: trio.CancelScope = scope) -> None:
-                            await swap.target_set.wait()
+                            await swap.wait_target()
                             scope.cancel()
 
-                        if not swap.target_set.is_set():
+                        if swap.target is None:
                             nursery.start_soon(wake_on_target)
                         try:
                             batch = await sub.__anext__()
@@ -120,11 +106,3 @@ class Rebuild:
                     position = max(position, sub.position)
                 if self.progress is not None:
                     self.progress(position, max(total, position))
-
-
-async def drop_schema(conn: _db.Connection, schema: str) -> None:
-    """Drop ``schema`` if the connection can, shielded and bounded; a rebuild
-    that starts drops its shadow anyway."""
-    with trio.move_on_after(_db.CLOSE_TIMEOUT, shield=True), contextlib.suppress(EventBusError):
-        if not conn.is_closed():
-            await conn.execute(f"DROP SCHEMA IF EXISTS {quote(schema)} CASCADE")
