@@ -23,6 +23,9 @@ from ._supervisor import RestartPolicy
 DEFAULT_BATCH_SIZE = 500
 """Events applied per transaction, at most."""
 
+SUBSCRIPTION_BATCHES = 4
+"""A projection's subscription (and a rebuild's) buffers this many of its batches."""
+
 NAME_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,39}")
 """A projection's name: lower-case letters, digits and underscores, at most 40."""
 

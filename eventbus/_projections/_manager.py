@@ -1,24 +1,15 @@
-"""Projection actors: exactly-once read models, one leader per projection.
+"""``bus.projections``: start, watch, wait for, read and rebuild projections.
 
-Each started projection runs as a supervised task. It opens a connection of
-its own and takes a session advisory lock named after the projection: the
-process holding it is the leader, the others stand by and try again every
-``LEADER_RETRY`` seconds (a dead leader's connection closes, its lock goes
-with it). The leader runs ``setup``, then subscribes from its checkpoint and
-applies each batch in ONE transaction that also moves the checkpoint, on the
-connection that holds the lock: after any crash the read model reflects
-exactly the events up to its checkpoint, and no other process can apply
-them meanwhile.
-
-A rebuild replays every event into a shadow schema while the live read model
-keeps serving reads and following new events; when the shadow has caught up,
-the leader pauses, lets the shadow reach its own position, and swaps the two
-schemas and the checkpoint in one transaction.
+The manager keeps one :class:`Runner` per projection started in this process
+(``_runner.py``) and starts each as a task in the bus's nursery. A rebuild
+(``_rebuild.py``) is handed the runner as the live :class:`Leader` it swaps
+with; the two meet in a ``Swap`` (``_swap.py``) and never import each other.
+The original style's listener (:func:`start_projection_listener`) is here too.
 """
 
 from __future__ import annotations
 
-import hashlib
+import functools
 import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -27,13 +18,12 @@ from typing import Protocol
 
 import trio
 
-from .. import _db
 from .._db import rollback
-from .._errors import DatabaseError, HandlerFailed, ProjectionError, StoreUnavailable
+from .._errors import ProjectionError
 from .._store import EventStore
-from .._stream import EventStream, Subscription
-from .._values import EventFilter, EventRecord
-from ._apply import apply_records, literal, prepare_schema, quote
+from .._stream import EventStream
+from .._values import EventFilter
+from ._apply import literal, quote
 from ._definition import (
     NAME_PATTERN,
     Projection,
@@ -44,206 +34,9 @@ from ._definition import (
     schema_of,
 )
 from ._rebuild import Progress, Rebuild
-from ._swap import Swap, swap_in
-
-LEADER_RETRY = 1.0
-"""Seconds between a standby's attempts to take the lead."""
-
-IDLE_CHECKPOINT = 0.5
-"""Seconds without events after which the checkpoint moves to the stream's position."""
-
-
-_FOLLOWING = frozenset({ProjectionState.LIVE, ProjectionState.CATCHING_UP, ProjectionState.REBUILDING})
-"""States in which the leader follows the stream (its subscription's position counts)."""
-
-
-def _leader_key(name: str) -> int:
-    """The advisory lock key of a projection's lead: 64 bits of its name's hash."""
-    digest = hashlib.blake2b(f"eventbus projection {name}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big", signed=True)
-
+from ._runner import Runner
 
 _log = logging.getLogger("eventbus.projections")
-
-
-class Runner:
-    """One projection in this process: its supervised task and its state."""
-
-    def __init__(self, projection: Projection, manager: ProjectionManager) -> None:
-        self.projection = projection
-        self._manager = manager
-        self.state: ProjectionState = ProjectionState.STARTING
-        self.applied = 0
-        self.restarts = 0
-        self.failures = 0
-        self.dead_letters = 0
-        self.last_error: str | None = None
-        self.leader = False
-        self.sub: Subscription | None = None
-        self.changed = trio.Event()
-        self.swap: Swap | None = None
-        self._wait_scope: trio.CancelScope | None = None
-        self.scope = trio.CancelScope()
-        self.resume = trio.Event()
-        self._busy = False  # a batch is being applied
-
-    def _count_dead_letter(self) -> None:
-        self.dead_letters += 1
-
-    def notify(self) -> None:
-        self.changed.set()
-        self.changed = trio.Event()
-
-    def position(self) -> int:
-        """The position up to which the read model reflects every event."""
-        sub = self.sub
-        if sub is not None and sub.buffered == 0 and not self._busy and self.state in _FOLLOWING:
-            return max(self.applied, sub.position)
-        return self.applied
-
-    def status(self, stream_position: int) -> ProjectionStatus:
-        checkpoint = self.position()
-        return ProjectionStatus(
-            state=self.state,
-            checkpoint=checkpoint,
-            lag=max(0, stream_position - checkpoint),
-            restarts=self.restarts,
-            last_error=self.last_error,
-            dead_letters=self.dead_letters,
-            leader=self.leader,
-        )
-
-    # ------------------------------------------------------------ supervision
-
-    async def run(self) -> None:
-        policy = self.projection.restart
-        with self.scope:
-            while True:
-                try:
-                    await self._lead()
-                except (StoreUnavailable, DatabaseError) as exc:
-                    # The database, not the handlers: retry, without counting toward failure.
-                    self.last_error = str(exc)
-                    self._mark_restarting()
-                    await trio.sleep(policy.delay(min(self.failures + 1, 4)))
-                except Exception as exc:
-                    # A handler (HandlerFailed), or anything else this projection
-                    # raised: its own failure, never the bus's.
-                    self.last_error = str(exc) if isinstance(exc, HandlerFailed) else f"{type(exc).__name__}: {exc}"
-                    self.failures += 1
-                    if policy.gives_up(self.failures):
-                        self.state = ProjectionState.FAILED
-                        _log.error("projection %s failed: %s", self.projection.name, self.last_error)
-                        self.notify()
-                        await self.resume.wait()
-                        self.resume = trio.Event()
-                        self.failures = 0
-                        continue
-                    self._mark_restarting()
-                    await trio.sleep(policy.delay(self.failures))
-
-    def _mark_restarting(self) -> None:
-        self.state = ProjectionState.RESTARTING
-        self.restarts += 1
-        self.leader = False
-        self.notify()
-
-    async def _lead(self) -> None:
-        manager = self._manager
-        name = self.projection.name
-        conn = await _db.connect(manager.dsn, application_name=f"eventbus-projection {name}")
-        try:
-            self.state = ProjectionState.STANDBY
-            self.notify()
-            while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", _leader_key(name)):
-                applied = int(
-                    await conn.fetchval("SELECT checkpoint FROM eventbus.projections WHERE name = $1", name) or 0
-                )
-                if applied != self.applied:
-                    self.applied = applied
-                    self.notify()  # wait_until_caught_up here follows the leader
-                await trio.sleep(LEADER_RETRY)
-            self.leader = True
-            self.state = ProjectionState.STARTING
-            await prepare_schema(conn, self.projection, self.projection.schema)
-            await conn.execute("INSERT INTO eventbus.projections (name) VALUES ($1) ON CONFLICT DO NOTHING", name)
-            checkpoint = int(await conn.fetchval("SELECT checkpoint FROM eventbus.projections WHERE name = $1", name))
-            self.applied = checkpoint
-            self.notify()
-            while True:
-                checkpoint = await self._follow(conn, checkpoint)
-        finally:
-            self.leader = False
-            self.sub = None
-            await conn.close()  # closing the session lets go of the lead
-
-    async def _follow(self, conn: _db.Connection, checkpoint: int) -> int:
-        """Apply batches from ``checkpoint`` on; return the checkpoint after a swap."""
-        projection = self.projection
-        manager = self._manager
-        sub = manager.stream.subscribe(
-            projection.filter,
-            after=checkpoint,
-            max_batch=projection.batch_size,
-            buffer=projection.batch_size * 4,
-            name=f"projection {projection.name}",
-        )
-        async with sub:
-            self.sub = sub
-            sub.on_move = self.notify
-            while True:
-                if self.swap is not None:
-                    return await self._swap(conn, checkpoint)
-                state = ProjectionState.REBUILDING if manager.rebuilding(projection.name) else _state_of(sub)
-                if state != self.state:
-                    self.state = state
-                    self.notify()
-                batch: list[EventRecord] | None = None
-                with trio.move_on_after(IDLE_CHECKPOINT) as self._wait_scope:
-                    try:
-                        batch = await sub.__anext__()
-                    except StopAsyncIteration:
-                        await trio.sleep_forever()  # the bus is closing: cancellation follows
-                self._wait_scope = None
-                if batch is None:
-                    position = sub.position
-                    if position > checkpoint and self.swap is None:
-                        # Nothing to apply up to there: the checkpoint may move on.
-                        await conn.execute("SELECT eventbus.advance_checkpoint($1, $2, $3)",
-                                           projection.name, checkpoint, position)  # fmt: skip
-                        checkpoint = self.applied = position
-                        self.notify()
-                    continue
-                self._busy = True
-                try:
-                    checkpoint = await apply_records(conn, projection, batch, checkpoint, self._count_dead_letter)
-                finally:
-                    self._busy = False
-                self.applied = checkpoint
-                self.failures = 0
-                self.notify()
-
-    def interrupt(self) -> None:
-        """Wake the apply loop from its wait (a swap is asked for)."""
-        if self._wait_scope is not None:
-            self._wait_scope.cancel()
-
-    async def _swap(self, conn: _db.Connection, checkpoint: int) -> int:
-        """Pause at ``checkpoint`` for the rebuild's copy, then swap it in;
-        the checkpoint after."""
-        swap = self.swap
-        assert swap is not None
-        self.swap = None
-        swapped = await swap_in(conn, self.projection, checkpoint, swap)
-        if swapped is None:
-            return checkpoint
-        self.applied = swapped
-        self.notify()
-        return swapped
-
-
-def _state_of(sub: Subscription) -> ProjectionState:
-    return ProjectionState.LIVE if sub.state == "live" else ProjectionState.CATCHING_UP
 
 
 class ProjectionManager:
@@ -281,7 +74,9 @@ class ProjectionManager:
             raise ProjectionError(f"start takes a Projection, not {projection!r}")
         if projection.name in self._runners:
             raise ProjectionError(f"projection {projection.name!r} is started already")
-        runner = Runner(projection, self)
+        runner = Runner(
+            projection, dsn=self.dsn, stream=self.stream, rebuilding=functools.partial(self.rebuilding, projection.name)
+        )
         self._runners[projection.name] = runner
         self._nursery.start_soon(runner.run, name=f"projection {projection.name}")
 
@@ -292,8 +87,7 @@ class ProjectionManager:
         rolled back, and a rebuild of it under way fails with ``ProjectionError``.
         """
         runner = self._runner(name)
-        runner.scope.cancel()
-        runner.state = ProjectionState.STOPPED
+        runner.stop()
         del self._runners[name]
         await trio.lowlevel.checkpoint()
 
@@ -302,13 +96,7 @@ class ProjectionManager:
 
         Does nothing to a projection that has not failed.
         """
-        runner = self._runner(name)
-        if runner.state != ProjectionState.FAILED:
-            return  # a resume kept for later would skip its next failure
-        # Restarting from now on, not once its task runs: a wait_until_caught_up
-        # right after this call must not see the old failure.
-        runner._mark_restarting()
-        runner.resume.set()
+        self._runner(name).restart()
 
     def status(self) -> dict[str, ProjectionStatus]:
         """Every projection started here, by name; never blocks."""
@@ -329,7 +117,7 @@ class ProjectionManager:
             while runner.position() < target:
                 if runner.state == ProjectionState.FAILED:
                     raise ProjectionError(f"projection {name!r} failed: {runner.last_error}")
-                await runner.changed.wait()
+                await runner.wait_changed()
             return
         raise TimeoutError(f"projection {name!r} is not at position {target} after {timeout} s")
 
@@ -382,7 +170,7 @@ class ProjectionManager:
             raise ProjectionError(f"projection {name!r} is led by another process (or not yet): rebuild it there")
         self._rebuilding.add(name)
         try:
-            await Rebuild(self, runner, progress).run()
+            await Rebuild(runner.projection, runner, self.dsn, self.store, self.stream, progress).run()
         finally:
             self._rebuilding.discard(name)
             runner.interrupt()  # its state is worked out again

@@ -4,53 +4,87 @@ The copy is built from position 0 in the schema ``projection_<name>__shadow``
 while the live read model keeps serving reads and following new events. Once
 the copy has caught up, it asks the leader for the swap: the leader pauses at
 its checkpoint, the copy goes on until it is at or past it, and the leader
-swaps the two schemas and moves the checkpoint in one transaction.
+swaps the two schemas and moves the checkpoint in one transaction (``_swap.py``).
+
+The rebuild sees the live leader only through :class:`Leader`, declared here:
+what it reads of it and the two requests it makes. It imports no runner and
+no manager.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import attrs
 import trio
 
 from .. import _db
 from .._errors import ProjectionError
+from .._store import EventStore
+from .._stream import EventStream
 from .._values import EventRecord
 from ._apply import apply_records, drop_schema, prepare_schema, quote
-from ._definition import Projection
+from ._definition import SUBSCRIPTION_BATCHES, Projection
 from ._swap import Swap
-
-if TYPE_CHECKING:
-    from ._manager import ProjectionManager, Runner
 
 IDLE_WAIT = 0.5
 """Seconds the copy waits for a batch before it looks at the swap again."""
 
 Progress = Callable[[int, int], object]
+"""``progress(done, total)``, in positions."""
+
+
+class Leader(Protocol):
+    """The live projection's leader in this process, as a rebuild sees it."""
+
+    @property
+    def leader(self) -> bool:
+        """Whether this process still leads the projection."""
+        ...
+
+    @property
+    def applied(self) -> int:
+        """The live read model's checkpoint."""
+        ...
+
+    def ask_swap(self, swap: Swap) -> None:
+        """Pause between two batches and take the leader's part of ``swap``."""
+        ...
+
+    def withdraw_swap(self, swap: Swap) -> None:
+        """Forget ``swap`` if not taken yet: the rebuild stops."""
+        ...
 
 
 @attrs.define
 class Rebuild:
-    manager: ProjectionManager
-    runner: Runner
+    """One rebuild of ``projection``; :meth:`run` it once."""
+
+    projection: Projection
+    live: Leader
+    dsn: str
+    store: EventStore
+    stream: EventStream
     progress: Progress | None
 
     async def run(self) -> None:
-        projection = self.runner.projection
+        """Build the copy, hand it over, wait for the swap.
+
+        Raises:
+            ProjectionError: the swap did not happen (the cause is chained).
+        """
+        projection = self.projection
         shadow = projection.schema + "__shadow"
-        manager = self.manager
-        conn = await _db.connect(manager.dsn, application_name=f"eventbus-rebuild {projection.name}")
+        conn = await _db.connect(self.dsn, application_name=f"eventbus-rebuild {projection.name}")
         swap = Swap()
         try:
             await conn.execute(f"DROP SCHEMA IF EXISTS {quote(shadow)} CASCADE")
             await prepare_schema(conn, projection, shadow)
-            total = await manager.store.head()
+            total = await self.store.head()
             await self._replay(conn, projection, shadow, swap, total)  # returns once the swap is over
         except BaseException as exc:
-            if self.runner.swap is swap:
-                self.runner.swap = None
+            self.live.withdraw_swap(swap)
             handed_over = swap.handed_over
             swap.abandon(exc)
             if not handed_over:  # the leader will not touch the shadow: it is ours to drop
@@ -63,14 +97,14 @@ class Rebuild:
 
     async def _replay(self, conn: _db.Connection, projection: Projection, shadow: str, swap: Swap,
                       total: int) -> None:  # fmt: skip
-        runner = self.runner
+        live = self.live
         position = 0
         asked = False
-        sub = self.manager.stream.subscribe(
+        sub = self.stream.subscribe(
             projection.filter,
             after=0,
             max_batch=projection.batch_size,
-            buffer=projection.batch_size * 4,
+            buffer=projection.batch_size * SUBSCRIPTION_BATCHES,
             name=f"rebuild {projection.name}",
         )
         async with sub:
@@ -79,11 +113,10 @@ class Rebuild:
                     swap.hand_over(position)
                     await swap.wait_finished()
                     return
-                if not runner.leader:
+                if not live.leader:
                     raise ProjectionError("this process no longer leads the projection")
-                if not asked and (sub.state == "live" or position >= runner.applied):
-                    runner.swap = swap
-                    runner.interrupt()
+                if not asked and (sub.state == "live" or position >= live.applied):
+                    live.ask_swap(swap)
                     asked = True
                 batch: list[EventRecord] | None = None
                 with trio.move_on_after(IDLE_WAIT) as scope:
