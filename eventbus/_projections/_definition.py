@@ -37,8 +37,10 @@ class Transaction:
 
     Every statement runs in the projection's transaction, with ``search_path``
     set to the projection's schema: use unqualified table names. Each method
-    blocks for one round trip. Raises ``DatabaseError`` when PostgreSQL
-    refuses a statement (the transaction is then rolled back as a whole) and
+    blocks for one round trip and buffers nothing; a cancelled statement rolls
+    the transaction back as a whole (nothing of the batch, or of the reader's
+    block, is kept). Raises ``DatabaseError`` when PostgreSQL refuses a
+    statement (the transaction is then rolled back as a whole) and
     ``StoreUnavailable`` when the connection is lost. jsonb parameters take
     JSON text or plain Python values; jsonb results come back as Python values.
     """
@@ -143,7 +145,8 @@ class Projection:
         setup: ``async (tx) -> None``, creates the tables; it runs whenever a
             process takes the lead and before a rebuild, so it must be
             idempotent (``CREATE TABLE IF NOT EXISTS``).
-        batch_size: events per transaction, at most.
+        batch_size: events per transaction, at most; the projection's
+            subscription buffers ``SUBSCRIPTION_BATCHES`` times as many.
         on_error: ``retry`` (restart with backoff, then ``failed``) or
             ``skip`` (write the event to ``eventbus.dead_letters`` and go on).
         batch_handler: optional ``async (tx, records) -> None`` that applies a

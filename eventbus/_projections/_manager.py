@@ -40,7 +40,12 @@ _log = logging.getLogger("eventbus.projections")
 
 
 class ProjectionManager:
-    """``bus.projections``: start, watch, wait for and rebuild projections."""
+    """``bus.projections``: start, watch, wait for, read and rebuild projections.
+
+    Each projection started here runs as a task in the bus's nursery, which
+    ends with the bus. The state of a projection (its checkpoint, its read
+    model, its dead letters) lives in the database, not in the manager.
+    """
 
     def __init__(self, dsn: str, store: EventStore, stream: EventStream, nursery: trio.Nursery) -> None:
         self.dsn = dsn
@@ -51,6 +56,7 @@ class ProjectionManager:
         self._rebuilding: set[str] = set()
 
     def rebuilding(self, name: str) -> bool:
+        """Whether a rebuild of projection ``name`` is under way here; never blocks."""
         return name in self._rebuilding
 
     def _runner(self, name: str) -> Runner:
@@ -63,7 +69,11 @@ class ProjectionManager:
         """Start ``projection`` as a supervised task in the bus's nursery.
 
         Returns at once; the projection then takes the lead (or stands by) and
-        catches up on its own. Never blocks beyond a checkpoint.
+        catches up on its own. Blocks only for a checkpoint; cancelled there,
+        it starts nothing. Its subscription buffers up to
+        ``SUBSCRIPTION_BATCHES`` batches of ``batch_size`` events; a projection
+        further behind reads from the store instead, and never holds up the
+        writers or the other subscribers.
 
         Raises:
             ProjectionError: a projection of that name was started already, or
@@ -85,6 +95,11 @@ class ProjectionManager:
 
         Returns without waiting for its task to end: a batch under way is
         rolled back, and a rebuild of it under way fails with ``ProjectionError``.
+        Blocks only for a checkpoint, after the projection is stopped: a
+        cancelled call has stopped it all the same.
+
+        Raises:
+            ProjectionError: no projection of that name was started here.
         """
         runner = self._runner(name)
         runner.stop()
@@ -94,7 +109,11 @@ class ProjectionManager:
     def restart(self, name: str) -> None:
         """Let a ``failed`` projection try again (after a fix to its data).
 
-        Does nothing to a projection that has not failed.
+        Does nothing to a projection that has not failed. Never blocks: the
+        projection is ``restarting`` when the call returns.
+
+        Raises:
+            ProjectionError: no projection of that name was started here.
         """
         self._runner(name).restart()
 
@@ -107,9 +126,15 @@ class ProjectionManager:
         """Block until projection ``name`` reflects every event committed
         before the call.
 
+        Blocks for one read of the store's head, then until the projection's
+        checkpoint (as applied here, or as read from the leader when this
+        process stands by) reaches it. Buffers nothing; cancelling it only
+        ends the wait, the projection goes on.
+
         Raises:
             ProjectionError: unknown name, or the projection is ``failed``.
             TimeoutError: not caught up within ``timeout`` seconds.
+            StoreUnavailable: the store's head could not be read.
         """
         runner = self._runner(name)
         target = await self.store.head()
@@ -153,8 +178,17 @@ class ProjectionManager:
         A fresh copy is built in a shadow schema while the live read model
         keeps serving reads and following new events; when the copy has
         caught up, the two are swapped with the checkpoint in one transaction.
-        ``progress(done, total)`` is called after each batch, in positions.
-        Blocks until the swap; cancelling it abandons the copy.
+        ``progress(done, total)``, a plain function, is called in the
+        rebuild's task after each batch, in positions.
+
+        Blocks until the swap: while the copy is built (one transaction per
+        batch, on a connection of its own; its subscription buffers up to
+        ``SUBSCRIPTION_BATCHES`` batches), then while the leader pauses
+        between two batches and takes the live tables' locks (up to
+        ``SWAP_ATTEMPTS`` tries of ``SWAP_LOCK_TIMEOUT`` seconds each: a long
+        ``reader`` block holds it up). Cancelling it abandons the copy: the
+        shadow schema is dropped (shielded and bounded; by the leader once
+        the copy is handed over), and the live read model goes on untouched.
 
         Raises:
             ProjectionError: unknown name, a rebuild already running, this
@@ -192,7 +226,20 @@ async def start_projection_listener(bus: HasProjections, config: ProjectionConfi
     Each event of ``config.event_types`` committed from now on is passed to
     its handler, in order, once, in this process; a handler that raises is
     logged and the listener goes on. For read models that must survive
-    restarts, use :class:`Projection` instead. ``await stop()`` ends it.
+    restarts, use :class:`Projection` instead.
+
+    Blocks for one read of the store's head (where "from now on" starts);
+    cancelled there, it starts nothing. The handlers run one at a time in a
+    task in the bus's nursery; while one is slow, up to the stream's default
+    buffer of events wait for it, and beyond that the listener reads from
+    the store later, losing none. ``await stop()`` cancels the listener (a
+    handler under way included) and blocks until it has ended; cancelling
+    ``stop`` only ends that wait.
+
+    Raises:
+        ProjectionError: ``config`` is not a ProjectionConfig.
+        ClosedError: the bus is closed.
+        StoreUnavailable: the store's head could not be read.
     """
     if not isinstance(config, ProjectionConfig):
         raise ProjectionError(f"start_projection_listener takes a ProjectionConfig, not {config!r}")
