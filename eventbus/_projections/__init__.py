@@ -4,6 +4,7 @@ batch, and the blue-green rebuild."""
 from ._definition import (
     Projection,
     ProjectionConfig,
+    ProjectionState,
     ProjectionStatus,
     Transaction,
     create_projection_config,
@@ -15,6 +16,7 @@ __all__ = [
     "Projection",
     "ProjectionConfig",
     "ProjectionManager",
+    "ProjectionState",
     "ProjectionStatus",
     "RestartPolicy",
     "Transaction",

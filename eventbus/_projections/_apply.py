@@ -8,16 +8,38 @@ handler that fails is retried one event at a time to find the event at fault.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 
+import attrs
+import trio
+
 from .. import _db
 from .._db import rollback
-from .._errors import HandlerFailed, StoreUnavailable
+from .._errors import EventBusError, HandlerFailed, StoreUnavailable
 from .._values import EventRecord
 from ._definition import Projection, Transaction
 
 _log = logging.getLogger("eventbus.projections")
+
+
+@attrs.frozen
+class _Failure:
+    """The first handler that raised in a run over a batch: where, and what."""
+
+    index: int
+    error: BaseException
+
+
+@attrs.frozen
+class _Resume:
+    """Where a batch goes on one event at a time after a batch handler failed:
+    the index of the first event not yet applied, and the checkpoint committed
+    with what was (None: a shadow, which has no checkpoint)."""
+
+    start: int
+    checkpoint: int | None
 
 
 def quote(identifier: str) -> str:
@@ -62,6 +84,14 @@ async def prepare_schema(conn: _db.Connection, projection: Projection, schema: s
         raise
 
 
+async def drop_schema(conn: _db.Connection, schema: str) -> None:
+    """Drop ``schema`` if the connection can, shielded and bounded; a rebuild
+    that starts drops its shadow anyway."""
+    with trio.move_on_after(_db.CLOSE_TIMEOUT, shield=True), contextlib.suppress(EventBusError):
+        if not conn.is_closed():
+            await conn.execute(f"DROP SCHEMA IF EXISTS {quote(schema)} CASCADE")
+
+
 async def apply_batch(
     conn: _db.Connection,
     projection: Projection,
@@ -93,9 +123,9 @@ async def apply_batch(
         except BaseException as exc:
             await rollback(conn)
             if isinstance(exc, _Bisect):  # what is committed already stays: go on from here
-                exc.resume = (start, checkpoint)
+                exc.resume = _Resume(start, checkpoint)
             raise
-        index, error = failed
+        index, error = failed.index, failed.error
         await rollback(conn)
         record = batch[index]
         message = f"projection {projection.name}: handler for {record.event_type} at position " \
@@ -123,7 +153,7 @@ async def apply_batch(
         except BaseException as exc:
             await rollback(conn)
             if isinstance(exc, _Bisect):  # what is committed already stays: go on from here
-                exc.resume = (start, checkpoint)
+                exc.resume = _Resume(start, checkpoint)
             raise
         _log.warning("%s; sent to the dead letters", message)
         if on_dead_letter is not None:
@@ -132,23 +162,23 @@ async def apply_batch(
     return batch[-1].sequence_number
 
 
-def _fail_on_replay(projection: Projection, batch: list[EventRecord], failure: tuple[int, BaseException]) -> None:
-    index, error = failure
+def _fail_on_replay(projection: Projection, batch: list[EventRecord], failure: _Failure) -> None:
     raise HandlerFailed(
-        f"projection {projection.name}: a handler failed on events it had just applied: {error}", batch[index]
-    ) from error
+        f"projection {projection.name}: a handler failed on events it had just applied: {failure.error}",
+        batch[failure.index],
+    ) from failure.error
 
 
 async def _run_handlers(
     tx: Transaction, projection: Projection, batch: list[EventRecord], start: int, stop: int
-) -> tuple[int, BaseException] | None:
-    """Run the handlers on ``batch[start:stop]``; the index and error of the first failure."""
+) -> _Failure | None:
+    """Run the handlers on ``batch[start:stop]``; the first failure, if any."""
     if projection.batch_handler is not None and start < stop:
         try:
             await projection.batch_handler(tx, batch[start:stop])
         except Exception as exc:
             if stop - start == 1:
-                return start, exc
+                return _Failure(start, exc)
             # Which event? Find it one by one, each in its own attempt.
             raise _Bisect from exc
     handlers = projection.handlers
@@ -160,18 +190,15 @@ async def _run_handlers(
         try:
             await handler(tx, record)
         except Exception as exc:
-            return index, exc
+            return _Failure(index, exc)
     return None
 
 
 class _Bisect(Exception):
-    """A batch handler failed on a batch of several events.
+    """A batch handler failed on a batch of several events; ``resume`` says
+    where to go on one event at a time."""
 
-    ``resume`` is where to go on one event at a time: the index of the first
-    event not yet applied, and the checkpoint committed with what was.
-    """
-
-    resume: tuple[int, int | None] = (0, None)
+    resume: _Resume = _Resume(0, None)
 
 
 async def apply_records(
@@ -186,7 +213,7 @@ async def apply_records(
     try:
         return await apply_batch(conn, projection, batch, checkpoint, on_dead_letter, schema)
     except _Bisect as bisect:
-        start, checkpoint = bisect.resume
+        start, checkpoint = bisect.resume.start, bisect.resume.checkpoint
     for record in batch[start:]:
         position = await apply_batch(conn, projection, [record], checkpoint, on_dead_letter, schema)
         if checkpoint is not None:  # None: a shadow, which has no checkpoint

@@ -2,11 +2,12 @@
 
 A projection has a name (its tables live in the schema ``projection_<name>``),
 handlers per event type, an optional ``setup`` that creates its tables, a batch
-size and an error policy. The actor that runs it is in ``_projector.py``.
+size and an error policy. The task that runs it is in ``_runner.py``.
 """
 
 from __future__ import annotations
 
+import enum
 import inspect
 import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -22,6 +23,9 @@ from ._supervisor import RestartPolicy
 DEFAULT_BATCH_SIZE = 500
 """Events applied per transaction, at most."""
 
+SUBSCRIPTION_BATCHES = 4
+"""A projection's subscription (and a rebuild's) buffers this many of its batches."""
+
 NAME_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,39}")
 """A projection's name: lower-case letters, digits and underscores, at most 40."""
 
@@ -33,8 +37,10 @@ class Transaction:
 
     Every statement runs in the projection's transaction, with ``search_path``
     set to the projection's schema: use unqualified table names. Each method
-    blocks for one round trip. Raises ``DatabaseError`` when PostgreSQL
-    refuses a statement (the transaction is then rolled back as a whole) and
+    blocks for one round trip and buffers nothing; a cancelled statement rolls
+    the transaction back as a whole (nothing of the batch, or of the reader's
+    block, is kept). Raises ``DatabaseError`` when PostgreSQL refuses a
+    statement (the transaction is then rolled back as a whole) and
     ``StoreUnavailable`` when the connection is lost. jsonb parameters take
     JSON text or plain Python values; jsonb results come back as Python values.
     """
@@ -139,7 +145,8 @@ class Projection:
         setup: ``async (tx) -> None``, creates the tables; it runs whenever a
             process takes the lead and before a rebuild, so it must be
             idempotent (``CREATE TABLE IF NOT EXISTS``).
-        batch_size: events per transaction, at most.
+        batch_size: events per transaction, at most; the projection's
+            subscription buffers ``SUBSCRIPTION_BATCHES`` times as many.
         on_error: ``retry`` (restart with backoff, then ``failed``) or
             ``skip`` (write the event to ``eventbus.dead_letters`` and go on).
         batch_handler: optional ``async (tx, records) -> None`` that applies a
@@ -185,14 +192,37 @@ def schema_of(name: str) -> str:
     return f"projection_{name}"
 
 
+class ProjectionState(enum.StrEnum):
+    """What a projection is doing in this process.
+
+    A ``str``: ``status.state == "live"`` holds for ``ProjectionState.LIVE``.
+    """
+
+    STARTING = "starting"
+    """Taking the lead, running ``setup``, reading its checkpoint."""
+    STANDBY = "standby"
+    """Another process leads it; this one follows its checkpoint."""
+    CATCHING_UP = "catching_up"
+    """Applying events read from the store or the stream's ring."""
+    LIVE = "live"
+    """Applying events as they are committed."""
+    REBUILDING = "rebuilding"
+    """Live, with a rebuild under way."""
+    RESTARTING = "restarting"
+    """Waiting out its backoff after a failure."""
+    FAILED = "failed"
+    """Gave up after the restart limit; ``restart`` lets it try again."""
+    STOPPED = "stopped"
+    """Stopped here; its state stays in the database."""
+
+
 @attrs.frozen
 class ProjectionStatus:
     """A projection as this process sees it. Cheap to read.
 
     Attributes:
-        state: ``starting``, ``standby`` (another process leads it),
-            ``catching_up``, ``live``, ``rebuilding`` (live, with a rebuild
-            under way), ``restarting``, ``failed`` or ``stopped``.
+        state: a :class:`ProjectionState` (a ``str``, so ``state == "live"``
+            works); a plain string given here is converted.
         checkpoint: the position up to which the read model reflects every
             event (as applied by this process, or last read when standby).
         lag: positions between the stream's position and the checkpoint.
@@ -202,7 +232,7 @@ class ProjectionStatus:
         leader: whether this process applies the projection.
     """
 
-    state: str
+    state: ProjectionState = attrs.field(converter=ProjectionState)
     checkpoint: int
     lag: int
     restarts: int

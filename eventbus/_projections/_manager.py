@@ -1,24 +1,15 @@
-"""Projection actors: exactly-once read models, one leader per projection.
+"""``bus.projections``: start, watch, wait for, read and rebuild projections.
 
-Each started projection runs as a supervised task. It opens a connection of
-its own and takes a session advisory lock named after the projection: the
-process holding it is the leader, the others stand by and try again every
-``LEADER_RETRY`` seconds (a dead leader's connection closes, its lock goes
-with it). The leader runs ``setup``, then subscribes from its checkpoint and
-applies each batch in ONE transaction that also moves the checkpoint, on the
-connection that holds the lock: after any crash the read model reflects
-exactly the events up to its checkpoint, and no other process can apply
-them meanwhile.
-
-A rebuild replays every event into a shadow schema while the live read model
-keeps serving reads and following new events; when the shadow has caught up,
-the leader pauses, lets the shadow reach its own position, and swaps the two
-schemas and the checkpoint in one transaction.
+The manager keeps one :class:`Runner` per projection started in this process
+(``_runner.py``) and starts each as a task in the bus's nursery. A rebuild
+(``_rebuild.py``) is handed the runner as the live :class:`Leader` it swaps
+with; the two meet in a ``Swap`` (``_swap.py``) and never import each other.
+The original style's listener (:func:`start_projection_listener`) is here too.
 """
 
 from __future__ import annotations
 
-import hashlib
+import functools
 import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -27,290 +18,34 @@ from typing import Protocol
 
 import trio
 
-from .. import _db
 from .._db import rollback
-from .._errors import DatabaseError, HandlerFailed, ProjectionError, StoreUnavailable
+from .._errors import ProjectionError
 from .._store import EventStore
-from .._stream import EventStream, Subscription
-from .._values import EventFilter, EventRecord
-from ._apply import apply_records, commit_sql, literal, prepare_schema, quote
+from .._stream import EventStream
+from .._values import EventFilter
+from ._apply import literal, quote
 from ._definition import (
     NAME_PATTERN,
     Projection,
     ProjectionConfig,
+    ProjectionState,
     ProjectionStatus,
     Transaction,
     schema_of,
 )
-from ._rebuild import Progress, Rebuild, Swap, drop_schema
-
-LEADER_RETRY = 1.0
-"""Seconds between a standby's attempts to take the lead."""
-
-IDLE_CHECKPOINT = 0.5
-"""Seconds without events after which the checkpoint moves to the stream's position."""
-
-SWAP_LOCK_TIMEOUT = 1.0
-"""Seconds a rebuild's swap waits for the live tables' locks before it gives way."""
-
-SWAP_ATTEMPTS = 10
-"""How many times a swap that gave way (a lock timeout, a deadlock) is tried."""
-
-_LOCK_CONFLICTS = frozenset({"40P01", "55P03"})  # deadlock_detected, lock_not_available
-
-
-def _leader_key(name: str) -> int:
-    """The advisory lock key of a projection's lead: 64 bits of its name's hash."""
-    digest = hashlib.blake2b(f"eventbus projection {name}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big", signed=True)
-
+from ._rebuild import Progress, Rebuild
+from ._runner import Runner
 
 _log = logging.getLogger("eventbus.projections")
 
 
-class Runner:
-    """One projection in this process: its supervised task and its state."""
-
-    def __init__(self, projection: Projection, manager: ProjectionManager) -> None:
-        self.projection = projection
-        self._manager = manager
-        self.state = "starting"
-        self.applied = 0
-        self.restarts = 0
-        self.failures = 0
-        self.dead_letters = 0
-        self.last_error: str | None = None
-        self.leader = False
-        self.sub: Subscription | None = None
-        self.changed = trio.Event()
-        self.swap: Swap | None = None
-        self._wait_scope: trio.CancelScope | None = None
-        self.scope = trio.CancelScope()
-        self.resume = trio.Event()
-        self._busy = False  # a batch is being applied
-
-    def _count_dead_letter(self) -> None:
-        self.dead_letters += 1
-
-    def notify(self) -> None:
-        self.changed.set()
-        self.changed = trio.Event()
-
-    def position(self) -> int:
-        """The position up to which the read model reflects every event."""
-        sub = self.sub
-        if (
-            sub is not None
-            and sub.buffered == 0
-            and not self._busy
-            and self.state in ("live", "catching_up", "rebuilding")
-        ):
-            return max(self.applied, sub.position)
-        return self.applied
-
-    def status(self, stream_position: int) -> ProjectionStatus:
-        checkpoint = self.position()
-        return ProjectionStatus(
-            state=self.state,
-            checkpoint=checkpoint,
-            lag=max(0, stream_position - checkpoint),
-            restarts=self.restarts,
-            last_error=self.last_error,
-            dead_letters=self.dead_letters,
-            leader=self.leader,
-        )
-
-    # ------------------------------------------------------------ supervision
-
-    async def run(self) -> None:
-        policy = self.projection.restart
-        with self.scope:
-            while True:
-                try:
-                    await self._lead()
-                except (StoreUnavailable, DatabaseError) as exc:
-                    # The database, not the handlers: retry, without counting toward failure.
-                    self.last_error = str(exc)
-                    self._mark_restarting()
-                    await trio.sleep(policy.delay(min(self.failures + 1, 4)))
-                except Exception as exc:
-                    # A handler (HandlerFailed), or anything else this projection
-                    # raised: its own failure, never the bus's.
-                    self.last_error = str(exc) if isinstance(exc, HandlerFailed) else f"{type(exc).__name__}: {exc}"
-                    self.failures += 1
-                    if policy.gives_up(self.failures):
-                        self.state = "failed"
-                        _log.error("projection %s failed: %s", self.projection.name, self.last_error)
-                        self.notify()
-                        await self.resume.wait()
-                        self.resume = trio.Event()
-                        self.failures = 0
-                        continue
-                    self._mark_restarting()
-                    await trio.sleep(policy.delay(self.failures))
-
-    def _mark_restarting(self) -> None:
-        self.state = "restarting"
-        self.restarts += 1
-        self.leader = False
-        self.notify()
-
-    async def _lead(self) -> None:
-        manager = self._manager
-        name = self.projection.name
-        conn = await _db.connect(manager.dsn, application_name=f"eventbus-projection {name}")
-        try:
-            self.state = "standby"
-            self.notify()
-            while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", _leader_key(name)):
-                applied = int(
-                    await conn.fetchval("SELECT checkpoint FROM eventbus.projections WHERE name = $1", name) or 0
-                )
-                if applied != self.applied:
-                    self.applied = applied
-                    self.notify()  # wait_until_caught_up here follows the leader
-                await trio.sleep(LEADER_RETRY)
-            self.leader = True
-            self.state = "starting"
-            await prepare_schema(conn, self.projection, self.projection.schema)
-            await conn.execute("INSERT INTO eventbus.projections (name) VALUES ($1) ON CONFLICT DO NOTHING", name)
-            checkpoint = int(await conn.fetchval("SELECT checkpoint FROM eventbus.projections WHERE name = $1", name))
-            self.applied = checkpoint
-            self.notify()
-            while True:
-                checkpoint = await self._follow(conn, checkpoint)
-        finally:
-            self.leader = False
-            self.sub = None
-            await conn.close()  # closing the session lets go of the lead
-
-    async def _follow(self, conn: _db.Connection, checkpoint: int) -> int:
-        """Apply batches from ``checkpoint`` on; return the checkpoint after a swap."""
-        projection = self.projection
-        manager = self._manager
-        sub = manager.stream.subscribe(
-            projection.filter,
-            after=checkpoint,
-            max_batch=projection.batch_size,
-            buffer=projection.batch_size * 4,
-            name=f"projection {projection.name}",
-        )
-        async with sub:
-            self.sub = sub
-            sub.on_move = self.notify
-            while True:
-                if self.swap is not None:
-                    return await self._swap(conn, checkpoint)
-                state = "rebuilding" if manager.rebuilding(projection.name) else _state_of(sub)
-                if state != self.state:
-                    self.state = state
-                    self.notify()
-                batch: list[EventRecord] | None = None
-                with trio.move_on_after(IDLE_CHECKPOINT) as self._wait_scope:
-                    try:
-                        batch = await sub.__anext__()
-                    except StopAsyncIteration:
-                        await trio.sleep_forever()  # the bus is closing: cancellation follows
-                self._wait_scope = None
-                if batch is None:
-                    position = sub.position
-                    if position > checkpoint and self.swap is None:
-                        # Nothing to apply up to there: the checkpoint may move on.
-                        await conn.execute("SELECT eventbus.advance_checkpoint($1, $2, $3)",
-                                           projection.name, checkpoint, position)  # fmt: skip
-                        checkpoint = self.applied = position
-                        self.notify()
-                    continue
-                self._busy = True
-                try:
-                    checkpoint = await apply_records(conn, projection, batch, checkpoint, self._count_dead_letter)
-                finally:
-                    self._busy = False
-                self.applied = checkpoint
-                self.failures = 0
-                self.notify()
-
-    def interrupt(self) -> None:
-        """Wake the apply loop from its wait (a swap is asked for)."""
-        if self._wait_scope is not None:
-            self._wait_scope.cancel()
-
-    async def _swap(self, conn: _db.Connection, checkpoint: int) -> int:
-        """Pause at ``checkpoint`` for the rebuild's copy, then swap it in.
-
-        Once the copy is handed over (``swap.reached`` set), the shadow schema
-        is this leader's: it swaps it in, or drops it, whatever ends the swap.
-        """
-        swap = self.swap
-        assert swap is not None
-        self.swap = None
-        swapped = False
-        try:
-            swap.target = checkpoint
-            swap.target_set.set()
-            await swap.reached_event.wait()
-            if swap.error is not None or swap.reached is None:
-                return checkpoint
-            swapped = await self._swap_schemas(conn, checkpoint, swap.reached, swap)
-            if not swapped:
-                return checkpoint
-            self.applied = swap.reached
-            self.notify()
-            return swap.reached
-        finally:
-            if not swapped:
-                if swap.error is None:
-                    swap.error = ProjectionError("the live projection stopped before the swap")
-                if swap.reached is not None:
-                    await drop_schema(conn, self.projection.schema + "__shadow")
-            swap.done.set()
-
-    async def _swap_schemas(self, conn: _db.Connection, checkpoint: int, reached: int, swap: Swap) -> bool:
-        """Swap the live and shadow schemas and move the checkpoint, in one
-        transaction. The live tables are locked first, in the order readers
-        lock them; a lock that is not granted within ``SWAP_LOCK_TIMEOUT``
-        (a long reader) or a deadlock with a session outside ``reader`` rolls
-        the swap back, and it is tried again up to ``SWAP_ATTEMPTS`` times.
-        Returns whether it swapped."""
-        schema = self.projection.schema
-        live, old, shadow = quote(schema), quote(schema + "__old"), quote(schema + "__shadow")
-        attempt = 0
-        while True:
-            attempt += 1
-            if swap.error is not None:  # the rebuild was cancelled meanwhile
-                return False
-            try:
-                await conn.run_script(
-                    f"BEGIN; SET LOCAL lock_timeout = '{int(SWAP_LOCK_TIMEOUT * 1000)}ms';"
-                    f" SELECT eventbus.lock_read_model({literal(schema)}, true);"
-                    f" DROP SCHEMA IF EXISTS {old} CASCADE; ALTER SCHEMA {live} RENAME TO {old};"
-                    f" ALTER SCHEMA {shadow} RENAME TO {live}; DROP SCHEMA {old} CASCADE;"
-                    f" {commit_sql(self.projection.name, checkpoint, reached)}"
-                )
-                return True
-            except DatabaseError as exc:
-                await rollback(conn)
-                if exc.sqlstate not in _LOCK_CONFLICTS:
-                    swap.error = exc
-                    raise
-                if attempt == SWAP_ATTEMPTS:  # the rebuild fails; the live model goes on
-                    swap.error = exc
-                    return False
-                _log.info("projection %s: swap attempt %d gave way (%s); trying again",
-                          self.projection.name, attempt, exc.sqlstate)  # fmt: skip
-            except BaseException as exc:
-                await rollback(conn)
-                swap.error = exc
-                raise
-            await trio.sleep(min(SWAP_LOCK_TIMEOUT, 0.05 * 2 ** (attempt - 1)))  # others' turn
-
-
-def _state_of(sub: Subscription) -> str:
-    return "live" if sub.state == "live" else "catching_up"
-
-
 class ProjectionManager:
-    """``bus.projections``: start, watch, wait for and rebuild projections."""
+    """``bus.projections``: start, watch, wait for, read and rebuild projections.
+
+    Each projection started here runs as a task in the bus's nursery, which
+    ends with the bus. The state of a projection (its checkpoint, its read
+    model, its dead letters) lives in the database, not in the manager.
+    """
 
     def __init__(self, dsn: str, store: EventStore, stream: EventStream, nursery: trio.Nursery) -> None:
         self.dsn = dsn
@@ -321,6 +56,7 @@ class ProjectionManager:
         self._rebuilding: set[str] = set()
 
     def rebuilding(self, name: str) -> bool:
+        """Whether a rebuild of projection ``name`` is under way here; never blocks."""
         return name in self._rebuilding
 
     def _runner(self, name: str) -> Runner:
@@ -333,7 +69,11 @@ class ProjectionManager:
         """Start ``projection`` as a supervised task in the bus's nursery.
 
         Returns at once; the projection then takes the lead (or stands by) and
-        catches up on its own. Never blocks beyond a checkpoint.
+        catches up on its own. Blocks only for a checkpoint; cancelled there,
+        it starts nothing. Its subscription buffers up to
+        ``SUBSCRIPTION_BATCHES`` batches of ``batch_size`` events; a projection
+        further behind reads from the store instead, and never holds up the
+        writers or the other subscribers.
 
         Raises:
             ProjectionError: a projection of that name was started already, or
@@ -344,7 +84,9 @@ class ProjectionManager:
             raise ProjectionError(f"start takes a Projection, not {projection!r}")
         if projection.name in self._runners:
             raise ProjectionError(f"projection {projection.name!r} is started already")
-        runner = Runner(projection, self)
+        runner = Runner(
+            projection, dsn=self.dsn, stream=self.stream, rebuilding=functools.partial(self.rebuilding, projection.name)
+        )
         self._runners[projection.name] = runner
         self._nursery.start_soon(runner.run, name=f"projection {projection.name}")
 
@@ -353,25 +95,27 @@ class ProjectionManager:
 
         Returns without waiting for its task to end: a batch under way is
         rolled back, and a rebuild of it under way fails with ``ProjectionError``.
+        Blocks only for a checkpoint, after the projection is stopped: a
+        cancelled call has stopped it all the same.
+
+        Raises:
+            ProjectionError: no projection of that name was started here.
         """
         runner = self._runner(name)
-        runner.scope.cancel()
-        runner.state = "stopped"
+        runner.stop()
         del self._runners[name]
         await trio.lowlevel.checkpoint()
 
     def restart(self, name: str) -> None:
         """Let a ``failed`` projection try again (after a fix to its data).
 
-        Does nothing to a projection that has not failed.
+        Does nothing to a projection that has not failed. Never blocks: the
+        projection is ``restarting`` when the call returns.
+
+        Raises:
+            ProjectionError: no projection of that name was started here.
         """
-        runner = self._runner(name)
-        if runner.state != "failed":
-            return  # a resume kept for later would skip its next "failed"
-        # Restarting from now on, not once its task runs: a wait_until_caught_up
-        # right after this call must not see the old failure.
-        runner._mark_restarting()
-        runner.resume.set()
+        self._runner(name).restart()
 
     def status(self) -> dict[str, ProjectionStatus]:
         """Every projection started here, by name; never blocks."""
@@ -382,17 +126,23 @@ class ProjectionManager:
         """Block until projection ``name`` reflects every event committed
         before the call.
 
+        Blocks for one read of the store's head, then until the projection's
+        checkpoint (as applied here, or as read from the leader when this
+        process stands by) reaches it. Buffers nothing; cancelling it only
+        ends the wait, the projection goes on.
+
         Raises:
             ProjectionError: unknown name, or the projection is ``failed``.
             TimeoutError: not caught up within ``timeout`` seconds.
+            StoreUnavailable: the store's head could not be read.
         """
         runner = self._runner(name)
         target = await self.store.head()
         with trio.move_on_after(math.inf if timeout is None else timeout):
             while runner.position() < target:
-                if runner.state == "failed":
+                if runner.state == ProjectionState.FAILED:
                     raise ProjectionError(f"projection {name!r} failed: {runner.last_error}")
-                await runner.changed.wait()
+                await runner.wait_changed()
             return
         raise TimeoutError(f"projection {name!r} is not at position {target} after {timeout} s")
 
@@ -428,8 +178,17 @@ class ProjectionManager:
         A fresh copy is built in a shadow schema while the live read model
         keeps serving reads and following new events; when the copy has
         caught up, the two are swapped with the checkpoint in one transaction.
-        ``progress(done, total)`` is called after each batch, in positions.
-        Blocks until the swap; cancelling it abandons the copy.
+        ``progress(done, total)``, a plain function, is called in the
+        rebuild's task after each batch, in positions.
+
+        Blocks until the swap: while the copy is built (one transaction per
+        batch, on a connection of its own; its subscription buffers up to
+        ``SUBSCRIPTION_BATCHES`` batches), then while the leader pauses
+        between two batches and takes the live tables' locks (up to
+        ``SWAP_ATTEMPTS`` tries of ``SWAP_LOCK_TIMEOUT`` seconds each: a long
+        ``reader`` block holds it up). Cancelling it abandons the copy: the
+        shadow schema is dropped (shielded and bounded; by the leader once
+        the copy is handed over), and the live read model goes on untouched.
 
         Raises:
             ProjectionError: unknown name, a rebuild already running, this
@@ -445,7 +204,7 @@ class ProjectionManager:
             raise ProjectionError(f"projection {name!r} is led by another process (or not yet): rebuild it there")
         self._rebuilding.add(name)
         try:
-            await Rebuild(self, runner, progress).run()
+            await Rebuild(runner.projection, runner, self.dsn, self.store, self.stream, progress).run()
         finally:
             self._rebuilding.discard(name)
             runner.interrupt()  # its state is worked out again
@@ -467,7 +226,20 @@ async def start_projection_listener(bus: HasProjections, config: ProjectionConfi
     Each event of ``config.event_types`` committed from now on is passed to
     its handler, in order, once, in this process; a handler that raises is
     logged and the listener goes on. For read models that must survive
-    restarts, use :class:`Projection` instead. ``await stop()`` ends it.
+    restarts, use :class:`Projection` instead.
+
+    Blocks for one read of the store's head (where "from now on" starts);
+    cancelled there, it starts nothing. The handlers run one at a time in a
+    task in the bus's nursery; while one is slow, up to the stream's default
+    buffer of events wait for it, and beyond that the listener reads from
+    the store later, losing none. ``await stop()`` cancels the listener (a
+    handler under way included) and blocks until it has ended; cancelling
+    ``stop`` only ends that wait.
+
+    Raises:
+        ProjectionError: ``config`` is not a ProjectionConfig.
+        ClosedError: the bus is closed.
+        StoreUnavailable: the store's head could not be read.
     """
     if not isinstance(config, ProjectionConfig):
         raise ProjectionError(f"start_projection_listener takes a ProjectionConfig, not {config!r}")

@@ -4,68 +4,89 @@ The copy is built from position 0 in the schema ``projection_<name>__shadow``
 while the live read model keeps serving reads and following new events. Once
 the copy has caught up, it asks the leader for the swap: the leader pauses at
 its checkpoint, the copy goes on until it is at or past it, and the leader
-swaps the two schemas and moves the checkpoint in one transaction.
+swaps the two schemas and moves the checkpoint in one transaction (``_swap.py``).
+
+The rebuild sees the live leader only through :class:`Leader`, declared here:
+what it reads of it and the two requests it makes. It imports no runner and
+no manager.
 """
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import attrs
 import trio
 
 from .. import _db
-from .._errors import EventBusError, ProjectionError
+from .._errors import ProjectionError
+from .._store import EventStore
+from .._stream import EventStream
 from .._values import EventRecord
-from ._apply import apply_records, prepare_schema, quote
-from ._definition import Projection
-
-if TYPE_CHECKING:
-    from ._manager import ProjectionManager, Runner
+from ._apply import apply_records, drop_schema, prepare_schema, quote
+from ._definition import SUBSCRIPTION_BATCHES, Projection
+from ._swap import Swap
 
 IDLE_WAIT = 0.5
 """Seconds the copy waits for a batch before it looks at the swap again."""
 
 Progress = Callable[[int, int], object]
+"""``progress(done, total)``, in positions."""
 
 
-class Swap:
-    """The hand-over between a rebuild's shadow and the live leader."""
+class Leader(Protocol):
+    """The live projection's leader in this process, as a rebuild sees it."""
 
-    def __init__(self) -> None:
-        self.target: int | None = None  # set by the leader once it has paused
-        self.target_set = trio.Event()
-        self.reached: int | None = None  # set by the shadow once it is there
-        self.reached_event = trio.Event()
-        self.done = trio.Event()
-        self.error: BaseException | None = None
+    @property
+    def leader(self) -> bool:
+        """Whether this process still leads the projection."""
+        ...
+
+    @property
+    def applied(self) -> int:
+        """The live read model's checkpoint."""
+        ...
+
+    def ask_swap(self, swap: Swap) -> None:
+        """Pause between two batches and take the leader's part of ``swap``."""
+        ...
+
+    def withdraw_swap(self, swap: Swap) -> None:
+        """Forget ``swap`` if not taken yet: the rebuild stops."""
+        ...
 
 
 @attrs.define
 class Rebuild:
-    manager: ProjectionManager
-    runner: Runner
+    """One rebuild of ``projection``; :meth:`run` it once."""
+
+    projection: Projection
+    live: Leader
+    dsn: str
+    store: EventStore
+    stream: EventStream
     progress: Progress | None
 
     async def run(self) -> None:
-        projection = self.runner.projection
+        """Build the copy, hand it over, wait for the swap.
+
+        Raises:
+            ProjectionError: the swap did not happen (the cause is chained).
+        """
+        projection = self.projection
         shadow = projection.schema + "__shadow"
-        manager = self.manager
-        conn = await _db.connect(manager.dsn, application_name=f"eventbus-rebuild {projection.name}")
+        conn = await _db.connect(self.dsn, application_name=f"eventbus-rebuild {projection.name}")
         swap = Swap()
         try:
             await conn.execute(f"DROP SCHEMA IF EXISTS {quote(shadow)} CASCADE")
             await prepare_schema(conn, projection, shadow)
-            total = await manager.store.head()
+            total = await self.store.head()
             await self._replay(conn, projection, shadow, swap, total)  # returns once the swap is over
         except BaseException as exc:
-            if self.runner.swap is swap:
-                self.runner.swap = None
-            handed_over = swap.reached is not None
-            swap.error = exc
-            swap.reached_event.set()
+            self.live.withdraw_swap(swap)
+            handed_over = swap.handed_over
+            swap.abandon(exc)
             if not handed_over:  # the leader will not touch the shadow: it is ours to drop
                 await drop_schema(conn, shadow)
             raise
@@ -76,38 +97,36 @@ class Rebuild:
 
     async def _replay(self, conn: _db.Connection, projection: Projection, shadow: str, swap: Swap,
                       total: int) -> None:  # fmt: skip
-        runner = self.runner
+        live = self.live
         position = 0
         asked = False
-        sub = self.manager.stream.subscribe(
+        sub = self.stream.subscribe(
             projection.filter,
             after=0,
             max_batch=projection.batch_size,
-            buffer=projection.batch_size * 4,
+            buffer=projection.batch_size * SUBSCRIPTION_BATCHES,
             name=f"rebuild {projection.name}",
         )
         async with sub:
             while True:
                 if swap.target is not None and position >= swap.target:
-                    swap.reached = position
-                    swap.reached_event.set()
-                    await swap.done.wait()
+                    swap.hand_over(position)
+                    await swap.wait_finished()
                     return
-                if not runner.leader:
+                if not live.leader:
                     raise ProjectionError("this process no longer leads the projection")
-                if not asked and (sub.state == "live" or position >= runner.applied):
-                    runner.swap = swap
-                    runner.interrupt()
+                if not asked and (sub.state == "live" or position >= live.applied):
+                    live.ask_swap(swap)
                     asked = True
                 batch: list[EventRecord] | None = None
                 with trio.move_on_after(IDLE_WAIT) as scope:
                     async with trio.open_nursery() as nursery:
 
                         async def wake_on_target(scope: trio.CancelScope = scope) -> None:
-                            await swap.target_set.wait()
+                            await swap.wait_target()
                             scope.cancel()
 
-                        if not swap.target_set.is_set():
+                        if swap.target is None:
                             nursery.start_soon(wake_on_target)
                         try:
                             batch = await sub.__anext__()
@@ -120,11 +139,3 @@ class Rebuild:
                     position = max(position, sub.position)
                 if self.progress is not None:
                     self.progress(position, max(total, position))
-
-
-async def drop_schema(conn: _db.Connection, schema: str) -> None:
-    """Drop ``schema`` if the connection can, shielded and bounded; a rebuild
-    that starts drops its shadow anyway."""
-    with trio.move_on_after(_db.CLOSE_TIMEOUT, shield=True), contextlib.suppress(EventBusError):
-        if not conn.is_closed():
-            await conn.execute(f"DROP SCHEMA IF EXISTS {quote(schema)} CASCADE")

@@ -510,7 +510,7 @@ class GaveWay(logging.Handler):
 async def test_a_swap_gives_way_to_a_long_reader_and_swaps_once_it_is_done(
     dsn: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr("eventbus._projections._manager.SWAP_LOCK_TIMEOUT", 0.05)
+    monkeypatch.setattr("eventbus._projections._swap.SWAP_LOCK_TIMEOUT", 0.05)
     caplog.set_level(logging.INFO, logger="eventbus.projections")
     gave_way = GaveWay()
     logging.getLogger("eventbus.projections").addHandler(gave_way)
@@ -535,8 +535,8 @@ async def test_a_swap_gives_way_to_a_long_reader_and_swaps_once_it_is_done(
 async def test_a_swap_that_never_gets_its_locks_fails_the_rebuild_and_the_live_model_goes_on(
     dsn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("eventbus._projections._manager.SWAP_LOCK_TIMEOUT", 0.02)
-    monkeypatch.setattr("eventbus._projections._manager.SWAP_ATTEMPTS", 3)
+    monkeypatch.setattr("eventbus._projections._swap.SWAP_LOCK_TIMEOUT", 0.02)
+    monkeypatch.setattr("eventbus._projections._swap.SWAP_ATTEMPTS", 3)
     async with open_bus(dsn) as bus:
         await start_with_a_stray_row(bus)
         async with bus.projections.reader("accounts") as tx:

@@ -1,0 +1,280 @@
+"""A projection's runner: exactly-once read models, one leader per projection.
+
+Each started projection runs as a supervised task. It opens a connection of
+its own and takes a session advisory lock named after the projection: the
+process holding it is the leader, the others stand by and try again every
+``LEADER_RETRY`` seconds (a dead leader's connection closes, its lock goes
+with it). The leader runs ``setup``, then subscribes from its checkpoint and
+applies each batch in ONE transaction that also moves the checkpoint, on the
+connection that holds the lock: after any crash the read model reflects
+exactly the events up to its checkpoint, and no other process can apply
+them meanwhile.
+
+A rebuild (``_rebuild.py``) asks the leader for a swap through
+:meth:`Runner.ask_swap`; the leader pauses at its checkpoint between two
+batches and takes its part of the swap (``_swap.py``). The runner knows
+nothing of the rebuild beyond the :class:`Swap` it is handed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+
+import trio
+
+from .. import _db
+from .._errors import DatabaseError, HandlerFailed, StoreUnavailable
+from .._stream import EventStream, Subscription
+from .._values import EventRecord
+from ._apply import apply_records, prepare_schema
+from ._definition import SUBSCRIPTION_BATCHES, Projection, ProjectionState, ProjectionStatus
+from ._swap import Swap, swap_in
+
+LEADER_RETRY = 1.0
+"""Seconds between a standby's attempts to take the lead."""
+
+IDLE_CHECKPOINT = 0.5
+"""Seconds without events after which the checkpoint moves to the stream's position."""
+
+_FOLLOWING = frozenset({ProjectionState.LIVE, ProjectionState.CATCHING_UP, ProjectionState.REBUILDING})
+"""States in which the leader follows the stream (its subscription's position counts)."""
+
+_log = logging.getLogger("eventbus.projections")
+
+
+def _leader_key(name: str) -> int:
+    """The advisory lock key of a projection's lead: 64 bits of its name's hash."""
+    digest = hashlib.blake2b(f"eventbus projection {name}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+class Runner:
+    """One projection in this process: its supervised task and its state.
+
+    Others read its state (``state``, ``applied``, ``leader``, ``last_error``)
+    and change it only through its methods.
+
+    Args:
+        projection: what it runs.
+        dsn: where its own connection goes.
+        stream: what it subscribes to.
+        rebuilding: whether a rebuild of the projection is under way (its
+            state is then ``rebuilding`` while it follows the stream).
+    """
+
+    def __init__(
+        self, projection: Projection, *, dsn: str, stream: EventStream, rebuilding: Callable[[], bool]
+    ) -> None:
+        self.projection = projection
+        self._dsn = dsn
+        self._stream = stream
+        self._rebuilding = rebuilding
+        self.state: ProjectionState = ProjectionState.STARTING
+        self.applied = 0
+        self.restarts = 0
+        self.dead_letters = 0
+        self.last_error: str | None = None
+        self.leader = False
+        self._failures = 0
+        self._sub: Subscription | None = None
+        self._changed = trio.Event()
+        self._swap: Swap | None = None  # asked for by a rebuild, not yet taken
+        self._wait_scope: trio.CancelScope | None = None
+        self._scope = trio.CancelScope()
+        self._resume = trio.Event()
+        self._busy = False  # a batch is being applied
+
+    # ------------------------------------------------------------ what others see
+
+    def position(self) -> int:
+        """The position up to which the read model reflects every event."""
+        sub = self._sub
+        if sub is not None and sub.buffered == 0 and not self._busy and self.state in _FOLLOWING:
+            return max(self.applied, sub.position)
+        return self.applied
+
+    def status(self, stream_position: int) -> ProjectionStatus:
+        """The projection's status, ``stream_position`` being the stream's."""
+        checkpoint = self.position()
+        return ProjectionStatus(
+            state=self.state,
+            checkpoint=checkpoint,
+            lag=max(0, stream_position - checkpoint),
+            restarts=self.restarts,
+            last_error=self.last_error,
+            dead_letters=self.dead_letters,
+            leader=self.leader,
+        )
+
+    async def wait_changed(self) -> None:
+        """Block until the state or the position changes."""
+        await self._changed.wait()
+
+    # ------------------------------------------------------------ what others ask
+
+    def stop(self) -> None:
+        """Cancel the task (a batch under way is rolled back); state ``stopped``."""
+        self._scope.cancel()
+        self.state = ProjectionState.STOPPED
+
+    def restart(self) -> None:
+        """Let a ``failed`` runner try again; nothing otherwise."""
+        if self.state != ProjectionState.FAILED:
+            return  # a resume kept for later would skip its next failure
+        # Restarting from now on, not once its task runs: a wait_until_caught_up
+        # right after this call must not see the old failure.
+        self._mark_restarting()
+        self._resume.set()
+
+    def ask_swap(self, swap: Swap) -> None:
+        """A rebuild's copy has (nearly) caught up: pause at the checkpoint
+        between two batches and take the leader's part of ``swap``."""
+        self._swap = swap
+        self.interrupt()
+
+    def withdraw_swap(self, swap: Swap) -> None:
+        """The rebuild that asked for ``swap`` stops: forget it, unless taken."""
+        if self._swap is swap:
+            self._swap = None
+
+    def interrupt(self) -> None:
+        """Wake the apply loop from its wait (a swap is asked for, or a
+        rebuild ended and the state is worked out again)."""
+        if self._wait_scope is not None:
+            self._wait_scope.cancel()
+
+    # ------------------------------------------------------------ supervision
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def _count_dead_letter(self) -> None:
+        self.dead_letters += 1
+
+    async def run(self) -> None:
+        """The supervised task: lead (or stand by) until stopped; restart
+        after a failure with the projection's backoff, up to its limit."""
+        policy = self.projection.restart
+        with self._scope:
+            while True:
+                try:
+                    await self._lead()
+                except (StoreUnavailable, DatabaseError) as exc:
+                    # The database, not the handlers: retry, without counting toward failure.
+                    self.last_error = str(exc)
+                    self._mark_restarting()
+                    await trio.sleep(policy.delay(min(self._failures + 1, 4)))
+                except Exception as exc:
+                    # A handler (HandlerFailed), or anything else this projection
+                    # raised: its own failure, never the bus's.
+                    self.last_error = str(exc) if isinstance(exc, HandlerFailed) else f"{type(exc).__name__}: {exc}"
+                    self._failures += 1
+                    if policy.gives_up(self._failures):
+                        self.state = ProjectionState.FAILED
+                        _log.error("projection %s failed: %s", self.projection.name, self.last_error)
+                        self._notify()
+                        await self._resume.wait()
+                        self._resume = trio.Event()
+                        self._failures = 0
+                        continue
+                    self._mark_restarting()
+                    await trio.sleep(policy.delay(self._failures))
+
+    def _mark_restarting(self) -> None:
+        self.state = ProjectionState.RESTARTING
+        self.restarts += 1
+        self.leader = False
+        self._notify()
+
+    async def _lead(self) -> None:
+        name = self.projection.name
+        conn = await _db.connect(self._dsn, application_name=f"eventbus-projection {name}")
+        try:
+            self.state = ProjectionState.STANDBY
+            self._notify()
+            while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", _leader_key(name)):
+                applied = int(
+                    await conn.fetchval("SELECT checkpoint FROM eventbus.projections WHERE name = $1", name) or 0
+                )
+                if applied != self.applied:
+                    self.applied = applied
+                    self._notify()  # wait_until_caught_up here follows the leader
+                await trio.sleep(LEADER_RETRY)
+            self.leader = True
+            self.state = ProjectionState.STARTING
+            await prepare_schema(conn, self.projection, self.projection.schema)
+            await conn.execute("INSERT INTO eventbus.projections (name) VALUES ($1) ON CONFLICT DO NOTHING", name)
+            checkpoint = int(await conn.fetchval("SELECT checkpoint FROM eventbus.projections WHERE name = $1", name))
+            self.applied = checkpoint
+            self._notify()
+            while True:
+                checkpoint = await self._follow(conn, checkpoint)
+        finally:
+            self.leader = False
+            self._sub = None
+            await conn.close()  # closing the session lets go of the lead
+
+    async def _follow(self, conn: _db.Connection, checkpoint: int) -> int:
+        """Apply batches from ``checkpoint`` on; return the checkpoint after a swap."""
+        projection = self.projection
+        sub = self._stream.subscribe(
+            projection.filter,
+            after=checkpoint,
+            max_batch=projection.batch_size,
+            buffer=projection.batch_size * SUBSCRIPTION_BATCHES,
+            name=f"projection {projection.name}",
+        )
+        async with sub:
+            self._sub = sub
+            sub.on_move = self._notify
+            while True:
+                if self._swap is not None:
+                    return await self._take_swap(conn, checkpoint)
+                state = ProjectionState.REBUILDING if self._rebuilding() else _state_of(sub)
+                if state != self.state:
+                    self.state = state
+                    self._notify()
+                batch: list[EventRecord] | None = None
+                with trio.move_on_after(IDLE_CHECKPOINT) as self._wait_scope:
+                    try:
+                        batch = await sub.__anext__()
+                    except StopAsyncIteration:
+                        await trio.sleep_forever()  # the bus is closing: cancellation follows
+                self._wait_scope = None
+                if batch is None:
+                    position = sub.position
+                    if position > checkpoint and self._swap is None:
+                        # Nothing to apply up to there: the checkpoint may move on.
+                        await conn.execute("SELECT eventbus.advance_checkpoint($1, $2, $3)",
+                                           projection.name, checkpoint, position)  # fmt: skip
+                        checkpoint = self.applied = position
+                        self._notify()
+                    continue
+                self._busy = True
+                try:
+                    checkpoint = await apply_records(conn, projection, batch, checkpoint, self._count_dead_letter)
+                finally:
+                    self._busy = False
+                self.applied = checkpoint
+                self._failures = 0
+                self._notify()
+
+    async def _take_swap(self, conn: _db.Connection, checkpoint: int) -> int:
+        """Pause at ``checkpoint`` for the rebuild's copy, then swap it in;
+        the checkpoint after."""
+        swap = self._swap
+        assert swap is not None
+        self._swap = None
+        swapped = await swap_in(conn, self.projection, checkpoint, swap)
+        if swapped is None:
+            return checkpoint
+        self.applied = swapped
+        self._notify()
+        return swapped
+
+
+def _state_of(sub: Subscription) -> ProjectionState:
+    return ProjectionState.LIVE if sub.state == "live" else ProjectionState.CATCHING_UP
