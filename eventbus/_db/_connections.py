@@ -25,6 +25,7 @@ import trio
 from .._errors import DatabaseError, StoreUnavailable
 from ._dsn import scrub
 from ._loop import aio as _aio
+from ._loop import current_loop
 
 T = TypeVar("T")
 
@@ -112,20 +113,20 @@ async def _init_connection(raw: asyncpg.Connection) -> None:
         await raw.set_type_codec(name, encoder=_encode_json, decoder=_decode_json, schema="pg_catalog")
 
 
-async def _opened(open_: Callable[[], Awaitable[T]], dsn: str) -> T:
+async def _opened(open_: Callable[[], Awaitable[T]], dsn: str, loop: Any) -> T:
     """Open a connection or a pool; its errors as StoreUnavailable, without secrets."""
     try:
-        return await _aio(open_)
+        return await _aio(open_, loop=loop)
     except Exception as exc:
         if is_driver_error(exc) or isinstance(exc, (ValueError, KeyError)):
             raise StoreUnavailable(scrub(f"cannot connect to {dsn}: {type(exc).__name__}: {exc}", dsn)) from None
         raise
 
 
-async def _call(what: str, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
-    """One crossing into asyncio; driver errors translated."""
+async def _call(what: str, loop: Any, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+    """One crossing into asyncio, on ``loop``; driver errors translated."""
     try:
-        return await _aio(fn, *args)
+        return await _aio(fn, *args, loop=loop)
     except Exception as exc:
         if is_driver_error(exc):
             raise translate(exc, what) from None
@@ -157,7 +158,8 @@ async def connect(dsn: str, *, application_name: str = "eventbus", custom_plans:
             raise
         return raw
 
-    return Connection(await _opened(_connect, dsn))
+    loop = current_loop()
+    return Connection(await _opened(_connect, dsn, loop), loop)
 
 
 class Connection:
@@ -168,8 +170,9 @@ class Connection:
     statement; the connection stays usable unless it was lost.
     """
 
-    def __init__(self, raw: asyncpg.Connection) -> None:
+    def __init__(self, raw: asyncpg.Connection, loop: Any) -> None:
         self._raw = raw
+        self._loop = loop  # the asyncio loop the connection lives on, whichever task calls
 
     @property
     def backend_pid(self) -> int:
@@ -184,27 +187,27 @@ class Connection:
 
     async def execute(self, sql: str, *args: Any) -> str:
         """Run a statement; return its status tag."""
-        return await _call("execute", self._raw.execute, sql, *args)
+        return await _call("execute", self._loop, self._raw.execute, sql, *args)
 
     async def executemany(self, sql: str, args: Sequence[Sequence[Any]]) -> None:
         """Run a statement once per argument tuple, in one pipeline."""
-        await _call("executemany", self._raw.executemany, sql, args)
+        await _call("executemany", self._loop, self._raw.executemany, sql, args)
 
     async def fetch(self, sql: str, *args: Any) -> list[Row]:
         """Run a query; return all its rows."""
-        return await _call("fetch", self._raw.fetch, sql, *args)
+        return await _call("fetch", self._loop, self._raw.fetch, sql, *args)
 
     async def fetchrow(self, sql: str, *args: Any) -> Row | None:
         """Run a query; return its first row, or None."""
-        return await _call("fetchrow", self._raw.fetchrow, sql, *args)
+        return await _call("fetchrow", self._loop, self._raw.fetchrow, sql, *args)
 
     async def fetchval(self, sql: str, *args: Any) -> Any:
         """Run a query; return the first column of its first row, or None."""
-        return await _call("fetchval", self._raw.fetchval, sql, *args)
+        return await _call("fetchval", self._loop, self._raw.fetchval, sql, *args)
 
     async def run_script(self, sql: str) -> None:
         """Run several statements (no parameters) in one round trip."""
-        await _call("script", self._raw.execute, sql)
+        await _call("script", self._loop, self._raw.execute, sql)
 
     async def add_listener(self, channel: str, callback: Callable[[str], None]) -> None:
         """Call ``callback(payload)`` for every NOTIFY on ``channel``.
@@ -215,7 +218,7 @@ class Connection:
         def _on_notify(_conn: object, _pid: int, _channel: str, payload: str) -> None:
             callback(payload)
 
-        await _call("listen", self._raw.add_listener, channel, _on_notify)
+        await _call("listen", self._loop, self._raw.add_listener, channel, _on_notify)
 
     async def close(self) -> None:
         """Close gracefully, shielded from cancellation, within ``CLOSE_TIMEOUT``."""
@@ -223,7 +226,7 @@ class Connection:
             return
         with trio.move_on_after(CLOSE_TIMEOUT, shield=True):
             try:
-                await _aio(self._raw.close)
+                await _aio(self._raw.close, loop=self._loop)
                 return
             except Exception:  # noqa: S110 - a failed close ends in terminate below
                 pass
@@ -242,32 +245,33 @@ class Pool:
     for a free connection.
     """
 
-    def __init__(self, raw: asyncpg.Pool) -> None:
+    def __init__(self, raw: asyncpg.Pool, loop: Any) -> None:
         self._raw = raw
+        self._loop = loop
 
     async def fetch(self, sql: str, *args: Any) -> list[Row]:
         """Run a query on a pooled connection; return all its rows."""
-        return await _call("query", self._raw.fetch, sql, *args)
+        return await _call("query", self._loop, self._raw.fetch, sql, *args)
 
     async def fetchval(self, sql: str, *args: Any) -> Any:
         """Run a query on a pooled connection; return one value."""
-        return await _call("query", self._raw.fetchval, sql, *args)
+        return await _call("query", self._loop, self._raw.fetchval, sql, *args)
 
     @asynccontextmanager
     async def acquire(self) -> AsyncIterator[Connection]:
         """Borrow a connection for the block (waits for a free one)."""
         try:
-            raw = await _aio(self._raw.acquire)
+            raw = await _aio(self._raw.acquire, loop=self._loop)
         except Exception as exc:
             if is_driver_error(exc):
                 raise translate(exc, "acquire") from None
             raise
         try:
-            yield Connection(raw)
+            yield Connection(raw, self._loop)
         finally:
             with trio.move_on_after(CLOSE_TIMEOUT, shield=True):
                 try:
-                    await _aio(self._raw.release, raw)
+                    await _aio(self._raw.release, raw, loop=self._loop)
                 except Exception:
                     raw.terminate()
 
@@ -275,7 +279,7 @@ class Pool:
         """Close every connection, shielded and bounded; terminate stragglers."""
         with trio.move_on_after(CLOSE_TIMEOUT, shield=True):
             try:
-                await _aio(self._raw.close)
+                await _aio(self._raw.close, loop=self._loop)
                 return
             except Exception:  # noqa: S110 - a failed close ends in terminate below
                 pass
@@ -310,7 +314,8 @@ async def create_pool(dsn: str, *, max_size: int, application_name: str = "event
             server_settings={**SERVER_SETTINGS, "application_name": application_name},
         )
 
-    return Pool(await _opened(_create, dsn))
+    loop = current_loop()
+    return Pool(await _opened(_create, dsn, loop), loop)
 
 
 async def create_database(admin_dsn: str, name: str, *, template: str | None = None) -> bool:
