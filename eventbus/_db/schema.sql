@@ -188,15 +188,36 @@ BEGIN
 END
 $$;
 
+-- A condition of several items (a DCB query: items OR'd): the position of
+-- an event after "a" that matches any item, or null. Each item is one
+-- first_match, with its own index probe.
+CREATE OR REPLACE FUNCTION eventbus.first_match_any(p_items jsonb) RETURNS bigint
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_item jsonb;
+    v_seq bigint;
+BEGIN
+    FOR v_item IN SELECT value FROM jsonb_array_elements(p_items) LOOP
+        v_seq := eventbus.first_match(v_item);
+        IF v_seq IS NOT NULL THEN
+            RETURN v_seq;
+        END IF;
+    END LOOP;
+    RETURN NULL;
+END
+$$;
+
 -- One batch of appends in one transaction.
 --
 -- Events: p_append_of[i] is the (1-based) append that event i belongs to
 -- (events of an append are contiguous and in order); p_tag_of[k] is the event
 -- that tag p_tags[k] belongs to. p_conditions is null when no append has a
--- condition, else it holds one element per append: null, or a condition as
--- first_match reads it. (p_dep_of[m], p_dep_on[m]) says that an event of the
--- earlier append p_dep_on[m] matches the condition of append p_dep_of[m]: the
--- caller works that out, since those events are not in the table yet.
+-- condition, else it holds one element per append: null, a condition as
+-- first_match reads it, or an array of them (any one matching is a
+-- conflict). (p_dep_of[m], p_dep_on[m]) says that an event of the earlier
+-- append p_dep_on[m] matches the condition of append p_dep_of[m]: the caller
+-- works that out, since those events are not in the table yet.
 --
 -- For each append, in order: if all its ids are stored already with the same
 -- content it is a retry ('duplicate': the stored positions are returned); if
@@ -279,8 +300,12 @@ BEGIN
             v_hit := NULL;
             v_retry := coalesce(p_ids[v_lo[j]:v_hi[j]] && v_stored, false);
             v_cond := p_conditions -> (j - 1);
-            IF jsonb_typeof(v_cond) = 'object' AND NOT v_retry THEN
-                v_hit := eventbus.first_match(v_cond);
+            IF jsonb_typeof(v_cond) IN ('object', 'array') AND NOT v_retry THEN
+                IF jsonb_typeof(v_cond) = 'object' THEN
+                    v_hit := eventbus.first_match(v_cond);
+                ELSE
+                    v_hit := eventbus.first_match_any(v_cond);
+                END IF;
                 IF v_hit IS NOT NULL AND NOT p_check_ids THEN
                     -- the condition failed: maybe on this very append, stored before
                     v_retry := EXISTS (SELECT 1 FROM eventbus.events e

@@ -20,11 +20,11 @@ import trio
 
 from .. import _db
 from .._db import open_database
-from .._errors import ClosedError
+from .._errors import ClosedError, InvalidFilter
 from .._nursery import open_actor_nursery
 from .._values import Event, EventFilter, EventQuery, EventRecord, QueryResult, _json, _tags
 from ._actor import REQUEST_BUFFER, WRITE_LANES, CommitHook, StoreActor
-from ._requests import Request, StoreStatistics, condition, percentile, prepare
+from ._requests import Request, StoreStatistics, condition, condition_filters, percentile, prepare
 
 READ_POOL_SIZE = 4
 """Connections in the read pool."""
@@ -104,7 +104,7 @@ class EventStore:
     async def append(
         self,
         events: Sequence[Event],
-        filter: EventFilter | None = None,
+        filter: EventFilter | Sequence[EventFilter] | None = None,
         expected_max_sequence_number: int | None = None,
     ) -> list[EventRecord]:
         """Store ``events``, all or none, and dispatch them to the stream.
@@ -114,6 +114,12 @@ class EventStore:
         a position after ``expected_max_sequence_number`` (None means 0: no
         matching event may exist). Pass the ``max_sequence_number`` of the
         query you decided on. Events of the same call never count against it.
+
+        ``filter`` may also be a sequence of filters, OR'd, as a DCB append
+        condition is a query of several items: the append fails iff a stored
+        event after the position matches any of them. Read with
+        ``EventQuery(filters)`` and pass the same filters here. Each filter is
+        checked with its own index probe.
 
         Retrying with the same event ids never stores twice: if the append is
         stored already, the stored records are returned.
@@ -139,12 +145,13 @@ class EventStore:
             ClosedError: the store is closed.
         """
         prepared = prepare(events, self._max_payload_bytes)
-        checked = condition(filter, expected_max_sequence_number)
+        filters = condition_filters(filter)
+        checked = condition(filters, expected_max_sequence_number)
         if not prepared:
             return []
         if self._closed:
             raise ClosedError("the event store is closed")
-        request = Request(prepared, checked, expected_max_sequence_number or 0, filter)
+        request = Request(prepared, checked, expected_max_sequence_number or 0, filters)
         try:
             try:
                 self._send.send_nowait(request)  # the common case: no extra scheduler round
@@ -161,22 +168,23 @@ class EventStore:
         assert request.result is not None
         return request.result
 
-    async def query(self, query: EventFilter | EventQuery) -> QueryResult:
-        """The events a filter or query selects, in ascending position.
+    async def query(self, query: EventFilter | Sequence[EventFilter] | EventQuery) -> QueryResult:
+        """The events a filter, several filters (OR'd) or a query selects, in
+        ascending position.
 
         Blocks for one round trip on a pooled connection; never waits behind
         appends. Cancellation abandons the query.
 
         Raises:
-            InvalidFilter: ``query`` is neither an EventFilter nor an EventQuery.
+            InvalidFilter: ``query`` is none of these.
             StoreUnavailable: the database could not be reached.
         """
         if isinstance(query, EventFilter):
             query = EventQuery([query])
+        elif isinstance(query, (list, tuple)):
+            query = EventQuery(query)
         elif not isinstance(query, EventQuery):
-            from .._errors import InvalidFilter
-
-            raise InvalidFilter(f"query takes an EventFilter or an EventQuery, not {query!r}")
+            raise InvalidFilter(f"query takes an EventFilter, a list of them or an EventQuery, not {query!r}")
         return QueryResult(await self.fetch_records(query))
 
     async def fetch_records(self, query: EventQuery, upto: int | None = None) -> list[EventRecord]:

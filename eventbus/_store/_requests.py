@@ -13,7 +13,7 @@ import math
 import os
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -92,24 +92,54 @@ def prepare(events: Sequence[Event], max_bytes: int) -> list[Prepared]:
     return prepared
 
 
-def condition(filter: EventFilter | None, expected: int | None) -> str | None:
-    """The condition as ``append_batch`` reads it, or None for an unconditional append."""
+Condition = EventFilter | Sequence[EventFilter]
+"""What an append may be conditional on: one filter, or several OR'd (a DCB query)."""
+
+
+def condition_filters(filter: Condition | None) -> tuple[EventFilter, ...] | None:
+    """The filters of a condition, checked; None for an unconditional append.
+
+    Raises:
+        InvalidEvent: not a filter, not a sequence of filters, or an empty one.
+    """
     if filter is None:
-        if expected is not None:
-            raise InvalidEvent("expected_max_sequence_number needs a filter")
         return None
-    if not isinstance(filter, EventFilter):
-        raise InvalidEvent(f"filter must be an EventFilter (see create_filter), not {filter!r}")
-    if expected is None:
-        expected = 0
-    if type(expected) is not int or expected < 0:
-        raise InvalidEvent(f"expected_max_sequence_number must be a whole number >= 0, not {expected!r}")
+    if isinstance(filter, EventFilter):
+        return (filter,)
+    if isinstance(filter, (str, bytes, Mapping)) or not isinstance(filter, Sequence):
+        raise InvalidEvent(f"filter must be an EventFilter or a list of them (see create_filter), not {filter!r}")
+    filters = tuple(filter)
+    if not filters:
+        raise InvalidEvent("a condition needs at least one EventFilter (pass None for no condition)")
+    for item in filters:
+        if not isinstance(item, EventFilter):
+            raise InvalidEvent(f"a condition's filters must be EventFilter values (see create_filter), not {item!r}")
+    return filters
+
+
+def _condition_item(filter: EventFilter, expected: int) -> str:
     if filter.predicate_texts is None or filter.predicate_tags is None:
         preds = tags = "null"
     else:
         preds = "[" + ",".join(filter.predicate_texts) + "]"
         tags = json.dumps(filter.predicate_tags)
     return f'{{"t":{json.dumps(filter.event_types)},"p":{preds},"k":{tags},"a":{expected}}}'
+
+
+def condition(filters: tuple[EventFilter, ...] | None, expected: int | None) -> str | None:
+    """The condition as ``append_batch`` reads it (an object for one filter,
+    an array for several), or None for an unconditional append."""
+    if filters is None:
+        if expected is not None:
+            raise InvalidEvent("expected_max_sequence_number needs a filter")
+        return None
+    if expected is None:
+        expected = 0
+    if type(expected) is not int or expected < 0:
+        raise InvalidEvent(f"expected_max_sequence_number must be a whole number >= 0, not {expected!r}")
+    if len(filters) == 1:
+        return _condition_item(filters[0], expected)
+    return "[" + ",".join(_condition_item(f, expected) for f in filters) + "]"
 
 
 @attrs.define(eq=False)
@@ -119,7 +149,7 @@ class Request:
     events: list[Prepared]
     condition: str | None
     expected: int
-    filter: EventFilter | None = None
+    filters: tuple[EventFilter, ...] | None = None
     done: trio.Event = attrs.field(factory=trio.Event)
     result: list[EventRecord] | None = None
     error: BaseException | None = None
@@ -164,17 +194,20 @@ def dependencies(batch: list[Request]) -> tuple[list[int], list[int]]:
     by_type: dict[str, list[tuple[int, Prepared]]] = collections.defaultdict(list)
     everything: list[tuple[int, Prepared]] = []
     for number, request in enumerate(batch, 1):
-        filter = request.filter
-        if filter is not None and everything:
-            if filter.predicate_tags is not None and None not in filter.predicate_tags:
-                candidates = by_tag[_tags.WIDE].copy()
-                for tag in filter.predicate_tags:
-                    candidates += by_tag[tag]  # type: ignore[index]
-            elif filter.event_types:
-                candidates = [c for kind in filter.event_types for c in by_type[kind]]
-            else:
-                candidates = everything
-            matched = sorted({i for i, prepared in candidates if filter.matches(prepared)})
+        filters = request.filters
+        if filters is not None and everything:
+            found: set[int] = set()
+            for filter in filters:
+                if filter.predicate_tags is not None and None not in filter.predicate_tags:
+                    candidates = by_tag[_tags.WIDE].copy()
+                    for tag in filter.predicate_tags:
+                        candidates += by_tag[tag]  # type: ignore[index]
+                elif filter.event_types:
+                    candidates = [c for kind in filter.event_types for c in by_type[kind]]
+                else:
+                    candidates = everything
+                found.update(i for i, prepared in candidates if i not in found and filter.matches(prepared))
+            matched = sorted(found)
             dep_of += [number] * len(matched)
             dep_on += matched
         for prepared in request.events:
