@@ -2,7 +2,14 @@
 the consumer's end of it."""
 
 from ._hub import EventStream, StreamStatistics, open_event_stream
-from ._subscription import DEFAULT_BUFFER, DEFAULT_MAX_BATCH, Overflow, Subscription, SubscriptionStatistics
+from ._subscription import (
+    DEFAULT_BUFFER,
+    DEFAULT_MAX_BATCH,
+    Overflow,
+    Subscription,
+    SubscriptionState,
+    SubscriptionStatistics,
+)
 
 __all__ = [
     "DEFAULT_BUFFER",
@@ -11,6 +18,7 @@ __all__ = [
     "Overflow",
     "StreamStatistics",
     "Subscription",
+    "SubscriptionState",
     "SubscriptionStatistics",
     "open_event_stream",
 ]

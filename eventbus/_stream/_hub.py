@@ -36,6 +36,7 @@ from ._subscription import (
     DEFAULT_MAX_BATCH,
     Overflow,
     Subscription,
+    SubscriptionState,
     SubscriptionStatistics,
 )
 
@@ -326,7 +327,7 @@ class EventStream:
         sub.enqueued_upto = sub.received_upto = after
         self._all[sub] = None
         if after >= self.position:
-            sub.state = "live"
+            sub.state = SubscriptionState.LIVE
             self._live[sub] = None
         else:
             self._start_catch_up(sub, after, counts_as_detach=False)
@@ -342,7 +343,7 @@ class EventStream:
 
     def _start_catch_up(self, sub: Subscription, position: int, *, counts_as_detach: bool = True) -> None:
         self._live.pop(sub, None)
-        sub.state = "catching_up"
+        sub.state = SubscriptionState.CATCHING_UP
         sub.enqueued_upto = position
         if counts_as_detach:
             sub.detaches += 1
@@ -376,8 +377,8 @@ class EventStream:
                     sub.enqueued_upto = max(sub.enqueued_upto, scanned)
                     if not matched:
                         await trio.lowlevel.checkpoint()
-                if sub.state == "catching_up":
-                    sub.state = "live"
+                if sub.state is SubscriptionState.CATCHING_UP:
+                    sub.state = SubscriptionState.LIVE
                     self._live[sub] = None
             except (trio.ClosedResourceError, trio.BrokenResourceError):
                 return

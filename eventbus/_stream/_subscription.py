@@ -7,6 +7,7 @@ detaches the subscription and feeds it through a catch-up task of its own.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable
 from typing import Literal, Protocol
 
@@ -23,6 +24,20 @@ DEFAULT_BUFFER = 1000
 
 
 Overflow = Literal["catch_up", "block"]
+
+
+class SubscriptionState(enum.StrEnum):
+    """Where a subscription stands. Each state is a ``str`` equal to its value
+    (``SubscriptionState.LIVE == "live"``)."""
+
+    NEW = "new"
+    """Made, its block not yet entered."""
+    LIVE = "live"
+    """Fed by the hub with each committed batch."""
+    CATCHING_UP = "catching_up"
+    """Fed from the hub's ring or the store, until it reaches the hub."""
+    CLOSED = "closed"
+    """Left, or the stream stopped: iteration has ended."""
 
 
 class Hub(Protocol):
@@ -42,8 +57,9 @@ class SubscriptionStatistics:
 
     Attributes:
         name: the subscription's name (given, or made from its filter).
-        state: ``live`` (fed by the hub), ``catching_up`` (fed from the ring or
-            the store) or ``closed``.
+        state: ``SubscriptionState.LIVE`` (fed by the hub), ``CATCHING_UP``
+            (fed from the ring or the store) or ``CLOSED``; each equal to its
+            old string (``"live"``, ``"catching_up"``, ``"closed"``).
         overflow: the policy when its buffer is full.
         delivered: records the subscriber has received.
         buffered: records waiting in its buffer.
@@ -54,7 +70,7 @@ class SubscriptionStatistics:
     """
 
     name: str
-    state: str
+    state: SubscriptionState
     overflow: str
     delivered: int
     buffered: int
@@ -92,7 +108,7 @@ class Subscription:
         self.overflow: Overflow = overflow
         self.name = name or _describe(filter)
         self._send, self._receive = trio.open_memory_channel[tuple[list[EventRecord], int]](buffer)
-        self.state = "new"
+        self.state = SubscriptionState.NEW
         self.enqueued_upto = 0  # hub side: every match up to here is in the buffer (or was received)
         self.received_upto = 0  # subscriber side: every match up to here was received
         self.buffered = 0
@@ -152,9 +168,9 @@ class Subscription:
 
     def close(self) -> None:
         """Stop receiving; what is buffered is dropped. Never blocks."""
-        if self.state == "closed":
+        if self.state is SubscriptionState.CLOSED:
             return
-        self.state = "closed"
+        self.state = SubscriptionState.CLOSED
         self._hub._detach(self)
         if self._catch_up_scope is not None:
             self._catch_up_scope.cancel()
@@ -199,7 +215,7 @@ class Subscription:
         while self.buffered + len(chunk) > self.buffer and self.buffered > 0:
             self._space = trio.Event()
             await self._space.wait()
-            if self.state == "closed":
+            if self.state is SubscriptionState.CLOSED:
                 raise trio.ClosedResourceError
         self._send.send_nowait((chunk, upto))
         self.buffered += len(chunk)
