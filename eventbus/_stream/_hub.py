@@ -292,7 +292,9 @@ class EventStream:
             size = sub.max_batch
             while start < len(matched):
                 chunk = matched[start : start + size]
-                if not sub.offer(chunk, chunk[-1].sequence_number):
+                try:
+                    sub.put_nowait(chunk, chunk[-1].sequence_number)
+                except trio.WouldBlock:
                     if sub.overflow == "block":
                         blocked.append((sub, matched, start))
                     else:

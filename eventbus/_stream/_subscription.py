@@ -201,14 +201,17 @@ class Subscription:
 
     # ------------------------------------------------------------ hub side
 
-    def offer(self, chunk: list[EventRecord], upto: int) -> bool:
-        """Enqueue without waiting; False when the buffer has no room."""
+    def put_nowait(self, chunk: list[EventRecord], upto: int) -> None:
+        """Enqueue without waiting.
+
+        Raises:
+            trio.WouldBlock: the buffer has no room for ``chunk``; nothing was enqueued.
+        """
         if self.buffered + len(chunk) > self.buffer:
-            return False
+            raise trio.WouldBlock
         self._send.send_nowait((chunk, upto))
         self.buffered += len(chunk)
         self._hub.delivered += len(chunk)
-        return True
 
     async def put(self, chunk: list[EventRecord], upto: int) -> None:
         """Enqueue, waiting for room. Raises trio.ClosedResourceError if closed."""
