@@ -42,7 +42,14 @@ if TYPE_CHECKING:
         start_projection_listener,
     )
     from ._store import EventStore, StoreStatistics, open_event_store, run_event_store
-    from ._stream import EventStream, StreamStatistics, Subscription, SubscriptionStatistics, open_event_stream
+    from ._stream import (
+        EventStream,
+        StreamStatistics,
+        Subscription,
+        SubscriptionState,
+        SubscriptionStatistics,
+        open_event_stream,
+    )
 
 # name -> the room that defines it, imported on first use
 _LAZY = {
@@ -64,7 +71,15 @@ _LAZY = {
     ),
     **dict.fromkeys(("EventStore", "StoreStatistics", "open_event_store", "run_event_store"), "._store"),
     **dict.fromkeys(
-        ("EventStream", "StreamStatistics", "Subscription", "SubscriptionStatistics", "open_event_stream"), "._stream"
+        (
+            "EventStream",
+            "StreamStatistics",
+            "Subscription",
+            "SubscriptionState",
+            "SubscriptionStatistics",
+            "open_event_stream",
+        ),
+        "._stream",
     ),
 }
 
@@ -104,6 +119,7 @@ __all__ = [
     "ListenerStatistics",
     "StreamStatistics",
     "Subscription",
+    "SubscriptionState",
     "SubscriptionStatistics",
     "open_bus",
     "open_event_stream",
