@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 import attrs
@@ -147,7 +147,7 @@ class Bus:
 
     def subscribe(
         self,
-        filter: EventFilter,
+        filter: EventFilter | Sequence[EventFilter],
         *,
         after: int | None = None,
         max_batch: int = DEFAULT_MAX_BATCH,
@@ -155,7 +155,8 @@ class Bus:
         overflow: Overflow = "catch_up",
         name: str | None = None,
     ) -> Subscription:
-        """Subscribe to committed events that match ``filter``.
+        """Subscribe to committed events that match ``filter`` (or any of a
+        sequence of filters).
 
         See :meth:`EventStream.subscribe`; use the result with ``async with``.
         """

@@ -22,7 +22,7 @@ from typing import Literal, TypeAlias
 import attrs
 import trio
 
-from .._values import EventFilter, EventRecord
+from .._values import AnyOf, EventFilter, EventRecord
 
 DEFAULT_MAX_BATCH = 100
 """Records per batch a subscriber receives, at most."""
@@ -80,8 +80,12 @@ Batches: TypeAlias = trio.MemoryReceiveChannel[list[EventRecord]]
 """The consumer's end of a delivery's buffer."""
 
 
+Selector: TypeAlias = "EventFilter | AnyOf"
+"""What a subscription selects: one filter, or any of several."""
+
+
 def open_delivery(
-    filter: EventFilter, *, max_batch: int, buffer: int, overflow: Overflow, name: str | None
+    filter: Selector, *, max_batch: int, buffer: int, overflow: Overflow, name: str | None
 ) -> tuple[Delivery, Batches]:
     """A new delivery (for the hub) and the receiving end of its buffer (for
     the subscription). Never blocks."""
@@ -112,7 +116,7 @@ class Delivery:
         on_move: called (never blocking) whenever its position may have moved.
     """
 
-    filter: EventFilter
+    filter: Selector
     max_batch: int
     capacity: int
     overflow: Overflow
@@ -204,7 +208,9 @@ class Delivery:
         self._space.set()
 
 
-def _describe(filter: EventFilter) -> str:
+def _describe(filter: Selector) -> str:
+    if isinstance(filter, AnyOf):
+        return " | ".join(_describe(item) for item in filter.filters)
     types = ",".join(filter.event_types) or "*"
     if filter.payload_predicates:
         return f"{types} {list(filter.payload_predicates)}"

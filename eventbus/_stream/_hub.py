@@ -34,12 +34,13 @@ import trio
 from .._errors import ClosedError, InvalidFilter, StoreUnavailable
 from .._nursery import open_actor_nursery
 from .._store import EventStore
-from .._values import EventFilter, EventQuery, EventRecord
+from .._values import AnyOf, EventFilter, EventQuery, EventRecord
 from ._delivery import (
     DEFAULT_BUFFER,
     DEFAULT_MAX_BATCH,
     Delivery,
     Overflow,
+    Selector,
     SubscriptionState,
     SubscriptionStatistics,
     open_delivery,
@@ -147,7 +148,7 @@ class EventStream:
 
     def subscribe(
         self,
-        filter: EventFilter,
+        filter: EventFilter | Sequence[EventFilter],
         *,
         after: int | None = None,
         max_batch: int = DEFAULT_MAX_BATCH,
@@ -155,7 +156,8 @@ class EventStream:
         overflow: Overflow = "catch_up",
         name: str | None = None,
     ) -> Subscription:
-        """A subscription to the records that match ``filter``.
+        """A subscription to the records that match ``filter``, or any of
+        several filters (a DCB query's items) when given a sequence of them.
 
         ``after=None`` starts at the store's head when the block is entered
         (live events only); ``after=N`` starts with every matching event after
@@ -177,8 +179,7 @@ class EventStream:
             StoreUnavailable: when the block is entered with ``after=None``
                 and the store cannot be reached.
         """
-        if not isinstance(filter, EventFilter):
-            raise InvalidFilter(f"subscribe takes an EventFilter (see create_filter), not {filter!r}")
+        selector = _selector(filter)
         if after is not None and (type(after) is not int or after < 0):
             raise InvalidFilter(f"after must be None or a whole number >= 0, not {after!r}")
         if type(max_batch) is not int or max_batch < 1:
@@ -187,7 +188,7 @@ class EventStream:
             raise InvalidFilter(f"buffer must be a whole number >= max_batch ({max_batch}), not {buffer!r}")
         if overflow not in _OVERFLOWS:
             raise InvalidFilter(f"overflow must be one of {', '.join(_OVERFLOWS)}, not {overflow!r}")
-        delivery, batches = open_delivery(filter, max_batch=max_batch, buffer=buffer, overflow=overflow, name=name)
+        delivery, batches = open_delivery(selector, max_batch=max_batch, buffer=buffer, overflow=overflow, name=name)
         return Subscription(self, delivery, batches, after)
 
     def statistics(self) -> StreamStatistics:
@@ -256,9 +257,10 @@ class EventStream:
             for delivery in list(self._all):
                 self.detach(delivery)
 
-    async def _read(self, after: int, upto: int | None, filter: EventFilter | None = None) -> list[EventRecord]:
+    async def _read(self, after: int, upto: int | None, filter: Selector | None = None) -> list[EventRecord]:
         """Records after a position, from the store, retrying while it is unavailable."""
-        query = EventQuery([filter or _EVERYTHING], after=after, limit=CATCH_UP_PAGE)
+        filters = [_EVERYTHING] if filter is None else filter.filters if isinstance(filter, AnyOf) else [filter]
+        query = EventQuery(filters, after=after, limit=CATCH_UP_PAGE)
         while True:
             try:
                 return await self._store.fetch_records(query, upto)
@@ -301,7 +303,7 @@ class EventStream:
         self._ring.extend(records)
         advanced, self._advanced = self._advanced, trio.Event()
         advanced.set()
-        selected: dict[EventFilter, list[EventRecord]] = {}
+        selected: dict[Selector, list[EventRecord]] = {}
         blocked: list[tuple[Delivery, list[EventRecord], int]] = []
         for delivery in list(self._live):
             matched = selected.get(delivery.filter)
@@ -442,6 +444,17 @@ class EventStream:
 
 
 _EVERYTHING = EventFilter([])
+
+
+def _selector(filter: object) -> Selector:
+    """The filter, or the filters as one selector; InvalidFilter for anything else."""
+    if isinstance(filter, EventFilter):
+        return filter
+    if isinstance(filter, (list, tuple)) and filter and all(isinstance(f, EventFilter) for f in filter):
+        return filter[0] if len(filter) == 1 else AnyOf(tuple(filter))
+    raise InvalidFilter(
+        f"subscribe takes an EventFilter or a non-empty list of them (see create_filter), not {filter!r}"
+    )
 
 
 @asynccontextmanager

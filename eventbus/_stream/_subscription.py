@@ -15,7 +15,7 @@ from typing import Protocol
 
 import trio
 
-from .._values import EventFilter, EventRecord
+from .._values import AnyOf, EventFilter, EventRecord
 from ._delivery import Batches, Delivery, Overflow, SubscriptionState, SubscriptionStatistics
 
 
@@ -55,8 +55,15 @@ class Subscription:
     # ------------------------------------------------------------ options and figures (never block)
 
     @property
+    def filters(self) -> tuple[EventFilter, ...]:
+        """The filters it was made with; a record is delivered if it matches any."""
+        selector = self._delivery.filter
+        return selector.filters if isinstance(selector, AnyOf) else (selector,)
+
+    @property
     def filter(self) -> EventFilter:
-        return self._delivery.filter
+        """Its filter; for a subscription to several filters, the first (see ``filters``)."""
+        return self.filters[0]
 
     @property
     def max_batch(self) -> int:

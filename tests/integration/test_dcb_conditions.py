@@ -234,3 +234,41 @@ async def test_a_hundred_racers_in_two_processes_on_a_two_item_boundary_have_one
     async with open_event_store(dsn) as store:
         for number in range(1, rounds + 1):
             assert len((await store.query(EventQuery(dcb_boundary(number)))).events) == 1
+
+
+@pytest.mark.parametrize("after", [None, 0])
+async def test_a_subscription_to_several_items_gets_what_matches_any_in_order_once(dsn: str, after: int | None) -> None:
+    from eventbus import open_bus
+
+    async with open_bus(dsn) as bus:
+        items = course_items("c1") + student_items("s1")
+        before = await bus.store.append(
+            [
+                Event("CourseDefined", {"courseId": "c1", "capacity": 2}),
+                Event("CourseDefined", {"courseId": "c2", "capacity": 2}),
+            ]
+        )
+        async with bus.subscribe(items, after=after, max_batch=2, buffer=2) as sub:
+            assert sub.filters == tuple(items) and sub.filter == items[0]
+            live = await bus.store.append(
+                [
+                    Event("StudentSubscribedToCourse", {"studentId": "s1", "courseId": "c2"}),  # third item
+                    Event("StudentSubscribedToCourse", {"studentId": "s2", "courseId": "c2"}),  # none
+                    Event("StudentSubscribedToCourse", {"studentId": "s2", "courseId": "c1"}),  # second item
+                    Event("CourseCapacityChanged", {"courseId": "c1", "newCapacity": 5}),  # first item
+                ]
+            )
+            expected = ([before[0].sequence_number] if after == 0 else []) + [
+                live[0].sequence_number,
+                live[2].sequence_number,
+                live[3].sequence_number,
+            ]
+            seen: list[int] = []
+            with trio.fail_after(10):
+                async for batch in sub:
+                    seen += [record.sequence_number for record in batch]
+                    if seen and seen[-1] >= live[3].sequence_number:
+                        break
+            assert seen == expected
+        with pytest.raises(Exception, match="non-empty list"):
+            bus.subscribe([])
