@@ -47,9 +47,18 @@ class FaultKind(enum.StrEnum):
     """Restart the PostgreSQL server in immediate mode: a crash, as PostgreSQL sees it."""
     TERMINATE = "terminate"
     """``pg_terminate_backend`` on the bus's connections of one group."""
+    HANG = "hang"
+    """The ledger projection's handler hangs in the projector that leads it, for a while."""
 
 
-DECK: Final = (FaultKind.KILL, FaultKind.KILL, FaultKind.TERMINATE, FaultKind.TERMINATE, FaultKind.RESTART)
+DECK: Final = (
+    FaultKind.KILL,
+    FaultKind.KILL,
+    FaultKind.TERMINATE,
+    FaultKind.TERMINATE,
+    FaultKind.RESTART,
+    FaultKind.HANG,
+)
 """Faults are dealt from shuffled decks of these: every kind comes up early, in fixed proportions."""
 
 
@@ -79,6 +88,8 @@ class Fault:
                 return "restart the server (immediate mode)"
             case FaultKind.TERMINATE:
                 return f"terminate {self.group}"
+            case FaultKind.HANG:
+                return "hang the ledger's handler in the projector that leads it"
 
 
 def make_schedule(
