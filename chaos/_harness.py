@@ -7,8 +7,10 @@
 3. Faults strike at the moments of the seeded schedule (see ``_schedule``):
    a simulator is killed with SIGKILL, the server crashes and restarts, the
    bus's connections are terminated, the handler of the ledger projection
-   hangs in the projector process that leads it (see ``_projector``). The
-   last stretch of the load is quiet.
+   hangs in the projector process that leads it (see ``_projector``), the
+   server's postmaster is killed with SIGKILL and started again; with
+   ``--first-start-faults`` first starts aside are killed during initdb
+   (see ``_first_start``). The last stretch of the load is quiet.
 4. The simulators are asked to stop (SIGTERM), finish what is under way and
    report; the reader and the projectors are asked to stop and report what
    they saw.
@@ -35,6 +37,7 @@ from . import _checks
 from ._checks import Check
 from ._config import ChaosConfig
 from ._database import ChaosDatabase, open_chaos_database
+from ._first_start import first_start_killed
 from ._inspect import StoreState, inspect
 from ._processes import LIFETIME_MARGIN, ReaderProcess, ReaderResult, SimulatorSlot
 from ._projector import HANG_DEADLINE, HANG_SECONDS, PROJECTORS, SLACK, ProjectorProcess, hang_path, read_ledger
@@ -100,16 +103,25 @@ class _Faults:
     log: _Log
     kills: int = 0
     hangs: int = 0
+    first_starts: int = 0
     problems: list[str] = attrs.Factory(list)
+    first_start_problems: list[str] = attrs.Factory(list)
 
     async def strike(self, schedule: Sequence[Fault], begin: float, last: float) -> None:
-        async with trio.open_nursery() as lifting:  # hangs end on their own
+        async with trio.open_nursery() as aside:  # hangs and first starts end on their own
             for fault in schedule:
                 await trio.sleep_until(begin + fault.at)
                 if trio.current_time() > begin + last:
                     self.log(f"{fault.describe()}: skipped, the fault window is over")
                     continue
-                await self._one(fault, lifting)
+                await self._one(fault, aside)
+
+    async def _first_start(self, fault: Fault) -> None:
+        assert fault.signal is not None
+        self.first_starts += 1
+        happened, problems = await first_start_killed(self.folder, self.first_starts, fault.signal)
+        self.first_start_problems += problems
+        self.log(f"{fault.describe()}: {happened}")
 
     async def _hang(self, nursery: trio.Nursery) -> str:
         """Make the leading projector's handler hang for ``HANG_SECONDS``; who it is."""
@@ -157,12 +169,24 @@ class _Faults:
             case FaultKind.HANG:
                 who = await self._hang(nursery)
                 self.log(f"{fault.describe()}: {who}, for {HANG_SECONDS:.0f} s (its deadline: {HANG_DEADLINE:g} s)")
+            case FaultKind.POSTMASTER:
+                try:
+                    took = await self.database.kill_postmaster()
+                except StoreUnavailable as exc:
+                    self.problems.append(f"the server did not come back after its postmaster was killed: {exc}")
+                    self.log(f"{fault.describe()}: the server did not come back")
+                    return
+                self.log(f"{fault.describe()}: accepting connections again after {took:.1f} s")
+            case FaultKind.FIRST_START:
+                nursery.start_soon(self._first_start, fault)
 
 
 def _counts(database: ChaosDatabase, faults: _Faults) -> FaultCounts:
     return FaultCounts(
         kills=faults.kills,
         hangs=faults.hangs,
+        postmaster_kills=database.postmaster_kills,
+        first_starts=faults.first_starts,
         restarts=database.restarts,
         terminations=database.terminations,
         terminated=database.terminated,
@@ -210,6 +234,10 @@ def _checks_of(
         _checks.reports_match_journals(incarnations),
         _checks.secret_never_shown(sorted(folder.rglob("*.log")), database.password),
     ]
+    if faults.first_starts:
+        problems = tuple(faults.first_start_problems)
+        checks.append(Check("a first start killed during initdb leaves a safe server that starts",
+                            f"{faults.first_starts} first starts killed", problems, len(problems)))  # fmt: skip
     if faults.problems:
         checks.append(Check("every fault struck as planned", "", tuple(faults.problems), len(faults.problems)))
     return checks
@@ -227,6 +255,7 @@ async def _load(
         mean_interval=config.mean_fault_interval,
         slots=config.processes,
         server_restarts=database.can_restart,
+        first_starts=config.first_start_faults,
     )
     log.start_clock()
     begin = trio.current_time()

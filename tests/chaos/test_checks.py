@@ -29,7 +29,7 @@ from apps.banking.features.withdraw.types import money_withdrawn
 from chaos import _checks
 from chaos._processes import Incarnation, Outcome
 from chaos._projector import Seen
-from chaos._schedule import DECK, FaultKind, make_schedule
+from chaos._schedule import DECK, FIRST_START_DECK, FIRST_START_SIGNALS, OWN_SERVER, FaultKind, make_schedule
 from eventbus import Event, EventRecord
 
 EUR, USD = Currency.EUR, Currency.USD
@@ -120,14 +120,22 @@ def test_faults_fall_in_the_window_in_order_and_every_kind_comes_up_in_the_first
     assert moments == sorted(moments)
     assert all(2 < at <= 40 for at in moments)
     assert all(later - earlier >= 1.5 - 0.1 for earlier, later in itertools.pairwise([2.0, *moments]))
-    assert {fault.kind for fault in faults[: len(DECK)]} == set(FaultKind)
+    assert {fault.kind for fault in faults[: len(DECK)]} == set(FaultKind) - set(FIRST_START_DECK)
     assert {fault.slot for fault in faults if fault.kind is FaultKind.KILL} == {1}  # simulator 0 reports the whole run
+
+
+def test_first_starts_are_killed_only_when_asked_for_with_each_signal() -> None:
+    asked = make_schedule(1, start=2, end=600, mean_interval=3, slots=2, server_restarts=False, first_starts=True)
+    plain = make_schedule(1, start=2, end=600, mean_interval=3, slots=2, server_restarts=True)
+    assert {fault.kind for fault in asked[: len(DECK)]} == set(FaultKind) - OWN_SERVER
+    assert {fault.signal for fault in asked if fault.kind is FaultKind.FIRST_START} == set(FIRST_START_SIGNALS)
+    assert FaultKind.FIRST_START not in {fault.kind for fault in plain}
 
 
 def test_a_server_that_is_not_ours_is_never_restarted() -> None:
     faults = make_schedule(1, start=2, end=600, mean_interval=3, slots=2, server_restarts=False)
     assert faults
-    assert FaultKind.RESTART not in {fault.kind for fault in faults}
+    assert not OWN_SERVER & {fault.kind for fault in faults}
 
 
 # ------------------------------------------------------------------ the store
