@@ -28,7 +28,17 @@ from eventbus import (
     open_bus,
 )
 
-from ._projection_worker import DEPOSITED, TYPES, Model, account_events, accounts_projection, read_model, replay
+from ._projection_worker import (
+    DEPOSITED,
+    TYPES,
+    Model,
+    account_events,
+    accounts_projection,
+    apply_event,
+    create_tables,
+    read_model,
+    replay,
+)
 
 CAUGHT_UP = 30.0  # seconds: a bound, never a wait
 SAMPLE_INTERVAL = 0.005  # seconds between looks at a status, which has no change notification
@@ -120,6 +130,50 @@ async def test_a_rebuild_drops_the_leftover_copy_of_a_rebuild_that_was_killed(ds
     assert model == replay(records)
     assert left == ["projection_accounts"]
     assert comment is None
+
+
+async def test_a_swap_refuses_a_copy_replaced_under_the_rebuild_and_leaves_that_schema_alone(dsn: str) -> None:
+    gate: dict[str, trio.Event | None] = {"held": None, "open": None}
+
+    async def gated(tx: Transaction, record: EventRecord) -> None:
+        held, opened = gate["held"], gate["open"]
+        if held is not None and opened is not None and record.sequence_number == 50:
+            held.set()
+            await opened.wait()
+        await apply_event(tx, record)
+
+    async with open_bus(dsn) as bus:
+        await bus.store.append(list(account_events(100, seed=26)))
+        await bus.projections.start(Projection("accounts", dict.fromkeys(TYPES, gated), create_tables, batch_size=10))
+        await bus.projections.wait_until_caught_up("accounts", timeout=CAUGHT_UP)
+        before = await model_of(bus, "accounts")
+        gate["held"], gate["open"] = trio.Event(), trio.Event()
+        async with trio.open_nursery() as nursery:
+
+            async def replace_the_copy() -> None:
+                held, opened = gate["held"], gate["open"]
+                assert held is not None and opened is not None
+                await held.wait()  # the copy is half built
+                async with bus.store.pool.acquire() as conn:
+                    await conn.run_script(
+                        'ALTER SCHEMA "projection_accounts$shadow" RENAME TO moved;'
+                        ' CREATE SCHEMA "projection_accounts$shadow";'
+                        ' CREATE TABLE "projection_accounts$shadow".accounts (LIKE moved.accounts INCLUDING ALL);'
+                        ' CREATE TABLE "projection_accounts$shadow".tallies (LIKE moved.tallies INCLUDING ALL);'
+                        ' CREATE TABLE "projection_accounts$shadow".appliers (LIKE moved.appliers INCLUDING ALL)'
+                    )
+                opened.set()
+
+            nursery.start_soon(replace_the_copy)
+            with pytest.raises(ProjectionError, match=re.escape("not the copy this rebuild made")):
+                await bus.projections.rebuild("accounts")
+        after = await model_of(bus, "accounts")
+        left = await schemas(bus, "projection_accounts%")
+        status = bus.projections.status()["accounts"]
+
+    assert after == before
+    assert left == ["projection_accounts", "projection_accounts$shadow"]  # not ours: left alone
+    assert (status.state, status.checkpoint, status.restarts) == ("live", 100, 0)
 
 
 # ---------------------------------------------------------------- a read model dropped under its projection
