@@ -27,7 +27,13 @@ SUBSCRIPTION_BATCHES = 4
 """A projection's subscription (and a rebuild's) buffers this many of its batches."""
 
 NAME_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,39}")
-"""A projection's name: lower-case letters, digits and underscores, at most 40."""
+"""A projection's name: lower-case letters, digits and underscores, at most 40.
+A rebuild's copy lives in a schema whose name holds a ``$``, which no name
+here can produce (see ``_shadow.py``)."""
+
+DEFAULT_HANDLER_TIMEOUT = 30.0
+"""Seconds one batch (its handlers and its commit) may take before it is
+cancelled, rolled back and counted as a failure."""
 
 OnError = Literal["retry", "skip"]
 
@@ -130,6 +136,13 @@ def _check_on_error(_: Any, __: Any, value: Any) -> None:
         raise ProjectionError(f"on_error must be 'retry' or 'skip', not {value!r}")
 
 
+def _check_handler_timeout(_: Any, __: Any, value: Any) -> None:
+    if value is None:
+        return
+    if type(value) not in (int, float) or not 0 < value < float("inf"):
+        raise ProjectionError(f"handler_timeout must be a positive number of seconds or None, not {value!r}")
+
+
 def _check_batch_size(_: Any, __: Any, value: Any) -> None:
     if type(value) is not int or not 1 <= value <= 100_000:
         raise ProjectionError(f"batch_size must be a whole number from 1 to 100000, not {value!r}")
@@ -144,7 +157,11 @@ class Projection:
         handlers: ``{event_type: async (tx, record) -> None}``.
         setup: ``async (tx) -> None``, creates the tables; it runs whenever a
             process takes the lead and before a rebuild, so it must be
-            idempotent (``CREATE TABLE IF NOT EXISTS``).
+            idempotent (``CREATE TABLE IF NOT EXISTS``). A table it has to
+            create again once the projection has applied events means the
+            read model was dropped under it: the projection then fails with
+            ``ProjectionError`` naming the tables, and a rebuild builds them
+            again from the events.
         batch_size: events per transaction, at most; the projection's
             subscription buffers ``SUBSCRIPTION_BATCHES`` times as many.
         on_error: ``retry`` (restart with backoff, then ``failed``) or
@@ -154,6 +171,10 @@ class Projection:
             ``event_types`` and of the handlers' types, and runs before them.
         event_types: more event types to subscribe to (for ``batch_handler``).
         restart: the restart policy.
+        handler_timeout: seconds one batch (its handlers and its commit) may
+            take; past it the batch is cancelled, rolled back and counted as a
+            failure under ``restart``, as a handler that raised. None waits
+            for ever. A rebuild's copy keeps the same deadline.
 
     Raises:
         ProjectionError: at once, for a bad name, handler, policy or size.
@@ -169,6 +190,9 @@ class Projection:
     )
     event_types: tuple[str, ...] = attrs.field(default=(), kw_only=True, converter=_event_types)
     restart: RestartPolicy = attrs.field(factory=RestartPolicy, kw_only=True)
+    handler_timeout: float | None = attrs.field(
+        default=DEFAULT_HANDLER_TIMEOUT, kw_only=True, validator=_check_handler_timeout
+    )
 
     def __attrs_post_init__(self) -> None:
         if not self.handlers and self.batch_handler is None:
@@ -211,7 +235,10 @@ class ProjectionState(enum.StrEnum):
     RESTARTING = "restarting"
     """Waiting out its backoff after a failure."""
     FAILED = "failed"
-    """Gave up after the restart limit; ``restart`` lets it try again."""
+    """Gave up after the restart limit (it lets go of the lead: another
+    process may try), or found its tables gone while its checkpoint says it
+    has applied events (it keeps the lead: rebuild it here); ``restart``
+    lets it try again."""
     STOPPED = "stopped"
     """Stopped here; its state stays in the database."""
 
@@ -230,6 +257,9 @@ class ProjectionStatus:
         last_error: the latest failure, or None.
         dead_letters: events skipped here (``on_error="skip"``).
         leader: whether this process applies the projection.
+        batch_running: seconds the batch under way here has run, None
+            between batches: a batch that runs long shows here before its
+            deadline (``handler_timeout``) cancels it.
     """
 
     state: ProjectionState = attrs.field(converter=ProjectionState)
@@ -239,6 +269,7 @@ class ProjectionStatus:
     last_error: str | None
     dead_letters: int = 0
     leader: bool = False
+    batch_running: float | None = None
 
 
 @attrs.frozen

@@ -139,7 +139,7 @@ class ProjectionManager:
         runner = self._runner(name)
         target = await self.store.head()
         with trio.move_on_after(math.inf if timeout is None else timeout):
-            while runner.position() < target:
+            while runner.position() < target or runner.state == ProjectionState.FAILED:
                 if runner.state == ProjectionState.FAILED:
                     raise ProjectionError(f"projection {name!r} failed: {runner.last_error}")
                 await runner.wait_changed()
