@@ -49,6 +49,19 @@ class StoreUnavailable(EventBusError):
         self.outcome_known = outcome_known
 
 
+class InvalidDSN(StoreUnavailable, ValueError):
+    """A connection string that cannot be read (a password with an unencoded
+    ``#``, ``?``, ``@`` or ``/``, a port that is not a number, no
+    ``postgresql://`` scheme).
+
+    A ``StoreUnavailable``, since the store cannot be reached with it (callers
+    that handle an unreachable database handle this too), and a
+    ``ValueError``, since no retry helps: the string must be fixed. The
+    message says what is wrong and shows no part of the string, which may
+    hold a password it cannot tell apart from the rest.
+    """
+
+
 class DatabaseError(EventBusError):
     """PostgreSQL refused a statement (in a projection handler, for example).
 

@@ -23,7 +23,7 @@ import asyncpg
 import trio
 
 from .._errors import DatabaseError, StoreUnavailable
-from ._dsn import scrub
+from ._dsn import check_dsn, scrub
 from ._loop import aio as _aio
 from ._loop import current_loop
 
@@ -114,13 +114,17 @@ async def _init_connection(raw: asyncpg.Connection) -> None:
 
 
 async def _opened(open_: Callable[[], Awaitable[T]], dsn: str, loop: Any) -> T:
-    """Open a connection or a pool; its errors as StoreUnavailable, without secrets."""
+    """Open a connection or a pool; its errors as StoreUnavailable, without secrets.
+
+    The driver's error is not chained (not even as ``__context__``): it may
+    quote the connection string.
+    """
+    check_dsn(dsn)
     try:
         return await _aio(open_, loop=loop)
-    except Exception as exc:
-        if is_driver_error(exc) or isinstance(exc, (ValueError, KeyError)):
-            raise StoreUnavailable(scrub(f"cannot connect to {dsn}: {type(exc).__name__}: {exc}", dsn)) from None
-        raise
+    except Exception as exc:  # the driver's, or one of the many its parsing of a bad value raises
+        error = StoreUnavailable(scrub(f"cannot connect to {dsn}: {type(exc).__name__}: {exc}", dsn))
+    raise error
 
 
 async def _call(what: str, loop: Any, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
@@ -142,6 +146,7 @@ async def connect(dsn: str, *, application_name: str = "eventbus", custom_plans:
     attempt.
 
     Raises:
+        InvalidDSN: ``dsn`` cannot be read (nothing of it is shown).
         StoreUnavailable: the server cannot be reached.
     """
 
@@ -300,6 +305,7 @@ async def create_pool(dsn: str, *, max_size: int, application_name: str = "event
     """Open a pool of up to ``max_size`` connections (one opened at once).
 
     Raises:
+        InvalidDSN: ``dsn`` cannot be read (nothing of it is shown).
         StoreUnavailable: the server cannot be reached.
     """
 

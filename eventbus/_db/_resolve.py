@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 import trio
 
 from . import _connections, _loop
-from ._dsn import dsn_from_environment
+from ._dsn import check_dsn, named_dsn
 from ._embedded import EMBEDDED_DATABASE, EmbeddedServer, default_data_dir
 
 
@@ -24,10 +24,17 @@ async def open_database(dsn: str | None = None) -> AsyncIterator[str]:
 
     Yields:
         The connection string to use.
+
+    Raises:
+        InvalidDSN: the connection string cannot be read; the message says
+            where it came from and shows none of it.
     """
-    resolved = dsn or dsn_from_environment()
-    if resolved:
-        yield resolved
+    if dsn:
+        yield check_dsn(dsn, "passed as dsn")
+        return
+    named = named_dsn()
+    if named is not None:
+        yield check_dsn(named[1], f"in {named[0]}")
         return
     server = EmbeddedServer(default_data_dir())
     admin = await trio.to_thread.run_sync(server.acquire)
