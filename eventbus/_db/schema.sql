@@ -220,7 +220,8 @@ $$;
 -- works that out, since those events are not in the table yet.
 --
 -- For each append, in order: if all its ids are stored already with the same
--- content it is a retry ('duplicate': the stored positions are returned); if
+-- content it is a retry ('duplicate': the stored events are returned, as they
+-- are stored: JSON holds 1 and 1.0 equal, and the caller gets the stored one); if
 -- some are stored it is 'id_conflict'; if an event matching its condition has
 -- a position after "a", stored or appended earlier in this batch, it is
 -- 'conflict'; otherwise 'ok'. Then all 'ok' events (and their tags) are
@@ -237,7 +238,12 @@ $$;
 -- slow transaction holding position 7 could commit after one holding 8.) Each
 -- statement after the lock takes a fresh snapshot, so conditions see every
 -- append committed before this one.
-CREATE OR REPLACE FUNCTION eventbus.append_batch(
+-- (Its result gained the stored events' type, payload and metadata: a
+-- function's result type cannot be replaced, only dropped and made anew.)
+DROP FUNCTION IF EXISTS eventbus.append_batch(
+    integer[], uuid[], text[], text[], text[], integer[], bigint[], jsonb, integer[], integer[], boolean, text
+);
+CREATE FUNCTION eventbus.append_batch(
     p_append_of integer[],
     p_ids uuid[],
     p_types text[],
@@ -255,7 +261,10 @@ CREATE OR REPLACE FUNCTION eventbus.append_batch(
     outcome text,
     event_id uuid,
     sequence_number bigint,
-    occurred_at timestamptz
+    occurred_at timestamptz,
+    stored_type text,
+    stored_payload jsonb,
+    stored_metadata jsonb
 )
 LANGUAGE plpgsql
 AS $$
@@ -324,13 +333,16 @@ BEGIN
                     AND e.payload = n.payload::jsonb AND e.metadata = n.meta::jsonb;
                 IF v_same = v_hi[j] - v_lo[j] + 1 THEN
                     RETURN QUERY
-                    SELECT j, 'duplicate'::text, e.event_id, e.sequence_number, e.occurred_at
+                    SELECT j, 'duplicate'::text, e.event_id, e.sequence_number, e.occurred_at,
+                           e.event_type, e.payload, e.metadata
                     FROM eventbus.events e WHERE e.event_id = ANY (p_ids[v_lo[j]:v_hi[j]]);
                 ELSE
-                    RETURN QUERY SELECT j, 'id_conflict'::text, NULL::uuid, NULL::bigint, NULL::timestamptz;
+                    RETURN QUERY SELECT j, 'id_conflict'::text, NULL::uuid, NULL::bigint, NULL::timestamptz,
+                                        NULL::text, NULL::jsonb, NULL::jsonb;
                 END IF;
             ELSIF v_hit IS NOT NULL THEN
-                RETURN QUERY SELECT j, 'conflict'::text, NULL::uuid, v_hit, NULL::timestamptz;
+                RETURN QUERY SELECT j, 'conflict'::text, NULL::uuid, v_hit, NULL::timestamptz,
+                                    NULL::text, NULL::jsonb, NULL::jsonb;
             ELSE
                 v_ok[j] := true;
                 v_count := v_count + v_hi[j] - v_lo[j] + 1;
@@ -355,7 +367,7 @@ BEGIN
         SELECT v_pos[n.ord], n.id, n.typ, n.payload::jsonb, n.meta::jsonb, v_now
         FROM unnest(p_ids, p_types, p_payloads, p_metadata) WITH ORDINALITY AS n(id, typ, payload, meta, ord)
         WHERE v_pos[n.ord] > 0
-        RETURNING 0, 'ok'::text, e.event_id, e.sequence_number, e.occurred_at;
+        RETURNING 0, 'ok'::text, e.event_id, e.sequence_number, e.occurred_at, NULL::text, NULL::jsonb, NULL::jsonb;
         INSERT INTO eventbus.event_tags (tag, sequence_number)
         SELECT t.tag, v_pos[t.ev] FROM unnest(p_tag_of, p_tags) AS t(ev, tag)
         WHERE v_pos[t.ev] > 0;

@@ -271,13 +271,16 @@ class StoreActor:
 
     def _outcomes(self, batch: list[Request], rows: Iterable[_db.Row | tuple[Any, ...]]) -> list[Outcome]:
         stored: dict[uuid.UUID, tuple[int, Any]] = {}
+        found: dict[uuid.UUID, EventRecord] = {}  # a retry's events, as they are stored
         refused: dict[int, tuple[str, int | None]] = {}
         new_ids: set[uuid.UUID] = set()
-        for append_no, outcome, event_id, position, occurred_at in rows:
-            if outcome == "ok" or outcome == "duplicate":
+        for append_no, outcome, event_id, position, occurred_at, kind, payload, metadata in rows:
+            if outcome == "ok":
                 stored[event_id] = (position, occurred_at)
-                if outcome == "ok":
-                    new_ids.add(event_id)
+                new_ids.add(event_id)
+            elif outcome == "duplicate":
+                stored[event_id] = (position, occurred_at)
+                found[event_id] = EventRecord(position, event_id, kind, payload, metadata, occurred_at)
             else:
                 refused[append_no] = (outcome, position)
         outcomes: list[Outcome] = []
@@ -292,8 +295,11 @@ class StoreActor:
                 continue
             records = []
             for p in request.events:
-                position, occurred_at = stored[p.event_id]
-                records.append(EventRecord(position, p.event_id, p.event_type, p.payload, p.metadata, occurred_at))
+                record = found.get(p.event_id)
+                if record is None:
+                    position, occurred_at = stored[p.event_id]
+                    record = EventRecord(position, p.event_id, p.event_type, p.payload, p.metadata, occurred_at)
+                records.append(record)
             outcomes.append(Outcome(request, records, new=request.events[0].event_id in new_ids))
         return outcomes
 

@@ -351,6 +351,26 @@ async def test_retrying_a_conditional_append_returns_its_records_not_a_conflict(
             await store.append([Event("Deposited", {"accountId": "a1", "amount": 5})], account, None)
 
 
+async def test_a_retry_returns_what_is_stored_not_its_own_equal_content(dsn: str) -> None:
+    # PostgreSQL holds 1 and 1.0 equal in JSON, so each retry below is a retry of
+    # the stored append; what it returns is what is stored, as a query shows it.
+    plain, conditional = uuid.uuid4(), uuid.uuid4()
+    account = create_filter(["Deposited"], [{"accountId": "a1"}])
+    async with open_event_store(dsn) as store:
+        await store.append([Event("Opened", {"v": 1, "w": 2.5}, metadata={"m": 1}, event_id=plain)])
+        await store.append([Event("Deposited", {"accountId": "a1", "v": 1.0}, event_id=conditional)], account, 0)
+        stored = {record.event_id: record for record in await everything(store)}
+        [retried] = await store.append([Event("Opened", {"w": 2.50, "v": 1.0}, metadata={"m": 1.0}, event_id=plain)])
+        [retried_conditional] = await store.append(
+            [Event("Deposited", {"accountId": "a1", "v": 1}, event_id=conditional)], account, 0
+        )
+        for record in (retried, retried_conditional):
+            assert repr(record) == repr(stored[record.event_id])
+        assert type(retried.payload["v"]) is int and type(retried.metadata["m"]) is int
+        assert type(retried_conditional.payload["v"]) is float
+        assert await store.head() == 2
+
+
 async def test_the_same_ids_with_different_content_are_refused_and_store_nothing(dsn: str) -> None:
     one, two = uuid.uuid4(), uuid.uuid4()
     async with open_event_store(dsn) as store:
