@@ -13,7 +13,9 @@ class InvalidEvent(EventBusError, ValueError):
     """An event (or a filter) was refused before it reached the database.
 
     The message names the event by its index in the append and its type, and
-    the path inside its payload or metadata where the problem is.
+    the path inside its payload or metadata where the problem is; for an
+    append too big for one batch, its size and the limit (``max_batch_bytes``,
+    also refused with this error when it is out of range).
     """
 
 

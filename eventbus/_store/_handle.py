@@ -20,11 +20,21 @@ import trio
 
 from .. import _db
 from .._db import open_database
-from .._errors import ClosedError, InvalidFilter
+from .._errors import ClosedError, InvalidEvent, InvalidFilter
 from .._nursery import open_actor_nursery
 from .._values import Event, EventFilter, EventQuery, EventRecord, QueryResult, _json, _tags
 from ._actor import REQUEST_BUFFER, WRITE_LANES, CommitHook, StoreActor
-from ._requests import Request, StoreStatistics, condition, condition_filters, percentile, prepare
+from ._requests import (
+    MAX_BATCH_BYTES,
+    Request,
+    StoreStatistics,
+    check_max_batch_bytes,
+    condition,
+    condition_filters,
+    encoded_size,
+    percentile,
+    prepare,
+)
 
 READ_POOL_SIZE = 4
 """Connections in the read pool."""
@@ -94,11 +104,13 @@ class EventStore:
         pool: _db.Pool,
         actor: StoreActor,
         max_payload_bytes: int,
+        max_batch_bytes: int = MAX_BATCH_BYTES,
     ) -> None:
         self._send = send
         self._pool = pool
         self._actor = actor
         self._max_payload_bytes = max_payload_bytes
+        self._max_batch_bytes = max_batch_bytes
         self._closed = False
 
     async def append(
@@ -137,7 +149,9 @@ class EventStore:
             One record per event, in the given order, with their positions.
 
         Raises:
-            InvalidEvent: an event is not storable (nothing reached the database).
+            InvalidEvent: an event is not storable, or the append is bigger
+                (encoded) than one batch may be, ``max_batch_bytes``; nothing
+                reached the database.
             ConcurrencyError: the condition failed; nothing was stored.
             DuplicateEventId: some ids are stored already for other events.
             StoreUnavailable: the database could not be reached; see its
@@ -149,9 +163,16 @@ class EventStore:
         checked = condition(filters, expected_max_sequence_number)
         if not prepared:
             return []
+        size = encoded_size(prepared, checked)
+        if size > self._max_batch_bytes:
+            count = f"{len(prepared)} event" + ("s" if len(prepared) > 1 else "")
+            raise InvalidEvent(
+                f"this append is {size} bytes encoded ({count}), over the limit of {self._max_batch_bytes} "
+                "bytes for one batch (max_batch_bytes): split it into smaller appends"
+            )
         if self._closed:
             raise ClosedError("the event store is closed")
-        request = Request(prepared, checked, expected_max_sequence_number or 0, filters)
+        request = Request(prepared, checked, expected_max_sequence_number or 0, filters, size)
         try:
             try:
                 self._send.send_nowait(request)  # the common case: no extra scheduler round
@@ -251,6 +272,7 @@ async def run_event_store(
     read_pool_size: int = READ_POOL_SIZE,
     reconnect_timeout: float = RECONNECT_TIMEOUT,
     write_connections: int = WRITE_LANES,
+    max_batch_bytes: int = MAX_BATCH_BYTES,
     task_status: trio.TaskStatus[EventStore] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the store actor until cancelled; ``task_status.started`` gets the handle.
@@ -261,11 +283,12 @@ async def run_event_store(
     ``on_commit`` receives every committed batch's records, in order, before
     the appenders are answered; if it blocks, the actor (and so appends) wait.
     """
+    check_max_batch_bytes(max_batch_bytes)
     send, receive = trio.open_memory_channel[Request](REQUEST_BUFFER)
-    actor = StoreActor(dsn, receive, on_commit, reconnect_timeout, write_connections)
+    actor = StoreActor(dsn, receive, on_commit, reconnect_timeout, write_connections, max_batch_bytes)
     async with _db.open_loop():
         pool = await _db.create_pool(dsn, max_size=read_pool_size)
-        store = EventStore(send, pool, actor, max_payload_bytes)
+        store = EventStore(send, pool, actor, max_payload_bytes, max_batch_bytes)
         try:
             async with open_actor_nursery() as nursery:
                 await nursery.start(actor.run, _db.install_schema)
@@ -285,6 +308,7 @@ async def open_event_store(
     read_pool_size: int = READ_POOL_SIZE,
     reconnect_timeout: float = RECONNECT_TIMEOUT,
     write_connections: int = WRITE_LANES,
+    max_batch_bytes: int = MAX_BATCH_BYTES,
 ) -> AsyncIterator[EventStore]:
     """Open the event store for the duration of the block.
 
@@ -298,14 +322,20 @@ async def open_event_store(
     ``read_pool_size`` connections serve queries; ``write_connections``
     carry batches (more than one lets the next batch form while one commits);
     ``reconnect_timeout`` bounds how long an append waits to learn its outcome
-    after a lost connection.
+    after a lost connection; ``max_batch_bytes`` bounds a batch's encoded size
+    (appends that would pass it together go in separate batches, and a single
+    append over it is refused with ``InvalidEvent``; at most
+    ``BATCH_BYTES_CEILING``, under PostgreSQL's 1 GB message limit).
 
     Leaving the block stops the actor: appends still queued fail with
     ``ClosedError``; connections close, shielded from cancellation and bounded.
 
     Raises:
-        StoreUnavailable: the database could not be reached at open.
+        InvalidEvent: ``max_batch_bytes`` is out of range.
+        StoreUnavailable: the database could not be reached at open
+            (``InvalidDSN``: its connection string cannot be read).
     """
+    check_max_batch_bytes(max_batch_bytes)
     async with open_database(dsn) as resolved, _db.open_loop(), open_actor_nursery() as nursery:
         store: EventStore = await nursery.start(
             functools.partial(
@@ -316,6 +346,7 @@ async def open_event_store(
                 read_pool_size=read_pool_size,
                 reconnect_timeout=reconnect_timeout,
                 write_connections=write_connections,
+                max_batch_bytes=max_batch_bytes,
             )
         )
         try:

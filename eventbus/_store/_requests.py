@@ -92,6 +92,46 @@ def prepare(events: Sequence[Event], max_bytes: int) -> list[Prepared]:
     return prepared
 
 
+MAX_BATCH_BYTES = 256 * 1024 * 1024
+"""The default bound on one batch's encoded size (see :func:`encoded_size`).
+
+PostgreSQL refuses a message over 1 GB, and a batch is one message: without a
+bound in bytes, appends that each fit would fail together once batched."""
+
+BATCH_BYTES_CEILING = 1024 * 1024 * 1024 - 64 * 1024 * 1024
+"""The most ``max_batch_bytes`` may be: PostgreSQL's 1 GB message limit, less
+room for what :func:`encoded_size` does not count (the batch's dependency
+pairs, the message's own framing)."""
+
+_EVENT_OVERHEAD = 40  # an event's id, its append number, the length word of each of its array elements
+_TAG_OVERHEAD = 20  # a tag and its event number, with their length words
+_APPEND_OVERHEAD = 16
+
+
+def _utf8_length(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode())
+
+
+def encoded_size(events: Sequence[Prepared], condition: str | None) -> int:
+    """About how many bytes an append adds to its batch's message, never fewer.
+
+    Its events' types, payloads and metadata as UTF-8, their ids and tags,
+    its condition, and the length words that frame each.
+    """
+    size = _APPEND_OVERHEAD + (len(condition) if condition is not None else 4)
+    for event in events:
+        size += _EVENT_OVERHEAD + _TAG_OVERHEAD * len(event.tags)
+        size += _utf8_length(event.event_type) + _utf8_length(event.payload_text) + _utf8_length(event.metadata_text)
+    return size
+
+
+def check_max_batch_bytes(value: object) -> int:
+    """``value`` if it is a whole number from 1 to ``BATCH_BYTES_CEILING``, else InvalidEvent."""
+    if type(value) is not int or not 1 <= value <= BATCH_BYTES_CEILING:
+        raise InvalidEvent(f"max_batch_bytes must be a whole number from 1 to {BATCH_BYTES_CEILING}, not {value!r}")
+    return value
+
+
 Condition = EventFilter | Sequence[EventFilter]
 """What an append may be conditional on: one filter, or several OR'd (a DCB query)."""
 
@@ -150,6 +190,7 @@ class Request:
     condition: str | None
     expected: int
     filters: tuple[EventFilter, ...] | None = None
+    size: int = 0
     done: trio.Event = attrs.field(factory=trio.Event)
     result: list[EventRecord] | None = None
     error: BaseException | None = None
