@@ -8,7 +8,12 @@ When a program names no database (no ``dsn`` argument, no ``EVENTBUS_DSN``, no
   set, else ``$XDG_DATA_HOME/eventbus`` (``~/.local/share/eventbus``), or
   ``/var/lib/eventbus`` for root;
 * listens on a unix socket only, in a directory of mode 0700, never on a
-  network address;
+  network address, and accepts connections on that socket only: these
+  settings are given on the server's command line at every start, so no
+  state of the data directory (a first start killed during ``initdb``, an
+  edited ``postgresql.conf``, ``ALTER SYSTEM``) can open it to other users;
+* is initialised once: a marker written last says the data directory is
+  complete; one without it (a first start was killed) is made again;
 * is shared: the first process starts it, later ones reuse it, and the last
   one to let go stops it (processes that died are pruned from the list of
   users).
@@ -28,9 +33,11 @@ import fcntl
 import functools
 import hashlib
 import importlib.util
+import itertools
 import json
 import os
 import pwd
+import shlex
 import shutil
 import stat
 import subprocess
@@ -53,6 +60,15 @@ START_TIMEOUT = 60.0
 
 _PORT = 5432  # only names the socket file; the server opens no TCP port
 _SOCKET_PATH_MAX = 100  # sun_path is 108 bytes on Linux; keep a margin
+
+MARKER = "eventbus.ready"
+"""The file, in the cluster's folder, written last when it is initialised: a
+cluster without it never finished (its first start was killed) and is made
+again."""
+
+_HBA = "eventbus_hba.conf"  # the only authentication rules the server reads: its own socket, nothing else
+_INCLUDE = "include_if_exists = 'eventbus.conf'"
+_LEFTOVER_WAIT = 10.0  # seconds to wait for processes of an unfinished start to end
 
 
 @functools.cache
@@ -164,13 +180,30 @@ class EmbeddedServer:
 
     def _choose_socket_dir(self) -> Path:
         candidate = self.data_dir / "run"
-        if len(str(candidate / f".s.PGSQL.{_PORT}")) <= _SOCKET_PATH_MAX:
+        plain = not any(char in "\",'\\" or char.isspace() for char in str(candidate))
+        if plain and len(str(candidate / f".s.PGSQL.{_PORT}")) <= _SOCKET_PATH_MAX:
             return candidate
-        # The data directory's path is too long for a socket address: use a
-        # short private folder in the temporary directory instead (checked in
+        # The data directory's path is too long for a socket address (or holds
+        # characters the server's list of socket folders cannot): use a short
+        # private folder in the temporary directory instead (checked in
         # _make_private_dir: ours, not a link).
         digest = hashlib.sha256(str(self.data_dir).encode()).hexdigest()[:12]
         return Path(tempfile.gettempdir()) / f"eventbus-{self._owner.uid}-{digest}"
+
+    def safety_options(self) -> list[str]:
+        """The server's command-line options that keep it private, given at every start.
+
+        No TCP; one socket, in the private folder, only the owner may use;
+        only connections through that socket are accepted. Settings on the
+        command line win over ``postgresql.conf`` and ``ALTER SYSTEM``.
+        """
+        return [
+            "-c", "listen_addresses=",
+            "-c", f"unix_socket_directories={self.socket_dir}",
+            "-c", "unix_socket_permissions=0700",
+            "-c", f"port={_PORT}",
+            "-c", f"hba_file={self.pgdata / _HBA}",
+        ]  # fmt: skip
 
     def dsn(self, database: str = "postgres") -> str:
         """A connection string for ``database`` over the server's unix socket."""
@@ -218,38 +251,104 @@ class EmbeddedServer:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     def _initdb(self) -> None:
-        if (self.pgdata / "PG_VERSION").exists():
+        """Make the cluster unless a complete one is there; its marker is written last."""
+        if (self.pgdata / MARKER).exists():
             return
+        if self._made_by_an_earlier_version():
+            self._write_private(self.pgdata / MARKER, "initialised\n")
+            return
+        # Never finished: its first start was killed (initdb may still run,
+        # orphaned), and no event can be in it. Made again from nothing.
+        self._end_leftovers()
         if self.pgdata.exists():
-            shutil.rmtree(self.pgdata)  # a half-made cluster from an interrupted initdb
+            shutil.rmtree(self.pgdata)
         if self._owner.name is not None:
             _ensure_traversable(_bin().parent)
         result = self._run(
             "initdb",
             "--pgdata", str(self.pgdata),
             "--username", "postgres",
-            "--auth", "trust",
+            "--auth-local", "trust",
+            "--auth-host", "reject",
             "--encoding", "UTF8",
             "--locale", "C",
         )  # fmt: skip
         if result.returncode != 0:
             raise StoreUnavailable(f"initdb failed for {self.pgdata}: {result.stderr.strip()[-2000:]}")
         with open(self.pgdata / "postgresql.conf", "a") as conf:
-            conf.write("\ninclude_if_exists = 'eventbus.conf'\n")
+            conf.write(f"\n{_INCLUDE}\n")
+        self._write_settings()
+        self._write_private(self.pgdata / MARKER, "initialised\n")
+
+    def _made_by_an_earlier_version(self) -> bool:
+        # Before the marker, the include of eventbus.conf was the last step.
+        try:
+            return (self.pgdata / "PG_VERSION").exists() and _INCLUDE in (self.pgdata / "postgresql.conf").read_text()
+        except OSError:
+            return False
+
+    def _end_leftovers(self) -> None:
+        """End what an interrupted first start left running on the cluster:
+        an orphaned initdb (and the server it runs), or a server started on
+        the unfinished cluster."""
+        postmaster = self._postmaster()
+        found = [] if postmaster is None else [postmaster]
+        for process in psutil.process_iter(["name", "cmdline"]):
+            try:
+                if process.info["name"] == "initdb" and str(self.pgdata) in (process.info["cmdline"] or []):
+                    found.append(process)
+                elif process.info["name"] == "postgres" and process.environ().get("PGDATA") == str(self.pgdata):
+                    found.append(process)  # the server initdb runs (it names the folder only here)
+            except psutil.Error:
+                continue
+        for process in list(found):
+            try:
+                found += process.children(recursive=True)
+            except psutil.Error:
+                continue
+        for process in found:
+            try:
+                process.kill()
+            except psutil.Error:
+                continue
+        _, alive = psutil.wait_procs(found, timeout=_LEFTOVER_WAIT)
+        if alive:
+            raise StoreUnavailable(
+                f"processes {sorted(p.pid for p in alive)} of an unfinished start still use {self.pgdata}; "
+                "end them, then start again"
+            )
+
+    def _write_private(self, path: Path, text: str) -> None:
+        with open(path, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if self._owner.name is not None:
+            os.chown(path, self._owner.uid, self._owner.gid)
 
     def _write_settings(self) -> None:
         lines = [
             "# written by eventbus at every start; edit settings in code, not here",
+            "# (the server's privacy settings are given on its command line too, and win)",
             "listen_addresses = ''",
             f"unix_socket_directories = '{self.socket_dir}'",
             "unix_socket_permissions = 0700",
             f"port = {_PORT}",
         ]
         lines += [f"{name} = {value}" for name, value in sorted(self._settings.items())]
-        conf = self.pgdata / "eventbus.conf"
-        conf.write_text("\n".join(lines) + "\n")
-        if self._owner.name is not None:
-            os.chown(conf, self._owner.uid, self._owner.gid)
+        self._write_private(self.pgdata / "eventbus.conf", "\n".join(lines) + "\n")
+        self._write_private(self.pgdata / _HBA, "# written by eventbus at every start\nlocal all all trust\n")
+
+    def _started_safely(self) -> bool:
+        """Whether the running server was started with :meth:`safety_options`
+        (PostgreSQL records its command line in ``postmaster.opts``)."""
+        try:
+            started = shlex.split((self.pgdata / "postmaster.opts").read_text())
+        except (OSError, ValueError):
+            return False
+        wanted = self.safety_options()
+        pairs = set(itertools.pairwise(started))
+        return all(pair in pairs for pair in zip(wanted[::2], wanted[1::2], strict=True))
 
     def is_running(self) -> bool:
         """Whether the server of this data directory is up."""
@@ -260,21 +359,40 @@ class EmbeddedServer:
     def pid(self) -> int | None:
         """The postmaster's process id, or None when it is not running."""
         try:
-            first = (self.pgdata / "postmaster.pid").read_text().split("\n", 1)[0]
-        except FileNotFoundError:
+            pid = int((self.pgdata / "postmaster.pid").read_text().split("\n", 1)[0])
+        except (OSError, ValueError):
             return None
-        pid = int(first)
         return pid if psutil.pid_exists(pid) else None
+
+    def _postmaster(self) -> psutil.Process | None:
+        """The server running on this cluster, if any: the process that
+        ``postmaster.pid`` names, checked to be a server working in this
+        folder (a stale file may name a process that took the number since)."""
+        pid = self.pid()
+        if pid is None:
+            return None
+        try:
+            process = psutil.Process(pid)
+            if process.name() == "postgres" and Path(process.cwd()) == self.pgdata:
+                return process
+        except psutil.Error:
+            pass
+        return None
 
     def _start_locked(self) -> None:
         self._make_private_dir(self.socket_dir)
         self._initdb()
         self._write_settings()
         if self.is_running():
-            return
+            if self._started_safely():
+                return
+            # Started without the privacy options (by hand, or by an earlier
+            # version): it may be open to other users. Started again with them.
+            self._run("pg_ctl", "stop", "--wait", "--mode", "fast", "--pgdata", str(self.pgdata))
         result = self._run(
             "pg_ctl", "start", "--wait", "--timeout", str(int(START_TIMEOUT)),
             "--pgdata", str(self.pgdata), "--log", str(self.log_path),
+            "-o", shlex.join(self.safety_options()),
         )  # fmt: skip
         if result.returncode != 0:
             tail = self.log_path.read_text(errors="replace")[-2000:] if self.log_path.exists() else ""
