@@ -51,6 +51,7 @@ import attrs
 import psutil
 
 from .._errors import StoreUnavailable
+from ._leftovers import end_leftovers
 
 SERVICE_USER = "eventbus"
 """The system user that runs the embedded server when eventbus runs as root."""
@@ -68,7 +69,6 @@ again."""
 
 _HBA = "eventbus_hba.conf"  # the only authentication rules the server reads: its own socket, nothing else
 _INCLUDE = "include_if_exists = 'eventbus.conf'"
-_LEFTOVER_WAIT = 10.0  # seconds to wait for processes of an unfinished start to end
 
 
 @functools.cache
@@ -259,7 +259,7 @@ class EmbeddedServer:
             return
         # Never finished: its first start was killed (initdb may still run,
         # orphaned), and no event can be in it. Made again from nothing.
-        self._end_leftovers()
+        end_leftovers(self.pgdata, self.pid())
         if self.pgdata.exists():
             shutil.rmtree(self.pgdata)
         if self._owner.name is not None:
@@ -286,37 +286,6 @@ class EmbeddedServer:
             return (self.pgdata / "PG_VERSION").exists() and _INCLUDE in (self.pgdata / "postgresql.conf").read_text()
         except OSError:
             return False
-
-    def _end_leftovers(self) -> None:
-        """End what an interrupted first start left running on the cluster:
-        an orphaned initdb (and the server it runs), or a server started on
-        the unfinished cluster."""
-        postmaster = self._postmaster()
-        found = [] if postmaster is None else [postmaster]
-        for process in psutil.process_iter(["name", "cmdline"]):
-            try:
-                if process.info["name"] == "initdb" and str(self.pgdata) in (process.info["cmdline"] or []):
-                    found.append(process)
-                elif process.info["name"] == "postgres" and process.environ().get("PGDATA") == str(self.pgdata):
-                    found.append(process)  # the server initdb runs (it names the folder only here)
-            except psutil.Error:
-                continue
-        for process in list(found):
-            try:
-                found += process.children(recursive=True)
-            except psutil.Error:
-                continue
-        for process in found:
-            try:
-                process.kill()
-            except psutil.Error:
-                continue
-        _, alive = psutil.wait_procs(found, timeout=_LEFTOVER_WAIT)
-        if alive:
-            raise StoreUnavailable(
-                f"processes {sorted(p.pid for p in alive)} of an unfinished start still use {self.pgdata}; "
-                "end them, then start again"
-            )
 
     def _write_private(self, path: Path, text: str) -> None:
         with open(path, "w") as handle:
@@ -364,28 +333,13 @@ class EmbeddedServer:
             return None
         return pid if psutil.pid_exists(pid) else None
 
-    def _postmaster(self) -> psutil.Process | None:
-        """The server running on this cluster, if any: the process that
-        ``postmaster.pid`` names, checked to be a server working in this
-        folder (a stale file may name a process that took the number since)."""
-        pid = self.pid()
-        if pid is None:
-            return None
-        try:
-            process = psutil.Process(pid)
-            if process.name() == "postgres" and Path(process.cwd()) == self.pgdata:
-                return process
-        except psutil.Error:
-            pass
-        return None
-
-    def _start_locked(self) -> None:
+    def _start_locked(self) -> bool:
         self._make_private_dir(self.socket_dir)
         self._initdb()
         self._write_settings()
         if self.is_running():
             if self._started_safely():
-                return
+                return False
             # Started without the privacy options (by hand, or by an earlier
             # version): it may be open to other users. Started again with them.
             self._run("pg_ctl", "stop", "--wait", "--mode", "fast", "--pgdata", str(self.pgdata))
@@ -397,11 +351,16 @@ class EmbeddedServer:
         if result.returncode != 0:
             tail = self.log_path.read_text(errors="replace")[-2000:] if self.log_path.exists() else ""
             raise StoreUnavailable(f"the embedded PostgreSQL server did not start: {result.stderr.strip()}\n{tail}")
+        return True
 
-    def start(self) -> None:
-        """Start the server unless it is running. Idempotent across processes."""
+    def start(self) -> bool:
+        """Start the server unless it is running. Idempotent across processes.
+
+        Returns:
+            Whether this call started it (False: it was running already).
+        """
         with self._locked():
-            self._start_locked()
+            return self._start_locked()
 
     def stop(self, mode: str = "fast") -> None:
         """Stop the server (``fast``, ``smart`` or ``immediate``, as ``pg_ctl``)."""
