@@ -23,6 +23,7 @@ import asyncpg
 import trio
 
 from .._errors import DatabaseError, StoreUnavailable
+from . import _revive
 from ._dsn import check_dsn, scrub
 from ._loop import aio as _aio
 from ._loop import current_loop
@@ -143,7 +144,9 @@ async def connect(dsn: str, *, application_name: str = "eventbus", custom_plans:
     With ``custom_plans`` every statement is planned with its actual values
     (see ``SERVER_SETTINGS``); without, PostgreSQL may reuse generic plans.
     Blocks until connected or ``CONNECT_TIMEOUT``. Cancellation abandons the
-    attempt.
+    attempt. If ``dsn`` reaches the embedded server that this process uses
+    (through ``open_database``) and it is down, it is started again (blocking
+    a worker thread) and the connection tried once more.
 
     Raises:
         InvalidDSN: ``dsn`` cannot be read (nothing of it is shown).
@@ -164,6 +167,12 @@ async def connect(dsn: str, *, application_name: str = "eventbus", custom_plans:
         return raw
 
     loop = current_loop()
+    try:
+        return Connection(await _opened(_connect, dsn, loop), loop)
+    except StoreUnavailable:
+        # The embedded server this process uses may have died: started again, once, shared.
+        if not await _revive.revive(dsn):
+            raise
     return Connection(await _opened(_connect, dsn, loop), loop)
 
 
