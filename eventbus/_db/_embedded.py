@@ -127,12 +127,18 @@ def _owner() -> _Owner:
     try:
         entry = pwd.getpwnam(SERVICE_USER)
     except KeyError:
-        subprocess.run(
-            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", SERVICE_USER],
-            check=True,
-            capture_output=True,
-        )
-        entry = pwd.getpwnam(SERVICE_USER)
+        try:
+            subprocess.run(
+                ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", SERVICE_USER],
+                check=True,
+                capture_output=True,
+            )
+            entry = pwd.getpwnam(SERVICE_USER)
+        except (OSError, KeyError, subprocess.CalledProcessError) as exc:
+            raise StoreUnavailable(
+                f"PostgreSQL does not run as root, and the system user {SERVICE_USER!r} to run it as "
+                f"could not be made: {exc}"
+            ) from None
     return _Owner(entry.pw_uid, entry.pw_gid, SERVICE_USER)
 
 
@@ -239,16 +245,27 @@ class EmbeddedServer:
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
-        if self._owner.name is not None:
-            self.data_dir.parent.mkdir(parents=True, exist_ok=True)
-            _ensure_traversable(self.data_dir.parent)
-        self._make_private_dir(self.data_dir)
-        with open(self.data_dir / "lock", "a+") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        """Hold the data directory's lock for the block; the folder's and the
+        programs' failures (an unwritable folder, a program that hangs) come
+        out as StoreUnavailable."""
+        try:
+            if self._owner.name is not None:
+                self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+                _ensure_traversable(self.data_dir.parent)
+            self._make_private_dir(self.data_dir)
+            with open(self.data_dir / "lock", "a+") as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX)
+                try:
+                    yield
+                finally:
+                    fcntl.flock(handle, fcntl.LOCK_UN)
+        except OSError as exc:
+            raise StoreUnavailable(f"the embedded server cannot use {self.data_dir}: {exc}") from None
+        except subprocess.TimeoutExpired as exc:
+            program = Path(str(exc.cmd[0])).name
+            raise StoreUnavailable(
+                f"the embedded server's {program} did not finish within {exc.timeout:.0f} s"
+            ) from None
 
     def _initdb(self) -> None:
         """Make the cluster unless a complete one is there; its marker is written last."""

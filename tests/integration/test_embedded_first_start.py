@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import shutil
 import signal
 import stat
@@ -25,6 +26,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from eventbus import StoreUnavailable, open_event_store
 from eventbus.testing import EmbeddedServer
 
 from ..helpers import ROOT
@@ -226,3 +228,19 @@ def server_command(server: EmbeddedServer, mode: str, *args: str) -> list[str]:
         str(server.log_path),
         *args,
     ]
+
+
+@pytest.mark.parametrize("where", ["a file", "under a file"])
+async def test_a_data_directory_that_cannot_be_used_is_a_store_unavailable_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    blocker = tmp_path / "blocker"
+    blocker.write_text("")
+    data_dir = blocker if where == "a file" else blocker / "embedded"
+    for name, value in embedded_env(data_dir).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("EVENTBUS_DSN", raising=False)
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    with pytest.raises(StoreUnavailable, match=f"^the embedded server cannot use {re.escape(str(data_dir))}: "):
+        async with open_event_store():
+            pass
