@@ -33,7 +33,6 @@ import fcntl
 import functools
 import hashlib
 import importlib.util
-import itertools
 import json
 import os
 import pwd
@@ -112,6 +111,35 @@ def default_data_dir() -> Path:
     xdg = os.environ.get("XDG_DATA_HOME", "").strip()
     base = Path(xdg) if xdg else Path.home() / ".local" / "share"
     return (base / "eventbus").resolve()
+
+
+# postgres's short options that set a setting (-i: listen on every address).
+_SHORT_OPTIONS = {"-h": "listen_addresses", "-k": "unix_socket_directories", "-p": "port", "-D": "data_directory"}
+
+
+def command_line_settings(args: list[str]) -> dict[str, str]:
+    """The settings a ``postgres`` command line (program first) gives, the last of each winning.
+
+    Reads ``-c name=value``, ``--name=value`` and the short options that set
+    settings (``-h``, ``-k``, ``-p``, ``-i``), as the server does.
+    """
+    settings: dict[str, str] = {}
+    rest = list(args[1:])
+    while rest:
+        arg = rest.pop(0)
+        if arg == "-i":
+            settings["listen_addresses"] = "*"
+        elif arg[:2] == "-c" or arg[:2] in _SHORT_OPTIONS:
+            value = arg[2:] or (rest.pop(0) if rest else "")
+            if arg[:2] == "-c":
+                name, _, value = value.partition("=")
+            else:
+                name = _SHORT_OPTIONS[arg[:2]]
+            settings[name.replace("-", "_")] = value
+        elif arg.startswith("--") and "=" in arg:
+            name, _, value = arg[2:].partition("=")
+            settings[name.replace("-", "_")] = value
+    return settings
 
 
 @attrs.frozen
@@ -327,14 +355,14 @@ class EmbeddedServer:
 
     def _started_safely(self) -> bool:
         """Whether the running server was started with :meth:`safety_options`
-        (PostgreSQL records its command line in ``postmaster.opts``)."""
+        in force (PostgreSQL records its command line in ``postmaster.opts``)."""
         try:
             started = shlex.split((self.pgdata / "postmaster.opts").read_text())
         except (OSError, ValueError):
             return False
-        wanted = self.safety_options()
-        pairs = set(itertools.pairwise(started))
-        return all(pair in pairs for pair in zip(wanted[::2], wanted[1::2], strict=True))
+        effective = command_line_settings(started)
+        wanted = command_line_settings(["postgres", *self.safety_options()])
+        return all(effective.get(name) == value for name, value in wanted.items())
 
     def is_running(self) -> bool:
         """Whether the server of this data directory is up."""

@@ -180,11 +180,14 @@ def test_a_cluster_made_before_the_marker_existed_is_kept(tmp_path: Path) -> Non
     server.stop()
     (server.pgdata / "eventbus.ready").unlink()
     (server.pgdata / "kept").write_text("")
-    server.start()
+    assert server.start() is True
     try:
         assert (server.pgdata / "kept").exists()
         assert (server.pgdata / "eventbus.ready").exists()
         assert_private(server)
+        running = server.pid()
+        assert server.start() is False  # started private: joined, not started again
+        assert server.pid() == running
     finally:
         server.stop(mode="immediate")
 
