@@ -22,7 +22,7 @@ from typing import Any, Protocol, TypeVar
 import asyncpg
 import trio
 
-from .._errors import DatabaseError, StoreUnavailable
+from .._errors import DatabaseError, InvalidDSN, StoreUnavailable
 from . import _revive
 from ._dsn import check_dsn, scrub
 from ._loop import aio as _aio
@@ -169,6 +169,8 @@ async def connect(dsn: str, *, application_name: str = "eventbus", custom_plans:
     loop = current_loop()
     try:
         return Connection(await _opened(_connect, dsn, loop), loop)
+    except InvalidDSN:
+        raise
     except StoreUnavailable:
         # The embedded server this process uses may have died: started again, once, shared.
         if not await _revive.revive(dsn):

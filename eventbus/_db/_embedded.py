@@ -34,6 +34,7 @@ import functools
 import hashlib
 import importlib.util
 import json
+import logging
 import os
 import pwd
 import shlex
@@ -51,6 +52,8 @@ import psutil
 
 from .._errors import StoreUnavailable
 from ._leftovers import end_leftovers
+
+_log = logging.getLogger("eventbus.embedded")
 
 SERVICE_USER = "eventbus"
 """The system user that runs the embedded server when eventbus runs as root."""
@@ -387,6 +390,7 @@ class EmbeddedServer:
                 return False
             # Started without the privacy options (by hand, or by an earlier
             # version): it may be open to other users. Started again with them.
+            _log.warning("the embedded server at %s ran without its privacy settings; restarting it", self.data_dir)
             self._run("pg_ctl", "stop", "--wait", "--mode", "fast", "--pgdata", str(self.pgdata))
         result = self._run(
             "pg_ctl", "start", "--wait", "--timeout", str(int(START_TIMEOUT)),

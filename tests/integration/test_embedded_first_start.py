@@ -192,7 +192,9 @@ def test_a_cluster_made_before_the_marker_existed_is_kept(tmp_path: Path) -> Non
         server.stop(mode="immediate")
 
 
-def test_a_server_started_without_the_privacy_options_is_started_again_with_them(tmp_path: Path) -> None:
+def test_a_server_started_without_the_privacy_options_is_started_again_with_them(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     server = EmbeddedServer(tmp_path / "embedded")
     server.start()
     server.stop()
@@ -210,6 +212,9 @@ def test_a_server_started_without_the_privacy_options_is_started_again_with_them
     try:
         assert server.pid() != pid
         assert_private(server)
+        assert [r.getMessage() for r in caplog.records if r.name == "eventbus.embedded"] == [
+            f"the embedded server at {server.data_dir} ran without its privacy settings; restarting it"
+        ]
     finally:
         server.stop(mode="immediate")
 

@@ -18,7 +18,17 @@ import psutil
 import pytest
 import trio
 
-from eventbus import Event, EventRecord, EventStore, StoreUnavailable, create_filter, open_bus, open_event_store
+from eventbus import (
+    Event,
+    EventRecord,
+    EventStore,
+    InvalidDSN,
+    StoreUnavailable,
+    create_filter,
+    open_bus,
+    open_event_store,
+    testing,
+)
 from eventbus.testing import EmbeddedServer
 
 from ..helpers import ROOT, LineReader
@@ -88,6 +98,9 @@ async def test_a_killed_embedded_postmaster_is_started_again_by_the_bus_using_it
     server = EmbeddedServer(data_dir)
     async with open_bus(reconnect_timeout=RECONNECT_TIMEOUT) as bus, bus.subscribe(create_filter([])) as sub:
         await bus.store.append([Event("Before", {})])
+        # A connection string that cannot be read is refused as such, embedded server held or not.
+        with pytest.raises(InvalidDSN):
+            await testing.connect("postgresql://alice:secret@[::1/app")
         killed = kill_postmaster(server)
         record, _ = await append_until_stored(bus.store, Event("After", {}, event_id=uuid.uuid4()))
         assert record.sequence_number == 2
