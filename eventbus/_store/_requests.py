@@ -118,7 +118,7 @@ def encoded_size(events: Sequence[Prepared], condition: str | None) -> int:
     Its events' types, payloads and metadata as UTF-8, their ids and tags,
     its condition, and the length words that frame each.
     """
-    size = _APPEND_OVERHEAD + (len(condition) if condition is not None else 4)
+    size = _APPEND_OVERHEAD + (_utf8_length(condition) if condition is not None else 4)
     for event in events:
         size += _EVENT_OVERHEAD + _TAG_OVERHEAD * len(event.tags)
         size += _utf8_length(event.event_type) + _utf8_length(event.payload_text) + _utf8_length(event.metadata_text)
