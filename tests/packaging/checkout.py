@@ -7,7 +7,17 @@ from pathlib import Path
 
 from ..helpers import ROOT
 
-LEFTOVERS = {".git", ".venv", "build", "dist", "__pycache__", ".mypy_cache", ".ruff_cache", ".pytest_cache"}
+LEFTOVERS = {
+    ".git",
+    ".venv",
+    "build",
+    "dist",
+    "__pycache__",
+    ".mypy_cache",
+    ".ruff_cache",
+    ".pytest_cache",
+    ".hypothesis",
+}
 
 
 def copy_checkout(dest: Path) -> Path:
