@@ -112,7 +112,7 @@ def test_the_example_wheel_holds_the_bank_and_the_dashboard_and_the_banking_comm
         scripts = archive.read(f"eventbus_banking-{version}.dist-info/entry_points.txt").decode()
     assert "banking = tui.cli:main" in scripts.splitlines()
     requirements = metadata(wheel).get_all("Requires-Dist") or []
-    assert {canonicalize_name(Requirement(text).name) for text in requirements} == {"textual", "psutil"}
+    assert {canonicalize_name(Requirement(text).name) for text in requirements} == {"eventbus", "textual", "psutil"}
 
 
 # ------------------------------------------------------------------ a clean venv
