@@ -51,8 +51,9 @@ def test_the_readme_ci_and_dev_give_one_set_up() -> None:
 # ------------------------------------------------------------------ running it
 
 STAND_IN = """#!{python}
-# A stand-in for {name}: writes down how it was called; pip answers with the status in pip-status.
-import json, os, sys
+# A stand-in for {name}: writes down how it was called; pip answers with the status in
+# pip-status, after the seconds in pip-slow.
+import json, os, sys, time
 from pathlib import Path
 
 venv = Path(__file__).resolve().parent.parent
@@ -61,6 +62,8 @@ with open(venv / "calls", "a") as calls:
 if "{name}" == "just":
     print("just, standing in")
 elif sys.argv[1:3] == ["-m", "pip"]:
+    if (venv / "pip-slow").exists():
+        time.sleep(float((venv / "pip-slow").read_text()))
     status = venv / "pip-status"
     sys.exit(int(status.read_text()) if status.exists() else 0)
 """
@@ -154,6 +157,21 @@ async def test_when_pip_fails_dev_stops_with_its_status_and_tries_again_next_tim
     assert await dev(checkout, "test") == (0, "just, standing in\n", "installing")
 
 
+async def test_two_runs_at_once_install_once(checkout: Path) -> None:
+    venv = stand_in_venv(checkout / ".venv")
+    (venv / "pip-slow").write_text("1")
+    results = []
+
+    async def run_dev() -> None:
+        results.append(await dev(checkout, "--version"))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run_dev)
+        nursery.start_soon(run_dev)
+    assert sorted(results) == [(0, "just, standing in\n", ""), (0, "just, standing in\n", "installing")]
+    assert [program for program, _, _ in calls(venv)].count("python") == 1
+
+
 async def test_a_linked_environment_is_used_as_it_is_and_never_changed(checkout: Path, tmp_path: Path) -> None:
     elsewhere = stand_in_venv(tmp_path / "shared")
     (checkout / ".venv").symlink_to(elsewhere)
@@ -167,9 +185,11 @@ async def test_a_linked_environment_is_used_as_it_is_and_never_changed(checkout:
     assert (checkout / ".venv").readlink() == tmp_path / "gone"
 
 
-async def test_dev_makes_the_environment_when_it_has_none_and_keeps_it_when_pip_cannot_reach_an_index(
+async def test_dev_makes_the_environment_again_when_it_has_no_pip_and_keeps_it_when_pip_cannot_reach_an_index(
     checkout: Path, tmp_path: Path
 ) -> None:
+    # As a run killed while it made the environment leaves it: an interpreter, no pip.
+    await trio.run_process([sys.executable, "-m", "venv", "--without-pip", str(checkout / ".venv")])
     (tmp_path / "no-wheels").mkdir()
     offline = clean_environment(PIP_NO_INDEX="1", PIP_FIND_LINKS=str(tmp_path / "no-wheels"))
     status, out, steps = await dev(checkout, "test", env=offline)

