@@ -185,6 +185,7 @@ async def test_a_linked_environment_is_used_as_it_is_and_never_changed(checkout:
     assert (checkout / ".venv").readlink() == tmp_path / "gone"
 
 
+@pytest.mark.slow
 async def test_dev_makes_the_environment_again_when_it_has_no_pip_and_keeps_it_when_pip_cannot_reach_an_index(
     checkout: Path, tmp_path: Path
 ) -> None:
