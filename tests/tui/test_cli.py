@@ -66,7 +66,7 @@ def test_banking_dashboard_says_in_one_line_when_the_database_is_unreachable(
 
 
 def test_the_installed_banking_command_is_the_dashboards() -> None:
-    with (ROOT / "pyproject.toml").open("rb") as file:
+    with (ROOT / "examples" / "pyproject.toml").open("rb") as file:
         assert tomllib.load(file)["project"]["scripts"]["banking"] == "tui.cli:main"
 
 
