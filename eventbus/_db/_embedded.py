@@ -52,7 +52,6 @@ from urllib.parse import quote
 import attrs
 
 from .._errors import StoreUnavailable
-from ._leftovers import end_leftovers
 
 _log = logging.getLogger("eventbus.embedded")
 
@@ -328,6 +327,8 @@ class EmbeddedServer:
             return
         # Never finished: its first start was killed (initdb may still run,
         # orphaned), and no event can be in it. Made again from nothing.
+        from ._leftovers import end_leftovers  # psutil: loaded with the embedded server only
+
         end_leftovers(self.pgdata, self.pid())
         if self.pgdata.exists():
             shutil.rmtree(self.pgdata)
