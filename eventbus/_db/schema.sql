@@ -378,3 +378,41 @@ BEGIN
     END IF;
 END
 $$;
+
+-- Partitioned projections (eventbus/_projections/_leases.py). A process that
+-- runs one is a member while it renews its row; a partition belongs to the
+-- process named in its lease until the lease expires. The epoch goes up with
+-- every new owner: a batch commits only with the owner and epoch it was
+-- started under (advance_lease), so a process that lost its lease never
+-- commits for that partition again. Times are the server's clock alone.
+CREATE TABLE IF NOT EXISTS eventbus.projection_members (
+    projection text NOT NULL,
+    member text NOT NULL,
+    expires_at timestamptz NOT NULL,
+    PRIMARY KEY (projection, member)
+);
+CREATE TABLE IF NOT EXISTS eventbus.projection_leases (
+    projection text NOT NULL,
+    partition int NOT NULL,
+    owner text,
+    epoch bigint NOT NULL DEFAULT 0,
+    expires_at timestamptz NOT NULL DEFAULT '-infinity',
+    checkpoint bigint NOT NULL DEFAULT 0,
+    PRIMARY KEY (projection, partition)
+);
+
+-- Move a partition's checkpoint to p_new, or fail (SQLSTATE EB001) when the
+-- caller no longer holds its lease under p_epoch.
+CREATE OR REPLACE FUNCTION eventbus.advance_lease(
+    p_name text, p_partition int, p_owner text, p_epoch bigint, p_new bigint
+) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE eventbus.projection_leases SET checkpoint = greatest(checkpoint, p_new)
+    WHERE projection = p_name AND partition = p_partition AND owner = p_owner AND epoch = p_epoch;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'projection % partition %: the lease of epoch % is lost', p_name, p_partition, p_epoch
+            USING ERRCODE = 'EB001';
+    END IF;
+END
+$$;

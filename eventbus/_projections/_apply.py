@@ -56,11 +56,20 @@ def literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def commit_sql(name: str, checkpoint: int | None, new: int) -> str:
+Fence = Callable[[int, int], str]
+"""``(checkpoint, new) -> SQL`` that moves a partition's checkpoint in the
+batch's transaction, or fails it when the process lost the partition's lease
+(``_leases.py``): it replaces the projection's own checkpoint."""
+
+
+def commit_sql(name: str, checkpoint: int | None, new: int, fence: Fence | None = None) -> str:
     """Move projection ``name``'s checkpoint from ``checkpoint`` to ``new`` and
-    commit, in one round trip (``checkpoint`` None: a shadow, which only commits)."""
+    commit, in one round trip (``checkpoint`` None: a shadow, which only commits;
+    ``fence``: a partition's checkpoint instead of the projection's)."""
     if checkpoint is None:
         return "COMMIT"
+    if fence is not None:
+        return f"{fence(checkpoint, new)}; COMMIT"
     return f"SELECT eventbus.advance_checkpoint({literal(name)}, {int(checkpoint)}, {int(new)}); COMMIT"
 
 
@@ -115,7 +124,7 @@ async def prepare_schema(
     return []
 
 
-async def commit(conn: _db.Connection, name: str, checkpoint: int | None, new: int) -> None:
+async def commit(conn: _db.Connection, name: str, checkpoint: int | None, new: int, fence: Fence | None = None) -> None:
     """Commit a batch's transaction, moving the checkpoint (see :func:`commit_sql`).
 
     Raises:
@@ -124,7 +133,7 @@ async def commit(conn: _db.Connection, name: str, checkpoint: int | None, new: i
             (a shadow's) would end in a silent ROLLBACK: it raises too.
     """
     if checkpoint is not None:
-        await conn.run_script(commit_sql(name, checkpoint, new))
+        await conn.run_script(commit_sql(name, checkpoint, new, fence))
     elif (tag := await conn.execute("COMMIT")) != "COMMIT":
         raise DatabaseError(f"the transaction was aborted: COMMIT ended in {tag}", sqlstate="25P02")
 
@@ -136,6 +145,7 @@ async def apply_batch(
     checkpoint: int | None,
     on_dead_letter: Callable[[], object] | None,
     schema: str | None = None,
+    fence: Fence | None = None,
 ) -> int:
     """Apply ``batch`` in one transaction with the checkpoint; return the new one.
 
@@ -156,7 +166,7 @@ async def apply_batch(
             if failed is None:
                 last = batch[-1].sequence_number
                 try:
-                    await commit(conn, projection.name, checkpoint, last)
+                    await commit(conn, projection.name, checkpoint, last, fence)
                     return last
                 except DatabaseError as exc:
                     failed = _commit_failed(projection, batch, start, exc)
@@ -191,7 +201,7 @@ async def apply_batch(
                     projection.name, record.sequence_number, record.event_id, record.event_type,
                     dict(record.payload), message,
                 )  # fmt: skip
-                await commit(conn, projection.name, checkpoint, record.sequence_number)
+                await commit(conn, projection.name, checkpoint, record.sequence_number, fence)
             except DatabaseError as exc:
                 if index == start:
                     raise
@@ -273,14 +283,15 @@ async def apply_records(
     checkpoint: int | None,
     on_dead_letter: Callable[[], object] | None,
     schema: str | None = None,
+    fence: Fence | None = None,
 ) -> int:
     """:func:`apply_batch`, going one event at a time when a batch handler fails."""
     try:
-        return await apply_batch(conn, projection, batch, checkpoint, on_dead_letter, schema)
+        return await apply_batch(conn, projection, batch, checkpoint, on_dead_letter, schema, fence)
     except _Bisect as bisect:
         start, checkpoint = bisect.resume.start, bisect.resume.checkpoint
     for record in batch[start:]:
-        position = await apply_batch(conn, projection, [record], checkpoint, on_dead_letter, schema)
+        position = await apply_batch(conn, projection, [record], checkpoint, on_dead_letter, schema, fence)
         if checkpoint is not None:  # None: a shadow, which has no checkpoint
             checkpoint = position
     return batch[-1].sequence_number
@@ -293,6 +304,7 @@ async def apply_in_time(
     checkpoint: int | None,
     on_dead_letter: Callable[[], object] | None,
     schema: str | None = None,
+    fence: Fence | None = None,
 ) -> int:
     """:func:`apply_records` within the projection's ``handler_timeout``.
 
@@ -308,7 +320,7 @@ async def apply_in_time(
     first, last = batch[0].sequence_number, batch[-1].sequence_number
     with trio.move_on_after(math.inf if timeout is None else timeout):
         try:
-            return await apply_records(conn, projection, batch, checkpoint, on_dead_letter, schema)
+            return await apply_records(conn, projection, batch, checkpoint, on_dead_letter, schema, fence)
         except DatabaseError as exc:  # every way a batch fails is the batch's failure
             message = f"projection {projection.name}: the batch at positions {first} to {last} failed: {exc}"
             raise HandlerFailed(message, None) from exc

@@ -35,6 +35,9 @@ DEFAULT_HANDLER_TIMEOUT = 30.0
 """Seconds one batch (its handlers and its commit) may take before it is
 cancelled, rolled back and counted as a failure."""
 
+MAX_PARTITIONS = 1024
+"""The most partitions a projection may have."""
+
 OnError = Literal["retry", "skip"]
 
 
@@ -148,6 +151,14 @@ def _check_batch_size(_: Any, __: Any, value: Any) -> None:
         raise ProjectionError(f"batch_size must be a whole number from 1 to 100000, not {value!r}")
 
 
+def _check_partitions(_: Any, __: Any, value: Any) -> None:
+    if type(value) is not int or not 1 <= value <= MAX_PARTITIONS:
+        raise ProjectionError(f"partitions must be a whole number from 1 to {MAX_PARTITIONS}, not {value!r}")
+
+
+PartitionKey = Callable[[EventRecord], Any]
+
+
 @attrs.frozen
 class Projection:
     """A read model kept current from the events.
@@ -175,6 +186,14 @@ class Projection:
             take; past it the batch is cancelled, rolled back and counted as a
             failure under ``restart``, as a handler that raised. None waits
             for ever. A rebuild's copy keeps the same deadline.
+        partitions: how many partitions the events are split into (1, the
+            default: one process applies them all). With more, every process
+            that starts the projection applies a fair share of them (see
+            ``_partitioned.py``); events of one key keep their order.
+        partition_key: ``(record) -> key``, a plain function, required with
+            ``partitions > 1``; the key (str, int or any JSON value) picks the
+            partition by a stable hash. An event it raises on is a failure of
+            a handler (a dead letter under ``on_error="skip"``).
 
     Raises:
         ProjectionError: at once, for a bad name, handler, policy or size.
@@ -193,12 +212,18 @@ class Projection:
     handler_timeout: float | None = attrs.field(
         default=DEFAULT_HANDLER_TIMEOUT, kw_only=True, validator=_check_handler_timeout
     )
+    partitions: int = attrs.field(default=1, kw_only=True, validator=_check_partitions)
+    partition_key: PartitionKey | None = attrs.field(default=None, kw_only=True)
 
     def __attrs_post_init__(self) -> None:
         if not self.handlers and self.batch_handler is None:
             raise ProjectionError(f"projection {self.name!r} has no handlers")
         if self.batch_handler is not None and not self.event_types and not self.handlers:
             raise ProjectionError(f"projection {self.name!r}: batch_handler needs event_types")
+        if self.partition_key is not None and (not callable(self.partition_key) or _is_async(self.partition_key)):
+            raise ProjectionError(f"partition_key must be a plain function (record) -> key, not {self.partition_key!r}")
+        if self.partitions > 1 and self.partition_key is None:
+            raise ProjectionError(f"projection {self.name!r}: partitions={self.partitions} needs a partition_key")
 
     @property
     def schema(self) -> str:
@@ -260,6 +285,10 @@ class ProjectionStatus:
         batch_running: seconds the batch under way here has run, None
             between batches: a batch that runs long shows here before its
             deadline (``handler_timeout``) cancels it.
+        partitions: a partitioned projection's partitions, by the process
+            that holds them (as this process last read the leases; the
+            checkpoint and lag are then those of the slowest partition).
+            Empty for one with a single partition.
     """
 
     state: ProjectionState = attrs.field(converter=ProjectionState)
@@ -270,6 +299,7 @@ class ProjectionStatus:
     dead_letters: int = 0
     leader: bool = False
     batch_running: float | None = None
+    partitions: Mapping[str, tuple[int, ...]] = attrs.field(factory=dict)
 
 
 @attrs.frozen

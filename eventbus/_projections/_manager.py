@@ -33,6 +33,7 @@ from ._definition import (
     Transaction,
     schema_of,
 )
+from ._partitioned import PartitionedRunner
 from ._rebuild import Progress, Rebuild
 from ._runner import Runner
 
@@ -52,14 +53,14 @@ class ProjectionManager:
         self.store = store
         self.stream = stream
         self._nursery = nursery
-        self._runners: dict[str, Runner] = {}
+        self._runners: dict[str, Runner | PartitionedRunner] = {}
         self._rebuilding: set[str] = set()
 
     def rebuilding(self, name: str) -> bool:
         """Whether a rebuild of projection ``name`` is under way here; never blocks."""
         return name in self._rebuilding
 
-    def _runner(self, name: str) -> Runner:
+    def _runner(self, name: str) -> Runner | PartitionedRunner:
         try:
             return self._runners[name]
         except KeyError:
@@ -69,7 +70,8 @@ class ProjectionManager:
         """Start ``projection`` as a supervised task in the bus's nursery.
 
         Returns at once; the projection then takes the lead (or stands by) and
-        catches up on its own. Blocks only for a checkpoint; cancelled there,
+        catches up on its own; a partitioned one (``partitions > 1``) takes
+        its share of the partitions instead (see ``_partitioned.py``). Blocks only for a checkpoint; cancelled there,
         it starts nothing. Its subscription buffers up to
         ``SUBSCRIPTION_BATCHES`` batches of ``batch_size`` events; a projection
         further behind reads from the store instead, and never holds up the
@@ -84,9 +86,16 @@ class ProjectionManager:
             raise ProjectionError(f"start takes a Projection, not {projection!r}")
         if projection.name in self._runners:
             raise ProjectionError(f"projection {projection.name!r} is started already")
-        runner = Runner(
-            projection, dsn=self.dsn, stream=self.stream, rebuilding=functools.partial(self.rebuilding, projection.name)
-        )
+        runner: Runner | PartitionedRunner
+        if projection.partitions > 1:
+            runner = PartitionedRunner(projection, dsn=self.dsn, stream=self.stream)
+        else:
+            runner = Runner(
+                projection,
+                dsn=self.dsn,
+                stream=self.stream,
+                rebuilding=functools.partial(self.rebuilding, projection.name),
+            )
         self._runners[projection.name] = runner
         self._nursery.start_soon(runner.run, name=f"projection {projection.name}")
 
@@ -191,13 +200,16 @@ class ProjectionManager:
         the copy is handed over), and the live read model goes on untouched.
 
         Raises:
-            ProjectionError: unknown name, a rebuild already running, this
+            ProjectionError: unknown name, a partitioned projection (not
+                supported yet), a rebuild already running, this
                 process does not lead the projection (or stops leading it, or
                 the projection is stopped, before the swap), or the swap could
                 not get its locks. The shadow copy is dropped.
             HandlerFailed: a handler failed on the copy (the live model stays).
         """
         runner = self._runner(name)
+        if isinstance(runner, PartitionedRunner):
+            raise ProjectionError(f"projection {name!r} is partitioned: its rebuild is not supported yet")
         if name in self._rebuilding:
             raise ProjectionError(f"projection {name!r} is being rebuilt already")
         if not runner.leader:
