@@ -203,8 +203,16 @@ class ProjectionManager:
         if not runner.leader:
             raise ProjectionError(f"projection {name!r} is led by another process (or not yet): rebuild it there")
         self._rebuilding.add(name)
+        _log.info("projection %s: rebuild started", name)
         try:
             await Rebuild(runner.projection, runner, self.dsn, self.store, self.stream, progress).run()
+            _log.info("projection %s: rebuild swapped in at position %d", name, runner.applied)
+        except Exception as exc:
+            _log.error("projection %s: rebuild failed: %s", name, exc, exc_info=exc)
+            raise
+        except BaseException:
+            _log.info("projection %s: rebuild abandoned", name)
+            raise
         finally:
             self._rebuilding.discard(name)
             runner.interrupt()  # its state is worked out again

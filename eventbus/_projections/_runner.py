@@ -166,7 +166,10 @@ class Runner:
                     # The database, not the handlers: retry, without counting toward failure.
                     self.last_error = str(exc)
                     self._mark_restarting()
-                    await trio.sleep(policy.delay(min(self._failures + 1, 4)))
+                    delay = policy.delay(min(self._failures + 1, 4))
+                    _log.warning("projection %s: restarting in %.1f s: %s", self.projection.name, delay, exc,
+                                 exc_info=exc)  # fmt: skip
+                    await trio.sleep(delay)
                 except Exception as exc:
                     # A handler (HandlerFailed), or anything else this projection
                     # raised: its own failure, never the bus's.
@@ -174,14 +177,18 @@ class Runner:
                     self._failures += 1
                     if policy.gives_up(self._failures):
                         self.state = ProjectionState.FAILED
-                        _log.error("projection %s failed: %s", self.projection.name, self.last_error)
+                        _log.error("projection %s failed after %d restarts: %s", self.projection.name,
+                                   self._failures - 1, self.last_error, exc_info=exc)  # fmt: skip
                         self._notify()
                         await self._resume.wait()
                         self._resume = trio.Event()
                         self._failures = 0
                         continue
                     self._mark_restarting()
-                    await trio.sleep(policy.delay(self._failures))
+                    delay = policy.delay(self._failures)
+                    _log.warning("projection %s: restarting in %.1f s: %s", self.projection.name, delay,
+                                 self.last_error, exc_info=exc)  # fmt: skip
+                    await trio.sleep(delay)
 
     def _mark_restarting(self) -> None:
         self.state = ProjectionState.RESTARTING
@@ -204,6 +211,7 @@ class Runner:
                     self._notify()  # wait_until_caught_up here follows the leader
                 await trio.sleep(LEADER_RETRY)
             self.leader = True
+            _log.info("projection %s: this process leads it now", name)
             self.state = ProjectionState.STARTING
             await prepare_schema(conn, self.projection, self.projection.schema)
             await conn.execute("INSERT INTO eventbus.projections (name) VALUES ($1) ON CONFLICT DO NOTHING", name)
@@ -213,6 +221,8 @@ class Runner:
             while True:
                 checkpoint = await self._follow(conn, checkpoint)
         finally:
+            if self.leader:
+                _log.info("projection %s: this process no longer leads it", name)
             self.leader = False
             self._sub = None
             await conn.close()  # closing the session lets go of the lead

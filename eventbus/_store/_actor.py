@@ -16,6 +16,7 @@ the rare case two lanes' transactions took the lock the other way round).
 from __future__ import annotations
 
 import collections
+import logging
 import math
 import os
 import time
@@ -56,6 +57,7 @@ BACKOFF_INITIAL = 0.05
 BACKOFF_MAX = 2.0
 
 _UNIQUE_VIOLATION = "23505"
+_log = logging.getLogger("eventbus.store")
 CommitHook = Callable[[list[EventRecord]], Awaitable[None]]
 
 
@@ -121,6 +123,7 @@ class StoreActor:
         self._in_flight: set[Request] = set()
         self._retry_at = 0.0
         self._backoff = BACKOFF_INITIAL
+        self._lost_at: float | None = None  # when the database was lost, until a connection is back
         self.origin = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self.counters = Counters()
 
@@ -261,9 +264,11 @@ class StoreActor:
                     raise
                 # A retry of a stored append: look for stored ids this time.
                 rows = await lane.conn.fetch(APPEND_SQL, *batch_arguments(batch, self.origin, check_ids=True))
-        except StoreUnavailable:
+        except StoreUnavailable as exc:
+            self._lost(exc)
             return await self._settle(lane, batch, release)
-        except DatabaseError:
+        except DatabaseError as exc:
+            _log.warning("a batch of %d appends was refused as a whole (%s); running each alone", len(batch), exc)
             return await self._execute_singly(lane, batch, release)
         self.counters.batches += 1
         self.counters.last_batch = len(batch)
@@ -323,7 +328,8 @@ class StoreActor:
             assert lane.conn is not None
             try:
                 rows = await lane.conn.fetch(APPEND_SQL, *batch_arguments([request], self.origin, check_ids=True))
-            except StoreUnavailable:
+            except StoreUnavailable as exc:
+                self._lost(exc)
                 if settling:
                     lane.drop()
                     break
@@ -370,7 +376,8 @@ class StoreActor:
             assert lane.conn is not None
             try:
                 rows = await lane.conn.fetch(APPEND_SQL, *batch_arguments(waiting, self.origin, check_ids=True))
-            except StoreUnavailable:
+            except StoreUnavailable as exc:
+                self._lost(exc)
                 lane.drop()
                 continue
             except DatabaseError:
@@ -394,7 +401,8 @@ class StoreActor:
                 await trio.sleep(wait)
             try:
                 lane.conn = await self._connect()
-            except StoreUnavailable:
+            except StoreUnavailable as exc:
+                self._lost(exc)
                 self._retry_at = time.monotonic() + self._backoff
                 self._backoff = min(self._backoff * 2, BACKOFF_MAX)
                 if not patient:
@@ -402,7 +410,16 @@ class StoreActor:
                 continue
             self._backoff = BACKOFF_INITIAL
             self.counters.reconnects += 1
+            if self._lost_at is not None:
+                _log.warning("connection to the database restored after %.1f s", time.monotonic() - self._lost_at)
+                self._lost_at = None
             return True
+
+    def _lost(self, exc: BaseException) -> None:
+        """Log the start of an outage (once: its end is logged on reconnect)."""
+        if self._lost_at is None:
+            self._lost_at = time.monotonic()
+            _log.warning("lost the connection to the database (%s); reconnecting", exc)
 
     # ---------------------------------------------------------- answering
 

@@ -20,6 +20,7 @@ subscriber instead, and so, through the store, do the appenders.
 from __future__ import annotations
 
 import bisect
+import logging
 import math
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
@@ -52,6 +53,7 @@ RETRY_DELAY = 0.1
 """Seconds between attempts when the store cannot be read."""
 
 _OVERFLOWS = ("catch_up", "block")
+_log = logging.getLogger("eventbus.stream")
 _POLL = object()
 
 
@@ -346,6 +348,7 @@ class EventStream:
         sub.enqueued_upto = position
         if counts_as_detach:
             sub.detaches += 1
+            _log.info("subscription %s detached at position %d (its buffer is full); catching up", sub.name, position)
         assert self._nursery is not None, "the stream is not running"
         scope = trio.CancelScope()
         sub._catch_up_scope = scope
@@ -379,6 +382,8 @@ class EventStream:
                 if sub.state == "catching_up":
                     sub.state = "live"
                     self._live[sub] = None
+                    if sub.detaches:
+                        _log.info("subscription %s re-attached at position %d", sub.name, self.position)
             except (trio.ClosedResourceError, trio.BrokenResourceError):
                 return
             finally:
