@@ -33,6 +33,7 @@ from ._definition import (
     Transaction,
     schema_of,
 )
+from ._operations import Operations
 from ._rebuild import Progress, Rebuild
 from ._runner import Runner
 
@@ -54,6 +55,7 @@ class ProjectionManager:
         self._nursery = nursery
         self._runners: dict[str, Runner] = {}
         self._rebuilding: set[str] = set()
+        self._operations: Operations | None = None  # started with the first projection
 
     def rebuilding(self, name: str) -> bool:
         """Whether a rebuild of projection ``name`` is under way here; never blocks."""
@@ -89,6 +91,9 @@ class ProjectionManager:
         )
         self._runners[projection.name] = runner
         self._nursery.start_soon(runner.run, name=f"projection {projection.name}")
+        if self._operations is None:
+            self._operations = Operations(self.store.pool, self.store.origin, lambda: self._runners, self.rebuild)
+            self._nursery.start_soon(self._operations.run, name="projection operations")
 
     async def stop(self, name: str) -> None:
         """Stop projection ``name`` here (its state stays in the database).
@@ -106,16 +111,18 @@ class ProjectionManager:
         del self._runners[name]
         await trio.lowlevel.checkpoint()
 
-    def restart(self, name: str) -> None:
+    def restart(self, name: str, *, skip_poison: bool = False) -> None:
         """Let a ``failed`` projection try again (after a fix to its data).
 
         Does nothing to a projection that has not failed. Never blocks: the
-        projection is ``restarting`` when the call returns.
+        projection is ``restarting`` when the call returns. With
+        ``skip_poison``, the event it failed on goes to the dead letters if it
+        fails again (as under ``on_error="skip"``), and the projection moves on.
 
         Raises:
             ProjectionError: no projection of that name was started here.
         """
-        self._runner(name).restart()
+        self._runner(name).restart(skip_poison=skip_poison)
 
     def status(self) -> dict[str, ProjectionStatus]:
         """Every projection started here, by name; never blocks."""

@@ -30,6 +30,7 @@ from .._stream import EventStream, Subscription
 from .._values import EventRecord
 from ._apply import apply_records, prepare_schema
 from ._definition import SUBSCRIPTION_BATCHES, Projection, ProjectionState, ProjectionStatus
+from ._skip import apply_skipping
 from ._swap import Swap, swap_in
 
 LEADER_RETRY = 1.0
@@ -76,6 +77,8 @@ class Runner:
         self.restarts = 0
         self.dead_letters = 0
         self.last_error: str | None = None
+        self.poison: int | None = None  # the position of the event the latest failure was in
+        self._skip: int | None = None  # that event goes to the dead letters if it fails again
         self.leader = False
         self._failures = 0
         self._sub: Subscription | None = None
@@ -119,10 +122,14 @@ class Runner:
         self._scope.cancel()
         self.state = ProjectionState.STOPPED
 
-    def restart(self) -> None:
-        """Let a ``failed`` runner try again; nothing otherwise."""
+    def restart(self, *, skip_poison: bool = False) -> None:
+        """Let a ``failed`` runner try again; nothing otherwise. With
+        ``skip_poison``, the event it failed on goes to the dead letters if
+        it fails again."""
         if self.state != ProjectionState.FAILED:
             return  # a resume kept for later would skip its next failure
+        if skip_poison:
+            self._skip = self.poison
         # Restarting from now on, not once its task runs: a wait_until_caught_up
         # right after this call must not see the old failure.
         self._mark_restarting()
@@ -174,6 +181,8 @@ class Runner:
                     # A handler (HandlerFailed), or anything else this projection
                     # raised: its own failure, never the bus's.
                     self.last_error = str(exc) if isinstance(exc, HandlerFailed) else f"{type(exc).__name__}: {exc}"
+                    record = exc.record if isinstance(exc, HandlerFailed) else None
+                    self.poison = record.sequence_number if isinstance(record, EventRecord) else None
                     self._failures += 1
                     if policy.gives_up(self._failures):
                         self.state = ProjectionState.FAILED
@@ -265,7 +274,12 @@ class Runner:
                     continue
                 self._busy = True
                 try:
-                    checkpoint = await apply_records(conn, projection, batch, checkpoint, self._count_dead_letter)
+                    if self._skip is not None and self._skip <= batch[-1].sequence_number:
+                        checkpoint = await apply_skipping(conn, projection, batch, checkpoint, self._skip,
+                                                          self._count_dead_letter)  # fmt: skip
+                        self._skip = None
+                    else:
+                        checkpoint = await apply_records(conn, projection, batch, checkpoint, self._count_dead_letter)
                 finally:
                     self._busy = False
                 self.applied = checkpoint
