@@ -336,8 +336,9 @@ BEGIN
                 SELECT count(*) INTO v_same
                 FROM unnest(p_ids[v_lo[j]:v_hi[j]], p_types[v_lo[j]:v_hi[j]],
                             p_payloads[v_lo[j]:v_hi[j]], p_metadata[v_lo[j]:v_hi[j]]) AS n(id, typ, payload, meta)
+                -- (a retry made in another trace carries another traceparent: still the same append)
                 JOIN eventbus.events e ON e.event_id = n.id AND e.event_type = n.typ
-                    AND e.payload = n.payload::jsonb AND e.metadata = n.meta::jsonb;
+                    AND e.payload = n.payload::jsonb AND e.metadata - 'traceparent' = n.meta::jsonb - 'traceparent';
                 IF v_same = v_hi[j] - v_lo[j] + 1 THEN
                     RETURN QUERY
                     SELECT j, 'duplicate'::text, e.event_id, e.sequence_number, e.occurred_at

@@ -18,6 +18,7 @@ from typing import Protocol
 
 import trio
 
+from .. import _telemetry
 from .._db import rollback
 from .._errors import ProjectionError
 from .._store import EventStore
@@ -56,6 +57,7 @@ class ProjectionManager:
         self._runners: dict[str, Runner] = {}
         self._rebuilding: set[str] = set()
         self._operations: Operations | None = None  # started with the first projection
+        _telemetry.watch("projection", self, _projection_lags)
 
     def rebuilding(self, name: str) -> bool:
         """Whether a rebuild of projection ``name`` is under way here; never blocks."""
@@ -223,6 +225,10 @@ class ProjectionManager:
         finally:
             self._rebuilding.discard(name)
             runner.interrupt()  # its state is worked out again
+
+
+def _projection_lags(manager: ProjectionManager) -> list[tuple[float, dict[str, str]]]:
+    return [(status.lag, {"projection": name}) for name, status in manager.status().items()]
 
 
 # ------------------------------------------------------------------ the original's style

@@ -24,7 +24,7 @@ from collections.abc import Callable
 
 import trio
 
-from .. import _db
+from .. import _db, _telemetry
 from .._errors import DatabaseError, HandlerFailed, StoreUnavailable
 from .._stream import EventStream, Subscription
 from .._values import EventRecord
@@ -274,17 +274,26 @@ class Runner:
                     continue
                 self._busy = True
                 try:
-                    if self._skip is not None and self._skip <= batch[-1].sequence_number:
-                        checkpoint = await apply_skipping(conn, projection, batch, checkpoint, self._skip,
-                                                          self._count_dead_letter)  # fmt: skip
-                        self._skip = None
-                    else:
-                        checkpoint = await apply_records(conn, projection, batch, checkpoint, self._count_dead_letter)
+                    checkpoint = await self._apply(conn, batch, checkpoint)
                 finally:
                     self._busy = False
                 self.applied = checkpoint
                 self._failures = 0
                 self._notify()
+
+    async def _apply(self, conn: _db.Connection, batch: list[EventRecord], checkpoint: int) -> int:
+        """Apply one batch in its span (the poison event a resume named as
+        under ``on_error="skip"``); the new checkpoint."""
+        projection = self.projection
+        attributes = {"eventbus.projection": projection.name, "eventbus.events": len(batch),
+                      "eventbus.position": batch[-1].sequence_number}  # fmt: skip
+        with _telemetry.span("eventbus.projection_batch", attributes, lambda: (r.metadata for r in batch)):
+            skip = self._skip
+            if skip is not None and skip <= batch[-1].sequence_number:
+                checkpoint = await apply_skipping(conn, projection, batch, checkpoint, skip, self._count_dead_letter)
+                self._skip = None
+                return checkpoint
+            return await apply_records(conn, projection, batch, checkpoint, self._count_dead_letter)
 
     async def _take_swap(self, conn: _db.Connection, checkpoint: int) -> int:
         """Pause at ``checkpoint`` for the rebuild's copy, then swap it in;

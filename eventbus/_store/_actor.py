@@ -27,7 +27,7 @@ from typing import Any
 import attrs
 import trio
 
-from .. import _db
+from .. import _db, _telemetry
 from .._errors import (
     ClosedError,
     ConcurrencyError,
@@ -255,6 +255,13 @@ class StoreActor:
     async def _execute(self, lane: _Lane, batch: list[Request], release: Callable[[], None]) -> list[Outcome]:
         if not lane.up and not await self._reconnect(lane):
             return [Outcome(request, error=_unavailable()) for request in batch]
+        with _telemetry.span(
+            "eventbus.append_batch", {"eventbus.appends": len(batch)}, lambda: (r.events[0].metadata for r in batch)
+        ):
+            _telemetry.count_batch(len(batch))
+            return await self._execute_batch(lane, batch, release)
+
+    async def _execute_batch(self, lane: _Lane, batch: list[Request], release: Callable[[], None]) -> list[Outcome]:
         assert lane.conn is not None
         try:
             try:
@@ -410,6 +417,7 @@ class StoreActor:
                 continue
             self._backoff = BACKOFF_INITIAL
             self.counters.reconnects += 1
+            _telemetry.count_reconnect()
             if self._lost_at is not None:
                 _log.warning("connection to the database restored after %.1f s", time.monotonic() - self._lost_at)
                 self._lost_at = None
@@ -433,14 +441,30 @@ class StoreActor:
                 # Handed over before callers wake: once append returns, the stream has it.
                 await self._on_commit(committed)
         now = time.perf_counter()
+        durations: dict[str, list[float]] = {"ok": []}
         for outcome in outcomes:
             counters.appends += 1
-            counters.latencies.append(now - outcome.request.started)
+            latency = now - outcome.request.started
+            counters.latencies.append(latency)
             if isinstance(outcome.error, ConcurrencyError):
                 counters.conflicts += 1
             elif isinstance(outcome.error, StoreUnavailable):
                 counters.unavailable += 1
+            durations.setdefault(_outcome(outcome.error), []).append(latency)
             outcome.request.finish(outcome.records, outcome.error)
+        for kind, latencies in durations.items():
+            _telemetry.count_appends(kind, latencies)
+
+
+def _outcome(error: BaseException | None) -> str:
+    """An append's outcome as the ``eventbus.appends`` counter names it."""
+    if error is None:
+        return "ok"
+    if isinstance(error, (ConcurrencyError, DuplicateEventId)):
+        return "conflict"
+    if isinstance(error, (StoreUnavailable, ClosedError)):
+        return "unavailable"
+    return "invalid"
 
 
 def _as_new(outcomes: list[Outcome]) -> list[Outcome]:

@@ -18,9 +18,9 @@ from typing import Any
 
 import trio
 
-from .. import _db
+from .. import _db, _telemetry
 from .._db import open_database
-from .._errors import ClosedError
+from .._errors import ClosedError, InvalidEvent
 from .._nursery import open_actor_nursery
 from .._values import Event, EventFilter, EventQuery, EventRecord, QueryResult, _json, _tags
 from ._actor import REQUEST_BUFFER, WRITE_LANES, CommitHook, StoreActor
@@ -138,8 +138,12 @@ class EventStore:
                 ``outcome_known``.
             ClosedError: the store is closed.
         """
-        prepared = prepare(events, self._max_payload_bytes)
-        checked = condition(filter, expected_max_sequence_number)
+        try:
+            prepared = prepare(events, self._max_payload_bytes, _telemetry.trace_metadata())
+            checked = condition(filter, expected_max_sequence_number)
+        except InvalidEvent:
+            _telemetry.count_appends("invalid", [0.0])
+            raise
         if not prepared:
             return []
         if self._closed:

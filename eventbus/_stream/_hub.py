@@ -28,6 +28,7 @@ from contextlib import asynccontextmanager
 import attrs
 import trio
 
+from .. import _telemetry
 from .._errors import ClosedError, InvalidFilter, StoreUnavailable
 from .._nursery import open_actor_nursery
 from .._store import EventStore
@@ -132,6 +133,7 @@ class EventStream:
         self.ingested = 0
         self.delivered = 0
         self._closed = False
+        _telemetry.watch("subscription", self, _subscription_lags)
 
     # ------------------------------------------------------------ public
 
@@ -389,6 +391,10 @@ class EventStream:
             finally:
                 if sub._catch_up_scope is scope:
                     sub._catch_up_scope = None
+
+
+def _subscription_lags(stream: EventStream) -> Iterable[tuple[float, dict[str, str]]]:
+    return [(sub.lag, {"subscription": sub.name}) for sub in stream.statistics().subscriptions]
 
 
 _EVERYTHING = EventFilter([])
