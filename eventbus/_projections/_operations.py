@@ -7,7 +7,8 @@ seconds:
 
 * at its runners: when one's state, lead, restarts or last error changed (or
   ``HEARTBEAT`` seconds passed), it writes them to
-  ``eventbus.projection_runners``, one row per projection and bus;
+  ``eventbus.projection_runners``, one row per projection and bus (and drops
+  the rows of buses gone for a minute, and requests answered a day ago);
 * at ``eventbus.projection_requests`` addressed to this bus (by its origin):
   it takes each pending one and carries it out in a task of its own (a
   rebuild, a resume, dead letters applied again), writing progress and the
@@ -50,7 +51,10 @@ RESUME_WAIT = 30.0
 _log = logging.getLogger("eventbus.projections")
 
 _PUBLISH = """
-WITH gone AS (
+WITH answered AS (
+    DELETE FROM eventbus.projection_requests q
+    WHERE q.state IN ('done', 'failed', 'withdrawn') AND q.updated_at < now() - interval '1 day'
+), gone AS (
     DELETE FROM eventbus.projection_runners r
     WHERE (r.origin = $1 AND r.projection <> ALL ($2::text[]))
        OR (r.origin <> $1 AND r.updated_at < now() - interval '1 minute' AND NOT EXISTS (

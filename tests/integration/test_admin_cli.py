@@ -11,6 +11,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -395,3 +396,38 @@ async def test_discard_drops_the_named_dead_letters_or_all_and_refuses_without_e
     assert rest == Run(0, "discarded 1 dead letters of ledger\n", "")
     unknown = await cli(dsn, "dead-letters", "list", "nobody")
     assert unknown == Run(1, "", "error: no projection named 'nobody'\n")
+
+
+# ---------------------------------------------------------------- a process killed while it carries out a request
+
+
+async def test_a_rebuild_whose_process_is_killed_ends_the_command_with_exit_1(dsn: str, tmp_path: Path) -> None:
+    from .test_projections_processes import open_worker
+
+    async with open_bus(dsn) as bus:
+        for start in range(0, 15_000, 5000):
+            await bus.store.append([Event("MoneyDeposited", {"account": f"a{n % 50}", "amount": 1})
+                                    for n in range(start, start + 5000)])  # fmt: skip
+    async with open_worker(dsn, "each", tmp_path / "worker.log") as worker:
+        assert await worker.ask("caught_up") == "caught_up"
+        await published(dsn, "accounts", "live")
+        async with trio.open_nursery() as nursery:
+            outcome: list[Run] = []
+
+            async def rebuild() -> None:
+                outcome.append(await cli(dsn, "projections", "rebuild", "accounts"))
+
+            nursery.start_soon(rebuild)
+            async with testing.open_loop():
+                conn = await testing.connect(dsn)
+                try:
+                    with trio.fail_after(30):
+                        sql = "SELECT count(*) FROM eventbus.projection_requests WHERE state = 'running' AND done > 0"
+                        while not await conn.fetchval(sql):
+                            await trio.sleep(0.02)
+                finally:
+                    await conn.close()
+            await worker.kill()
+    [run] = outcome
+    assert run.status == 1, run
+    assert run.err.endswith("error: the process carrying out rebuild of accounts stopped before it was done\n")
