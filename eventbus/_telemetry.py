@@ -84,8 +84,15 @@ _watched: dict[str, weakref.WeakKeyDictionary[Any, Observe]] = {
 
 def _observer(kind: str) -> Callable[[Any], Iterator[Any]]:
     def observe(options: Any) -> Iterator[Any]:
+        # An exporter may collect from a thread of its own while Trio changes
+        # what is read here: an owner changed under the reading is left out
+        # of this collection, not the cause of a failed one.
         for owner, figures in list(_watched[kind].items()):
-            for value, attributes in figures(owner):
+            try:
+                observed = list(figures(owner))
+            except RuntimeError:  # a dict changed size while it was read
+                continue
+            for value, attributes in observed:
                 yield _metrics.Observation(value, dict(attributes))
 
     return observe

@@ -34,7 +34,7 @@ from eventbus import (
     open_event_store,
     testing,
 )
-from eventbus._telemetry import install
+from eventbus._telemetry import install, watch
 from eventbus.testing import EmbeddedServer
 
 from ..helpers import ROOT, LineReader
@@ -241,3 +241,25 @@ async def test_without_the_opentelemetry_api_nothing_is_recorded_and_the_metadat
         )
     assert out.returncode == 0, out.stderr.decode()
     assert out.stdout == b"ok\n"
+
+
+class Owner:
+    """Something with lags to report."""
+
+    def __init__(self, lags: dict[str, int] | None) -> None:
+        self.lags = lags
+
+    def figures(self) -> list[tuple[float, dict[str, str]]]:
+        if self.lags is None:
+            raise RuntimeError("dictionary changed size during iteration")
+        return [(lag, {"projection": name}) for name, lag in self.lags.items()]
+
+
+def test_a_gauge_leaves_out_an_owner_changed_while_an_exporter_thread_reads_it(telemetry: Telemetry) -> None:
+    steady, changing = Owner({"accounts": 3}), Owner(None)
+    watch("projection", changing, Owner.figures)
+    watch("projection", steady, Owner.figures)
+    points = telemetry.points("eventbus.projection.lag")
+    assert {key: point.value for key, point in points.items()} == {(("projection", "accounts"),): 3}
+    del steady, changing  # watched while they live: gone with them
+    assert telemetry.points("eventbus.projection.lag") == {}
