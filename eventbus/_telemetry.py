@@ -10,7 +10,8 @@ Instruments (meter ``eventbus``):
 * ``eventbus.appends``: counter of answered appends, by ``outcome``: ``ok``,
   ``conflict`` (a failed condition, an id clash), ``invalid`` (refused before
   or by the database), ``unavailable`` (the database lost, the store closed);
-* ``eventbus.append.duration``: histogram of seconds from ``append`` to its answer;
+* ``eventbus.append.duration``: histogram of seconds from ``append`` to its
+  answer: per batch and outcome, the longest of its appends;
 * ``eventbus.batch.size``: histogram of appends per transaction;
 * ``eventbus.store.reconnects``: counter of write connections re-established;
 * ``eventbus.projection.lag``: gauge of positions a projection is behind the
@@ -18,8 +19,10 @@ Instruments (meter ``eventbus``):
 * ``eventbus.subscription.lag``: gauge of positions a subscription is behind
   the stream, by ``subscription``.
 
-Traces (tracer ``eventbus``): a span per append batch and per projection
-batch. An append made while a span is active stores that span's context in
+Traces (tracer ``eventbus``): a span per append batch that holds an append
+made in a trace (a batch of untraced appends would only start traces nobody
+asked for), and per projection batch. An append made while a span is active
+stores that span's context in
 each event's metadata under ``traceparent`` (W3C trace context; metadata the
 caller gave under that key is kept); a projection batch's span links to the
 contexts of its events, so a trace leads from a command to the read-model
@@ -30,15 +33,17 @@ from __future__ import annotations
 
 import contextlib
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 try:
+    from opentelemetry import context as _otel_context
     from opentelemetry import metrics as _metrics
     from opentelemetry import trace as _trace
     from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 except ImportError:  # the extra is not installed: every function here is a no-op
     _metrics = None  # type: ignore[assignment]
+    _otel_context = None  # type: ignore[assignment]
     _trace = None  # type: ignore[assignment]
 
 TRACEPARENT = "traceparent"
@@ -52,18 +57,30 @@ Observe = Callable[[Any], Iterable[tuple[float, Mapping[str, str]]]]
 
 
 class _Instruments:
+    """The instruments and the tracer, and the totals the counters report.
+
+    The counters are observable: the hot path adds to plain integers here and
+    the SDK reads them when it collects, instead of a measurement per batch.
+    """
+
     def __init__(self, meter_provider: Any = None, tracer_provider: Any = None) -> None:
         meter = _metrics.get_meter("eventbus", meter_provider=meter_provider)
         self.tracer = _trace.get_tracer("eventbus", tracer_provider=tracer_provider)
-        self.appends = meter.create_counter("eventbus.appends", unit="{append}", description="appends answered")
+        self.outcomes = {name: {"outcome": name} for name in ("ok", "conflict", "invalid", "unavailable")}
+        self.appended = dict.fromkeys(self.outcomes, 0)
+        self.reconnected = 0
+        meter.create_observable_counter(
+            "eventbus.appends", [self._appends], unit="{append}", description="appends answered, by outcome"
+        )
+        meter.create_observable_counter(
+            "eventbus.store.reconnects", [self._reconnects], unit="{connection}",
+            description="write connections re-established",
+        )  # fmt: skip
         self.duration = meter.create_histogram(
             "eventbus.append.duration", unit="s", description="seconds from append to its answer"
         )
         self.batch_size = meter.create_histogram(
             "eventbus.batch.size", unit="{append}", description="appends per transaction"
-        )
-        self.reconnects = meter.create_counter(
-            "eventbus.store.reconnects", unit="{connection}", description="write connections re-established"
         )
         meter.create_observable_gauge(
             "eventbus.projection.lag", [_observer("projection")], unit="{position}",
@@ -73,7 +90,15 @@ class _Instruments:
             "eventbus.subscription.lag", [_observer("subscription")], unit="{position}",
             description="positions a subscription is behind the stream",
         )  # fmt: skip
-        self.outcomes = {name: {"outcome": name} for name in ("ok", "conflict", "invalid", "unavailable")}
+
+    def _appends(self, options: Any) -> Iterator[Any]:
+        for outcome, count in list(self.appended.items()):
+            if count:
+                yield _metrics.Observation(count, self.outcomes[outcome])
+
+    def _reconnects(self, options: Any) -> Iterator[Any]:
+        if self.reconnected:
+            yield _metrics.Observation(self.reconnected)
 
 
 _watched: dict[str, weakref.WeakKeyDictionary[Any, Observe]] = {
@@ -120,18 +145,24 @@ def install(meter_provider: Any = None, tracer_provider: Any = None) -> None:
 # ---------------------------------------------------------------- metrics
 
 
-def count_appends(outcome: str, durations: Iterable[float]) -> None:
-    """Appends answered with ``outcome``, each after its duration in seconds."""
+def count_appends(outcome: str, durations: Sequence[float]) -> None:
+    """Appends of one batch answered with ``outcome``, after ``durations`` seconds.
+
+    One histogram measurement per batch and outcome, the longest of its
+    appends (an SDK measurement costs as much as a few appends' own work in
+    Python; appends of a batch wait about as long as each other).
+    """
     on = _on
-    if on is None:
+    if on is None or not durations:
         return
-    attributes = on.outcomes[outcome]
-    n = 0
-    for seconds in durations:
-        on.duration.record(seconds, attributes)
-        n += 1
-    if n:
-        on.appends.add(n, attributes)
+    on.appended[outcome] += len(durations)
+    on.duration.record(max(durations), on.outcomes[outcome])
+
+
+def count_invalid() -> None:
+    """An append refused before it was queued."""
+    if _on is not None:
+        _on.appended["invalid"] += 1
 
 
 def count_batch(appends: int) -> None:
@@ -143,7 +174,7 @@ def count_batch(appends: int) -> None:
 def count_reconnect() -> None:
     """A write connection was re-established."""
     if _on is not None:
-        _on.reconnects.add(1)
+        _on.reconnected += 1
 
 
 def watch(kind: str, owner: T, figures: Callable[[T], Iterable[tuple[float, Mapping[str, str]]]]) -> None:
@@ -154,13 +185,19 @@ def watch(kind: str, owner: T, figures: Callable[[T], Iterable[tuple[float, Mapp
         _watched[kind][owner] = figures
 
 
+def unwatch(kind: str, owner: object) -> None:
+    """Stop reporting ``owner``'s figures (it closed)."""
+    _watched[kind].pop(owner, None)
+
+
 # ---------------------------------------------------------------- traces
 
 
 def trace_metadata() -> dict[str, str] | None:
     """The active span's context as metadata (``{"traceparent": ...}``), or
     None when no span is active or OpenTelemetry is not installed."""
-    if _trace is None or not _trace.get_current_span().get_span_context().is_valid:
+    # An empty context (nothing ever attached in this task) has no span: the common case, cheaply.
+    if _trace is None or not _otel_context.get_current() or not _trace.get_current_span().get_span_context().is_valid:
         return None
     carrier: dict[str, str] = {}
     TraceContextTextMapPropagator().inject(carrier)
@@ -184,14 +221,25 @@ def _links(span: Any, metadatas: Iterable[Mapping[str, Any] | None]) -> None:
 
 @contextlib.contextmanager
 def span(
-    name: str, attributes: Mapping[str, Any], linked: Callable[[], Iterable[Mapping[str, Any] | None]]
+    name: str,
+    attributes: Mapping[str, Any],
+    linked: Callable[[], Iterable[Mapping[str, Any] | None]],
+    *,
+    traced_only: bool = False,
 ) -> Iterator[None]:
     """A span ``name`` around the block, linked to the trace contexts in the
-    metadata ``linked()`` yields (called only when the span records)."""
+    metadata ``linked()`` yields (called only when the span records). With
+    ``traced_only``, no span unless some metadata carries a trace context."""
     on = _on
     if on is None:
         yield
         return
+    if traced_only:
+        metadatas = list(linked())
+        if not any(metadata and TRACEPARENT in metadata for metadata in metadatas):
+            yield
+            return
+        linked = metadatas.__iter__
     with on.tracer.start_as_current_span(name, attributes=attributes, record_exception=True) as current:
         if current.is_recording():
             _links(current, linked())

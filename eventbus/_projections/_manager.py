@@ -18,7 +18,6 @@ from typing import Protocol
 
 import trio
 
-from .. import _telemetry
 from .._db import rollback
 from .._errors import ProjectionError
 from .._store import EventStore
@@ -57,7 +56,6 @@ class ProjectionManager:
         self._runners: dict[str, Runner] = {}
         self._rebuilding: set[str] = set()
         self._operations: Operations | None = None  # started with the first projection
-        _telemetry.watch("projection", self, _projection_lags)
 
     def rebuilding(self, name: str) -> bool:
         """Whether a rebuild of projection ``name`` is under way here; never blocks."""
@@ -94,7 +92,9 @@ class ProjectionManager:
         self._runners[projection.name] = runner
         self._nursery.start_soon(runner.run, name=f"projection {projection.name}")
         if self._operations is None:
-            self._operations = Operations(self.store.pool, self.store.origin, lambda: self._runners, self.rebuild)
+            self._operations = Operations(
+                self.store.pool, self.store.origin, lambda: self._runners, self.rebuild, self.status
+            )
             self._nursery.start_soon(self._operations.run, name="projection operations")
 
     async def stop(self, name: str) -> None:
@@ -225,10 +225,6 @@ class ProjectionManager:
         finally:
             self._rebuilding.discard(name)
             runner.interrupt()  # its state is worked out again
-
-
-def _projection_lags(manager: ProjectionManager) -> list[tuple[float, dict[str, str]]]:
-    return [(status.lag, {"projection": name}) for name, status in manager.status().items()]
 
 
 # ------------------------------------------------------------------ the original's style

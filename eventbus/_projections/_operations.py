@@ -28,11 +28,11 @@ from typing import Any
 
 import trio
 
-from .. import _db
+from .. import _db, _telemetry
 from .._errors import EventBusError, ProjectionError
 from .._values import EventRecord
 from ._apply import _run_handlers, begin
-from ._definition import ProjectionState
+from ._definition import ProjectionState, ProjectionStatus
 from ._rebuild import Progress
 from ._runner import Runner
 
@@ -93,19 +93,26 @@ class Operations:
     """
 
     def __init__(
-        self, pool: _db.Pool, origin: str, runners: Callable[[], Mapping[str, Runner]], rebuild: Rebuilder
+        self,
+        pool: _db.Pool,
+        origin: str,
+        runners: Callable[[], Mapping[str, Runner]],
+        rebuild: Rebuilder,
+        status: Callable[[], Mapping[str, ProjectionStatus]],
     ) -> None:
         self._pool = pool
         self._origin = origin
         self._runners = runners
         self._rebuild = rebuild
+        self._status = status
         self._published: list[tuple[Any, ...]] | None = None
         self._published_at = -HEARTBEAT
         self._host = socket.gethostname()
 
     async def run(self) -> None:
         """Look, take, publish until cancelled; then delete this bus's rows
-        (shielded, bounded)."""
+        (shielded, bounded). Reports the projections' lag meanwhile."""
+        _telemetry.watch("projection", self, Operations._lags)
         try:
             async with trio.open_nursery() as nursery:
                 while True:
@@ -118,8 +125,12 @@ class Operations:
                         self._published = None
                     await trio.sleep(OPERATIONS_INTERVAL)
         finally:
+            _telemetry.unwatch("projection", self)
             with trio.move_on_after(_db.CLOSE_TIMEOUT, shield=True), contextlib.suppress(EventBusError, RuntimeError):
                 await self._pool.fetch("DELETE FROM eventbus.projection_runners WHERE origin = $1", self._origin)
+
+    def _lags(self) -> list[tuple[float, dict[str, str]]]:
+        return [(status.lag, {"projection": name}) for name, status in self._status().items()]
 
     async def _publish(self) -> None:
         rows = [

@@ -256,7 +256,10 @@ class StoreActor:
         if not lane.up and not await self._reconnect(lane):
             return [Outcome(request, error=_unavailable()) for request in batch]
         with _telemetry.span(
-            "eventbus.append_batch", {"eventbus.appends": len(batch)}, lambda: (r.events[0].metadata for r in batch)
+            "eventbus.append_batch",
+            {"eventbus.appends": len(batch)},
+            lambda: (r.events[0].metadata for r in batch),
+            traced_only=True,
         ):
             _telemetry.count_batch(len(batch))
             return await self._execute_batch(lane, batch, release)
@@ -442,15 +445,19 @@ class StoreActor:
                 await self._on_commit(committed)
         now = time.perf_counter()
         durations: dict[str, list[float]] = {"ok": []}
+        ok = durations["ok"]
         for outcome in outcomes:
             counters.appends += 1
             latency = now - outcome.request.started
             counters.latencies.append(latency)
-            if isinstance(outcome.error, ConcurrencyError):
-                counters.conflicts += 1
-            elif isinstance(outcome.error, StoreUnavailable):
-                counters.unavailable += 1
-            durations.setdefault(_outcome(outcome.error), []).append(latency)
+            if outcome.error is None:
+                ok.append(latency)
+            else:
+                if isinstance(outcome.error, ConcurrencyError):
+                    counters.conflicts += 1
+                elif isinstance(outcome.error, StoreUnavailable):
+                    counters.unavailable += 1
+                durations.setdefault(_outcome(outcome.error), []).append(latency)
             outcome.request.finish(outcome.records, outcome.error)
         for kind, latencies in durations.items():
             _telemetry.count_appends(kind, latencies)

@@ -142,7 +142,7 @@ class EventStore:
             prepared = prepare(events, self._max_payload_bytes, _telemetry.trace_metadata())
             checked = condition(filter, expected_max_sequence_number)
         except InvalidEvent:
-            _telemetry.count_appends("invalid", [0.0])
+            _telemetry.count_invalid()
             raise
         if not prepared:
             return []

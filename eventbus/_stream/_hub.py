@@ -240,6 +240,7 @@ class EventStream:
                         await self._ingest_local(item)  # type: ignore[arg-type]
         finally:
             self._closed = True
+            _telemetry.unwatch("subscription", self)
             for sub in list(self._all):
                 sub.close()
 

@@ -126,7 +126,9 @@ async def test_an_outage_counts_unavailable_appends_and_the_reconnect(
     assert reconnects.value >= 1
 
 
-async def test_the_lag_of_each_projection_and_subscription_is_a_gauge(dsn: str, telemetry: Telemetry) -> None:
+async def test_the_lag_of_each_projection_and_subscription_is_a_gauge_while_the_bus_is_open(
+    dsn: str, telemetry: Telemetry
+) -> None:
     async with open_bus(dsn) as bus:
         await bus.projections.start(Projection("orders", {"Ordered": ordered}, setup=setup_orders))
         async with bus.subscribe(create_filter([]), name="idle reader", max_batch=1, buffer=10):
@@ -136,6 +138,8 @@ async def test_the_lag_of_each_projection_and_subscription_is_a_gauge(dsn: str, 
             subscription_lag = telemetry.points("eventbus.subscription.lag")
     assert projection_lag[(("projection", "orders"),)].value == 0
     assert subscription_lag[(("subscription", "idle reader"),)].value == 3
+    # A closed bus reports no lag any more, whenever its objects are collected.
+    assert telemetry.points("eventbus.projection.lag") == telemetry.points("eventbus.subscription.lag") == {}
 
 
 async def test_an_append_in_a_span_carries_its_context_and_the_batch_spans_link_to_it(
@@ -154,7 +158,7 @@ async def test_an_append_in_a_span_carries_its_context_and_the_batch_spans_link_
     assert untraced.metadata == {"user": "bob"}  # no span active: the metadata is as given
     links = [[(link.context.trace_id, link.context.span_id) for link in span.links]
              for span in telemetry.finished("eventbus.append_batch")]  # fmt: skip
-    assert links == [[(context.trace_id, context.span_id)], []]
+    assert links == [[(context.trace_id, context.span_id)]]  # the untraced append's batch makes no span
     projected = [link for span in telemetry.finished("eventbus.projection_batch") for link in span.links]
     assert [(link.context.trace_id, link.context.span_id) for link in projected] == [
         (context.trace_id, context.span_id)
