@@ -11,7 +11,7 @@ Instruments (meter ``eventbus``):
   ``conflict`` (a failed condition, an id clash), ``invalid`` (refused before
   or by the database), ``unavailable`` (the database lost, the store closed);
 * ``eventbus.append.duration``: histogram of seconds from ``append`` to its
-  answer: per batch and outcome, the longest of its appends;
+  answer: per batch, the longest of its appends;
 * ``eventbus.batch.size``: histogram of appends per transaction;
 * ``eventbus.store.reconnects``: counter of write connections re-established;
 * ``eventbus.projection.lag``: gauge of positions a projection is behind the
@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
 try:
@@ -145,18 +145,21 @@ def install(meter_provider: Any = None, tracer_provider: Any = None) -> None:
 # ---------------------------------------------------------------- metrics
 
 
-def count_appends(outcome: str, durations: Sequence[float]) -> None:
-    """Appends of one batch answered with ``outcome``, after ``durations`` seconds.
+def count_appends(outcome: str, count: int) -> None:
+    """``count`` appends of one batch were answered with ``outcome``."""
+    if _on is not None:
+        _on.appended[outcome] += count
 
-    One histogram measurement per batch and outcome, the longest of its
-    appends (an SDK measurement costs as much as a few appends' own work in
-    Python; appends of a batch wait about as long as each other).
+
+def count_answered(longest: float) -> None:
+    """A batch's appends were answered, the longest after ``longest`` seconds.
+
+    One histogram measurement per batch (an SDK measurement costs as much as
+    a few appends' own work in Python; a batch's appends wait about as long
+    as each other, the longest is the one that counts).
     """
-    on = _on
-    if on is None or not durations:
-        return
-    on.appended[outcome] += len(durations)
-    on.duration.record(max(durations), on.outcomes[outcome])
+    if _on is not None:
+        _on.duration.record(longest)
 
 
 def count_invalid() -> None:

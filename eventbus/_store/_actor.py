@@ -444,23 +444,21 @@ class StoreActor:
                 # Handed over before callers wake: once append returns, the stream has it.
                 await self._on_commit(committed)
         now = time.perf_counter()
-        durations: dict[str, list[float]] = {"ok": []}
-        ok = durations["ok"]
+        refused = 0
         for outcome in outcomes:
             counters.appends += 1
-            latency = now - outcome.request.started
-            counters.latencies.append(latency)
-            if outcome.error is None:
-                ok.append(latency)
-            else:
+            counters.latencies.append(now - outcome.request.started)
+            if outcome.error is not None:
+                refused += 1
+                _telemetry.count_appends(_outcome(outcome.error), 1)
                 if isinstance(outcome.error, ConcurrencyError):
                     counters.conflicts += 1
                 elif isinstance(outcome.error, StoreUnavailable):
                     counters.unavailable += 1
-                durations.setdefault(_outcome(outcome.error), []).append(latency)
             outcome.request.finish(outcome.records, outcome.error)
-        for kind, latencies in durations.items():
-            _telemetry.count_appends(kind, latencies)
+        _telemetry.count_appends("ok", len(outcomes) - refused)
+        if outcomes:
+            _telemetry.count_answered(now - min(outcome.request.started for outcome in outcomes))
 
 
 def _outcome(error: BaseException | None) -> str:
