@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import os
 import secrets
+import signal
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -26,7 +27,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import attrs
 import trio
 
-from eventbus import EventBusError, open_event_store, testing
+from eventbus import EventBusError, StoreUnavailable, open_event_store, testing
 from eventbus.testing import EmbeddedServer
 
 SERVER_SETTINGS: Final = {"fsync": "off", "max_connections": "300"}
@@ -41,6 +42,12 @@ APPLICATION_NAME: Final = "chaos-harness"
 
 STOP_TIMEOUT: Final = 60.0
 """Seconds the embedded server may take to stop at the end."""
+
+POSTMASTER_TIMEOUT: Final = 60.0
+"""Seconds the server has to accept connections again after its postmaster was killed."""
+
+POSTMASTER_RETRY: Final = 0.5
+"""Seconds between attempts to start the server after its postmaster was killed."""
 
 _TERMINATE = """
 SELECT count(*) FILTER (WHERE pg_terminate_backend(pid))
@@ -80,6 +87,7 @@ class ChaosDatabase:
         server: the run's own server; None when the server was given.
         password: the password the DSN carries (never to be printed).
         restarts: server restarts done.
+        postmaster_kills: postmasters killed (and the server started again).
         terminations: terminations done.
         terminated: connections they ended.
         keep: leave the database in place at the end (set when a check failed).
@@ -91,6 +99,7 @@ class ChaosDatabase:
     server: EmbeddedServer | None
     password: str | None
     restarts: int = 0
+    postmaster_kills: int = 0
     terminations: int = 0
     terminated: int = 0
     keep: bool = False
@@ -114,6 +123,36 @@ class ChaosDatabase:
         await trio.to_thread.run_sync(functools.partial(self.server.restart, mode="immediate"))
         self.restarts += 1
         return trio.current_time() - began
+
+    async def kill_postmaster(self) -> float:
+        """SIGKILL the server's postmaster (its backends notice and end on
+        their own), then start the server again, as its owner would; the
+        seconds until it accepts connections.
+
+        Blocks worker threads for the starts, at most ``POSTMASTER_TIMEOUT``.
+
+        Raises:
+            StoreUnavailable: the server did not come back.
+        """
+        assert self.server is not None, "only the run's own server is killed"
+        server = self.server
+        pid = await trio.to_thread.run_sync(server.pid)
+        if pid is not None:
+            os.kill(pid, signal.SIGKILL)
+        self.postmaster_kills += 1
+        began = trio.current_time()
+        last: Exception | None = None
+        with trio.move_on_after(POSTMASTER_TIMEOUT):
+            while True:
+                try:
+                    await trio.to_thread.run_sync(server.start, abandon_on_cancel=True)
+                    conn = await testing.connect(self.admin_dsn, application_name=APPLICATION_NAME)
+                    await conn.close()
+                    return trio.current_time() - began
+                except EventBusError as exc:
+                    last = exc
+                await trio.sleep(POSTMASTER_RETRY)
+        raise StoreUnavailable(f"no connection {POSTMASTER_TIMEOUT:.0f} s after the postmaster was killed: {last}")
 
     async def terminate(self, pattern: str) -> int:
         """End the database's connections whose application name is LIKE ``pattern``.

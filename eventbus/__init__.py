@@ -19,6 +19,7 @@ from ._errors import (
     DuplicateEventId,
     EventBusError,
     HandlerFailed,
+    InvalidDSN,
     InvalidEvent,
     InvalidFilter,
     ProjectionError,
@@ -46,7 +47,14 @@ if TYPE_CHECKING:
         start_projection_listener,
     )
     from ._store import EventStore, StoreStatistics, open_event_store, run_event_store
-    from ._stream import EventStream, StreamStatistics, Subscription, SubscriptionStatistics, open_event_stream
+    from ._stream import (
+        EventStream,
+        StreamStatistics,
+        Subscription,
+        SubscriptionState,
+        SubscriptionStatistics,
+        open_event_stream,
+    )
 
 # name -> the room that defines it, imported on first use
 _LAZY = {
@@ -68,7 +76,15 @@ _LAZY = {
     ),
     **dict.fromkeys(("EventStore", "StoreStatistics", "open_event_store", "run_event_store"), "._store"),
     **dict.fromkeys(
-        ("EventStream", "StreamStatistics", "Subscription", "SubscriptionStatistics", "open_event_stream"), "._stream"
+        (
+            "EventStream",
+            "StreamStatistics",
+            "Subscription",
+            "SubscriptionState",
+            "SubscriptionStatistics",
+            "open_event_stream",
+        ),
+        "._stream",
     ),
 }
 
@@ -108,6 +124,7 @@ __all__ = [
     "ListenerStatistics",
     "StreamStatistics",
     "Subscription",
+    "SubscriptionState",
     "SubscriptionStatistics",
     "open_bus",
     "open_event_stream",
@@ -122,6 +139,7 @@ __all__ = [
     "EventQuery",
     "EventRecord",
     "EventStore",
+    "InvalidDSN",
     "InvalidEvent",
     "InvalidFilter",
     "QueryResult",

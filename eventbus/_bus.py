@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 import attrs
@@ -24,7 +24,16 @@ from ._db import open_database
 from ._errors import EventBusError, StoreUnavailable
 from ._nursery import open_actor_nursery
 from ._projections import ProjectionManager, ProjectionStatus
-from ._store import READ_POOL_SIZE, RECONNECT_TIMEOUT, WRITE_LANES, EventStore, StoreStatistics, run_event_store
+from ._store import (
+    MAX_BATCH_BYTES,
+    READ_POOL_SIZE,
+    RECONNECT_TIMEOUT,
+    WRITE_LANES,
+    EventStore,
+    StoreStatistics,
+    check_max_batch_bytes,
+    run_event_store,
+)
 from ._stream import DEFAULT_BUFFER, DEFAULT_MAX_BATCH, EventStream, Overflow, StreamStatistics, Subscription
 from ._values import EventFilter, EventRecord, _json
 
@@ -147,7 +156,7 @@ class Bus:
 
     def subscribe(
         self,
-        filter: EventFilter,
+        filter: EventFilter | Sequence[EventFilter],
         *,
         after: int | None = None,
         max_batch: int = DEFAULT_MAX_BATCH,
@@ -155,7 +164,8 @@ class Bus:
         overflow: Overflow = "catch_up",
         name: str | None = None,
     ) -> Subscription:
-        """Subscribe to committed events that match ``filter``.
+        """Subscribe to committed events that match ``filter`` (or any of a
+        sequence of filters).
 
         See :meth:`EventStream.subscribe`; use the result with ``async with``.
         """
@@ -185,6 +195,7 @@ async def run_bus(
     read_pool_size: int = READ_POOL_SIZE,
     reconnect_timeout: float = RECONNECT_TIMEOUT,
     write_connections: int = WRITE_LANES,
+    max_batch_bytes: int = MAX_BATCH_BYTES,
     task_status: trio.TaskStatus[Bus] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the bus's actors until cancelled; ``task_status.started`` gets the bus.
@@ -208,6 +219,7 @@ async def run_bus(
                 read_pool_size=read_pool_size,
                 reconnect_timeout=reconnect_timeout,
                 write_connections=write_connections,
+                max_batch_bytes=max_batch_bytes,
             )
         )
         stream = EventStream(store, await store.head())
@@ -227,6 +239,7 @@ async def open_bus(
     read_pool_size: int = READ_POOL_SIZE,
     reconnect_timeout: float = RECONNECT_TIMEOUT,
     write_connections: int = WRITE_LANES,
+    max_batch_bytes: int = MAX_BATCH_BYTES,
 ) -> AsyncIterator[Bus]:
     """Open the bus for the duration of the block.
 
@@ -239,9 +252,15 @@ async def open_bus(
     the actors and closes the connections, shielded and bounded, also when the
     block is cancelled.
 
+    The options are :func:`open_event_store`'s, and ``poll_interval``: seconds
+    between reads of what other processes appended.
+
     Raises:
-        StoreUnavailable: the database could not be reached at open.
+        InvalidEvent: ``max_batch_bytes`` is out of range.
+        StoreUnavailable: the database could not be reached at open
+            (``InvalidDSN``: its connection string cannot be read).
     """
+    check_max_batch_bytes(max_batch_bytes)
     async with open_database(dsn) as resolved, _db.open_loop(), open_actor_nursery() as nursery:
         bus: Bus = await nursery.start(
             functools.partial(
@@ -252,6 +271,7 @@ async def open_bus(
                 read_pool_size=read_pool_size,
                 reconnect_timeout=reconnect_timeout,
                 write_connections=write_connections,
+                max_batch_bytes=max_batch_bytes,
             )
         )
         try:

@@ -5,7 +5,7 @@ Prometheus endpoint for its long-running subcommands.
 stderr; without either nothing is configured and eventbus stays silent.
 ``--metrics-port N`` serves this process's OpenTelemetry metrics as
 Prometheus text at ``http://127.0.0.1:N/metrics``, through the OpenTelemetry
-Prometheus exporter (``pip install 'eventbus[prometheus]'``).
+Prometheus exporter (``pip install 'eventbus-banking[metrics]'``).
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def serve_metrics(port: int) -> None:
     except ImportError as exc:
         raise OperationsError(
             f"--metrics-port needs the OpenTelemetry SDK and Prometheus exporter ({exc}): "
-            "pip install 'eventbus[prometheus]'"
+            "pip install 'eventbus-banking[metrics]'"
         ) from None
     try:
         start_http_server(port, addr=METRICS_HOST)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 from collections.abc import AsyncIterator, Sequence
@@ -54,10 +55,10 @@ def print_json(value: Any, out: TextIO | None = None) -> None:
 
 
 def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], out: TextIO | None = None) -> None:
-    """A table: drawn by rich on a terminal, plain aligned text otherwise."""
+    """A table: drawn by rich on a terminal (if installed), plain aligned text otherwise."""
     out = out or sys.stdout
     cells = [["" if value is None else str(value) for value in row] for row in rows]
-    if out.isatty():
+    if out.isatty() and rich_available():
         from rich.console import Console
         from rich.table import Table
 
@@ -72,6 +73,11 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]
     widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c) for i, c in enumerate(columns)]
     for row in [list(columns), *cells]:
         print("  ".join(value.ljust(width) for value, width in zip(row, widths, strict=True)).rstrip(), file=out)
+
+
+def rich_available() -> bool:
+    """Whether rich (which Textual brings; not a dependency of eventbus) is installed."""
+    return importlib.util.find_spec("rich") is not None
 
 
 def origin_pid(origin: str) -> int | None:

@@ -19,7 +19,7 @@ import trio
 
 from .. import _db
 from .._projections._definition import NAME_PATTERN
-from ._common import EXIT_FAILED, EXIT_NO_LEADER, EXIT_OK, Failed, connected, print_json, print_table
+from ._common import EXIT_FAILED, EXIT_NO_LEADER, EXIT_OK, Failed, connected, print_json, print_table, rich_available
 from ._status import Runner, known_projections, live_runners
 
 POLL = 0.2
@@ -124,7 +124,7 @@ class _Progress:
         self._bar: Any = None
         self._task: Any = None
         self._last = 0.0
-        if sys.stderr.isatty():
+        if sys.stderr.isatty() and rich_available():
             from rich.progress import Progress
 
             self._bar = Progress(transient=False)

@@ -22,9 +22,11 @@ from typing import Any, Protocol, TypeVar
 import asyncpg
 import trio
 
-from .._errors import DatabaseError, StoreUnavailable
-from ._dsn import scrub
+from .._errors import DatabaseError, InvalidDSN, StoreUnavailable
+from . import _revive
+from ._dsn import check_dsn, scrub
 from ._loop import aio as _aio
+from ._loop import current_loop
 
 T = TypeVar("T")
 
@@ -112,20 +114,24 @@ async def _init_connection(raw: asyncpg.Connection) -> None:
         await raw.set_type_codec(name, encoder=_encode_json, decoder=_decode_json, schema="pg_catalog")
 
 
-async def _opened(open_: Callable[[], Awaitable[T]], dsn: str) -> T:
-    """Open a connection or a pool; its errors as StoreUnavailable, without secrets."""
+async def _opened(open_: Callable[[], Awaitable[T]], dsn: str, loop: Any) -> T:
+    """Open a connection or a pool; its errors as StoreUnavailable, without secrets.
+
+    The driver's error is not chained (not even as ``__context__``): it may
+    quote the connection string.
+    """
+    check_dsn(dsn)
     try:
-        return await _aio(open_)
-    except Exception as exc:
-        if is_driver_error(exc) or isinstance(exc, (ValueError, KeyError)):
-            raise StoreUnavailable(scrub(f"cannot connect to {dsn}: {type(exc).__name__}: {exc}", dsn)) from None
-        raise
+        return await _aio(open_, loop=loop)
+    except Exception as exc:  # the driver's, or one of the many its parsing of a bad value raises
+        error = StoreUnavailable(scrub(f"cannot connect to {dsn}: {type(exc).__name__}: {exc}", dsn))
+    raise error
 
 
-async def _call(what: str, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
-    """One crossing into asyncio; driver errors translated."""
+async def _call(what: str, loop: Any, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+    """One crossing into asyncio, on ``loop``; driver errors translated."""
     try:
-        return await _aio(fn, *args)
+        return await _aio(fn, *args, loop=loop)
     except Exception as exc:
         if is_driver_error(exc):
             raise translate(exc, what) from None
@@ -138,9 +144,12 @@ async def connect(dsn: str, *, application_name: str = "eventbus", custom_plans:
     With ``custom_plans`` every statement is planned with its actual values
     (see ``SERVER_SETTINGS``); without, PostgreSQL may reuse generic plans.
     Blocks until connected or ``CONNECT_TIMEOUT``. Cancellation abandons the
-    attempt.
+    attempt. If ``dsn`` reaches the embedded server that this process uses
+    (through ``open_database``) and it is down, it is started again (blocking
+    a worker thread) and the connection tried once more.
 
     Raises:
+        InvalidDSN: ``dsn`` cannot be read (nothing of it is shown).
         StoreUnavailable: the server cannot be reached.
     """
 
@@ -157,7 +166,16 @@ async def connect(dsn: str, *, application_name: str = "eventbus", custom_plans:
             raise
         return raw
 
-    return Connection(await _opened(_connect, dsn))
+    loop = current_loop()
+    try:
+        return Connection(await _opened(_connect, dsn, loop), loop)
+    except InvalidDSN:
+        raise
+    except StoreUnavailable:
+        # The embedded server this process uses may have died: started again, once, shared.
+        if not await _revive.revive(dsn):
+            raise
+    return Connection(await _opened(_connect, dsn, loop), loop)
 
 
 class Connection:
@@ -168,8 +186,9 @@ class Connection:
     statement; the connection stays usable unless it was lost.
     """
 
-    def __init__(self, raw: asyncpg.Connection) -> None:
+    def __init__(self, raw: asyncpg.Connection, loop: Any) -> None:
         self._raw = raw
+        self._loop = loop  # the asyncio loop the connection lives on, whichever task calls
 
     @property
     def backend_pid(self) -> int:
@@ -184,27 +203,27 @@ class Connection:
 
     async def execute(self, sql: str, *args: Any) -> str:
         """Run a statement; return its status tag."""
-        return await _call("execute", self._raw.execute, sql, *args)
+        return await _call("execute", self._loop, self._raw.execute, sql, *args)
 
     async def executemany(self, sql: str, args: Sequence[Sequence[Any]]) -> None:
         """Run a statement once per argument tuple, in one pipeline."""
-        await _call("executemany", self._raw.executemany, sql, args)
+        await _call("executemany", self._loop, self._raw.executemany, sql, args)
 
     async def fetch(self, sql: str, *args: Any) -> list[Row]:
         """Run a query; return all its rows."""
-        return await _call("fetch", self._raw.fetch, sql, *args)
+        return await _call("fetch", self._loop, self._raw.fetch, sql, *args)
 
     async def fetchrow(self, sql: str, *args: Any) -> Row | None:
         """Run a query; return its first row, or None."""
-        return await _call("fetchrow", self._raw.fetchrow, sql, *args)
+        return await _call("fetchrow", self._loop, self._raw.fetchrow, sql, *args)
 
     async def fetchval(self, sql: str, *args: Any) -> Any:
         """Run a query; return the first column of its first row, or None."""
-        return await _call("fetchval", self._raw.fetchval, sql, *args)
+        return await _call("fetchval", self._loop, self._raw.fetchval, sql, *args)
 
     async def run_script(self, sql: str) -> None:
         """Run several statements (no parameters) in one round trip."""
-        await _call("script", self._raw.execute, sql)
+        await _call("script", self._loop, self._raw.execute, sql)
 
     async def add_listener(self, channel: str, callback: Callable[[str], None]) -> None:
         """Call ``callback(payload)`` for every NOTIFY on ``channel``.
@@ -215,7 +234,7 @@ class Connection:
         def _on_notify(_conn: object, _pid: int, _channel: str, payload: str) -> None:
             callback(payload)
 
-        await _call("listen", self._raw.add_listener, channel, _on_notify)
+        await _call("listen", self._loop, self._raw.add_listener, channel, _on_notify)
 
     async def close(self) -> None:
         """Close gracefully, shielded from cancellation, within ``CLOSE_TIMEOUT``."""
@@ -223,7 +242,7 @@ class Connection:
             return
         with trio.move_on_after(CLOSE_TIMEOUT, shield=True):
             try:
-                await _aio(self._raw.close)
+                await _aio(self._raw.close, loop=self._loop)
                 return
             except Exception:  # noqa: S110 - a failed close ends in terminate below
                 pass
@@ -242,32 +261,33 @@ class Pool:
     for a free connection.
     """
 
-    def __init__(self, raw: asyncpg.Pool) -> None:
+    def __init__(self, raw: asyncpg.Pool, loop: Any) -> None:
         self._raw = raw
+        self._loop = loop
 
     async def fetch(self, sql: str, *args: Any) -> list[Row]:
         """Run a query on a pooled connection; return all its rows."""
-        return await _call("query", self._raw.fetch, sql, *args)
+        return await _call("query", self._loop, self._raw.fetch, sql, *args)
 
     async def fetchval(self, sql: str, *args: Any) -> Any:
         """Run a query on a pooled connection; return one value."""
-        return await _call("query", self._raw.fetchval, sql, *args)
+        return await _call("query", self._loop, self._raw.fetchval, sql, *args)
 
     @asynccontextmanager
     async def acquire(self) -> AsyncIterator[Connection]:
         """Borrow a connection for the block (waits for a free one)."""
         try:
-            raw = await _aio(self._raw.acquire)
+            raw = await _aio(self._raw.acquire, loop=self._loop)
         except Exception as exc:
             if is_driver_error(exc):
                 raise translate(exc, "acquire") from None
             raise
         try:
-            yield Connection(raw)
+            yield Connection(raw, self._loop)
         finally:
             with trio.move_on_after(CLOSE_TIMEOUT, shield=True):
                 try:
-                    await _aio(self._raw.release, raw)
+                    await _aio(self._raw.release, raw, loop=self._loop)
                 except Exception:
                     raw.terminate()
 
@@ -275,7 +295,7 @@ class Pool:
         """Close every connection, shielded and bounded; terminate stragglers."""
         with trio.move_on_after(CLOSE_TIMEOUT, shield=True):
             try:
-                await _aio(self._raw.close)
+                await _aio(self._raw.close, loop=self._loop)
                 return
             except Exception:  # noqa: S110 - a failed close ends in terminate below
                 pass
@@ -296,6 +316,7 @@ async def create_pool(dsn: str, *, max_size: int, application_name: str = "event
     """Open a pool of up to ``max_size`` connections (one opened at once).
 
     Raises:
+        InvalidDSN: ``dsn`` cannot be read (nothing of it is shown).
         StoreUnavailable: the server cannot be reached.
     """
 
@@ -310,7 +331,8 @@ async def create_pool(dsn: str, *, max_size: int, application_name: str = "event
             server_settings={**SERVER_SETTINGS, "application_name": application_name},
         )
 
-    return Pool(await _opened(_create, dsn))
+    loop = current_loop()
+    return Pool(await _opened(_create, dsn, loop), loop)
 
 
 async def create_database(admin_dsn: str, name: str, *, template: str | None = None) -> bool:

@@ -25,8 +25,8 @@ import math
 import os
 import textwrap
 import types
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any, TypeVar
 
 import sniffio
@@ -34,6 +34,7 @@ import trio
 import trio_asyncio
 from trio_asyncio._handles import AsyncHandle as _AsyncHandle
 
+from .._errors import ClosedError
 from .._nursery import collapse
 
 T = TypeVar("T")
@@ -45,18 +46,66 @@ async def open_loop() -> AsyncIterator[None]:
 
     Reuses the caller's trio-asyncio loop if there is one, else opens one (and
     lets it run ready callbacks in batches, see ``_drain_ready_callbacks``).
+    While the block runs, the loop also serves tasks of the same Trio run that
+    were started outside it (an outer nursery, ``trio.from_thread``), which
+    have no loop of their own: see :func:`aio`.
     """
-    if trio_asyncio.current_loop.get() is not None:
-        yield
+    current = trio_asyncio.current_loop.get()
+    if current is not None:
+        with _serving(current):
+            yield
         return
     try:
         async with trio_asyncio.open_loop() as loop:
             if patch_state() == "applied":
                 loop._main_loop_one = types.MethodType(_drain_ready_callbacks, loop)
             loop.set_exception_handler(_log_loop_error)
-            yield
+            with _serving(loop):
+                yield
     except BaseExceptionGroup as group:  # the loop's nurseries: not the caller's concern
         raise collapse(group) from None
+
+
+# The loops open_loop() keeps open in this Trio run, latest last. trio-asyncio
+# finds a task's loop through a context variable that only tasks started inside
+# the loop's block inherit; a task of an outer nursery, or one that
+# trio.from_thread runs, has none, and is served by the latest loop here.
+_OPEN_LOOPS: trio.lowlevel.RunVar[list[Any]] = trio.lowlevel.RunVar("eventbus_open_loops")
+
+
+@contextmanager
+def _serving(loop: Any) -> Iterator[None]:
+    try:
+        loops = _OPEN_LOOPS.get()
+    except LookupError:
+        loops = []
+        _OPEN_LOOPS.set(loops)
+    loops.append(loop)
+    try:
+        yield
+    finally:
+        loops.remove(loop)
+
+
+def current_loop() -> Any:
+    """The loop asyncio work of the calling task runs on.
+
+    The task's own trio-asyncio loop if it has one, else the latest loop that
+    :func:`open_loop` keeps open in this Trio run.
+
+    Raises:
+        ClosedError: no loop is open (no bus or store is open in this run).
+    """
+    loop = trio_asyncio.current_loop.get()
+    if loop is not None:
+        return loop
+    try:
+        loops = _OPEN_LOOPS.get()
+    except LookupError:
+        loops = []
+    if not loops:
+        raise ClosedError("no eventbus store or bus is open in this Trio run")
+    return loops[-1]
 
 
 _log = logging.getLogger("eventbus.db")
@@ -178,6 +227,8 @@ async def call_trio(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
     return result
 
 
-async def aio(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
-    result: T = await trio_asyncio.aio_as_trio(fn)(*args)
+async def aio(fn: Callable[..., Awaitable[T]], *args: Any, loop: Any = None) -> T:
+    """Await the asyncio async function ``fn(*args)`` from Trio, on ``loop``
+    (default: :func:`current_loop`). Cancellation cancels the asyncio task."""
+    result: T = await trio_asyncio.aio_as_trio(fn, loop=loop or current_loop())(*args)
     return result

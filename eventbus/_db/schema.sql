@@ -229,18 +229,40 @@ BEGIN
 END
 $$;
 
+-- A condition of several items (a DCB query: items OR'd): the position of
+-- an event after "a" that matches any item, or null. Each item is one
+-- first_match, with its own index probe.
+CREATE OR REPLACE FUNCTION eventbus.first_match_any(p_items jsonb) RETURNS bigint
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_item jsonb;
+    v_seq bigint;
+BEGIN
+    FOR v_item IN SELECT value FROM jsonb_array_elements(p_items) LOOP
+        v_seq := eventbus.first_match(v_item);
+        IF v_seq IS NOT NULL THEN
+            RETURN v_seq;
+        END IF;
+    END LOOP;
+    RETURN NULL;
+END
+$$;
+
 -- One batch of appends in one transaction.
 --
 -- Events: p_append_of[i] is the (1-based) append that event i belongs to
 -- (events of an append are contiguous and in order); p_tag_of[k] is the event
 -- that tag p_tags[k] belongs to. p_conditions is null when no append has a
--- condition, else it holds one element per append: null, or a condition as
--- first_match reads it. (p_dep_of[m], p_dep_on[m]) says that an event of the
--- earlier append p_dep_on[m] matches the condition of append p_dep_of[m]: the
--- caller works that out, since those events are not in the table yet.
+-- condition, else it holds one element per append: null, a condition as
+-- first_match reads it, or an array of them (any one matching is a
+-- conflict). (p_dep_of[m], p_dep_on[m]) says that an event of the earlier
+-- append p_dep_on[m] matches the condition of append p_dep_of[m]: the caller
+-- works that out, since those events are not in the table yet.
 --
 -- For each append, in order: if all its ids are stored already with the same
--- content it is a retry ('duplicate': the stored positions are returned); if
+-- content it is a retry ('duplicate': the stored events are returned, as they
+-- are stored: JSON holds 1 and 1.0 equal, and the caller gets the stored one); if
 -- some are stored it is 'id_conflict'; if an event matching its condition has
 -- a position after "a", stored or appended earlier in this batch, it is
 -- 'conflict'; otherwise 'ok'. Then all 'ok' events (and their tags) are
@@ -257,7 +279,12 @@ $$;
 -- slow transaction holding position 7 could commit after one holding 8.) Each
 -- statement after the lock takes a fresh snapshot, so conditions see every
 -- append committed before this one.
-CREATE OR REPLACE FUNCTION eventbus.append_batch(
+-- (Its result gained the stored events' type, payload and metadata: a
+-- function's result type cannot be replaced, only dropped and made anew.)
+DROP FUNCTION IF EXISTS eventbus.append_batch(
+    integer[], uuid[], text[], text[], text[], integer[], bigint[], jsonb, integer[], integer[], boolean, text
+);
+CREATE FUNCTION eventbus.append_batch(
     p_append_of integer[],
     p_ids uuid[],
     p_types text[],
@@ -275,7 +302,10 @@ CREATE OR REPLACE FUNCTION eventbus.append_batch(
     outcome text,
     event_id uuid,
     sequence_number bigint,
-    occurred_at timestamptz
+    occurred_at timestamptz,
+    stored_type text,
+    stored_payload jsonb,
+    stored_metadata jsonb
 )
 LANGUAGE plpgsql
 AS $$
@@ -320,8 +350,12 @@ BEGIN
             v_hit := NULL;
             v_retry := coalesce(p_ids[v_lo[j]:v_hi[j]] && v_stored, false);
             v_cond := p_conditions -> (j - 1);
-            IF jsonb_typeof(v_cond) = 'object' AND NOT v_retry THEN
-                v_hit := eventbus.first_match(v_cond);
+            IF jsonb_typeof(v_cond) IN ('object', 'array') AND NOT v_retry THEN
+                IF jsonb_typeof(v_cond) = 'object' THEN
+                    v_hit := eventbus.first_match(v_cond);
+                ELSE
+                    v_hit := eventbus.first_match_any(v_cond);
+                END IF;
                 IF v_hit IS NOT NULL AND NOT p_check_ids THEN
                     -- the condition failed: maybe on this very append, stored before
                     v_retry := EXISTS (SELECT 1 FROM eventbus.events e
@@ -341,13 +375,16 @@ BEGIN
                     AND e.payload = n.payload::jsonb AND e.metadata - 'traceparent' = n.meta::jsonb - 'traceparent';
                 IF v_same = v_hi[j] - v_lo[j] + 1 THEN
                     RETURN QUERY
-                    SELECT j, 'duplicate'::text, e.event_id, e.sequence_number, e.occurred_at
+                    SELECT j, 'duplicate'::text, e.event_id, e.sequence_number, e.occurred_at,
+                           e.event_type, e.payload, e.metadata
                     FROM eventbus.events e WHERE e.event_id = ANY (p_ids[v_lo[j]:v_hi[j]]);
                 ELSE
-                    RETURN QUERY SELECT j, 'id_conflict'::text, NULL::uuid, NULL::bigint, NULL::timestamptz;
+                    RETURN QUERY SELECT j, 'id_conflict'::text, NULL::uuid, NULL::bigint, NULL::timestamptz,
+                                        NULL::text, NULL::jsonb, NULL::jsonb;
                 END IF;
             ELSIF v_hit IS NOT NULL THEN
-                RETURN QUERY SELECT j, 'conflict'::text, NULL::uuid, v_hit, NULL::timestamptz;
+                RETURN QUERY SELECT j, 'conflict'::text, NULL::uuid, v_hit, NULL::timestamptz,
+                                    NULL::text, NULL::jsonb, NULL::jsonb;
             ELSE
                 v_ok[j] := true;
                 v_count := v_count + v_hi[j] - v_lo[j] + 1;
@@ -372,7 +409,7 @@ BEGIN
         SELECT v_pos[n.ord], n.id, n.typ, n.payload::jsonb, n.meta::jsonb, v_now
         FROM unnest(p_ids, p_types, p_payloads, p_metadata) WITH ORDINALITY AS n(id, typ, payload, meta, ord)
         WHERE v_pos[n.ord] > 0
-        RETURNING 0, 'ok'::text, e.event_id, e.sequence_number, e.occurred_at;
+        RETURNING 0, 'ok'::text, e.event_id, e.sequence_number, e.occurred_at, NULL::text, NULL::jsonb, NULL::jsonb;
         INSERT INTO eventbus.event_tags (tag, sequence_number)
         SELECT t.tag, v_pos[t.ev] FROM unnest(p_tag_of, p_tags) AS t(ev, tag)
         WHERE v_pos[t.ev] > 0;
@@ -380,6 +417,44 @@ BEGIN
         IF EXISTS (SELECT 1 FROM eventbus.listeners l WHERE l.origin <> p_origin) THEN
             PERFORM pg_notify('eventbus_events', p_origin || ' ' || (v_base + v_count)::text);
         END IF;
+    END IF;
+END
+$$;
+
+-- Partitioned projections (eventbus/_projections/_leases.py). A process that
+-- runs one is a member while it renews its row; a partition belongs to the
+-- process named in its lease until the lease expires. The epoch goes up with
+-- every new owner: a batch commits only with the owner and epoch it was
+-- started under (advance_lease), so a process that lost its lease never
+-- commits for that partition again. Times are the server's clock alone.
+CREATE TABLE IF NOT EXISTS eventbus.projection_members (
+    projection text NOT NULL,
+    member text NOT NULL,
+    expires_at timestamptz NOT NULL,
+    PRIMARY KEY (projection, member)
+);
+CREATE TABLE IF NOT EXISTS eventbus.projection_leases (
+    projection text NOT NULL,
+    partition int NOT NULL,
+    owner text,
+    epoch bigint NOT NULL DEFAULT 0,
+    expires_at timestamptz NOT NULL DEFAULT '-infinity',
+    checkpoint bigint NOT NULL DEFAULT 0,
+    PRIMARY KEY (projection, partition)
+);
+
+-- Move a partition's checkpoint to p_new, or fail (SQLSTATE EB001) when the
+-- caller no longer holds its lease under p_epoch.
+CREATE OR REPLACE FUNCTION eventbus.advance_lease(
+    p_name text, p_partition int, p_owner text, p_epoch bigint, p_new bigint
+) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE eventbus.projection_leases SET checkpoint = greatest(checkpoint, p_new)
+    WHERE projection = p_name AND partition = p_partition AND owner = p_owner AND epoch = p_epoch;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'projection % partition %: the lease of epoch % is lost', p_name, p_partition, p_epoch
+            USING ERRCODE = 'EB001';
     END IF;
 END
 $$;

@@ -34,6 +34,7 @@ from ._definition import (
     schema_of,
 )
 from ._operations import Operations
+from ._partitioned import PartitionedRunner
 from ._rebuild import Progress, Rebuild
 from ._runner import Runner
 
@@ -53,7 +54,7 @@ class ProjectionManager:
         self.store = store
         self.stream = stream
         self._nursery = nursery
-        self._runners: dict[str, Runner] = {}
+        self._runners: dict[str, Runner | PartitionedRunner] = {}
         self._rebuilding: set[str] = set()
         self._operations: Operations | None = None  # started with the first projection
 
@@ -61,7 +62,7 @@ class ProjectionManager:
         """Whether a rebuild of projection ``name`` is under way here; never blocks."""
         return name in self._rebuilding
 
-    def _runner(self, name: str) -> Runner:
+    def _runner(self, name: str) -> Runner | PartitionedRunner:
         try:
             return self._runners[name]
         except KeyError:
@@ -71,7 +72,8 @@ class ProjectionManager:
         """Start ``projection`` as a supervised task in the bus's nursery.
 
         Returns at once; the projection then takes the lead (or stands by) and
-        catches up on its own. Blocks only for a checkpoint; cancelled there,
+        catches up on its own; a partitioned one (``partitions > 1``) takes
+        its share of the partitions instead (see ``_partitioned.py``). Blocks only for a checkpoint; cancelled there,
         it starts nothing. Its subscription buffers up to
         ``SUBSCRIPTION_BATCHES`` batches of ``batch_size`` events; a projection
         further behind reads from the store instead, and never holds up the
@@ -86,9 +88,16 @@ class ProjectionManager:
             raise ProjectionError(f"start takes a Projection, not {projection!r}")
         if projection.name in self._runners:
             raise ProjectionError(f"projection {projection.name!r} is started already")
-        runner = Runner(
-            projection, dsn=self.dsn, stream=self.stream, rebuilding=functools.partial(self.rebuilding, projection.name)
-        )
+        runner: Runner | PartitionedRunner
+        if projection.partitions > 1:
+            runner = PartitionedRunner(projection, dsn=self.dsn, stream=self.stream)
+        else:
+            runner = Runner(
+                projection,
+                dsn=self.dsn,
+                stream=self.stream,
+                rebuilding=functools.partial(self.rebuilding, projection.name),
+            )
         self._runners[projection.name] = runner
         self._nursery.start_soon(runner.run, name=f"projection {projection.name}")
         if self._operations is None:
@@ -122,9 +131,16 @@ class ProjectionManager:
         fails again (as under ``on_error="skip"``), and the projection moves on.
 
         Raises:
-            ProjectionError: no projection of that name was started here.
+            ProjectionError: no projection of that name was started here, or
+                ``skip_poison`` for a partitioned one (not supported yet).
         """
-        self._runner(name).restart(skip_poison=skip_poison)
+        runner = self._runner(name)
+        if isinstance(runner, PartitionedRunner):
+            if skip_poison:
+                raise ProjectionError(f"projection {name!r} is partitioned: skip_poison is not supported yet")
+            runner.restart()
+        else:
+            runner.restart(skip_poison=skip_poison)
 
     def status(self) -> dict[str, ProjectionStatus]:
         """Every projection started here, by name; never blocks."""
@@ -148,7 +164,7 @@ class ProjectionManager:
         runner = self._runner(name)
         target = await self.store.head()
         with trio.move_on_after(math.inf if timeout is None else timeout):
-            while runner.position() < target:
+            while runner.position() < target or runner.state == ProjectionState.FAILED:
                 if runner.state == ProjectionState.FAILED:
                     raise ProjectionError(f"projection {name!r} failed: {runner.last_error}")
                 await runner.wait_changed()
@@ -200,13 +216,16 @@ class ProjectionManager:
         the copy is handed over), and the live read model goes on untouched.
 
         Raises:
-            ProjectionError: unknown name, a rebuild already running, this
+            ProjectionError: unknown name, a partitioned projection (not
+                supported yet), a rebuild already running, this
                 process does not lead the projection (or stops leading it, or
                 the projection is stopped, before the swap), or the swap could
                 not get its locks. The shadow copy is dropped.
             HandlerFailed: a handler failed on the copy (the live model stays).
         """
         runner = self._runner(name)
+        if isinstance(runner, PartitionedRunner):
+            raise ProjectionError(f"projection {name!r} is partitioned: its rebuild is not supported yet")
         if name in self._rebuilding:
             raise ProjectionError(f"projection {name!r} is being rebuilt already")
         if not runner.leader:

@@ -33,8 +33,11 @@ from .._errors import EventBusError, ProjectionError
 from .._values import EventRecord
 from ._apply import _run_handlers, begin
 from ._definition import ProjectionState, ProjectionStatus
+from ._partitioned import PartitionedRunner
 from ._rebuild import Progress
 from ._runner import Runner
+
+AnyRunner = Runner | PartitionedRunner
 
 OPERATIONS_INTERVAL = 0.5
 """Seconds between looks at the runners' state and at new requests."""
@@ -96,7 +99,7 @@ class Operations:
         self,
         pool: _db.Pool,
         origin: str,
-        runners: Callable[[], Mapping[str, Runner]],
+        runners: Callable[[], Mapping[str, AnyRunner]],
         rebuild: Rebuilder,
         status: Callable[[], Mapping[str, ProjectionStatus]],
     ) -> None:
@@ -134,7 +137,7 @@ class Operations:
 
     async def _publish(self) -> None:
         rows = [
-            (name, str(r.state), r.leader, r.restarts, r.last_error, r.poison)
+            (name, str(r.state), r.leader, r.restarts, r.last_error, getattr(r, "poison", None))
             for name, r in sorted(self._runners().items())
         ]
         now = trio.current_time()
@@ -166,7 +169,7 @@ class Operations:
                 await self._pool.fetch(_FINISH, request, state, message)
         _log.info("projection %s: %s %s: %s", name, action, state, message)
 
-    def _runner(self, name: str) -> Runner:
+    def _runner(self, name: str) -> AnyRunner:
         runner = self._runners().get(name)
         if runner is None:
             raise ProjectionError(f"projection {name!r} is no longer started in this process")
@@ -174,6 +177,8 @@ class Operations:
 
     async def _do_rebuild(self, request: int, name: str) -> str:
         runner = self._runner(name)
+        if not isinstance(runner, Runner):
+            raise ProjectionError(f"projection {name!r} is partitioned: its rebuild is not supported yet")
         progress: list[int] = [0, 0]
 
         def note(done: int, total: int) -> None:
@@ -198,8 +203,14 @@ class Operations:
         runner = self._runner(name)
         if runner.state != ProjectionState.FAILED:
             return f"{name} is not failed here ({runner.state}): nothing to resume"
-        poison = runner.poison
-        runner.restart(skip_poison=skip_poison)
+        if isinstance(runner, PartitionedRunner):
+            if skip_poison:
+                raise ProjectionError(f"projection {name!r} is partitioned: --skip-poison is not supported yet")
+            poison = None
+            runner.restart()
+        else:
+            poison = runner.poison
+            runner.restart(skip_poison=skip_poison)
         with trio.move_on_after(RESUME_WAIT):
             while True:
                 if runner.state == ProjectionState.FAILED:

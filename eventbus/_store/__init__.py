@@ -3,15 +3,18 @@ connections (group commit), the append requests, and the SQL of reads."""
 
 from ._actor import WRITE_LANES, CommitHook
 from ._handle import READ_POOL_SIZE, RECONNECT_TIMEOUT, EventStore, open_event_store, query_sql, run_event_store
-from ._requests import StoreStatistics
+from ._requests import BATCH_BYTES_CEILING, MAX_BATCH_BYTES, StoreStatistics, check_max_batch_bytes
 
 __all__ = [
+    "BATCH_BYTES_CEILING",
+    "MAX_BATCH_BYTES",
     "READ_POOL_SIZE",
     "RECONNECT_TIMEOUT",
     "WRITE_LANES",
     "CommitHook",
     "EventStore",
     "StoreStatistics",
+    "check_max_batch_bytes",
     "open_event_store",
     "query_sql",
     "run_event_store",

@@ -38,7 +38,7 @@ from .._errors import (
     StoreUnavailable,
 )
 from .._values import EventRecord
-from ._requests import Counters, Outcome, Request
+from ._requests import MAX_BATCH_BYTES, Counters, Outcome, Request
 from ._sql import APPEND_SQL, batch_arguments
 
 REQUEST_BUFFER = 1024
@@ -112,8 +112,10 @@ class StoreActor:
         on_commit: CommitHook | None,
         reconnect_timeout: float,
         lanes: int = WRITE_LANES,
+        max_batch_bytes: int = MAX_BATCH_BYTES,
     ) -> None:
         self._dsn = dsn
+        self._max_batch_bytes = max_batch_bytes
         self._receive = receive
         self._on_commit = on_commit
         self._reconnect_timeout = reconnect_timeout
@@ -182,7 +184,9 @@ class StoreActor:
         self._receive.close()
 
     async def _next_batch(self, idle_lanes: Callable[[], int] = lambda: 1) -> list[Request]:
-        """Wait for one request, then take the ready ones, up to the batch limits.
+        """Wait for one request, then take the ready ones, up to the batch limits
+        (appends, events, and bytes: ``max_batch_bytes``; a request that would
+        pass one waits for the next batch, and the first of a batch always goes).
 
         With other lanes idle too, only a fair share of what is ready: the
         next batch can then go out while this one commits, and Python's work
@@ -192,7 +196,7 @@ class StoreActor:
         """
         batch: list[Request] = []
         ids: set[uuid.UUID] = set()
-        events = 0
+        events = size = 0
         held: list[Request] = []
         limit = MAX_BATCH_APPENDS
         while len(batch) < limit:
@@ -208,7 +212,7 @@ class StoreActor:
             if request.abandoned:
                 continue
             request_ids = {prepared.event_id for prepared in request.events}
-            too_big = events + len(request.events) > MAX_BATCH_EVENTS
+            too_big = events + len(request.events) > MAX_BATCH_EVENTS or size + request.size > self._max_batch_bytes
             if batch and (too_big or not ids.isdisjoint(request_ids)):
                 held.append(request)
                 if too_big:
@@ -217,6 +221,7 @@ class StoreActor:
             batch.append(request)
             ids |= request_ids
             events += len(request.events)
+            size += request.size
             if len(batch) == 1:
                 ready = 1 + self._receive.statistics().current_buffer_used + len(self._pending)
                 limit = min(MAX_BATCH_APPENDS, math.ceil(ready / idle_lanes()))
@@ -286,13 +291,16 @@ class StoreActor:
 
     def _outcomes(self, batch: list[Request], rows: Iterable[_db.Row | tuple[Any, ...]]) -> list[Outcome]:
         stored: dict[uuid.UUID, tuple[int, Any]] = {}
+        found: dict[uuid.UUID, EventRecord] = {}  # a retry's events, as they are stored
         refused: dict[int, tuple[str, int | None]] = {}
         new_ids: set[uuid.UUID] = set()
-        for append_no, outcome, event_id, position, occurred_at in rows:
-            if outcome == "ok" or outcome == "duplicate":
+        for append_no, outcome, event_id, position, occurred_at, kind, payload, metadata in rows:
+            if outcome == "ok":
                 stored[event_id] = (position, occurred_at)
-                if outcome == "ok":
-                    new_ids.add(event_id)
+                new_ids.add(event_id)
+            elif outcome == "duplicate":
+                stored[event_id] = (position, occurred_at)
+                found[event_id] = EventRecord(position, event_id, kind, payload, metadata, occurred_at)
             else:
                 refused[append_no] = (outcome, position)
         outcomes: list[Outcome] = []
@@ -307,8 +315,11 @@ class StoreActor:
                 continue
             records = []
             for p in request.events:
-                position, occurred_at = stored[p.event_id]
-                records.append(EventRecord(position, p.event_id, p.event_type, p.payload, p.metadata, occurred_at))
+                record = found.get(p.event_id)
+                if record is None:
+                    position, occurred_at = stored[p.event_id]
+                    record = EventRecord(position, p.event_id, p.event_type, p.payload, p.metadata, occurred_at)
+                records.append(record)
             outcomes.append(Outcome(request, records, new=request.events[0].event_id in new_ids))
         return outcomes
 

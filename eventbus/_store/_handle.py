@@ -20,11 +20,21 @@ import trio
 
 from .. import _db, _telemetry
 from .._db import open_database
-from .._errors import ClosedError, InvalidEvent
+from .._errors import ClosedError, InvalidEvent, InvalidFilter
 from .._nursery import open_actor_nursery
 from .._values import Event, EventFilter, EventQuery, EventRecord, QueryResult, _json, _tags
 from ._actor import REQUEST_BUFFER, WRITE_LANES, CommitHook, StoreActor
-from ._requests import Request, StoreStatistics, condition, percentile, prepare
+from ._requests import (
+    MAX_BATCH_BYTES,
+    Request,
+    StoreStatistics,
+    check_max_batch_bytes,
+    condition,
+    condition_filters,
+    encoded_size,
+    percentile,
+    prepare,
+)
 
 READ_POOL_SIZE = 4
 """Connections in the read pool."""
@@ -94,17 +104,19 @@ class EventStore:
         pool: _db.Pool,
         actor: StoreActor,
         max_payload_bytes: int,
+        max_batch_bytes: int = MAX_BATCH_BYTES,
     ) -> None:
         self._send = send
         self._pool = pool
         self._actor = actor
         self._max_payload_bytes = max_payload_bytes
+        self._max_batch_bytes = max_batch_bytes
         self._closed = False
 
     async def append(
         self,
         events: Sequence[Event],
-        filter: EventFilter | None = None,
+        filter: EventFilter | Sequence[EventFilter] | None = None,
         expected_max_sequence_number: int | None = None,
     ) -> list[EventRecord]:
         """Store ``events``, all or none, and dispatch them to the stream.
@@ -114,6 +126,12 @@ class EventStore:
         a position after ``expected_max_sequence_number`` (None means 0: no
         matching event may exist). Pass the ``max_sequence_number`` of the
         query you decided on. Events of the same call never count against it.
+
+        ``filter`` may also be a sequence of filters, OR'd, as a DCB append
+        condition is a query of several items: the append fails iff a stored
+        event after the position matches any of them. Read with
+        ``EventQuery(filters)`` and pass the same filters here. Each filter is
+        checked with its own index probe.
 
         Retrying with the same event ids never stores twice: if the append is
         stored already, the stored records are returned.
@@ -131,7 +149,9 @@ class EventStore:
             One record per event, in the given order, with their positions.
 
         Raises:
-            InvalidEvent: an event is not storable (nothing reached the database).
+            InvalidEvent: an event is not storable, or the append is bigger
+                (encoded) than one batch may be, ``max_batch_bytes``; nothing
+                reached the database.
             ConcurrencyError: the condition failed; nothing was stored.
             DuplicateEventId: some ids are stored already for other events.
             StoreUnavailable: the database could not be reached; see its
@@ -140,15 +160,23 @@ class EventStore:
         """
         try:
             prepared = prepare(events, self._max_payload_bytes, _telemetry.trace_metadata())
-            checked = condition(filter, expected_max_sequence_number)
+            filters = condition_filters(filter)
+            checked = condition(filters, expected_max_sequence_number)
         except InvalidEvent:
             _telemetry.count_invalid()
             raise
         if not prepared:
             return []
+        size = encoded_size(prepared, checked)
+        if size > self._max_batch_bytes:
+            count = f"{len(prepared)} event" + ("s" if len(prepared) > 1 else "")
+            raise InvalidEvent(
+                f"this append is {size} bytes encoded ({count}), over the limit of {self._max_batch_bytes} "
+                "bytes for one batch (max_batch_bytes): split it into smaller appends"
+            )
         if self._closed:
             raise ClosedError("the event store is closed")
-        request = Request(prepared, checked, expected_max_sequence_number or 0, filter)
+        request = Request(prepared, checked, expected_max_sequence_number or 0, filters, size)
         try:
             try:
                 self._send.send_nowait(request)  # the common case: no extra scheduler round
@@ -165,22 +193,23 @@ class EventStore:
         assert request.result is not None
         return request.result
 
-    async def query(self, query: EventFilter | EventQuery) -> QueryResult:
-        """The events a filter or query selects, in ascending position.
+    async def query(self, query: EventFilter | Sequence[EventFilter] | EventQuery) -> QueryResult:
+        """The events a filter, several filters (OR'd) or a query selects, in
+        ascending position.
 
         Blocks for one round trip on a pooled connection; never waits behind
         appends. Cancellation abandons the query.
 
         Raises:
-            InvalidFilter: ``query`` is neither an EventFilter nor an EventQuery.
+            InvalidFilter: ``query`` is none of these.
             StoreUnavailable: the database could not be reached.
         """
         if isinstance(query, EventFilter):
             query = EventQuery([query])
+        elif isinstance(query, (list, tuple)):
+            query = EventQuery(query)
         elif not isinstance(query, EventQuery):
-            from .._errors import InvalidFilter
-
-            raise InvalidFilter(f"query takes an EventFilter or an EventQuery, not {query!r}")
+            raise InvalidFilter(f"query takes an EventFilter, a list of them or an EventQuery, not {query!r}")
         return QueryResult(await self.fetch_records(query))
 
     async def fetch_records(self, query: EventQuery, upto: int | None = None) -> list[EventRecord]:
@@ -247,6 +276,7 @@ async def run_event_store(
     read_pool_size: int = READ_POOL_SIZE,
     reconnect_timeout: float = RECONNECT_TIMEOUT,
     write_connections: int = WRITE_LANES,
+    max_batch_bytes: int = MAX_BATCH_BYTES,
     task_status: trio.TaskStatus[EventStore] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the store actor until cancelled; ``task_status.started`` gets the handle.
@@ -257,11 +287,12 @@ async def run_event_store(
     ``on_commit`` receives every committed batch's records, in order, before
     the appenders are answered; if it blocks, the actor (and so appends) wait.
     """
+    check_max_batch_bytes(max_batch_bytes)
     send, receive = trio.open_memory_channel[Request](REQUEST_BUFFER)
-    actor = StoreActor(dsn, receive, on_commit, reconnect_timeout, write_connections)
+    actor = StoreActor(dsn, receive, on_commit, reconnect_timeout, write_connections, max_batch_bytes)
     async with _db.open_loop():
         pool = await _db.create_pool(dsn, max_size=read_pool_size)
-        store = EventStore(send, pool, actor, max_payload_bytes)
+        store = EventStore(send, pool, actor, max_payload_bytes, max_batch_bytes)
         try:
             async with open_actor_nursery() as nursery:
                 await nursery.start(actor.run, _db.install_schema)
@@ -281,6 +312,7 @@ async def open_event_store(
     read_pool_size: int = READ_POOL_SIZE,
     reconnect_timeout: float = RECONNECT_TIMEOUT,
     write_connections: int = WRITE_LANES,
+    max_batch_bytes: int = MAX_BATCH_BYTES,
 ) -> AsyncIterator[EventStore]:
     """Open the event store for the duration of the block.
 
@@ -294,14 +326,20 @@ async def open_event_store(
     ``read_pool_size`` connections serve queries; ``write_connections``
     carry batches (more than one lets the next batch form while one commits);
     ``reconnect_timeout`` bounds how long an append waits to learn its outcome
-    after a lost connection.
+    after a lost connection; ``max_batch_bytes`` bounds a batch's encoded size
+    (appends that would pass it together go in separate batches, and a single
+    append over it is refused with ``InvalidEvent``; at most
+    ``BATCH_BYTES_CEILING``, under PostgreSQL's 1 GB message limit).
 
     Leaving the block stops the actor: appends still queued fail with
     ``ClosedError``; connections close, shielded from cancellation and bounded.
 
     Raises:
-        StoreUnavailable: the database could not be reached at open.
+        InvalidEvent: ``max_batch_bytes`` is out of range.
+        StoreUnavailable: the database could not be reached at open
+            (``InvalidDSN``: its connection string cannot be read).
     """
+    check_max_batch_bytes(max_batch_bytes)
     async with open_database(dsn) as resolved, _db.open_loop(), open_actor_nursery() as nursery:
         store: EventStore = await nursery.start(
             functools.partial(
@@ -312,6 +350,7 @@ async def open_event_store(
                 read_pool_size=read_pool_size,
                 reconnect_timeout=reconnect_timeout,
                 write_connections=write_connections,
+                max_batch_bytes=max_batch_bytes,
             )
         )
         try:

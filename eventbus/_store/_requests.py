@@ -98,24 +98,94 @@ def prepare(events: Sequence[Event], max_bytes: int, trace: Mapping[str, str] | 
     return prepared
 
 
-def condition(filter: EventFilter | None, expected: int | None) -> str | None:
-    """The condition as ``append_batch`` reads it, or None for an unconditional append."""
+MAX_BATCH_BYTES = 256 * 1024 * 1024
+"""The default bound on one batch's encoded size (see :func:`encoded_size`).
+
+PostgreSQL refuses a message over 1 GB, and a batch is one message: without a
+bound in bytes, appends that each fit would fail together once batched."""
+
+BATCH_BYTES_CEILING = 1024 * 1024 * 1024 - 64 * 1024 * 1024
+"""The most ``max_batch_bytes`` may be: PostgreSQL's 1 GB message limit, less
+room for what :func:`encoded_size` does not count (the batch's dependency
+pairs, the message's own framing)."""
+
+_EVENT_OVERHEAD = 40  # an event's id, its append number, the length word of each of its array elements
+_TAG_OVERHEAD = 20  # a tag and its event number, with their length words
+_APPEND_OVERHEAD = 16
+
+
+def _utf8_length(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode())
+
+
+def encoded_size(events: Sequence[Prepared], condition: str | None) -> int:
+    """About how many bytes an append adds to its batch's message, never fewer.
+
+    Its events' types, payloads and metadata as UTF-8, their ids and tags,
+    its condition, and the length words that frame each.
+    """
+    size = _APPEND_OVERHEAD + (_utf8_length(condition) if condition is not None else 4)
+    for event in events:
+        size += _EVENT_OVERHEAD + _TAG_OVERHEAD * len(event.tags)
+        size += _utf8_length(event.event_type) + _utf8_length(event.payload_text) + _utf8_length(event.metadata_text)
+    return size
+
+
+def check_max_batch_bytes(value: object) -> int:
+    """``value`` if it is a whole number from 1 to ``BATCH_BYTES_CEILING``, else InvalidEvent."""
+    if type(value) is not int or not 1 <= value <= BATCH_BYTES_CEILING:
+        raise InvalidEvent(f"max_batch_bytes must be a whole number from 1 to {BATCH_BYTES_CEILING}, not {value!r}")
+    return value
+
+
+Condition = EventFilter | Sequence[EventFilter]
+"""What an append may be conditional on: one filter, or several OR'd (a DCB query)."""
+
+
+def condition_filters(filter: Condition | None) -> tuple[EventFilter, ...] | None:
+    """The filters of a condition, checked; None for an unconditional append.
+
+    Raises:
+        InvalidEvent: not a filter, not a sequence of filters, or an empty one.
+    """
     if filter is None:
-        if expected is not None:
-            raise InvalidEvent("expected_max_sequence_number needs a filter")
         return None
-    if not isinstance(filter, EventFilter):
-        raise InvalidEvent(f"filter must be an EventFilter (see create_filter), not {filter!r}")
-    if expected is None:
-        expected = 0
-    if type(expected) is not int or expected < 0:
-        raise InvalidEvent(f"expected_max_sequence_number must be a whole number >= 0, not {expected!r}")
+    if isinstance(filter, EventFilter):
+        return (filter,)
+    if isinstance(filter, (str, bytes, Mapping)) or not isinstance(filter, Sequence):
+        raise InvalidEvent(f"filter must be an EventFilter or a list of them (see create_filter), not {filter!r}")
+    filters = tuple(filter)
+    if not filters:
+        raise InvalidEvent("a condition needs at least one EventFilter (pass None for no condition)")
+    for item in filters:
+        if not isinstance(item, EventFilter):
+            raise InvalidEvent(f"a condition's filters must be EventFilter values (see create_filter), not {item!r}")
+    return filters
+
+
+def _condition_item(filter: EventFilter, expected: int) -> str:
     if filter.predicate_texts is None or filter.predicate_tags is None:
         preds = tags = "null"
     else:
         preds = "[" + ",".join(filter.predicate_texts) + "]"
         tags = json.dumps(filter.predicate_tags)
     return f'{{"t":{json.dumps(filter.event_types)},"p":{preds},"k":{tags},"a":{expected}}}'
+
+
+def condition(filters: tuple[EventFilter, ...] | None, expected: int | None) -> str | None:
+    """The condition as ``append_batch`` reads it (an object for one filter,
+    an array for several), or None for an unconditional append."""
+    if filters is None:
+        if expected is not None:
+            raise InvalidEvent("expected_max_sequence_number needs a filter")
+        return None
+    if expected is None:
+        expected = 0
+    if type(expected) is not int or expected < 0:
+        raise InvalidEvent(f"expected_max_sequence_number must be a whole number >= 0, not {expected!r}")
+    if len(filters) == 1:
+        return _condition_item(filters[0], expected)
+    return "[" + ",".join(_condition_item(f, expected) for f in filters) + "]"
 
 
 @attrs.define(eq=False)
@@ -125,7 +195,8 @@ class Request:
     events: list[Prepared]
     condition: str | None
     expected: int
-    filter: EventFilter | None = None
+    filters: tuple[EventFilter, ...] | None = None
+    size: int = 0
     done: trio.Event = attrs.field(factory=trio.Event)
     result: list[EventRecord] | None = None
     error: BaseException | None = None
@@ -170,17 +241,20 @@ def dependencies(batch: list[Request]) -> tuple[list[int], list[int]]:
     by_type: dict[str, list[tuple[int, Prepared]]] = collections.defaultdict(list)
     everything: list[tuple[int, Prepared]] = []
     for number, request in enumerate(batch, 1):
-        filter = request.filter
-        if filter is not None and everything:
-            if filter.predicate_tags is not None and None not in filter.predicate_tags:
-                candidates = by_tag[_tags.WIDE].copy()
-                for tag in filter.predicate_tags:
-                    candidates += by_tag[tag]  # type: ignore[index]
-            elif filter.event_types:
-                candidates = [c for kind in filter.event_types for c in by_type[kind]]
-            else:
-                candidates = everything
-            matched = sorted({i for i, prepared in candidates if filter.matches(prepared)})
+        filters = request.filters
+        if filters is not None and everything:
+            found: set[int] = set()
+            for filter in filters:
+                if filter.predicate_tags is not None and None not in filter.predicate_tags:
+                    candidates = by_tag[_tags.WIDE].copy()
+                    for tag in filter.predicate_tags:
+                        candidates += by_tag[tag]  # type: ignore[index]
+                elif filter.event_types:
+                    candidates = [c for kind in filter.event_types for c in by_type[kind]]
+                else:
+                    candidates = everything
+                found.update(i for i, prepared in candidates if i not in found and filter.matches(prepared))
+            matched = sorted(found)
             dep_of += [number] * len(matched)
             dep_on += matched
         for prepared in request.events:

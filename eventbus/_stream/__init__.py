@@ -1,8 +1,21 @@
 """The stream room: the hub that owns delivery state, and the subscription,
-the consumer's end of it."""
+the consumer's end of it.
 
+``_delivery``: one subscription's delivery state and the words for it;
+``_subscription``: the consumer's end, which only reads that state;
+``_hub``: the actor, the only writer of delivery state. Imports run
+``_hub`` -> ``_subscription`` -> ``_delivery``.
+"""
+
+from ._delivery import (
+    DEFAULT_BUFFER,
+    DEFAULT_MAX_BATCH,
+    Overflow,
+    SubscriptionState,
+    SubscriptionStatistics,
+)
 from ._hub import EventStream, StreamStatistics, open_event_stream
-from ._subscription import DEFAULT_BUFFER, DEFAULT_MAX_BATCH, Overflow, Subscription, SubscriptionStatistics
+from ._subscription import Subscription
 
 __all__ = [
     "DEFAULT_BUFFER",
@@ -11,6 +24,7 @@ __all__ = [
     "Overflow",
     "StreamStatistics",
     "Subscription",
+    "SubscriptionState",
     "SubscriptionStatistics",
     "open_event_stream",
 ]

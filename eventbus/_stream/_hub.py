@@ -15,6 +15,10 @@ catch-up task of its own feeds it from a bounded ring of recent records, or
 from the store when it fell behind the ring, until it reaches the position
 again and re-attaches. With ``overflow="block"`` the hub waits for the
 subscriber instead, and so, through the store, do the appenders.
+
+The hub owns every subscription's delivery state (``_delivery.py``): it alone
+changes it. A ``Subscription`` is the consumer's end and asks the hub through
+``attach``, ``received``, ``watch`` and ``detach``.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from __future__ import annotations
 import bisect
 import logging
 import math
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 
 import attrs
@@ -32,14 +36,18 @@ from .. import _telemetry
 from .._errors import ClosedError, InvalidFilter, StoreUnavailable
 from .._nursery import open_actor_nursery
 from .._store import EventStore
-from .._values import EventFilter, EventQuery, EventRecord
-from ._subscription import (
+from .._values import AnyOf, EventFilter, EventQuery, EventRecord
+from ._delivery import (
     DEFAULT_BUFFER,
     DEFAULT_MAX_BATCH,
+    Delivery,
     Overflow,
-    Subscription,
+    Selector,
+    SubscriptionState,
     SubscriptionStatistics,
+    open_delivery,
 )
+from ._subscription import Subscription
 
 RING_SIZE = 20_000
 """Recent records the hub keeps for subscribers that fell behind."""
@@ -117,14 +125,19 @@ def _position(record: EventRecord) -> int:
 
 
 class EventStream:
-    """The hub's handle: subscribe, publish committed records, read figures."""
+    """The hub's handle: subscribe, publish committed records, read figures.
+
+    ``attach``, ``received``, ``watch`` and ``detach`` are what a
+    ``Subscription`` (the consumer's end) asks of the hub; callers use the
+    subscription instead.
+    """
 
     def __init__(self, store: EventStore, position: int, ring_size: int = RING_SIZE) -> None:
         self._store = store
         self.position = position
         self._ring = _Ring(ring_size, position)
-        self._live: dict[Subscription, None] = {}
-        self._all: dict[Subscription, None] = {}
+        self._live: dict[Delivery, None] = {}  # fed by _deliver, in the order they joined
+        self._all: dict[Delivery, None] = {}  # attached and not closed
         self._inbox_send, self._inbox_receive = trio.open_memory_channel[object](INBOX_SIZE)
         self._poll_pending = False
         self._nursery: trio.Nursery | None = None
@@ -139,7 +152,7 @@ class EventStream:
 
     def subscribe(
         self,
-        filter: EventFilter,
+        filter: EventFilter | Sequence[EventFilter],
         *,
         after: int | None = None,
         max_batch: int = DEFAULT_MAX_BATCH,
@@ -147,7 +160,8 @@ class EventStream:
         overflow: Overflow = "catch_up",
         name: str | None = None,
     ) -> Subscription:
-        """A subscription to the records that match ``filter``.
+        """A subscription to the records that match ``filter``, or any of
+        several filters (a DCB query's items) when given a sequence of them.
 
         ``after=None`` starts at the store's head when the block is entered
         (live events only); ``after=N`` starts with every matching event after
@@ -169,8 +183,7 @@ class EventStream:
             StoreUnavailable: when the block is entered with ``after=None``
                 and the store cannot be reached.
         """
-        if not isinstance(filter, EventFilter):
-            raise InvalidFilter(f"subscribe takes an EventFilter (see create_filter), not {filter!r}")
+        selector = _selector(filter)
         if after is not None and (type(after) is not int or after < 0):
             raise InvalidFilter(f"after must be None or a whole number >= 0, not {after!r}")
         if type(max_batch) is not int or max_batch < 1:
@@ -179,7 +192,8 @@ class EventStream:
             raise InvalidFilter(f"buffer must be a whole number >= max_batch ({max_batch}), not {buffer!r}")
         if overflow not in _OVERFLOWS:
             raise InvalidFilter(f"overflow must be one of {', '.join(_OVERFLOWS)}, not {overflow!r}")
-        return Subscription(self, filter, after, max_batch, buffer, overflow, name)
+        delivery, batches = open_delivery(selector, max_batch=max_batch, buffer=buffer, overflow=overflow, name=name)
+        return Subscription(self, delivery, batches, after)
 
     def statistics(self) -> StreamStatistics:
         """The hub's figures now; never blocks."""
@@ -188,14 +202,15 @@ class EventStream:
             ring=len(self._ring),
             ingested=self.ingested,
             delivered=self.delivered,
-            subscriptions=tuple(sub.statistics() for sub in self._all),
+            subscriptions=tuple(delivery.statistics(self.position) for delivery in self._all),
         )
 
     async def publish(self, records: list[EventRecord]) -> None:
         """Hand committed records (in position order) to the hub.
 
         Blocks while the hub's inbox is full (``INBOX_SIZE`` batches), which
-        happens only when a ``block`` subscriber holds the hub up.
+        happens only when a ``block`` subscriber holds the hub up. Cancelled
+        while it waits, the records were not handed over.
         """
         try:
             self._inbox_send.send_nowait(records)  # the common case, without a scheduler round
@@ -220,14 +235,17 @@ class EventStream:
             pass  # the inbox is full: the hub is busy and will be asked again
 
     async def wait_position(self, position: int) -> None:
-        """Block until the hub's position reaches ``position``."""
+        """Block until the hub's position reaches ``position``. Cancelling
+        it changes nothing."""
         while self.position < position:
             await self._advanced.wait()
 
     # ------------------------------------------------------------ the actor
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """The ingest loop, until cancelled; subscriptions close when it ends."""
+        """The ingest loop, until cancelled; every subscription is closed
+        when it ends (their iterations end, what they buffered is dropped), and
+        entering one later raises ClosedError."""
         try:
             async with open_actor_nursery() as nursery:
                 self._nursery = nursery
@@ -241,12 +259,13 @@ class EventStream:
         finally:
             self._closed = True
             _telemetry.unwatch("subscription", self)
-            for sub in list(self._all):
-                sub.close()
+            for delivery in list(self._all):
+                self.detach(delivery)
 
-    async def _read(self, after: int, upto: int | None, filter: EventFilter | None = None) -> list[EventRecord]:
+    async def _read(self, after: int, upto: int | None, filter: Selector | None = None) -> list[EventRecord]:
         """Records after a position, from the store, retrying while it is unavailable."""
-        query = EventQuery([filter or _EVERYTHING], after=after, limit=CATCH_UP_PAGE)
+        filters = [_EVERYTHING] if filter is None else filter.filters if isinstance(filter, AnyOf) else [filter]
+        query = EventQuery(filters, after=after, limit=CATCH_UP_PAGE)
         while True:
             try:
                 return await self._store.fetch_records(query, upto)
@@ -278,120 +297,160 @@ class EventStream:
         await self._deliver(records)
 
     async def _deliver(self, records: list[EventRecord]) -> None:
+        """Move the position to the end of ``records`` and hand each live
+        subscription its matches. Never waits for a ``catch_up`` subscriber
+        (a full buffer detaches it to a catch-up task); waits for a ``block``
+        subscriber until its buffer has room, after every other one had its
+        share."""
         upto = records[-1].sequence_number
         self.position = upto
         self.ingested += len(records)
         self._ring.extend(records)
         advanced, self._advanced = self._advanced, trio.Event()
         advanced.set()
-        selected: dict[EventFilter, list[EventRecord]] = {}
-        blocked: list[tuple[Subscription, list[EventRecord], int]] = []
-        for sub in list(self._live):
-            matched = selected.get(sub.filter)
+        selected: dict[Selector, list[EventRecord]] = {}
+        blocked: list[tuple[Delivery, list[EventRecord], int]] = []
+        for delivery in list(self._live):
+            matched = selected.get(delivery.filter)
             if matched is None:
-                matched = selected[sub.filter] = sub.filter.select(records)
+                matched = selected[delivery.filter] = delivery.filter.select(records)
             start = 0
-            if matched and matched[0].sequence_number <= sub.enqueued_upto:
-                start = bisect.bisect_right(matched, sub.enqueued_upto, key=_position)
-            size = sub.max_batch
+            if matched and matched[0].sequence_number <= delivery.enqueued_upto:
+                start = bisect.bisect_right(matched, delivery.enqueued_upto, key=_position)
+            size = delivery.max_batch
             while start < len(matched):
                 chunk = matched[start : start + size]
-                if not sub.offer(chunk, chunk[-1].sequence_number):
-                    if sub.overflow == "block":
-                        blocked.append((sub, matched, start))
+                try:
+                    delivery.put_nowait(chunk)
+                except trio.WouldBlock:
+                    if delivery.overflow == "block":
+                        blocked.append((delivery, matched, start))
                     else:
-                        self._start_catch_up(sub, chunk[0].sequence_number - 1)
+                        self._start_catch_up(delivery, chunk[0].sequence_number - 1)
                     break
-                sub.enqueued_upto = chunk[-1].sequence_number
+                self.delivered += len(chunk)
                 start += size
             else:
                 # max: a subscriber may start after a position the hub has not reached
-                sub.enqueued_upto = max(sub.enqueued_upto, upto)
-            if sub.on_move is not None:
-                sub.on_move()
-        for sub, matched, start in blocked:
+                delivery.enqueued_upto = max(delivery.enqueued_upto, upto)
+            if delivery.on_move is not None:
+                delivery.on_move()
+        for delivery, matched, start in blocked:
             # Backpressure: wait for this subscriber, then give it the rest.
             try:
                 while start < len(matched):
-                    chunk = matched[start : start + sub.max_batch]
-                    await sub.put(chunk, chunk[-1].sequence_number)
-                    sub.enqueued_upto = chunk[-1].sequence_number
-                    start += sub.max_batch
+                    chunk = matched[start : start + delivery.max_batch]
+                    await delivery.put(chunk)
+                    self.delivered += len(chunk)
+                    start += delivery.max_batch
             except (trio.ClosedResourceError, trio.BrokenResourceError):
                 continue
-            sub.enqueued_upto = max(sub.enqueued_upto, upto)
+            delivery.enqueued_upto = max(delivery.enqueued_upto, upto)
 
-    # ------------------------------------------------------------ subscriptions
+    # ------------------------------------------------------------ asked by a subscription (the consumer's end)
 
-    async def _attach(self, sub: Subscription, after: int | None) -> None:
+    async def attach(self, delivery: Delivery, after: int | None) -> None:
+        """Start feeding ``delivery`` with every match after ``after`` (None:
+        the store's head): live if the hub is there, else by a catch-up first.
+        A subscription asks for it when its block is entered.
+
+        Blocks for one read of the store's head when ``after`` is None.
+        Cancelled, nothing is attached.
+
+        Raises:
+            ClosedError: the stream has stopped.
+            StoreUnavailable: ``after`` is None and the store cannot be reached.
+        """
         self._check_open()
         if after is None:
             after = await self._store.head()
             self._check_open()
-        sub.enqueued_upto = sub.received_upto = after
-        self._all[sub] = None
+        delivery.enqueued_upto = delivery.received_upto = after
+        self._all[delivery] = None
         if after >= self.position:
-            sub.state = "live"
-            self._live[sub] = None
+            delivery.state = SubscriptionState.LIVE
+            self._live[delivery] = None
         else:
-            self._start_catch_up(sub, after, counts_as_detach=False)
+            self._start_catch_up(delivery, after, counts_as_detach=False)
+
+    def received(self, delivery: Delivery, count: int, upto: int) -> None:
+        """The consumer took ``count`` records from its buffer, the last at
+        position ``upto``. Never blocks; may wake the hub or a catch-up
+        waiting for room."""
+        delivery.taken(count, upto)
+
+    def watch(self, delivery: Delivery, callback: Callable[[], None] | None) -> None:
+        """Call ``callback`` (never blocking) whenever the position of
+        ``delivery`` may have moved; None for nothing."""
+        delivery.on_move = callback
+
+    def detach(self, delivery: Delivery) -> None:
+        """Stop feeding ``delivery`` and close it: its catch-up is cancelled, a
+        hand-over waiting for room gives up, and the consumer's iteration ends
+        (what is buffered is dropped). Never blocks; closing twice does nothing."""
+        if delivery.state is SubscriptionState.CLOSED:
+            return
+        self._live.pop(delivery, None)
+        self._all.pop(delivery, None)
+        delivery.close()
+
+    # ------------------------------------------------------------ catch-up
 
     def _check_open(self) -> None:
         # A subscription to a stopped hub would wait forever for its first batch.
         if self._closed:
             raise ClosedError("the stream is closed (the bus was left)")
 
-    def _detach(self, sub: Subscription) -> None:
-        self._live.pop(sub, None)
-        self._all.pop(sub, None)
-
-    def _start_catch_up(self, sub: Subscription, position: int, *, counts_as_detach: bool = True) -> None:
-        self._live.pop(sub, None)
-        sub.state = "catching_up"
-        sub.enqueued_upto = position
+    def _start_catch_up(self, delivery: Delivery, position: int, *, counts_as_detach: bool = True) -> None:
+        self._live.pop(delivery, None)
+        delivery.state = SubscriptionState.CATCHING_UP
+        delivery.enqueued_upto = position
         if counts_as_detach:
-            sub.detaches += 1
-            _log.info("subscription %s detached at position %d (its buffer is full); catching up", sub.name, position)
+            delivery.detaches += 1
+            _log.info(
+                "subscription %s detached at position %d (its buffer is full); catching up", delivery.name, position
+            )
         assert self._nursery is not None, "the stream is not running"
         scope = trio.CancelScope()
-        sub._catch_up_scope = scope
-        self._nursery.start_soon(self._catch_up, sub, scope)
+        delivery.catch_up_scope = scope
+        self._nursery.start_soon(self._catch_up, delivery, scope)
 
-    async def _catch_up(self, sub: Subscription, scope: trio.CancelScope) -> None:
+    async def _catch_up(self, delivery: Delivery, scope: trio.CancelScope) -> None:
         """Feed a detached subscriber until it reaches the hub, then re-attach.
 
         Waits on the subscriber (never on the hub): its own pace is the limit.
         Between the last check and re-attaching there is no checkpoint, so no
-        record can slip between the catch-up and the live feed.
+        record can slip between the catch-up and the live feed. Cancelled
+        (the subscription closed, or the hub stopped), it just ends.
         """
         with scope:
             try:
-                while sub.enqueued_upto < self.position:
-                    position = sub.enqueued_upto
+                while delivery.enqueued_upto < self.position:
+                    position = delivery.enqueued_upto
                     page = self._ring.after(position, CATCH_UP_PAGE)
                     if page is not None:
                         scanned = page[-1].sequence_number if page else position
-                        matched = sub.filter.select(page)
+                        matched = delivery.filter.select(page)
                     else:
                         upto = self.position
-                        matched = await self._read(position, upto, sub.filter)
+                        matched = await self._read(position, upto, delivery.filter)
                         scanned = matched[-1].sequence_number if len(matched) == CATCH_UP_PAGE else upto
-                    for chunk in _chunks(matched, sub.max_batch):
-                        await sub.put(chunk, chunk[-1].sequence_number)
-                        sub.enqueued_upto = chunk[-1].sequence_number
-                    sub.enqueued_upto = max(sub.enqueued_upto, scanned)
+                    for chunk in _chunks(matched, delivery.max_batch):
+                        await delivery.put(chunk)
+                        self.delivered += len(chunk)
+                    delivery.enqueued_upto = max(delivery.enqueued_upto, scanned)
                     if not matched:
                         await trio.lowlevel.checkpoint()
-                if sub.state == "catching_up":
-                    sub.state = "live"
-                    self._live[sub] = None
-                    if sub.detaches:
-                        _log.info("subscription %s re-attached at position %d", sub.name, self.position)
+                if delivery.state is SubscriptionState.CATCHING_UP:
+                    delivery.state = SubscriptionState.LIVE
+                    self._live[delivery] = None
+                    if delivery.detaches:
+                        _log.info("subscription %s re-attached at position %d", delivery.name, self.position)
             except (trio.ClosedResourceError, trio.BrokenResourceError):
                 return
             finally:
-                if sub._catch_up_scope is scope:
-                    sub._catch_up_scope = None
+                if delivery.catch_up_scope is scope:
+                    delivery.catch_up_scope = None
 
 
 def _subscription_lags(stream: EventStream) -> Iterable[tuple[float, dict[str, str]]]:
@@ -399,6 +458,17 @@ def _subscription_lags(stream: EventStream) -> Iterable[tuple[float, dict[str, s
 
 
 _EVERYTHING = EventFilter([])
+
+
+def _selector(filter: object) -> Selector:
+    """The filter, or the filters as one selector; InvalidFilter for anything else."""
+    if isinstance(filter, EventFilter):
+        return filter
+    if isinstance(filter, (list, tuple)) and filter and all(isinstance(f, EventFilter) for f in filter):
+        return filter[0] if len(filter) == 1 else AnyOf(tuple(filter))
+    raise InvalidFilter(
+        f"subscribe takes an EventFilter or a non-empty list of them (see create_filter), not {filter!r}"
+    )
 
 
 @asynccontextmanager

@@ -1,66 +1,37 @@
-"""A subscriber's view of the stream: a bounded buffer of record batches.
+"""The consumer's end of a subscription: an async iterator of record batches.
 
-The hub (``_stream.py``) fills it; the subscriber iterates it. Its buffer is
-counted in records; what the hub offers beyond it is refused, and the hub then
-detaches the subscription and feeds it through a catch-up task of its own.
+A subscription is one delivery (``_delivery.py``, owned by the hub) and two
+ends. This is the consumer's: it holds the receiving end of the buffer and the
+rest of a batch it split, reads the delivery for its figures, and asks the hub
+for every change: ``attach`` when its block is entered, ``received`` for each
+batch it returns, ``watch`` for a callback, ``detach`` when it closes. It
+never changes the delivery itself.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal, Protocol
+from typing import Protocol
 
-import attrs
 import trio
 
-from .._values import EventFilter, EventRecord
-
-DEFAULT_MAX_BATCH = 100
-"""Records per batch a subscriber receives, at most."""
-
-DEFAULT_BUFFER = 1000
-"""Records a subscription may hold unread before it overflows."""
-
-
-Overflow = Literal["catch_up", "block"]
+from .._values import AnyOf, EventFilter, EventRecord
+from ._delivery import Batches, Delivery, Overflow, SubscriptionState, SubscriptionStatistics
 
 
 class Hub(Protocol):
-    """What a subscription needs of the hub that feeds it."""
+    """What the consumer's end asks of the hub that feeds it (``EventStream``)."""
 
-    position: int
-    delivered: int
+    @property
+    def position(self) -> int: ...
 
-    async def _attach(self, sub: Subscription, after: int | None) -> None: ...
+    async def attach(self, delivery: Delivery, after: int | None) -> None: ...
 
-    def _detach(self, sub: Subscription) -> None: ...
+    def received(self, delivery: Delivery, count: int, upto: int) -> None: ...
 
+    def watch(self, delivery: Delivery, callback: Callable[[], None] | None) -> None: ...
 
-@attrs.frozen
-class SubscriptionStatistics:
-    """One subscription as the hub sees it.
-
-    Attributes:
-        name: the subscription's name (given, or made from its filter).
-        state: ``live`` (fed by the hub), ``catching_up`` (fed from the ring or
-            the store) or ``closed``.
-        overflow: the policy when its buffer is full.
-        delivered: records the subscriber has received.
-        buffered: records waiting in its buffer.
-        position: the stream position up to which it has received every
-            matching record.
-        lag: positions between that and the hub's position.
-        detaches: times it was detached for a full buffer.
-    """
-
-    name: str
-    state: str
-    overflow: str
-    delivered: int
-    buffered: int
-    position: int
-    lag: int
-    detaches: int
+    def detach(self, delivery: Delivery) -> None: ...
 
 
 class Subscription:
@@ -74,40 +45,85 @@ class Subscription:
     shared with other subscribers: do not mutate them.
     """
 
-    def __init__(
-        self,
-        hub: Hub,
-        filter: EventFilter,
-        after: int | None,
-        max_batch: int,
-        buffer: int,
-        overflow: Overflow,
-        name: str | None,
-    ) -> None:
+    def __init__(self, hub: Hub, delivery: Delivery, batches: Batches, after: int | None) -> None:
         self._hub = hub
-        self.filter = filter
+        self._delivery = delivery
+        self._batches = batches
         self._after = after
-        self.max_batch = max_batch
-        self.buffer = buffer
-        self.overflow: Overflow = overflow
-        self.name = name or _describe(filter)
-        self._send, self._receive = trio.open_memory_channel[tuple[list[EventRecord], int]](buffer)
-        self.state = "new"
-        self.enqueued_upto = 0  # hub side: every match up to here is in the buffer (or was received)
-        self.received_upto = 0  # subscriber side: every match up to here was received
-        self.buffered = 0
-        self.delivered = 0
-        self.detaches = 0
-        self._space = trio.Event()
-        self._low_water = buffer // 2
-        self._carry: tuple[list[EventRecord], int] | None = None
-        self.on_move: Callable[[], None] | None = None
-        self._catch_up_scope: trio.CancelScope | None = None
+        self._carry: list[EventRecord] | None = None  # the rest of a batch split at max_batch
 
-    # ------------------------------------------------------------ subscriber
+    # ------------------------------------------------------------ options and figures (never block)
+
+    @property
+    def filters(self) -> tuple[EventFilter, ...]:
+        """The filters it was made with; a record is delivered if it matches any."""
+        selector = self._delivery.filter
+        return selector.filters if isinstance(selector, AnyOf) else (selector,)
+
+    @property
+    def filter(self) -> EventFilter:
+        """Its filter; for a subscription to several filters, the first (see ``filters``)."""
+        return self.filters[0]
+
+    @property
+    def max_batch(self) -> int:
+        return self._delivery.max_batch
+
+    @property
+    def buffer(self) -> int:
+        return self._delivery.capacity
+
+    @property
+    def overflow(self) -> Overflow:
+        return self._delivery.overflow
+
+    @property
+    def name(self) -> str:
+        return self._delivery.name
+
+    @property
+    def state(self) -> SubscriptionState:
+        return self._delivery.state
+
+    @property
+    def buffered(self) -> int:
+        """Records waiting in the buffer."""
+        return self._delivery.buffered
+
+    @property
+    def delivered(self) -> int:
+        """Records the consumer has received."""
+        return self._delivery.delivered
+
+    @property
+    def detaches(self) -> int:
+        """Times the hub detached it from the live feed for a full buffer."""
+        return self._delivery.detaches
+
+    @property
+    def position(self) -> int:
+        """Every matching event up to this position has been received by the
+        consumer (or did not match)."""
+        return self._delivery.position
+
+    @property
+    def on_move(self) -> Callable[[], None] | None:
+        """Called by the hub, never blocking, whenever this subscription's
+        position may have moved; None (the default) for nothing."""
+        return self._delivery.on_move
+
+    @on_move.setter
+    def on_move(self, callback: Callable[[], None] | None) -> None:
+        self._hub.watch(self._delivery, callback)
+
+    def statistics(self) -> SubscriptionStatistics:
+        """The subscription's figures now."""
+        return self._delivery.statistics(self._hub.position)
+
+    # ------------------------------------------------------------ consuming
 
     async def __aenter__(self) -> Subscription:
-        await self._hub._attach(self, self._after)
+        await self._hub.attach(self._delivery, self._after)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -117,97 +133,36 @@ class Subscription:
         return self
 
     async def __anext__(self) -> list[EventRecord]:
+        if self._delivery.state is SubscriptionState.CLOSED:
+            raise StopAsyncIteration  # what is buffered is dropped
         if self._carry is not None:
-            (batch, upto), self._carry = self._carry, None
+            batch, self._carry = self._carry, None
         else:
             try:
-                batch, upto = await self._receive.receive()
+                batch = await self._batches.receive()
             except (trio.EndOfChannel, trio.ClosedResourceError):
                 raise StopAsyncIteration from None
         # Small batches waiting behind this one go out with it, up to max_batch:
         # a subscriber that fell behind gets fewer, larger batches. (Extending
-        # in place is safe: every chunk is a list of this subscription's own.)
-        while len(batch) < self.max_batch:
+        # in place is safe: every batch is a list of this subscription's own.)
+        max_batch = self._delivery.max_batch
+        while len(batch) < max_batch:
             try:
-                more, more_upto = self._receive.receive_nowait()
+                more = self._batches.receive_nowait()
             except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
                 break
-            room = self.max_batch - len(batch)
+            room = max_batch - len(batch)
             if len(more) <= room:
                 batch.extend(more)
-                upto = more_upto
             else:
                 batch.extend(more[:room])
-                upto = more[room - 1].sequence_number
-                self._carry = (more[room:], more_upto)
+                self._carry = more[room:]
                 break
-        self.buffered -= len(batch)
-        self.delivered += len(batch)
-        self.received_upto = upto if self.buffered else max(upto, self.enqueued_upto)
-        if self.buffered <= self._low_water:
-            # A producer waiting for room wakes when half the buffer is free,
-            # and then fills it in one go rather than batch by batch.
-            self._space.set()
+        self._hub.received(self._delivery, len(batch), batch[-1].sequence_number)
         return batch
 
     def close(self) -> None:
         """Stop receiving; what is buffered is dropped. Never blocks."""
-        if self.state == "closed":
-            return
-        self.state = "closed"
-        self._hub._detach(self)
-        if self._catch_up_scope is not None:
-            self._catch_up_scope.cancel()
-        self._send.close()
-        self._receive.close()
-        self._carry = None  # dropped with the rest of the buffer: iteration ends
-        self._space.set()  # the hub may be waiting in put() for room (overflow="block")
-
-    @property
-    def position(self) -> int:
-        """Every matching event up to this position has been received by the
-        consumer (or did not match); never blocks."""
-        return self.received_upto if self.buffered else max(self.received_upto, self.enqueued_upto)
-
-    def statistics(self) -> SubscriptionStatistics:
-        """The subscription's figures now; never blocks."""
-        position = self.position
-        return SubscriptionStatistics(
-            name=self.name,
-            state=self.state,
-            overflow=self.overflow,
-            delivered=self.delivered,
-            buffered=self.buffered,
-            position=position,
-            lag=max(0, self._hub.position - position),
-            detaches=self.detaches,
-        )
-
-    # ------------------------------------------------------------ hub side
-
-    def offer(self, chunk: list[EventRecord], upto: int) -> bool:
-        """Enqueue without waiting; False when the buffer has no room."""
-        if self.buffered + len(chunk) > self.buffer:
-            return False
-        self._send.send_nowait((chunk, upto))
-        self.buffered += len(chunk)
-        self._hub.delivered += len(chunk)
-        return True
-
-    async def put(self, chunk: list[EventRecord], upto: int) -> None:
-        """Enqueue, waiting for room. Raises trio.ClosedResourceError if closed."""
-        while self.buffered + len(chunk) > self.buffer and self.buffered > 0:
-            self._space = trio.Event()
-            await self._space.wait()
-            if self.state == "closed":
-                raise trio.ClosedResourceError
-        self._send.send_nowait((chunk, upto))
-        self.buffered += len(chunk)
-        self._hub.delivered += len(chunk)
-
-
-def _describe(filter: EventFilter) -> str:
-    types = ",".join(filter.event_types) or "*"
-    if filter.payload_predicates:
-        return f"{types} {list(filter.payload_predicates)}"
-    return types
+        self._hub.detach(self._delivery)
+        self._batches.close()
+        self._carry = None

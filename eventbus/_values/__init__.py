@@ -4,6 +4,16 @@ Pure: imports neither trio nor asyncpg nor trio_asyncio, so a domain's core can
 use these types without the database stack.
 """
 
-from ._model import Event, EventFilter, EventQuery, EventRecord, Matchable, Payload, QueryResult, create_filter
+from ._model import AnyOf, Event, EventFilter, EventQuery, EventRecord, Matchable, Payload, QueryResult, create_filter
 
-__all__ = ["Event", "EventFilter", "EventQuery", "EventRecord", "Matchable", "Payload", "QueryResult", "create_filter"]
+__all__ = [
+    "AnyOf",
+    "Event",
+    "EventFilter",
+    "EventQuery",
+    "EventRecord",
+    "Matchable",
+    "Payload",
+    "QueryResult",
+    "create_filter",
+]

@@ -156,6 +156,25 @@ class EventFilter:
         return [record for record in records if self.matches(record)]
 
 
+@attrs.frozen
+class AnyOf:
+    """Records that match any of several filters, as a DCB query's items.
+
+    Has the two methods of :class:`EventFilter` that selecting uses, so
+    either can stand where records are selected.
+    """
+
+    filters: tuple[EventFilter, ...]
+
+    def matches(self, event: Matchable) -> bool:
+        """Whether an event matches any of the filters."""
+        return any(f.matches(event) for f in self.filters)
+
+    def select(self, records: Sequence[EventRecord]) -> list[EventRecord]:
+        """The records that match any filter, in their order."""
+        return [record for record in records if self.matches(record)]
+
+
 def create_filter(event_types: Iterable[str], payload_predicates: Iterable[Payload] | None = None) -> EventFilter:
     """Make an :class:`EventFilter` (see there for the semantics).
 

@@ -2,8 +2,10 @@
 
 Three simulator processes run the bank for 40 s on an embedded server of the
 run's own while, at the moments seed 2024 fixes, simulators are killed with
-SIGKILL and started again, the server crashes and restarts, and the bus's
-connections are terminated. The last 10 s are quiet, so no fault can race the
+SIGKILL and started again, the server crashes and restarts, its postmaster
+is killed with SIGKILL and it is started again, the bus's connections are
+terminated, and the handler of a projection hangs in the process that leads
+it. The last 10 s are quiet, so no fault can race the
 stop or the checks. About a minute.
 """
 
@@ -31,7 +33,7 @@ def count(name: str, output: str) -> int:
     return int(found.group(1).replace(" ", ""))
 
 
-def test_the_short_chaos_run_survives_kills_crashes_and_terminated_connections_without_a_violation(
+def test_the_short_chaos_run_survives_kills_crashes_terminated_connections_and_hangs_without_a_violation(
     tmp_path: Path,
 ) -> None:
     env = {name: value for name, value in os.environ.items() if name not in ("EVENTBUS_DSN", "DATABASE_URL")}
@@ -50,5 +52,7 @@ def test_the_short_chaos_run_survives_kills_crashes_and_terminated_connections_w
     assert count("process kills (SIGKILL, then started again)", output) >= 1
     assert count("server restarts (immediate mode: a crash)", output) >= 1
     assert count("connection terminations (pg_terminate_backend)", output) >= 1
+    assert count("postmasters killed (SIGKILL, then started)", output) >= 1
+    assert count("handler hangs (the leading projector)", output) >= 1
     assert count("total", output) > 1000  # acknowledged commands
     assert f"just chaos --seed {SEED}" in output

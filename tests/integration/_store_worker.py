@@ -6,7 +6,9 @@ In the modes ``race`` and ``write`` the worker opens the store, prints
 
 * mode ``race``: ``race N`` makes TASKS tasks append a ``Claimed`` event for
   round N, each on the condition that no event of round N exists yet; the
-  worker answers ``N WINS LOSSES``.
+  worker answers ``N WINS LOSSES``. ``dcb N`` does the same on a boundary of
+  two items (see ``dcb_boundary``), half of the tasks appending an event that
+  only the first item matches, half one that only the second matches.
 * mode ``write``: ``go`` makes TASKS tasks append APPENDS times each (one to
   three events an append); the worker prints ``ack POSITION EVENT_ID`` for
   every event acknowledged, then ``done``.
@@ -23,10 +25,12 @@ from __future__ import annotations
 import os
 import random
 import sys
+from collections.abc import Callable
 
 import trio
 
-from eventbus import ConcurrencyError, Event, EventFilter, EventStore, create_filter, open_event_store, testing
+from eventbus import ConcurrencyError, Event, EventFilter, EventStore, create_filter, open_event_store
+from eventbus._db import _connections
 from tests.helpers import LineReader, say
 
 
@@ -35,13 +39,37 @@ def round_filter(number: int) -> EventFilter:
     return create_filter(["Claimed"], [{"round": number}])
 
 
-async def race(store: EventStore, number: int, tasks: int) -> None:
+def dcb_boundary(number: int) -> list[EventFilter]:
+    """A boundary of two items: the course's definition and capacity, or the student's subscriptions."""
+    return [
+        create_filter(["CourseDefined", "CourseCapacityChanged"], [{"courseId": f"c{number}"}]),
+        create_filter(["StudentSubscribedToCourse"], [{"studentId": f"s{number}"}]),
+    ]
+
+
+def claimed(number: int, task: int) -> Event:
+    return Event("Claimed", {"round": number, "by": f"{os.getpid()}-{task}"})
+
+
+def dcb_claim(number: int, task: int) -> Event:
+    """Half of the tasks change the course (the first item), half subscribe the student (the second)."""
+    if task % 2:
+        return Event("StudentSubscribedToCourse", {"studentId": f"s{number}", "courseId": f"x{os.getpid()}-{task}"})
+    return Event("CourseCapacityChanged", {"courseId": f"c{number}", "newCapacity": task})
+
+
+async def race(
+    store: EventStore,
+    number: int,
+    tasks: int,
+    make: Callable[[int, int], Event] = claimed,
+    boundary: Callable[[int], EventFilter | list[EventFilter]] = round_filter,
+) -> None:
     outcomes: list[bool] = []
 
     async def claim(task: int) -> None:
-        event = Event("Claimed", {"round": number, "by": f"{os.getpid()}-{task}"})
         try:
-            await store.append([event], round_filter(number), None)
+            await store.append([make(number, task)], boundary(number), None)
         except ConcurrencyError:
             outcomes.append(False)
         else:
@@ -73,7 +101,7 @@ async def write(store: EventStore, tasks: int, appends: int) -> None:
 
 
 async def linger(dsn: str, seconds: float) -> None:
-    testing.CONNECT_TIMEOUT = seconds / 2
+    _connections.CONNECT_TIMEOUT = seconds / 2
     async with open_event_store(dsn) as store:
         await trio.sleep(seconds)
         await store.append([Event("Tick", {})])
@@ -89,6 +117,8 @@ async def main(mode: str, dsn: str, tasks: int, appends: int) -> None:
             command, *args = line.split()
             if mode == "race" and command == "race":
                 await race(store, int(args[0]), tasks)
+            elif mode == "race" and command == "dcb":
+                await race(store, int(args[0]), tasks, dcb_claim, dcb_boundary)
             elif mode == "write" and command == "go":
                 await write(store, tasks, appends)
             else:
