@@ -9,6 +9,7 @@ does not need the database stack.
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import TYPE_CHECKING, Any
 
 from ._errors import (
@@ -27,6 +28,9 @@ from ._errors import (
 from ._values import Event, EventFilter, EventQuery, EventRecord, QueryResult, create_filter
 
 __version__ = "0.2.0"
+
+# Loggers live under ``eventbus.*``; what is done with their records is the program's choice.
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 if TYPE_CHECKING:
     from ._bus import Bus, BusStatistics, ListenerStatistics, open_bus, run_bus

@@ -106,6 +106,47 @@ CREATE TABLE IF NOT EXISTS eventbus.listeners (
     since timestamptz NOT NULL DEFAULT now()
 );
 
+-- What each running bus's projections are doing, for operators whose command
+-- line cannot see into the process (``eventbus status``): a bus writes its
+-- rows when a state changes and deletes them when it closes. A row is current
+-- while its origin listens (eventbus.listeners, with a live session); rows of
+-- a process that died are removed by the next bus after a minute.
+CREATE TABLE IF NOT EXISTS eventbus.projection_runners (
+    projection text NOT NULL,
+    origin text NOT NULL,
+    host text NOT NULL,
+    pid integer NOT NULL,
+    state text NOT NULL,
+    leader boolean NOT NULL,
+    restarts integer NOT NULL,
+    last_error text,
+    poison bigint,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (projection, origin)
+);
+
+-- Requests from the command line to the bus (origin) that runs a projection,
+-- since only that process holds its handlers: rebuild it, resume it after a
+-- failure (skipping its poison event), apply dead letters again. The bus
+-- takes a pending request, carries it out and writes the outcome; the command
+-- line follows the row.
+CREATE TABLE IF NOT EXISTS eventbus.projection_requests (
+    id bigserial PRIMARY KEY,
+    projection text NOT NULL,
+    origin text NOT NULL,
+    action text NOT NULL CHECK (action IN ('rebuild', 'resume', 'retry')),
+    skip_poison boolean NOT NULL DEFAULT false,
+    dead_letters bigint[],
+    state text NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'running', 'done', 'failed', 'withdrawn')),
+    done bigint,
+    total bigint,
+    message text,
+    requested_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS projection_requests_pending
+    ON eventbus.projection_requests (origin, id) WHERE state = 'pending';
+
 -- Appends are immutable: refuse UPDATE and DELETE on the events table.
 CREATE OR REPLACE FUNCTION eventbus.refuse_change() RETURNS trigger
 LANGUAGE plpgsql AS $$
@@ -329,8 +370,9 @@ BEGIN
                 SELECT count(*) INTO v_same
                 FROM unnest(p_ids[v_lo[j]:v_hi[j]], p_types[v_lo[j]:v_hi[j]],
                             p_payloads[v_lo[j]:v_hi[j]], p_metadata[v_lo[j]:v_hi[j]]) AS n(id, typ, payload, meta)
+                -- (a retry made in another trace carries another traceparent: still the same append)
                 JOIN eventbus.events e ON e.event_id = n.id AND e.event_type = n.typ
-                    AND e.payload = n.payload::jsonb AND e.metadata = n.meta::jsonb;
+                    AND e.payload = n.payload::jsonb AND e.metadata - 'traceparent' = n.meta::jsonb - 'traceparent';
                 IF v_same = v_hi[j] - v_lo[j] + 1 THEN
                     RETURN QUERY
                     SELECT j, 'duplicate'::text, e.event_id, e.sequence_number, e.occurred_at,

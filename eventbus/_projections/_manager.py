@@ -33,6 +33,7 @@ from ._definition import (
     Transaction,
     schema_of,
 )
+from ._operations import Operations
 from ._partitioned import PartitionedRunner
 from ._rebuild import Progress, Rebuild
 from ._runner import Runner
@@ -55,6 +56,7 @@ class ProjectionManager:
         self._nursery = nursery
         self._runners: dict[str, Runner | PartitionedRunner] = {}
         self._rebuilding: set[str] = set()
+        self._operations: Operations | None = None  # started with the first projection
 
     def rebuilding(self, name: str) -> bool:
         """Whether a rebuild of projection ``name`` is under way here; never blocks."""
@@ -98,6 +100,11 @@ class ProjectionManager:
             )
         self._runners[projection.name] = runner
         self._nursery.start_soon(runner.run, name=f"projection {projection.name}")
+        if self._operations is None:
+            self._operations = Operations(
+                self.store.pool, self.store.origin, lambda: self._runners, self.rebuild, self.status
+            )
+            self._nursery.start_soon(self._operations.run, name="projection operations")
 
     async def stop(self, name: str) -> None:
         """Stop projection ``name`` here (its state stays in the database).
@@ -115,16 +122,25 @@ class ProjectionManager:
         del self._runners[name]
         await trio.lowlevel.checkpoint()
 
-    def restart(self, name: str) -> None:
+    def restart(self, name: str, *, skip_poison: bool = False) -> None:
         """Let a ``failed`` projection try again (after a fix to its data).
 
         Does nothing to a projection that has not failed. Never blocks: the
-        projection is ``restarting`` when the call returns.
+        projection is ``restarting`` when the call returns. With
+        ``skip_poison``, the event it failed on goes to the dead letters if it
+        fails again (as under ``on_error="skip"``), and the projection moves on.
 
         Raises:
-            ProjectionError: no projection of that name was started here.
+            ProjectionError: no projection of that name was started here, or
+                ``skip_poison`` for a partitioned one (not supported yet).
         """
-        self._runner(name).restart()
+        runner = self._runner(name)
+        if isinstance(runner, PartitionedRunner):
+            if skip_poison:
+                raise ProjectionError(f"projection {name!r} is partitioned: skip_poison is not supported yet")
+            runner.restart()
+        else:
+            runner.restart(skip_poison=skip_poison)
 
     def status(self) -> dict[str, ProjectionStatus]:
         """Every projection started here, by name; never blocks."""
@@ -215,8 +231,16 @@ class ProjectionManager:
         if not runner.leader:
             raise ProjectionError(f"projection {name!r} is led by another process (or not yet): rebuild it there")
         self._rebuilding.add(name)
+        _log.info("projection %s: rebuild started", name)
         try:
             await Rebuild(runner.projection, runner, self.dsn, self.store, self.stream, progress).run()
+            _log.info("projection %s: rebuild swapped in at position %d", name, runner.applied)
+        except Exception as exc:
+            _log.error("projection %s: rebuild failed: %s", name, exc, exc_info=exc)
+            raise
+        except BaseException:
+            _log.info("projection %s: rebuild abandoned", name)
+            raise
         finally:
             self._rebuilding.discard(name)
             runner.interrupt()  # its state is worked out again

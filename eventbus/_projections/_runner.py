@@ -31,12 +31,13 @@ from collections.abc import Callable
 
 import trio
 
-from .. import _db
+from .. import _db, _telemetry
 from .._errors import DatabaseError, HandlerFailed, StoreUnavailable
 from .._stream import EventStream, Subscription
 from .._values import EventRecord
 from ._apply import apply_in_time, prepare_schema
 from ._definition import SUBSCRIPTION_BATCHES, Projection, ProjectionState, ProjectionStatus
+from ._skip import apply_skipping
 from ._swap import Swap, swap_in
 
 LEADER_RETRY = 1.0
@@ -83,6 +84,8 @@ class Runner:
         self.restarts = 0
         self.dead_letters = 0
         self.last_error: str | None = None
+        self.poison: int | None = None  # the position of the event the latest failure was in
+        self._skip: int | None = None  # that event goes to the dead letters if it fails again
         self.leader = False
         self._failures = 0
         self._sub: Subscription | None = None
@@ -128,10 +131,14 @@ class Runner:
         self._scope.cancel()
         self.state = ProjectionState.STOPPED
 
-    def restart(self) -> None:
-        """Let a ``failed`` runner try again; nothing otherwise."""
+    def restart(self, *, skip_poison: bool = False) -> None:
+        """Let a ``failed`` runner try again; nothing otherwise. With
+        ``skip_poison``, the event it failed on goes to the dead letters if
+        it fails again."""
         if self.state != ProjectionState.FAILED:
             return  # a resume kept for later would skip its next failure
+        if skip_poison:
+            self._skip = self.poison
         # Restarting from now on, not once its task runs: a wait_until_caught_up
         # right after this call must not see the old failure.
         self._mark_restarting()
@@ -175,22 +182,31 @@ class Runner:
                     # The database, not the handlers: retry, without counting toward failure.
                     self.last_error = str(exc)
                     self._mark_restarting()
-                    await trio.sleep(policy.delay(min(self._failures + 1, 4)))
+                    delay = policy.delay(min(self._failures + 1, 4))
+                    _log.warning("projection %s: restarting in %.1f s: %s", self.projection.name, delay, exc,
+                                 exc_info=exc)  # fmt: skip
+                    await trio.sleep(delay)
                 except Exception as exc:
                     # A handler (HandlerFailed), or anything else this projection
                     # raised: its own failure, never the bus's.
                     self.last_error = str(exc) if isinstance(exc, HandlerFailed) else f"{type(exc).__name__}: {exc}"
+                    record = exc.record if isinstance(exc, HandlerFailed) else None
+                    self.poison = record.sequence_number if isinstance(record, EventRecord) else None
                     self._failures += 1
                     if policy.gives_up(self._failures):
                         self.state = ProjectionState.FAILED
-                        _log.error("projection %s failed: %s", self.projection.name, self.last_error)
+                        _log.error("projection %s failed after %d restarts: %s", self.projection.name,
+                                   self._failures - 1, self.last_error, exc_info=exc)  # fmt: skip
                         self._notify()
                         await self._resume.wait()
                         self._resume = trio.Event()
                         self._failures = 0
                         continue
                     self._mark_restarting()
-                    await trio.sleep(policy.delay(self._failures))
+                    delay = policy.delay(self._failures)
+                    _log.warning("projection %s: restarting in %.1f s: %s", self.projection.name, delay,
+                                 self.last_error, exc_info=exc)  # fmt: skip
+                    await trio.sleep(delay)
 
     def _mark_restarting(self) -> None:
         self.state = ProjectionState.RESTARTING
@@ -213,6 +229,7 @@ class Runner:
                     self._notify()  # wait_until_caught_up here follows the leader
                 await trio.sleep(LEADER_RETRY)
             self.leader = True
+            _log.info("projection %s: this process leads it now", name)
             self.state = ProjectionState.STARTING
             await conn.execute("INSERT INTO eventbus.projections (name) VALUES ($1) ON CONFLICT DO NOTHING", name)
             checkpoint = int(await conn.fetchval("SELECT checkpoint FROM eventbus.projections WHERE name = $1", name))
@@ -227,6 +244,8 @@ class Runner:
             while True:
                 checkpoint = await self._follow(conn, checkpoint)
         finally:
+            if self.leader:
+                _log.info("projection %s: this process no longer leads it", name)
             self.leader = False
             self._sub = None
             await conn.close()  # closing the session lets go of the lead
@@ -270,12 +289,26 @@ class Runner:
                 self._batch_started = trio.current_time()
                 self._notify()
                 try:
-                    checkpoint = await apply_in_time(conn, projection, batch, checkpoint, self._count_dead_letter)
+                    checkpoint = await self._apply(conn, batch, checkpoint)
                 finally:
                     self._batch_started = None
                 self.applied = checkpoint
                 self._failures = 0
                 self._notify()
+
+    async def _apply(self, conn: _db.Connection, batch: list[EventRecord], checkpoint: int) -> int:
+        """Apply one batch in its span (the poison event a resume named as
+        under ``on_error="skip"``); the new checkpoint."""
+        projection = self.projection
+        attributes = {"eventbus.projection": projection.name, "eventbus.events": len(batch),
+                      "eventbus.position": batch[-1].sequence_number}  # fmt: skip
+        with _telemetry.span("eventbus.projection_batch", attributes, lambda: (r.metadata for r in batch)):
+            skip = self._skip
+            if skip is not None and skip <= batch[-1].sequence_number:
+                checkpoint = await apply_skipping(conn, projection, batch, checkpoint, skip, self._count_dead_letter)
+                self._skip = None
+                return checkpoint
+            return await apply_in_time(conn, projection, batch, checkpoint, self._count_dead_letter)
 
     async def _hold_for_rebuild(self, conn: _db.Connection, checkpoint: int, vanished: list[str]) -> int | None:
         """The read model's tables are gone while its checkpoint is past 0:

@@ -18,7 +18,7 @@ from typing import Any
 
 import trio
 
-from .. import _db
+from .. import _db, _telemetry
 from .._db import open_database
 from .._errors import ClosedError, InvalidEvent, InvalidFilter
 from .._nursery import open_actor_nursery
@@ -158,9 +158,13 @@ class EventStore:
                 ``outcome_known``.
             ClosedError: the store is closed.
         """
-        prepared = prepare(events, self._max_payload_bytes)
-        filters = condition_filters(filter)
-        checked = condition(filters, expected_max_sequence_number)
+        try:
+            prepared = prepare(events, self._max_payload_bytes, _telemetry.trace_metadata())
+            filters = condition_filters(filter)
+            checked = condition(filters, expected_max_sequence_number)
+        except InvalidEvent:
+            _telemetry.count_invalid()
+            raise
         if not prepared:
             return []
         size = encoded_size(prepared, checked)

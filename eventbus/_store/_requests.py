@@ -57,8 +57,11 @@ def new_event_id() -> uuid.UUID:
     return uuid.UUID(int=value)
 
 
-def prepare(events: Sequence[Event], max_bytes: int) -> list[Prepared]:
-    """Check every event and write its JSON; raise InvalidEvent naming the first bad one."""
+def prepare(events: Sequence[Event], max_bytes: int, trace: Mapping[str, str] | None = None) -> list[Prepared]:
+    """Check every event and write its JSON; raise InvalidEvent naming the first bad one.
+
+    ``trace``: metadata to add to each event's (its own keys win), the appender's trace context.
+    """
     if isinstance(events, (Event, str, bytes)) or not isinstance(events, Iterable):
         raise InvalidEvent(f"append takes a list of Event, not {type(events).__name__}")
     prepared: list[Prepared] = []
@@ -75,8 +78,11 @@ def prepare(events: Sequence[Event], max_bytes: int) -> list[Prepared]:
             payload, payload_text = _json.encode(event.payload, "payload", max_bytes=max_bytes)
             metadata: dict[str, Any] = {}
             metadata_text = "{}"
-            if event.metadata is not None:
-                metadata, metadata_text = _json.encode(event.metadata, "metadata", max_bytes=max_bytes)
+            given = event.metadata
+            if trace is not None and (given is None or isinstance(given, Mapping)):
+                given = {**trace, **(given or {})}
+            if given is not None:
+                metadata, metadata_text = _json.encode(given, "metadata", max_bytes=max_bytes)
         except _json.JSONRefused as exc:
             raise InvalidEvent(f"{where}: {exc}") from None
         event_id = event.event_id
