@@ -97,30 +97,36 @@ def median(values: Sequence[float]) -> float:
 
 
 class Report:
-    """Rows of (figure, ours, baseline, ratio, target), printed as a table."""
+    """Rows of (figure, ours, baseline, peer, ratio, target), printed as a table.
+
+    ``peer`` is eventsourcing's PostgreSQL DCB recorder doing the same work on
+    the same server in the same run (see bench/baselines/peer.py); the column
+    is printed when some row has a peer figure.
+    """
 
     def __init__(self, title: str) -> None:
         self.title = title
-        self.rows: list[tuple[str, str, str, str, str]] = []
+        self.rows: list[tuple[str, str, str, str, str, str]] = []
         self.notes: list[str] = []
 
-    def row(self, figure: str, ours: str, baseline: str = "", ratio: str = "", target: str = "") -> None:
-        self.rows.append((figure, ours, baseline, ratio, target))
+    def row(self, figure: str, ours: str, baseline: str = "", ratio: str = "", target: str = "", *,
+            peer: str = "") -> None:  # fmt: skip
+        self.rows.append((figure, ours, baseline, peer, ratio, target))
 
     def note(self, text: str) -> None:
         self.notes.append(text)
 
     def print(self) -> None:
-        header = ("figure", "eventbus", "baseline", "ratio", "target")
-        widths = [max(len(r[i]) for r in [header, *self.rows]) for i in range(5)]
-        line = "  ".join("-" * w for w in widths)
+        header = ("figure", "eventbus", "baseline", "peer", "ratio", "target")
+        columns = [i for i in range(6) if i != 3 or any(r[3] for r in self.rows)]
+        widths = {i: max(len(r[i]) for r in [header, *self.rows]) for i in columns}
         print(f"\n== {self.title} ==")
         for note in self.notes:
             print(note)
-        print("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
-        print(line)
+        print("  ".join(header[i].ljust(widths[i]) for i in columns))
+        print("  ".join("-" * widths[i] for i in columns))
         for row in self.rows:
-            print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
+            print("  ".join(row[i].ljust(widths[i]) for i in columns))
         sys.stdout.flush()
 
 
