@@ -36,12 +36,10 @@ from apps.banking.domain import (
     parse_amount,
 )
 from apps.banking.features.open_account.types import parse_owner
+from apps.banking.simulate import MAX_RATE
 from eventbus import EventBusError, call_trio
 
 from .control import DEFAULT_ACCOUNTS, DEFAULT_RATE, Controller
-
-MAX_RATE = 100_000.0
-"""The most commands per second the simulator may be asked for."""
 
 
 @attrs.frozen
