@@ -38,10 +38,16 @@ class DeadLetter:
 
 @attrs.frozen
 class DeadLetters:
-    """How many events the read models set aside (each counted once, however
-    many read models set it aside), and the latest of them, newest first."""
+    """The events the read models set aside.
+
+    Attributes:
+        count: how many (each event once, however many read models set it aside).
+        per_projection: how many each read model set aside (those with any).
+        latest: the latest of them, newest first.
+    """
 
     count: int
+    per_projection: dict[str, int]
     latest: tuple[DeadLetter, ...]
 
 
@@ -50,20 +56,26 @@ SELECT projection, sequence_number, event_type, error, failed_at FROM eventbus.d
 WHERE projection = ANY($1::text[]) ORDER BY sequence_number DESC, projection LIMIT $2
 """
 
-_COUNT = "SELECT count(DISTINCT sequence_number) FROM eventbus.dead_letters WHERE projection = ANY($1::text[])"
+_EVENTS = "SELECT count(DISTINCT sequence_number) FROM eventbus.dead_letters WHERE projection = ANY($1::text[])"
+
+_PER_PROJECTION = """
+SELECT projection, count(*) AS letters FROM eventbus.dead_letters
+WHERE projection = ANY($1::text[]) GROUP BY projection
+"""
 
 
 async def read_dead_letters(bus: Bus, projections: Iterable[str], limit: int = DEFAULT_LIMIT) -> DeadLetters:
     """The dead letters of ``projections``: how many, and the latest ``limit``.
 
-    Blocks for two queries on a pooled connection.
+    Blocks for three queries (one when there are none) on a pooled connection.
     """
     names = sorted(projections)
     async with bus.projections.reader(names[0]) as tx:
-        count = await tx.fetchval(_COUNT, names)
-        rows = await tx.fetch(_LATEST, names, limit) if count else []
+        events = await tx.fetchval(_EVENTS, names)
+        counts = await tx.fetch(_PER_PROJECTION, names) if events else []
+        rows = await tx.fetch(_LATEST, names, limit) if events else []
     latest = tuple(
         DeadLetter(row["projection"], row["sequence_number"], row["event_type"], row["error"], row["failed_at"])
         for row in rows
     )
-    return DeadLetters(int(count), latest)
+    return DeadLetters(int(events), {row["projection"]: int(row["letters"]) for row in counts}, latest)
