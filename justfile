@@ -24,10 +24,12 @@ bench *which:
     {{python}} -m bench {{which}}
 
 # The bank: the interactive menu, or a subcommand (`just cli list`); embedded database unless EVENTBUS_DSN is set.
+[no-exit-message]
 cli *args:
     {{python}} -m tui "$@"
 
 # The dashboard over the bank (`just banking`); embedded database unless EVENTBUS_DSN is set.
+[no-exit-message]
 banking *args:
     {{python}} -m tui dashboard "$@"
 

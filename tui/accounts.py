@@ -8,15 +8,13 @@ account's balance and history.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable
 from typing import Any
 
 from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
-from textual.coordinate import Coordinate
 from textual.message import Message
-from textual.widgets import DataTable
 
 from apps.banking.display import when
 from apps.banking.domain import AccountStatus
@@ -24,17 +22,26 @@ from apps.banking.features.get_account.types import DEBITS, EntryKind, HistoryEn
 from apps.banking.features.list_accounts.types import AccountRow
 
 from .feed import ACCOUNTS_SHOWN
-from .widgets import Line, LivePanel, sync_rows
+from .table import Cell, Column, LineTable, cell
+from .widgets import Line, LivePanel
+
+OWNER_WIDTH = 20
+"""Cells of an owner's name the table shows, at most (a name in wide characters takes two a character)."""
+
+ACCOUNT_COLUMNS = (
+    Column("account", max_width=24),
+    Column("balance", right=True, max_width=20),
+    Column("cur"),
+    Column("status"),
+    Column("owner", max_width=OWNER_WIDTH),
+)
+"""The accounts table's columns, those that matter first: a narrow screen cuts the last."""
 
 
-def _money(amount: Any) -> Text:
-    return Text(f"{amount:,.2f}", justify="right")
-
-
-def account_cells(row: AccountRow) -> tuple[Any, ...]:
+def account_cells(row: AccountRow) -> tuple[Cell, ...]:
     """The cells of an account's row in the table."""
-    status = Text(row.status.value, "dim" if row.status is AccountStatus.CLOSED else "green")
-    return (row.account_id, row.owner[:20], row.currency.value, _money(row.balance), status)
+    status = cell(row.status.value, "dim" if row.status is AccountStatus.CLOSED else "green")
+    return (cell(row.account_id), cell(f"{row.balance:,.2f}"), cell(row.currency.value), status, cell(row.owner))
 
 
 COUNTERPARTY = 16
@@ -57,7 +64,6 @@ class AccountsTable(LivePanel):
 
     DEFAULT_CSS = """
     AccountsTable { height: 1fr; }
-    AccountsTable DataTable { height: 1fr; }
     """
 
     class Selected(Message):
@@ -70,17 +76,10 @@ class AccountsTable(LivePanel):
     def __init__(self, state: Any, **kwargs: Any) -> None:
         super().__init__(state, "Accounts", **kwargs)
         self._shown = -1
-        self._rows: dict[Hashable, tuple[Any, ...]] = {}
 
     def compose(self) -> ComposeResult:
         """The panel's widgets."""
-        table: DataTable[Any] = DataTable(id="accounts-table", cursor_type="row", zebra_stripes=True)
-        table.add_column("account", key="account")
-        table.add_column("owner", key="owner")
-        table.add_column("cur", key="currency")
-        table.add_column("balance", key="balance")
-        table.add_column("status", key="status")
-        yield table
+        yield LineTable(ACCOUNT_COLUMNS, cursor=True, id="accounts-table")
 
     def redraw(self) -> None:
         """Show the accounts, if the read model was read again."""
@@ -88,44 +87,43 @@ class AccountsTable(LivePanel):
         if state.accounts_version == self._shown:
             return
         self._shown = state.accounts_version
-        table = self.query_one("#accounts-table", DataTable)
-        rows: dict[Hashable, Sequence[Any]] = {row.account_id: account_cells(row) for row in state.accounts}
-        sync_rows(table, rows, self._rows)
+        table = self.query_one("#accounts-table", LineTable)
+        rows: dict[Hashable, tuple[Cell, ...]] = {row.account_id: account_cells(row) for row in state.accounts}
+        table.show(rows)
         selected = state.selected
         if selected is not None and selected in rows:
-            index = table.get_row_index(selected)
-            if table.cursor_row != index:
-                table.move_cursor(row=index, scroll=False)
-        elif selected is None and rows:
+            table.move_cursor_to(selected)
+        elif selected is None and rows and table.cursor_key is not None:
             # Nothing selected yet: the row under the cursor. (A selection not in
             # the table yet, an account just opened, is kept until it shows.)
-            row = min(max(table.cursor_row, 0), table.row_count - 1)
-            key = table.coordinate_to_cell_key(Coordinate(row, 0)).row_key.value
-            if key is not None:
-                self.post_message(self.Selected(key))
+            self.post_message(self.Selected(str(table.cursor_key)))
         count = sum(total.accounts for total in state.totals)
         held = "  ".join(f"{total.currency} {total.balance:,.2f}" for total in state.totals)
         more = f" (latest {ACCOUNTS_SHOWN:,} shown)" if count > len(rows) else ""
         subtitle = f"{count:,} account{'' if count == 1 else 's'}{more}  {held}"
-        if state.accounts_error:
+        if state.accounts_starting:
+            subtitle = "starting: the accounts read model is being made"
+        elif state.accounts_error:
             subtitle = f"cannot read the accounts: {state.accounts_error[:80]}"
         self.caption(subtitle=subtitle)
 
-    @on(DataTable.RowHighlighted, "#accounts-table")
-    def _highlighted(self, event: DataTable.RowHighlighted) -> None:
+    @on(LineTable.Highlighted, "#accounts-table")
+    def _highlighted(self, event: LineTable.Highlighted) -> None:
         event.stop()
-        if event.row_key.value is not None:
-            self.post_message(self.Selected(event.row_key.value))
+        if event.key is not None:
+            self.post_message(self.Selected(str(event.key)))
 
     @property
     def owners(self) -> list[str]:
         """The owners shown, top to bottom (for tests)."""
-        table = self.query_one("#accounts-table", DataTable)
-        return [str(table.get_row_at(index)[1]) for index in range(table.row_count)]
+        return self.query_one("#accounts-table", LineTable).column(4)
 
     def balance_of(self, account_id: str) -> str:
         """The balance shown for an account (for tests)."""
-        return str(self.query_one("#accounts-table", DataTable).get_cell(account_id, "balance"))
+        return self.query_one("#accounts-table", LineTable).row(account_id)[1]
+
+
+HISTORY_COLUMNS = (Column("entry", max_width=20), Column("amount", right=True), Column("balance", right=True))
 
 
 class AccountDetail(LivePanel):
@@ -133,8 +131,7 @@ class AccountDetail(LivePanel):
 
     DEFAULT_CSS = """
     AccountDetail { height: 1fr; }
-    AccountDetail #account-summary { height: auto; margin: 0 1; }
-    AccountDetail DataTable { height: 1fr; }
+    AccountDetail #account-summary { height: 2; margin: 0 1; }
     """
 
     def __init__(self, state: Any, **kwargs: Any) -> None:
@@ -143,10 +140,8 @@ class AccountDetail(LivePanel):
 
     def compose(self) -> ComposeResult:
         """The panel's widgets."""
-        yield Line("Select an account in the table.", id="account-summary")
-        table: DataTable[Any] = DataTable(id="history-table", cursor_type="row", zebra_stripes=True)
-        table.add_columns("entry", "amount", "balance")
-        yield table
+        yield Line("Select an account in the table.", id="account-summary", fixed=True)
+        yield LineTable(HISTORY_COLUMNS, id="history-table")
 
     def redraw(self) -> None:
         """Show the selected account, if it was read again."""
@@ -156,9 +151,10 @@ class AccountDetail(LivePanel):
         self._shown = state.account_version
         trail = state.account
         summary = self.query_one("#account-summary", Line)
-        table = self.query_one("#history-table", DataTable)
-        table.clear()
+        table = self.query_one("#history-table", LineTable)
+        self.show_summary()
         if trail is None:
+            table.show({})
             self.caption(title="Account")
             summary.show("Select an account in the table." if state.selected is None else "Reading the account…")
             return
@@ -174,12 +170,29 @@ class AccountDetail(LivePanel):
                 f" · {entries:,} {'entry' if entries == 1 else 'entries'} · {when(view.updated_at)[11:]}",
             )
         )
+        rows: dict[Hashable, tuple[Cell, ...]] = {}
         for entry in reversed(view.history):
             sign = "-" if entry.kind in DEBITS else "+"
             amount = f"{sign}{entry.amount:,.2f}" if entry.amount else ""
-            table.add_row(describe_entry(entry), Text(amount, justify="right"), _money(entry.balance))
+            rows[entry.sequence_number] = (cell(describe_entry(entry)), cell(amount), cell(f"{entry.balance:,.2f}"))
+        table.show(rows)
+
+    def summary(self) -> Text:
+        """The selected account in one line (for a small screen)."""
+        trail = self.state.account
+        if trail is None:
+            return Text("Select an account in the table (↑ ↓)." if self.state.selected is None else "Reading…")
+        view = trail.view
+        return Text.assemble(
+            (view.account_id, "bold"),
+            f" {view.owner} · ",
+            (view.status.value, "green" if view.status is AccountStatus.OPEN else "dim"),
+            " · ",
+            (f"{view.balance:,.2f} {view.currency}", "bold"),
+            f" · {trail.entries:,} {'entry' if trail.entries == 1 else 'entries'}",
+        )
 
     @property
-    def summary(self) -> str:
+    def lines(self) -> str:
         """The lines above the history, as shown (for tests)."""
         return self.query_one("#account-summary", Line).text

@@ -22,18 +22,26 @@ from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.css.query import NoMatches
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer
 
 from eventbus import call_trio
 
 from .accounts import AccountDetail, AccountsTable
 from .control import Controller
 from .forms import DepositForm, Form, OpenAccountForm, RebuildForm, SimulatorForm, TransferForm, WithdrawForm
+from .keys import KEYS
+from .log import EventLog
 from .state import DashboardState
-from .widgets import EventLog, Figures, HealthBar, LivePanel, ProjectionsTable, SubscriptionsTable
+from .table import LineTable
+from .widgets import Figures, HealthBar, KeyBar, LivePanel, ProjectionsTable, SubscriptionsTable
 
-REFRESH = 0.25
+REFRESH = 0.5
 """Seconds between redraws: a burst of any size costs at most one redraw per tick."""
+
+WIDE = 110
+"""Columns from which the panels stand side by side (below: stacked, the side panels a line each)."""
+
+TALL = 32
+"""Rows from which the side panels show in full (below: a line each)."""
 
 
 def _run_deferred(loop: asyncio.AbstractEventLoop, handler: Callable[[int, Any], Any], signum: int, _: Any) -> None:
@@ -70,18 +78,15 @@ class DashboardApp(App[None]):
     TITLE = "eventbus · bank"
 
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("o", "open_account", "Open"),
-        Binding("d", "deposit", "Deposit"),
-        Binding("w", "withdraw", "Withdraw"),
-        Binding("t", "transfer", "Transfer"),
-        Binding("s", "simulator", "Simulator"),
-        Binding("r", "rebuild", "Rebuild"),
-        Binding("p", "pause_log", "Pause log"),
-        Binding("slash", "filter", "Filter"),
-        Binding("a", "focus_accounts", "Accounts", show=False),
-        Binding("escape", "focus_accounts", "Back to the accounts", show=False),
-        Binding("q", "quit", "Quit"),
+        Binding(key.key, key.action, key.label, show=key.footer) for key in KEYS
     ]
+
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (WIDE, "-wide")]  # noqa: RUF012 - Textual's own declaration
+    """Below ``WIDE`` columns the panels stack and the side panels and the
+    selected account collapse to a line each (see ``dashboard.tcss``)."""
+
+    VERTICAL_BREAKPOINTS = [(0, "-short"), (TALL, "-tall")]  # noqa: RUF012 - Textual's own declaration
+    """Below ``TALL`` rows the side panels collapse to a line each."""
 
     def __init__(self, state: DashboardState, controller: Controller) -> None:
         super().__init__()
@@ -89,6 +94,7 @@ class DashboardApp(App[None]):
         self.controller = controller
         self.sub_title = state.database
         self._redrawn: asyncio.Event = asyncio.Event()
+        self._failed: frozenset[str] = frozenset()
 
     def compose(self) -> ComposeResult:
         """The layout: health, accounts and account, log and figures, footer."""
@@ -102,14 +108,14 @@ class DashboardApp(App[None]):
                 yield Figures(self.state, id="figures")
                 yield ProjectionsTable(self.state, id="projections")
                 yield SubscriptionsTable(self.state, id="subscriptions")
-        yield Footer()
+        yield KeyBar(id="keys")
 
     def on_mount(self) -> None:
         """Start the redraw timer and focus the accounts."""
         _defer_terminal_signals(self)
         self.redraw()
         self.set_interval(REFRESH, self.redraw)
-        self.query_one("#accounts-table", DataTable).focus()
+        self.query_one("#accounts-table", LineTable).focus()
 
     # ------------------------------------------------------------ redraws
 
@@ -130,6 +136,10 @@ class DashboardApp(App[None]):
         health.redraw()
         for panel in self.main.query(LivePanel):
             panel.redraw()
+        # The key bar offers x (resume) only while a read model has failed.
+        self._failed = frozenset(name for name, status in state.projections.items() if status.state == "failed")
+        offered = [key for key in KEYS if key.footer and (key.action != "resume" or self._failed)]
+        self.main.query_one(KeyBar).redraw(offered)
         self._redrawn.set()
         self._redrawn = asyncio.Event()
 
@@ -180,6 +190,34 @@ class DashboardApp(App[None]):
         """Rebuild a read model (a form to choose which)."""
         self._form(RebuildForm(self.controller))
 
+    async def action_resume(self) -> None:
+        """Let the read models that failed try again."""
+        names = await call_trio(self.controller.resume)
+        if names:
+            self.notify(f"Resuming {', '.join(names)}: it starts again from its checkpoint.", markup=False)
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """Offer ``resume`` only while a read model has failed."""
+        if action == "resume":
+            return bool(self._failed)
+        return True
+
+    def deliver_screenshot(
+        self, filename: str | None = None, path: str | None = None, time_format: str | None = None
+    ) -> str | None:
+        """Save a screenshot (an SVG file) in ``path``, by default the working
+        directory, and say where; or say why it could not be saved."""
+        try:
+            folder = Path(path) if path else Path.cwd()
+            saved = Path(self.save_screenshot(filename, str(folder), time_format))
+        except OSError as exc:
+            where = path or "the working directory"
+            self.notify(f"Could not save the screenshot in {where}: {exc.strerror or exc}", title="Screenshot",
+                        severity="error", timeout=10, markup=False)  # fmt: skip
+            return None
+        self.notify(f"Saved the screenshot to {saved}", title="Screenshot", timeout=10, markup=False)
+        return None
+
     def action_pause_log(self) -> None:
         """Freeze the event log, or let it run again."""
         self.main.query_one(EventLog).toggle_pause()
@@ -209,6 +247,9 @@ class DashboardApp(App[None]):
             yield SystemCommand("Start simulator", "Start the load simulator (s)", self.action_simulator)
         yield SystemCommand("Rebuild read model", "Rebuild accounts or analytics from the events (r)",
                             self.action_rebuild)  # fmt: skip
+        if self._failed:
+            yield SystemCommand("Resume read models", "Let the read models that failed try again (x)",
+                                self.action_resume)  # fmt: skip
         yield SystemCommand("Pause log", "Freeze or resume the event log (p)", self.action_pause_log)
         yield SystemCommand("Filter events", "Filter the event log by type or account (/)", self.action_filter)
         yield from super().get_system_commands(screen)

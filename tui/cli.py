@@ -13,6 +13,8 @@ from collections.abc import Sequence
 
 from apps.banking import cli
 
+from .keys import help_text
+
 
 def _plan_dashboard(args: argparse.Namespace) -> cli.Plan:
     # Textual loads only for the dashboard: ``banking list`` starts as fast as before.
@@ -26,6 +28,7 @@ DASHBOARD = cli.Subcommand(
     help="the live dashboard: events, accounts, projections; forms to act",
     plan=_plan_dashboard,
     metrics=True,
+    epilog=help_text() + "\n\nScreenshots (Ctrl-P, then Screenshot) are saved in the working directory.",
 )
 
 

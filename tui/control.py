@@ -140,6 +140,20 @@ class Controller:
             self.state.simulation = Simulation(running=False, rate=config.rate, summary=summary)
             self.state.control_changed()
 
+    # ------------------------------------------------------------ failures
+
+    async def resume(self) -> list[str]:
+        """Let every read model that failed in this process try again; return their names.
+
+        Never blocks: they start again from their checkpoints on their own.
+        """
+        await trio.lowlevel.checkpoint()
+        projections = self.bank.bus.projections
+        failed = sorted(name for name, status in projections.status().items() if status.state == "failed")
+        for name in failed:
+            projections.restart(name)
+        return failed
+
     # ------------------------------------------------------------ rebuilds
 
     async def rebuild(self, name: str) -> None:

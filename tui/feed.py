@@ -7,18 +7,19 @@ None of them waits on the screen, so a slow terminal never slows the bus.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 
 import psutil
 import trio
 
-from apps.banking.app import Bank
+from apps.banking.app import Bank, ReadModelNotReady
 from apps.banking.domain import BankingError
 from apps.banking.features.list_accounts.shell import NAME as ACCOUNTS
 from eventbus import Bus, EventBusError, create_filter
 
-from .state import DashboardState
+from .state import LOG_SIZE, DashboardState, RateWindow
 from .trail import follow_account
 
 SAMPLE_INTERVAL = 0.5
@@ -40,29 +41,48 @@ LOG_BUFFER = 20_000
 RETRY_DELAY = 1.0
 """Seconds before a feed tries again after the database failed it."""
 
+DEAD_LETTERS_INTERVAL = 5.0
+"""Seconds between reads of the dead letters (sooner when this process sets one aside)."""
+
+DEAD_LETTERS_SHOWN = 3
+"""Dead letters the dashboard shows the reasons of (the latest)."""
+
 
 async def feed_events(
     bus: Bus, state: DashboardState, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
 ) -> None:
-    """Every committed event into the log, from the bus's head on, until cancelled.
+    """The latest ``LOG_SIZE`` positions' events, then every one committed, into the log, until cancelled.
 
     ``task_status.started()`` once subscribed: from then on no event is missed.
-    A large buffer absorbs bursts; if the dashboard still falls behind, the
-    hub detaches it and it catches up on its own, without slowing anyone down.
-    Returns when the bus closes.
+    The log shows the events already stored at once (read from the store,
+    then live, with no gap). A large buffer absorbs bursts; if the dashboard
+    still falls behind, the hub detaches it and it catches up on its own,
+    without slowing anyone down. Returns when the bus closes.
     """
     everything = create_filter([])
-    async with bus.subscribe(everything, max_batch=LOG_BATCH, buffer=LOG_BUFFER, name="dashboard log") as sub:
+    head = await bus.store.head()
+    state.store_head = head
+    after = max(0, head - LOG_SIZE)
+    async with bus.subscribe(everything, after=after, max_batch=LOG_BATCH, buffer=LOG_BUFFER,
+                             name="dashboard log") as sub:  # fmt: skip
         task_status.started()
         async for batch in sub:
             state.add_events(batch)
 
 
-async def feed_figures(bus: Bus, state: DashboardState, interval: float = SAMPLE_INTERVAL) -> None:
-    """Sample the bus's figures (and this process's memory) every ``interval`` seconds, until cancelled."""
+async def feed_figures(bank: Bank, state: DashboardState, interval: float = SAMPLE_INTERVAL) -> None:
+    """Sample the bus's figures (and this process's memory) every ``interval`` seconds, until cancelled.
+
+    The rates are each sample's (for the sparklines) and the mean over
+    ``RATE_WINDOW`` seconds (for the figures). Never blocks on the database.
+    """
+    bus = bank.bus
     process = psutil.Process(os.getpid())
     previous = bus.statistics()
     last = time.perf_counter()
+    appended, delivered = RateWindow(), RateWindow()
+    appended.add(last, previous.store.events)
+    delivered.add(last, previous.stream.delivered)
     while True:
         await trio.sleep(interval)
         stats = bus.statistics()
@@ -70,15 +90,42 @@ async def feed_figures(bus: Bus, state: DashboardState, interval: float = SAMPLE
         elapsed = max(now - last, 1e-6)
         state.appends_per_s.append(max(0.0, (stats.store.events - previous.store.events) / elapsed))
         state.deliveries_per_s.append(max(0.0, (stats.stream.delivered - previous.stream.delivered) / elapsed))
+        state.appended_rate = appended.add(now, stats.store.events)
+        state.delivered_rate = delivered.add(now, stats.stream.delivered)
         state.commits_per_s = max(0.0, (stats.store.batches - previous.store.batches) / elapsed)
         state.store = stats.store
         state.stream = stats.stream
+        state.store_head = max(state.store_head, stats.stream.position)
         state.listener_connected = stats.listener.connected
-        state.projections = stats.projections
+        # The bank's own read models as the bank sees them (never "rebuilding" once a rebuild returned).
+        state.projections = {**stats.projections, **bank.projection_status()}
         state.memory_mb = process.memory_info().rss / 2**20
         state.figures_version += 1
         state.touch()
         previous, last = stats, now
+
+
+async def feed_dead_letters(bank: Bank, state: DashboardState, interval: float = DEAD_LETTERS_INTERVAL) -> None:
+    """Keep the count and the latest of the events the bank's read models set
+    aside current in ``state``, until cancelled: read at once, then whenever
+    this process sets one aside, and every ``interval`` seconds (for other
+    processes'). Blocks for one query per read."""
+    while True:
+        skipped = _skipped(state)
+        dead = await bank.dead_letters(limit=DEAD_LETTERS_SHOWN)
+        if dead != state.dead_letters:
+            state.dead_letters = dead
+            state.control_changed()
+        with trio.move_on_after(interval):
+            await state.wait_until(functools.partial(_skipped_other_than, skipped))
+
+
+def _skipped(state: DashboardState) -> int:
+    return sum(status.dead_letters for status in state.projections.values())
+
+
+def _skipped_other_than(count: int, state: DashboardState) -> bool:
+    return _skipped(state) != count
 
 
 class Refresher:
@@ -133,6 +180,14 @@ async def feed_accounts(
                 try:
                     await _read_accounts(bank, state)
                     seen = key
+                except ReadModelNotReady:
+                    # The read model is being made: a normal state for a moment after the start.
+                    if not state.accounts_starting:
+                        state.accounts_starting = True
+                        state.accounts_version += 1
+                        state.touch()
+                    await refresher.wait(interval)
+                    continue
                 except (EventBusError, BankingError) as exc:
                     # EventBusError: the database is away, or the read model's
                     # table is not there yet (another process leads and has not
@@ -151,8 +206,8 @@ async def feed_accounts(
 async def _read_accounts(bank: Bank, state: DashboardState) -> None:
     totals = await bank.totals(wait=False)
     rows = await bank.latest_accounts(ACCOUNTS_SHOWN, wait=False)
-    if (rows, totals, None) != (state.accounts, state.totals, state.accounts_error):
-        state.totals, state.accounts, state.accounts_error = totals, rows, None
+    if (rows, totals, None, False) != (state.accounts, state.totals, state.accounts_error, state.accounts_starting):
+        state.totals, state.accounts, state.accounts_error, state.accounts_starting = totals, rows, None, False
         state.accounts_version += 1
     selected = state.selected
     if selected is not None:

@@ -36,12 +36,10 @@ from apps.banking.domain import (
     parse_amount,
 )
 from apps.banking.features.open_account.types import parse_owner
+from apps.banking.simulate import MAX_RATE
 from eventbus import EventBusError, call_trio
 
 from .control import DEFAULT_ACCOUNTS, DEFAULT_RATE, Controller
-
-MAX_RATE = 100_000.0
-"""The most commands per second the simulator may be asked for."""
 
 
 @attrs.frozen
@@ -98,8 +96,9 @@ class Form(ModalScreen[str | None]):
     Form > Vertical { width: 72; height: auto; max-height: 90%; border: thick $accent; background: $panel;
                       padding: 1 2; }
     Form .title { text-style: bold; }
+    Form .title, Form .help { width: 100%; }
     Form .help { color: $text-muted; }
-    Form .field-label { margin-top: 1; color: $text-muted; }
+    Form .field-label { margin-top: 1; color: $text-muted; width: 100%; }
     Form Input, Form Select { width: 1fr; background: $boost; }
     Form Input:focus, Form Select:focus { background: $primary 30%; }
     Form .field-error { color: $error; height: auto; display: none; }
@@ -364,6 +363,7 @@ class RebuildForm(Form):
         self.query_one("#submit", Button).focus()
 
     async def run(self, values: Mapping[str, str]) -> str:
-        """Start the rebuild."""
+        """Start the rebuild; its bar shows in the projections panel, and one
+        notification says how it ended (no "rebuilding" one to outlive it)."""
         await call_trio(self.controller.rebuild, values["name"])
-        return f"Rebuilding {values['name']}…"
+        return ""

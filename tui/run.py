@@ -7,7 +7,6 @@ and drive the app with ``App.run_test()``.
 
 from __future__ import annotations
 
-import os
 import re
 import select
 import signal
@@ -19,12 +18,13 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import trio
 
+from apps.banking import database
 from apps.banking.app import Bank, open_bank
 from eventbus import call_asyncio, open_loop
 
 from .app import DashboardApp
 from .control import Controller
-from .feed import RETRY_DELAY, Refresher, feed_accounts, feed_events, feed_figures
+from .feed import RETRY_DELAY, Refresher, feed_accounts, feed_dead_letters, feed_events, feed_figures
 from .state import DashboardState
 
 CLOSE_TIMEOUT = 3.0
@@ -36,10 +36,11 @@ def describe_database(dsn: str | None) -> str:
     """Where the dashboard's database is, never with a password: ``bank on db.example:5432``.
 
     Takes a URL (``postgresql://user:secret@host/bank``) or libpq's
-    ``key=value`` form (``host=db dbname=bank password=secret``).
+    ``key=value`` form (``host=db dbname=bank password=secret``); None is the
+    bank's own database on the embedded server.
     """
     if dsn is None:
-        return "embedded database"
+        return database.describe(None)
     if "://" in dsn:
         parts = urlsplit(dsn)
         name = unquote(parts.path.lstrip("/"))
@@ -58,14 +59,6 @@ def describe_database(dsn: str | None) -> str:
 
 
 _CONNINFO_PAIR = re.compile(r"(\w+)\s*=\s*('(?:[^'\\]|\\.)*'|\S+)")
-
-
-def _dsn_from_environment() -> str | None:
-    for name in ("EVENTBUS_DSN", "DATABASE_URL"):
-        value = os.environ.get(name, "").strip()
-        if value:
-            return value
-    return None
 
 
 async def _supervised(state: DashboardState, what: str, fn: Callable[..., Awaitable[object]], *args: Any) -> None:
@@ -92,8 +85,9 @@ async def open_dashboard(bank: Bank, *, database: str = "") -> AsyncIterator[Das
     refresher = Refresher()
     async with trio.open_nursery() as nursery:
         await nursery.start(feed_events, bank.bus, state)
-        nursery.start_soon(_supervised, state, "throughput figures", feed_figures, bank.bus, state)
+        nursery.start_soon(_supervised, state, "throughput figures", feed_figures, bank, state)
         nursery.start_soon(_supervised, state, "accounts feed", feed_accounts, bank, state, refresher)
+        nursery.start_soon(_supervised, state, "dead letters feed", feed_dead_letters, bank, state)
         controller = Controller(bank, state, nursery, refresher)
         try:
             yield DashboardApp(state, controller)
@@ -151,7 +145,7 @@ async def run_dashboard(dsn: str | None = None) -> None:
     async with (
         open_loop(),
         open_bank(dsn) as bank,  # refuses a malformed connection string before it is described
-        open_dashboard(bank, database=describe_database(dsn or _dsn_from_environment())) as app,
+        open_dashboard(bank, database=describe_database(database.named_dsn(dsn))) as app,
         trio.open_nursery() as nursery,
     ):
         nursery.start_soon(quit_when_the_terminal_goes, app)

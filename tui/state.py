@@ -16,6 +16,7 @@ from typing import Literal
 import attrs
 import trio
 
+from apps.banking.dead_letters import DeadLetters
 from apps.banking.features.list_accounts.types import AccountRow, CurrencyTotal
 from eventbus import EventRecord, ProjectionStatus, StoreStatistics, StreamStatistics
 
@@ -27,6 +28,9 @@ LOG_SIZE = 2000
 HISTORY = 60
 """Samples each sparkline keeps."""
 
+RATE_WINDOW = 5.0
+"""Seconds the rates shown as figures are averaged over (the sparklines show each sample)."""
+
 NOTICES = 20
 """Messages for the person that may wait for the next redraw; older ones drop off."""
 
@@ -35,6 +39,25 @@ Severity = Literal["information", "warning", "error"]
 
 def _history() -> collections.deque[float]:
     return collections.deque([0.0] * HISTORY, maxlen=HISTORY)
+
+
+class RateWindow:
+    """A rate averaged over the last ``window`` seconds of samples of a
+    growing count: steady under a steady load, whatever the sampling jitter."""
+
+    def __init__(self, window: float = RATE_WINDOW) -> None:
+        self.window = window
+        self._samples: collections.deque[tuple[float, int]] = collections.deque()
+
+    def add(self, now: float, count: int) -> float:
+        """Record ``count`` at time ``now`` (seconds, ascending); return the rate
+        per second over the last ``window`` seconds (over what there is, at first)."""
+        samples = self._samples
+        samples.append((now, count))
+        while len(samples) > 2 and now - samples[1][0] >= self.window:
+            samples.popleft()
+        then, before = samples[0]
+        return max(0.0, (count - before) / (now - then)) if now > then else 0.0
 
 
 @attrs.frozen
@@ -80,9 +103,12 @@ class DashboardState:
     events: collections.deque[EventRecord] = attrs.field(factory=lambda: collections.deque(maxlen=LOG_SIZE))
     events_version: int = 0
     events_seen: int = 0
-    # the bus's figures
+    store_head: int = 0
+    # the bus's figures: each sample, and averaged over RATE_WINDOW
     appends_per_s: collections.deque[float] = attrs.field(factory=_history)
     deliveries_per_s: collections.deque[float] = attrs.field(factory=_history)
+    appended_rate: float = 0.0
+    delivered_rate: float = 0.0
     commits_per_s: float = 0.0
     store: StoreStatistics | None = None
     stream: StreamStatistics | None = None
@@ -94,7 +120,9 @@ class DashboardState:
     accounts: list[AccountRow] = attrs.field(factory=list)
     totals: list[CurrencyTotal] = attrs.field(factory=list)
     accounts_error: str | None = None
+    accounts_starting: bool = False
     accounts_version: int = 0
+    dead_letters: DeadLetters = attrs.field(factory=lambda: DeadLetters(0, {}, ()))
     selected: str | None = None
     account: AccountTrail | None = None
     account_version: int = 0
@@ -110,6 +138,8 @@ class DashboardState:
         """Append a batch to the log (newest first); never blocks."""
         self.events.extendleft(records)
         self.events_seen += len(records)
+        if records:
+            self.store_head = max(self.store_head, records[-1].sequence_number)
         self.events_version += 1
         self.touch()
 

@@ -1,99 +1,53 @@
-"""The dashboard's bus widgets: health, the event log, the figures, projections and subscriptions.
+"""The dashboard's bus widgets: health, the figures, projections and subscriptions.
 
 Each is a :class:`LivePanel`: the app calls its ``redraw()`` on one timer, and
 it redraws only when the state's version it shows moved, so a burst of events
-costs one redraw per tick. Tables are changed in place (see :func:`sync_rows`)
-so that a cursor and a scroll position survive the updates.
+costs one redraw per tick. Tables are :class:`~tui.table.LineTable`: a row is
+drawn again only when it changed, and cells are plain text, never markup. On a small screen a panel collapses to its
+``summary()``, one line (the app's stylesheet says when).
 """
 
 from __future__ import annotations
 
 import collections
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Collection, Hashable
 from typing import Any
 
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
-from textual.widgets import DataTable, Input, Label, ProgressBar, Sparkline, Static
+from textual.content import Content
+from textual.widgets import Label, ProgressBar, Sparkline, Static
 
-from eventbus import EventRecord, ProjectionStatus
+from eventbus import ProjectionStatus
 
-from .state import DashboardState
+from .keys import PALETTE, Key
+from .state import RATE_WINDOW, DashboardState
+from .table import Cell, Column, LineTable, cell
 
-LOG_ROWS = 200
-"""Rows the event log shows at most."""
-
-_ACCOUNT_KEYS = ("accountId", "fromAccountId", "toAccountId")
 _STATE_STYLES = {"failed": "bold red", "restarting": "yellow", "catching_up": "yellow", "live": "green",
                  "rebuilding": "cyan", "standby": "blue"}  # fmt: skip
 
 
-def summarize(record: EventRecord) -> str:
-    """The interesting part of a payload, on one line, what matters first.
-
-    The bank's events read ``25.50 EUR acc-1 → acc-2`` or ``Ada checking EUR
-    acc-1``; other events show their first few ``key=value`` pairs.
-    """
-    payload = record.payload
-    parts = []
-    if "amount" in payload:
-        parts.append(f"{payload['amount']} {payload.get('currency', '')}".rstrip())
-    if "owner" in payload:
-        parts.extend(str(payload[key]) for key in ("owner", "accountType", "currency") if key in payload)
-    if "fromAccountId" in payload or "toAccountId" in payload:
-        parts.append(f"{payload.get('fromAccountId', '?')} → {payload.get('toAccountId', '?')}")
-    if "accountId" in payload:
-        parts.append(str(payload["accountId"]))
-    if not parts:
-        parts = [f"{key}={value}" for key, value in list(payload.items())[:3]]
-    return " ".join(parts)
-
-
-def mentions(record: EventRecord, account: str) -> bool:
-    """Whether the event is about an account whose id contains ``account``."""
-    payload = record.payload
-    return any(account in str(payload.get(key, "")) for key in _ACCOUNT_KEYS)
-
-
-def sync_rows(
-    table: DataTable[Any], rows: dict[Hashable, Sequence[Any]], shown: dict[Hashable, tuple[Any, ...]]
-) -> None:
-    """Make ``table`` show ``rows`` (by key, in order), changing only what differs.
-
-    ``shown`` is what the table holds now (kept up to date here). Changed
-    cells are updated in place, rows gone are removed, new rows appended, so
-    the cursor stays on its row.
-    """
-    for key in [key for key in shown if key not in rows]:
-        table.remove_row(str(key))
-        del shown[key]
-    columns = list(table.columns)
-    for key, cells in rows.items():
-        old = shown.get(key)
-        new = tuple(cells)
-        if old is None:
-            table.add_row(*new, key=str(key))
-        elif old != new:
-            for column, before, after in zip(columns, old, new, strict=True):
-                if before != after:
-                    table.update_cell(str(key), column, after, update_width=True)
-        shown[key] = new
-
-
 class Line(Static):
-    """A Static that repaints only when what it shows changes: an idle redraw costs nothing."""
+    """A Static that repaints only when what it shows changes: an idle redraw costs nothing.
 
-    def __init__(self, content: str | Text = "", **kwargs: Any) -> None:
+    Args:
+        fixed: its height never changes (a one-line label), so an update
+            repaints it without laying the screen out again.
+    """
+
+    def __init__(self, content: str | Text = "", *, fixed: bool = False, **kwargs: Any) -> None:
         super().__init__(content, **kwargs)
         self._last: str | Text = content
+        self._fixed = fixed
 
     def show(self, content: str | Text) -> None:
         """Show ``content`` (plain text, never markup), if it differs from what is shown."""
         if content == self._last:
             return
         self._last = content
-        self.update(Text(content) if isinstance(content, str) else content)
+        self.update(Text(content) if isinstance(content, str) else content, layout=not self._fixed)
 
     @property
     def text(self) -> str:
@@ -108,22 +62,43 @@ def set_data(sparkline: Sparkline, data: list[float]) -> None:
 
 
 class LivePanel(Vertical):
-    """A bordered panel that shows part of the state; ``redraw()`` is called on the app's timer."""
+    """A bordered panel that shows part of the state; ``redraw()`` is called on the app's timer.
+
+    Its first child is a one-line summary, shown instead of the rest when the
+    app's stylesheet collapses the panel (on a small screen).
+    """
 
     DEFAULT_CSS = """
     LivePanel { border: round $primary; }
     LivePanel:focus-within { border: round $accent; }
-    /* Columns that do not fit are cut at the edge (arrow keys scroll), not given a scrollbar. */
-    LivePanel DataTable { scrollbar-size-horizontal: 0; width: 100%; }
+    LivePanel > .summary { display: none; height: 1; }
     """
 
     def __init__(self, state: DashboardState, title: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.border_title = title
         self.state = state
+        self._summary = Line(fixed=True, classes="summary")
+
+    def on_mount(self) -> None:
+        """Put the summary line first."""
+        self.mount(self._summary, before=0 if self.children else None)
 
     def redraw(self) -> None:
         """Show the state, if what this panel shows of it changed; never blocks."""
+
+    def summary(self) -> str | Text:
+        """What the panel shows, in one line (for a small screen)."""
+        return ""
+
+    def show_summary(self) -> None:
+        """Bring the summary line up to date (cheap when it did not change)."""
+        self._summary.show(self.summary())
+
+    @property
+    def summary_text(self) -> str:
+        """The summary shown now (for tests)."""
+        return self._summary.text
 
     def caption(self, *, title: str | None = None, subtitle: str | None = None) -> None:
         """Set the border's title or subtitle (plain text), repainting only if it changed."""
@@ -134,61 +109,74 @@ class LivePanel(Vertical):
 
 
 class HealthBar(Line):
-    """One line: the store, the listener and the projections, green when well, red when not."""
+    """One line: the store, the listener, the projections, the simulator and the
+    database, green when well, red when not; shorter words on a narrow screen."""
 
     DEFAULT_CSS = """
     HealthBar { height: 1; padding: 0 1; background: $boost; }
     """
 
     def __init__(self, state: DashboardState, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+        super().__init__(fixed=True, **kwargs)
         self.state = state
-        self._shown: tuple[int, int] = (-1, -1)
+        self._shown: tuple[int, int, int] = (-1, -1, -1)
         self.healthy: bool | None = None
 
     def redraw(self) -> None:
-        """Show the health now, if the figures moved."""
+        """Show the health now, if the figures moved (or the width did)."""
         state = self.state
-        key = (state.figures_version, state.control_version)
+        width = self.size.width
+        key = (state.figures_version, state.control_version, width)
         if key == self._shown:
             return
         self._shown = key
         store = state.store
-        parts: list[Text | str] = [Text("bank  ", "bold")]
-        if store is None:
-            parts.append(_light("yellow", "store starting"))
-        else:
-            parts.append(_light("green", "store connected") if store.connected else _light("red", "store UNREACHABLE"))
-            parts.append("  ")
-            parts.append(
-                _light("green", "listener connected")
-                if state.listener_connected
-                else _light("red", "listener reconnecting")
-            )
-        parts.append("  ")
-        parts.append(projections_health(state.projections))
-        simulation = state.simulation
-        parts.append("  ")
-        parts.append(
-            Text(f"simulating {simulation.rate:,.0f}/s", "bold cyan")
-            if simulation.running
-            else Text.assemble("simulator ", ("off", "dim"))
-        )
-        parts.append(Text(f"  db {state.database}", "dim"))
         self.healthy = (
             store is not None
             and store.connected
             and state.listener_connected
             and all(status.state != "failed" for status in state.projections.values())
         )
-        self.show(Text.assemble(*parts))
+        line = self.line(short=False)
+        if width and line.cell_len > width:
+            line = self.line(short=True)
+        self.show(line)
+
+    def line(self, *, short: bool) -> Text:
+        """The health in words (``short``: in as few as say it)."""
+        state = self.state
+        store = state.store
+        parts: list[Text | str] = [Text("bank  " if not short else "", "bold")]
+        if store is None:
+            parts.append(_light("yellow", "store starting" if not short else "store"))
+        else:
+            if store.connected:
+                parts.append(_light("green", "store connected" if not short else "store"))
+            else:
+                parts.append(_light("red", "store UNREACHABLE"))
+            parts.append("  " if not short else " ")
+            if state.listener_connected:
+                parts.append(_light("green", "listener connected" if not short else "listener"))
+            else:
+                parts.append(_light("red", "listener reconnecting" if not short else "listener DOWN"))
+        parts.append("  " if not short else " ")
+        parts.append(projections_health(state.projections, short=short))
+        simulation = state.simulation
+        parts.append("  " if not short else " ")
+        if simulation.running:
+            parts.append(Text(f"{'simulating' if not short else 'sim'} {simulation.rate:,.0f}/s", "bold cyan"))
+        else:
+            parts.append(Text.assemble("simulator " if not short else "sim ", ("off", "dim")))
+        database = state.database if not short else state.database.split(" (")[0]
+        parts.append(Text(f"  db {database}", "dim"))
+        return Text.assemble(*parts)
 
 
 def _light(colour: str, text: str) -> Text:
     return Text.assemble(Text("● ", colour), Text(text, "bold" if colour == "red" else ""))
 
 
-def projections_health(projections: dict[str, ProjectionStatus]) -> Text:
+def projections_health(projections: dict[str, ProjectionStatus], *, short: bool = False) -> Text:
     """``● projections 2 live``: green unless one failed (red) or restarts (yellow).
 
     ``standby`` (another process applies it) and ``catching_up`` are well.
@@ -200,82 +188,71 @@ def projections_health(projections: dict[str, ProjectionStatus]) -> Text:
     if troubled:
         return _light("yellow", f"projections restarting: {', '.join(troubled)}")
     states = collections.Counter(status.state.replace("_", " ") for status in projections.values())
-    return _light(
-        "green", "projections " + (", ".join(f"{n} {state}" for state, n in sorted(states.items())) or "none")
-    )
+    described = ", ".join(f"{n} {state}" for state, n in sorted(states.items())) or "none"
+    return _light("green", ("projections " if not short else "") + described)
 
 
-class EventLog(LivePanel):
-    """The latest events, newest first, filterable by type and by account; ``pause`` freezes it."""
+class KeyBar(Static):
+    """The keys on the last line, each with its word; on a narrow screen the
+    words of the keys used least go first, never a key."""
 
     DEFAULT_CSS = """
-    EventLog { height: 1fr; }
-    EventLog > Horizontal { height: 1; }
-    EventLog Input { width: 1fr; margin-right: 1; }
-    EventLog DataTable { height: 1fr; }
+    KeyBar { dock: bottom; height: 1; background: $footer-background; color: $footer-foreground; padding: 0 1; }
     """
 
-    def __init__(self, state: DashboardState, **kwargs: Any) -> None:
-        super().__init__(state, "Events", **kwargs)
-        self._shown: tuple[int, str, str] = (-1, "", "")
-        self.paused = False
+    DROP_ORDER = ("filter", "pause", "rebuild", "simulator", "transfer", "withdraw", "deposit", "open_account",
+                  "resume", "quit")  # fmt: skip
+    """The actions whose words go first when the line is short."""
 
-    def compose(self) -> ComposeResult:
-        """The panel's widgets."""
-        with Horizontal():
-            yield Input(placeholder="/ filter by event type", compact=True, id="log-type")
-            yield Input(placeholder="filter by account", compact=True, id="log-account")
-        table: DataTable[str] = DataTable(id="log-table", cursor_type="row", zebra_stripes=True)
-        table.add_columns("pos", "time", "type", "payload")
-        yield table
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._shown: tuple[int, tuple[str, ...]] = (-1, ())
+        self.text = ""
 
-    def toggle_pause(self) -> None:
-        """Freeze the log (to read it) or let it run again."""
-        self.paused = not self.paused
-        self._shown = (-1, "", "")
-        self.redraw()
-
-    def redraw(self) -> None:
-        """Show the newest events that pass the filters, if anything changed."""
-        kind = self.query_one("#log-type", Input).value.strip().lower()
-        account = self.query_one("#log-account", Input).value.strip()
-        seen = f"{self.state.events_seen:,} seen"
-        if self.paused:
-            self.caption(subtitle=f"PAUSED (p to resume) · {seen}")
-            return
-        key = (self.state.events_version, kind, account)
+    def redraw(self, offered: Collection[Key]) -> None:
+        """Show the ``offered`` keys, as many words as fit."""
+        width = self.content_region.width
+        key = (width, tuple(k.action for k in offered))
         if key == self._shown:
             return
         self._shown = key
-        rows = []
-        for record in self.state.events:
-            if kind and kind not in record.event_type.lower():
-                continue
-            if account and not mentions(record, account):
-                continue
-            rows.append((str(record.sequence_number), record.occurred_at.strftime("%H:%M:%S"),
-                         record.event_type, summarize(record)))  # fmt: skip
-            if len(rows) >= LOG_ROWS:
+        dropped: set[str] = set()
+        palette = True
+        line = self._line(offered, dropped, palette)
+        for action in ("palette", *self.DROP_ORDER):
+            if not width or len(line.plain) <= width:
                 break
-        table = self.query_one("#log-table", DataTable)
-        table.clear()
-        table.add_rows(rows)
-        self.caption(subtitle=seen)
+            if action == "palette":
+                palette = False
+            else:
+                dropped.add(action)
+            line = self._line(offered, dropped, palette)
+        self.text = line.plain
+        self.update(line, layout=False)
 
-    @property
-    def rows(self) -> list[list[str]]:
-        """The rows shown now, top first (for tests)."""
-        table = self.query_one("#log-table", DataTable)
-        return [[str(cell) for cell in table.get_row_at(index)] for index in range(table.row_count)]
+    @staticmethod
+    def _line(offered: Collection[Key], dropped: set[str], palette: bool) -> Content:
+        parts: list[str | tuple[str, str]] = []
+        for key in offered:
+            if parts:
+                parts.append(" ")
+            parts.append((key.shown, "bold $accent"))
+            if key.action not in dropped:
+                parts.append(f" {key.label}")
+        if palette:
+            parts.append(("   " + PALETTE.shown, "bold $accent"))
+            parts.append(f" {PALETTE.label}")
+        return Content.assemble(*parts)
 
 
 class Figures(LivePanel):
-    """Throughput sparklines and the store's figures."""
+    """Throughput: rates over ``RATE_WINDOW`` seconds, each sample as a sparkline, and the store's figures."""
 
     DEFAULT_CSS = """
     Figures { height: auto; }
     Figures Sparkline { height: 1; margin: 0 1; }
     Figures Line { margin: 0 1; }
+    Figures #store-figures { height: 2; }
     """
 
     def __init__(self, state: DashboardState, **kwargs: Any) -> None:
@@ -284,11 +261,11 @@ class Figures(LivePanel):
 
     def compose(self) -> ComposeResult:
         """The panel's widgets."""
-        yield Line(id="appends-label")
+        yield Line(id="appends-label", fixed=True)
         yield Sparkline(list(self.state.appends_per_s), id="appends")
-        yield Line(id="deliveries-label")
+        yield Line(id="deliveries-label", fixed=True)
         yield Sparkline(list(self.state.deliveries_per_s), id="deliveries")
-        yield Line(id="store-figures")
+        yield Line(id="store-figures", fixed=True)
 
     def redraw(self) -> None:
         """Show the latest samples, if there are new ones."""
@@ -298,8 +275,10 @@ class Figures(LivePanel):
         self._shown = state.figures_version
         set_data(self.query_one("#appends", Sparkline), list(state.appends_per_s))
         set_data(self.query_one("#deliveries", Sparkline), list(state.deliveries_per_s))
-        self.query_one("#appends-label", Line).show(f"events appended/s {state.appends_per_s[-1]:>9,.0f}")
-        self.query_one("#deliveries-label", Line).show(f"deliveries/s      {state.deliveries_per_s[-1]:>9,.0f}")
+        window = f"mean of {RATE_WINDOW:g} s"
+        self.query_one("#appends-label", Line).show(f"events appended/s {state.appended_rate:>9,.0f}  {window}")
+        self.query_one("#deliveries-label", Line).show(f"deliveries/s      {state.delivered_rate:>9,.0f}  {window}")
+        self.show_summary()
         store = state.store
         if store is None:
             return
@@ -309,29 +288,40 @@ class Figures(LivePanel):
             f"conflicts {store.conflicts:,}  unavailable {store.unavailable:,}  memory {state.memory_mb:,.0f} MB"
         )
 
+    def summary(self) -> Text:
+        """Rates and the append latency, in one line."""
+        state = self.state
+        p99 = f"  p99 {state.store.p99_latency * 1e3:.1f} ms" if state.store is not None else ""
+        return Text.assemble(
+            ("throughput ", "bold"),
+            f"{state.appended_rate:,.0f} appended/s  {state.delivered_rate:,.0f} delivered/s "
+            f"(mean of {RATE_WINDOW:g} s){p99}",
+        )
+
 
 class ProjectionsTable(LivePanel):
-    """Each projection's state, checkpoint, lag, restarts and last error; a bar per rebuild."""
+    """Each projection's state, checkpoint, lag and dead letters; its last error,
+    the latest dead letters' reasons, and a bar per rebuild."""
 
     DEFAULT_CSS = """
     ProjectionsTable { height: auto; }
-    ProjectionsTable DataTable { height: auto; max-height: 6; }
-    ProjectionsTable #projection-errors { height: auto; max-height: 4; margin: 0 1; }
+    ProjectionsTable LineTable { height: auto; max-height: 6; }
+    ProjectionsTable #projection-errors { height: auto; max-height: 8; margin: 0 1; }
     ProjectionsTable #rebuilds { height: auto; }
     ProjectionsTable .rebuild { height: 1; margin: 0 1; }
     ProjectionsTable .rebuild Label { width: 22; }
     """
 
+    COLUMNS = (Column("name", max_width=20), Column("state"), Column("checkpoint", right=True),
+               Column("lag", right=True), Column("dead", right=True))  # fmt: skip
+
     def __init__(self, state: DashboardState, **kwargs: Any) -> None:
         super().__init__(state, "Projections", **kwargs)
         self._shown: tuple[int, int] = (-1, -1)
-        self._rows: dict[Hashable, tuple[Any, ...]] = {}
 
     def compose(self) -> ComposeResult:
         """The panel's widgets."""
-        table: DataTable[Text | str] = DataTable(id="projections-table", cursor_type="row")
-        table.add_columns("name", "state", "checkpoint", "lag", "restarts")
-        yield table
+        yield LineTable(self.COLUMNS, id="projections-table")
         yield Line(id="projection-errors")
         yield Vertical(id="rebuilds")
 
@@ -342,19 +332,48 @@ class ProjectionsTable(LivePanel):
         if key == self._shown:
             return
         self._shown = key
-        rows: dict[Hashable, Sequence[Any]] = {}
+        dead = state.dead_letters.per_projection
+        rows: dict[Hashable, tuple[Cell, ...]] = {}
         for name, status in sorted(state.projections.items()):
-            rows[name] = (name, Text(status.state, _STATE_STYLES.get(status.state, "")), f"{status.checkpoint:,}",
-                          f"{status.lag:,}", str(status.restarts))  # fmt: skip
-        sync_rows(self.query_one("#projections-table", DataTable), rows, self._rows)
+            rows[name] = (cell(name), cell(status.state, _STATE_STYLES.get(status.state, "")),
+                          cell(f"{status.checkpoint:,}"), cell(f"{status.lag:,}"),
+                          cell(f"{max(status.dead_letters, dead.get(name, 0)):,}"))  # fmt: skip
+        self.query_one("#projections-table", LineTable).show(rows)
+        self.query_one("#projection-errors", Line).show(self._errors())
+        self.show_summary()
+        self._draw_rebuilds()
+
+    def _errors(self) -> Text:
+        state = self.state
         errors = Text()
         for name, status in sorted(state.projections.items()):
             if status.last_error:
                 troubled = status.state in ("failed", "restarting")
-                errors.append(f"{name}: {status.last_error[:300]}\n", "red" if troubled else "dim")
+                restarts = f" (restarts: {status.restarts})" if status.restarts else ""
+                errors.append(f"{name}{restarts}: {status.last_error[:300]}\n", "red" if troubled else "dim")
+        if any(status.state == "failed" for status in state.projections.values()):
+            errors.append("x resumes the failed read models\n", "bold")
+        letters = state.dead_letters
+        if letters.count:
+            events = "event" if letters.count == 1 else "events"
+            errors.append(f"{letters.count:,} {events} set aside (dead letters), the latest:\n", "yellow")
+            for letter in letters.latest:
+                errors.append(f"  {letter.projection} @{letter.sequence_number}: {_reason(letter.error)}\n", "dim")
         errors.rstrip()
-        self.query_one("#projection-errors", Line).show(errors)
-        self._draw_rebuilds()
+        return errors
+
+    def summary(self) -> Text:
+        """The projections in one line: what is wrong first."""
+        state = self.state
+        failed = sorted(name for name, status in state.projections.items() if status.state == "failed")
+        parts: list[Text | str | tuple[str, str]] = [("projections ", "bold")]
+        if failed:
+            parts.append((f"FAILED {', '.join(failed)} (x resumes)  ", "bold red"))
+        others = sorted((name, status) for name, status in state.projections.items() if name not in failed)
+        parts.append("  ".join(f"{name} {status.state} lag {status.lag:,}" for name, status in others))
+        if state.dead_letters.count:
+            parts.append((f"  dead letters {state.dead_letters.count:,}", "yellow"))
+        return Text.assemble(*parts)
 
     def _draw_rebuilds(self) -> None:
         box = self.query_one("#rebuilds", Vertical)
@@ -373,24 +392,28 @@ class ProjectionsTable(LivePanel):
                 bar.update(total=progress.total, progress=progress.done)
 
 
+def _reason(error: str) -> str:
+    """A dead letter's reason without the projection's preamble."""
+    return error.split(" raised ", 1)[-1][:200]
+
+
 class SubscriptionsTable(LivePanel):
-    """Each subscription's state, deliveries, buffer and lag."""
+    """Each subscription's state, lag, buffer and deliveries."""
 
     DEFAULT_CSS = """
     SubscriptionsTable { height: 1fr; min-height: 4; }
-    SubscriptionsTable DataTable { height: 1fr; }
     """
+
+    COLUMNS = (Column("name", max_width=16), Column("state"), Column("lag", right=True),
+               Column("buffer", right=True), Column("delivered", right=True))  # fmt: skip
 
     def __init__(self, state: DashboardState, **kwargs: Any) -> None:
         super().__init__(state, "Subscriptions", **kwargs)
         self._shown = -1
-        self._rows: dict[Hashable, tuple[Any, ...]] = {}
 
     def compose(self) -> ComposeResult:
         """The panel's widgets."""
-        table: DataTable[Text | str] = DataTable(id="subscriptions-table", cursor_type="row")
-        table.add_columns("name", "state", "lag", "buffered", "delivered")
-        yield table
+        yield LineTable(self.COLUMNS, id="subscriptions-table")
 
     def redraw(self) -> None:
         """Show each subscription, if the figures moved."""
@@ -398,17 +421,25 @@ class SubscriptionsTable(LivePanel):
         if stream is None or self.state.figures_version == self._shown:
             return
         self._shown = self.state.figures_version
-        rows: dict[Hashable, Sequence[Any]] = {}
+        rows: dict[Hashable, tuple[Cell, ...]] = {}
         for number, sub in enumerate(stream.subscriptions):
             state = "catch-up" if sub.state == "catching_up" else sub.state
-            rows[(sub.name, number)] = (sub.name[:20], Text(state, _STATE_STYLES.get(sub.state, "")),
-                                        f"{sub.lag:,}", f"{sub.buffered:,}", f"{sub.delivered:,}")  # fmt: skip
-        sync_rows(self.query_one("#subscriptions-table", DataTable), rows, self._rows)
+            name = sub.name.replace("projection ", "proj. ", 1)
+            rows[(sub.name, number)] = (cell(name), cell(state, _STATE_STYLES.get(sub.state, "")),
+                                        cell(f"{sub.lag:,}"), cell(f"{sub.buffered:,}"),
+                                        cell(f"{sub.delivered:,}"))  # fmt: skip
+        self.query_one("#subscriptions-table", LineTable).show(rows)
         detaches = sum(sub.detaches for sub in stream.subscriptions)
         self.caption(subtitle=f"hub at {stream.position:,}  ring {stream.ring:,}  detaches {detaches:,}")
+        self.show_summary()
 
-
-def cells(table: DataTable[Any], column: int) -> Iterable[str]:
-    """The text of one column of a table, top to bottom (for tests and checks)."""
-    for index in range(table.row_count):
-        yield str(table.get_row_at(index)[column])
+    def summary(self) -> Text:
+        """The subscriptions in one line."""
+        stream = self.state.stream
+        if stream is None:
+            return Text.assemble(("subscriptions ", "bold"), "starting")
+        states = collections.Counter(sub.state for sub in stream.subscriptions)
+        lag = max((sub.lag for sub in stream.subscriptions), default=0)
+        detaches = sum(sub.detaches for sub in stream.subscriptions)
+        counted = ", ".join(f"{n} {state}" for state, n in sorted(states.items()))
+        return Text.assemble(("subscriptions ", "bold"), f"{counted}  most lag {lag:,}  detaches {detaches:,}")

@@ -8,6 +8,7 @@ takes an optional ``command_id``: the same id again takes effect once.
 
 from __future__ import annotations
 
+import sys
 import time
 import uuid
 from collections.abc import Sequence
@@ -24,6 +25,7 @@ from .display import (
     describe,
     describe_unread,
     totals_lines,
+    write,
 )
 from .features.close_account.types import CloseAccount
 from .features.deposit.types import Deposit
@@ -130,29 +132,46 @@ async def run_command(bank: Bank, command: Command, out: TextIO) -> None:
 async def show_accounts(bank: Bank, out: TextIO, *, limit: int | None = None) -> None:
     """Print the accounts (the first ``limit``), then the totals per currency."""
     rows = await bank.list_accounts(limit=None if limit is None else limit + 1)
-    print(accounts_table(rows[:limit]), file=out)
+    write(out, accounts_table(rows[:limit]))
     if limit is not None and len(rows) > limit:
         print(f"... showing the first {limit}; use --limit to see more", file=out)
-    totals = await bank.totals(wait=False)
+    totals = await bank.totals()  # as current as the list (it returns at once: the list waited)
     if totals:
         print(file=out)
         print(totals_lines(totals), file=out)
+    await note_dead_letters(bank, out)
+
+
+async def note_dead_letters(bank: Bank, out: TextIO) -> None:
+    """Say on stderr, in a line, when the read models set events aside."""
+    dead = await bank.dead_letters(limit=1)
+    if dead.count:
+        out.flush()
+        latest = dead.latest[0]
+        events = "event" if dead.count == 1 else "events"
+        print(
+            f"note: {dead.count:,} {events} not written by the bank were set aside, the latest at position "
+            f"{latest.sequence_number} ({latest.event_type}); the dashboard lists them",
+            file=sys.stderr,
+        )
 
 
 async def show_balance(bank: Bank, account_id: str, out: TextIO) -> None:
     """Print an account's particulars, balance and history, from its events."""
-    print(account_details(await bank.get_account(account_id)), file=out)
+    write(out, *account_details(await bank.get_account(account_id)))
 
 
 async def show_analytics(bank: Bank, out: TextIO) -> None:
     """Print the monthly figures per currency."""
-    print(analytics_table(await bank.analytics()), file=out)
+    write(out, analytics_table(await bank.analytics()))
 
 
-async def rebuild(bank: Bank, names: Sequence[str], out: TextIO) -> None:
-    """Rebuild read models one after the other, each with a progress bar."""
+async def rebuild(bank: Bank, names: Sequence[str], out: TextIO, progress: TextIO | None = None) -> None:
+    """Rebuild read models one after the other: a progress bar each on
+    ``progress`` (standard error by default: never into piped output), then a
+    line on ``out`` saying it is done."""
     for name in names or list(PROJECTIONS):
-        bar = ProgressBar(out, f"Rebuilding {name:<9}")
+        bar = ProgressBar(sys.stderr if progress is None else progress, f"Rebuilding {name:<9}")
         started = time.monotonic()
         await bank.rebuild(name, bar.update)
         bar.finish()

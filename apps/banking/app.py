@@ -12,18 +12,21 @@ Every method may be called from many tasks at once.
 
 from __future__ import annotations
 
+import functools
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from decimal import Decimal
-from typing import Final, TypeAlias
+from typing import Final, TypeAlias, TypeVar
 
 import attrs
 import trio
 
-from eventbus import Bus, EventRecord, Projection, ProjectionStatus, open_bus
+from eventbus import Bus, DatabaseError, EventRecord, Projection, ProjectionError, ProjectionStatus, open_bus
 
-from .domain import AccountStatus, AccountType, Currency, InvalidCommand
+from .database import bank_database
+from .dead_letters import DEFAULT_LIMIT, DeadLetters, read_dead_letters
+from .domain import AccountStatus, AccountType, BankingError, Currency, InvalidCommand
 from .features.analytics import shell as analytics_shell
 from .features.analytics.types import MonthlyFigures
 from .features.close_account.shell import close_account
@@ -43,6 +46,10 @@ from .features.withdraw.types import Withdraw
 
 Command: TypeAlias = OpenAccount | Deposit | Withdraw | Transfer | CloseAccount
 """Every command the bank takes."""
+
+_Row = TypeVar("_Row")
+
+_UNDEFINED_TABLE: Final = "42P01"
 
 Amount: TypeAlias = str | Decimal | int
 """An amount as callers give it: ``"100.00"``, ``Decimal("100.00")`` or whole units."""
@@ -151,9 +158,28 @@ class Bank:
                     await self._bus.projections.start(PROJECTIONS[name])
 
     def projection_status(self) -> dict[str, ProjectionStatus]:
-        """The state of each of the bank's read models started here; never blocks."""
+        """The state of each of the bank's read models started here; never blocks.
+
+        A read model whose rebuild has returned is never shown ``rebuilding``
+        (eventbus's own status says so until its runner next wakes).
+        """
         status = self._bus.projections.status()
-        return {name: status[name] for name in PROJECTIONS if name in status}
+        shown = {name: status[name] for name in PROJECTIONS if name in status}
+        for name, one in shown.items():
+            if one.state == "rebuilding" and not self._bus.projections.rebuilding(name):
+                shown[name] = attrs.evolve(one, state="live" if one.lag == 0 else "catching_up")
+        return shown
+
+    def resume(self, name: str) -> None:
+        """Let a ``failed`` read model try again (after what made it fail is fixed);
+        does nothing to one that has not failed. Never blocks.
+
+        Raises:
+            InvalidCommand: ``name`` is not one of the bank's read models.
+        """
+        self._check_name(name)
+        if name in self._bus.projections.status():
+            self._bus.projections.restart(name)
 
     # ------------------------------------------------------------ writes
 
@@ -312,33 +338,52 @@ class Bank:
         :meth:`wait_until_current`.
 
         Raises:
+            ReadModelNotReady: without ``wait``, the read model is still being
+                set up (it has no tables yet).
             ProjectionError: the read model failed (its handler keeps raising).
             StoreUnavailable: the database could not be reached.
         """
-        if wait:
-            await self.wait_until_current(accounts_shell.NAME)
-        return await accounts_shell.list_accounts(self._bus, status=status, limit=limit, offset=offset)
+        return await self._read(
+            accounts_shell.NAME,
+            wait,
+            functools.partial(accounts_shell.list_accounts, self._bus, status=status, limit=limit, offset=offset),
+        )
 
     async def latest_accounts(self, count: int, *, wait: bool = True) -> list[AccountRow]:
         """The ``count`` accounts opened last, in the order they were opened
-        (``wait`` as for :meth:`list_accounts`); as cheap with a million
-        accounts as with a thousand."""
-        if wait:
-            await self.wait_until_current(accounts_shell.NAME)
-        return await accounts_shell.latest_accounts(self._bus, count)
+        (``wait`` and errors as for :meth:`list_accounts`); as cheap with a
+        million accounts as with a thousand."""
+        return await self._read(accounts_shell.NAME, wait, functools.partial(accounts_shell.latest_accounts,
+                                                                             self._bus, count))  # fmt: skip
 
     async def totals(self, *, wait: bool = True) -> list[CurrencyTotal]:
-        """Per currency: accounts, open accounts and money held, from the ``accounts`` read model."""
-        if wait:
-            await self.wait_until_current(accounts_shell.NAME)
-        return await accounts_shell.totals(self._bus)
+        """Per currency: accounts, open accounts and money held, from the ``accounts`` read model
+        (``wait`` and errors as for :meth:`list_accounts`)."""
+        return await self._read(accounts_shell.NAME, wait, functools.partial(accounts_shell.totals, self._bus))
 
     async def analytics(self, *, wait: bool = True) -> list[MonthlyFigures]:
         """Openings, deposits, withdrawals and transfers per month and currency,
-        from the ``analytics`` read model (``wait`` as for :meth:`list_accounts`)."""
-        if wait:
-            await self.wait_until_current(analytics_shell.NAME)
-        return await analytics_shell.monthly_figures(self._bus)
+        from the ``analytics`` read model (``wait`` and errors as for :meth:`list_accounts`)."""
+        return await self._read(analytics_shell.NAME, wait, functools.partial(analytics_shell.monthly_figures,
+                                                                              self._bus))  # fmt: skip
+
+    async def dead_letters(self, limit: int = DEFAULT_LIMIT) -> DeadLetters:
+        """The events the bank's read models set aside, with why (not the
+        bank's, or not as it writes them): how many, and the latest ``limit``.
+        Blocks for one query."""
+        return await read_dead_letters(self._bus, PROJECTIONS, limit)
+
+    async def _read(self, name: str, wait: bool, query: Callable[[], Awaitable[list[_Row]]]) -> list[_Row]:
+        current = await self.wait_until_current(name) if wait else False
+        try:
+            return await query()
+        except DatabaseError as exc:
+            if exc.sqlstate != _UNDEFINED_TABLE:
+                raise
+            if current:
+                # Caught up, and still no tables: the read model is there to be made, for no events yet.
+                return []
+            raise ReadModelNotReady(f"the {name} read model is starting: its tables are not made yet") from None
 
     async def wait_until_current(self, name: str, *, timeout: float = CATCH_UP_TIMEOUT) -> bool:
         """Wait until read model ``name`` reflects every event committed before the call.
@@ -372,17 +417,43 @@ class Bank:
 
         Raises:
             InvalidCommand: ``name`` is not one of the bank's read models.
-            ProjectionError: another process applies the read model (rebuild
-                it there), or a rebuild of it is under way.
+            ProjectionError: the read model failed or restarts after an error
+                here (the message says which error), another process applies
+                it (rebuild it there), or a rebuild of it is under way.
         """
         self._check_name(name)
+        self._check_rebuildable(name, troubled_only=True)  # before waiting 10 s for nothing
         await self.wait_until_current(name)
+        self._check_rebuildable(name)
         await self._bus.projections.rebuild(name, progress)
+
+    def _check_rebuildable(self, name: str, *, troubled_only: bool = False) -> None:
+        status = self._bus.projections.status().get(name)
+        if status is None or status.leader:
+            return
+        if troubled_only and status.state not in ("failed", "restarting"):
+            return
+        error = f" ({status.last_error})" if status.last_error else ""
+        match status.state:
+            case "failed":
+                why = f"has failed here{error}: resume it once what made it fail is fixed, then rebuild"
+            case "restarting":
+                why = f"is restarting after an error{error}: rebuild it once it runs again"
+            case "standby":
+                why = "is applied by another process on this database (a dashboard, a simulator?): rebuild it there"
+            case _:
+                why = f"is {status.state.replace('_', ' ')} here, not applied yet: try again in a moment"
+        raise ProjectionError(f"cannot rebuild the {name} read model: it {why}")
 
     @staticmethod
     def _check_name(name: str) -> None:
         if name not in PROJECTIONS:
             raise InvalidCommand(f"there is no read model {name!r}: use one of {', '.join(PROJECTIONS)}")
+
+
+class ReadModelNotReady(BankingError):
+    """A read model is being set up: it has no tables to read yet. A normal
+    state for a moment after the bank starts; try again shortly."""
 
 
 def _sole_exception(error: BaseException) -> BaseException | None:
@@ -399,7 +470,8 @@ async def open_bank(dsn: str | None = None, *, projections: bool = True) -> Asyn
     """Open the bus and the bank for the duration of the block.
 
     ``dsn``: a PostgreSQL connection string; None means ``EVENTBUS_DSN``, then
-    ``DATABASE_URL``, else the embedded server. With ``projections`` the
+    ``DATABASE_URL``, else the bank's own database on the embedded server
+    (see :mod:`apps.banking.database`). With ``projections`` the
     bank's read models are started (they catch up in the background).
 
     Exceptions leave the block as they were raised, not wrapped in the bus's
@@ -410,7 +482,7 @@ async def open_bank(dsn: str | None = None, *, projections: bool = True) -> Asyn
         StoreUnavailable: the database could not be reached at open.
     """
     try:
-        async with open_bus(dsn) as bus:
+        async with bank_database(dsn) as resolved, open_bus(resolved) as bus:
             bank = Bank(bus)
             if projections:
                 await bank.start_projections()

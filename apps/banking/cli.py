@@ -14,26 +14,30 @@ The write subcommands take ``--command-id UUID``: run again with the same id
     banking balance ACCOUNT
     banking analytics
     banking rebuild [accounts|analytics]
-    banking simulate [--accounts 100] [--rate 500] [--duration 30] [--processes 1] [--journal FILE] [--metrics-port N]
+    banking simulate [--accounts 100] [--rate 500] [--duration 30] [--processes 1] [--journal FILE] [--use ID] [--metrics-port N]
+    banking reset [--yes]
+    banking --version
 
 Other packages add subcommands of their own (:class:`Subcommand`): the
 dashboard adds ``banking dashboard`` and provides the installed ``banking``
 command (``tui/cli.py``); ``python -m apps.banking`` is the bank alone.
 
 Every subcommand takes ``--dsn URL``; without it, ``EVENTBUS_DSN``, then
-``DATABASE_URL``, else the embedded server; and ``-v`` / ``--log-level LEVEL``
-to log to stderr. ``simulate`` and ``dashboard`` take ``--metrics-port N``
-(Prometheus text at ``http://127.0.0.1:N/metrics``, see ``operations.py``).
+``DATABASE_URL``, else the bank's own database on the embedded server (see
+``database.py``); and ``-v`` / ``--log-level LEVEL`` to log to stderr.
+``simulate`` and ``dashboard`` take ``--metrics-port N`` (Prometheus text at
+``http://127.0.0.1:N/metrics``, see ``operations.py``).
 
 Exit status: 0 done; 1 refused or bad input (a one-line message on stderr,
-nothing written); 2 bad usage; 3 the database could not be reached (or
-refused a statement); 130 interrupted.
+nothing written); 2 bad usage (a malformed connection string among it); 3 the
+database could not be reached (or refused a statement); 130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import logging
 import os
 import sys
 import uuid
@@ -43,11 +47,13 @@ from typing import Final, NoReturn
 import attrs
 import trio
 
+import eventbus
 from eventbus import DatabaseError, EventBusError, StoreUnavailable
 
-from . import actions, operations
+from . import actions, database, operations
 from .app import PROJECTIONS, Bank, Command, open_bank
 from .domain import BankingError, parse_account_id
+from .simulate import MAX_RATE
 
 EXIT_OK: Final = 0
 EXIT_REFUSED: Final = 1
@@ -76,6 +82,8 @@ class Subcommand:
     """What to run for the parsed arguments (``args.dsn`` among them); it checks input before any I/O."""
     metrics: bool = False
     """Whether it runs long enough to take ``--metrics-port``."""
+    epilog: str = ""
+    """Shown after the options in the subcommand's ``--help`` (its keys, say)."""
 
 
 class UsageError(Exception):
@@ -120,6 +128,39 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _rate(text: str) -> float:
+    value = _positive_float(text)
+    if value > MAX_RATE:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is more than the simulator takes: at most {MAX_RATE:,.0f} commands per second"
+        )
+    return value
+
+
+USAGE: Final = "%(prog)s [-h] [--version] [--dsn DSN] [ACTION] ..."
+
+EPILOG: Final = f"""\
+Without an ACTION: the interactive menu. "banking ACTION --help" tells more.
+
+examples:
+  banking open --owner "Ada Lovelace" --currency EUR --initial 100.00
+  banking transfer acc-0123456789abcdef acc-fedcba9876543210 25.50
+
+where the data is:
+  --dsn, else EVENTBUS_DSN, else DATABASE_URL; with none of them, the bank's
+  own database "{database.BANK_DATABASE}" on the embedded PostgreSQL server, whose data lives
+  in EVENTBUS_DATA_DIR (default ~/.local/share/eventbus, /var/lib/eventbus for
+  root). "banking reset" starts it afresh.
+
+exit status:
+  0    done
+  1    refused or bad input: one line on stderr, nothing written
+  2    bad usage: a wrong option or argument, a malformed connection string
+  3    the database could not be reached, or it refused a statement
+  130  interrupted (Ctrl-C)
+"""
+
+
 def build_parser(*, extra: Sequence[Subcommand] = ()) -> argparse.ArgumentParser:
     """The parser of the command line, with the ``extra`` subcommands after the bank's own."""
     common = _Parser(add_help=False)
@@ -127,13 +168,27 @@ def build_parser(*, extra: Sequence[Subcommand] = ()) -> argparse.ArgumentParser
         "--dsn", default=argparse.SUPPRESS, help="PostgreSQL URL (default: EVENTBUS_DSN, DATABASE_URL, embedded)"
     )
     operations.add_logging_options(common, suppress=True)
-    parser = _Parser(prog="banking", description="A bank on eventbus. Without an ACTION: the interactive menu.")
+    parser = _Parser(
+        prog="banking",
+        usage=USAGE,
+        description="A bank on eventbus: accounts, deposits, withdrawals, transfers; read models; a simulator.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"banking {eventbus.__version__}")
     parser.add_argument("--dsn", default=None, help="PostgreSQL URL (default: EVENTBUS_DSN, DATABASE_URL, embedded)")
     operations.add_logging_options(parser)
-    sub = parser.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser, prog="banking")
 
-    def add(name: str, help: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=help, description=help, parents=[common])
+    def add(name: str, help: str, epilog: str = "") -> argparse.ArgumentParser:
+        return sub.add_parser(
+            name,
+            help=help,
+            description=help,
+            epilog=epilog or None,
+            parents=[common],
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
 
     def add_write(name: str, help: str) -> argparse.ArgumentParser:
         parser = add(name, help)
@@ -171,15 +226,26 @@ def build_parser(*, extra: Sequence[Subcommand] = ()) -> argparse.ArgumentParser
     p.add_argument("name", nargs="?", choices=list(PROJECTIONS), help="the read model (default: all)")
     p = add("simulate", "run a realistic mixed load and report what it did")
     p.add_argument("--accounts", type=_count, default=100, help="accounts to open first (default 100)")
-    p.add_argument("--rate", type=_positive_float, default=500.0, help="commands per second (default 500)")
+    p.add_argument(
+        "--rate", type=_rate, default=500.0, help=f"commands per second (default 500, at most {MAX_RATE:,.0f})"
+    )
     p.add_argument("--duration", type=_positive_float, default=30.0, help="seconds (default 30)")
     p.add_argument("--processes", type=_positive_int, default=1, help="OS processes to run it in (default 1)")
     p.add_argument("--seed", type=int, default=None, help="for a repeatable run")
     p.add_argument("--journal", default=None, help="append one JSON line per acknowledged command here")
-    p.add_argument("--json", action="store_true", help="print the report as one JSON line")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON line (and no progress)")
+    p.add_argument(
+        "--use",
+        action="append",
+        default=[],
+        metavar="ACCOUNT",
+        help="an account of yours it may use too (again for more); it never touches any other it did not open",
+    )
     operations.add_metrics_port(p)
+    p = add("reset", f"start the bank afresh: drop its own database {database.BANK_DATABASE!r} on the embedded server")
+    p.add_argument("--yes", action="store_true", help="do not ask for a confirmation (for scripts)")
     for subcommand in extra:
-        p = add(subcommand.name, subcommand.help)
+        p = add(subcommand.name, subcommand.help, subcommand.epilog)
         if subcommand.metrics:
             operations.add_metrics_port(p)
     return parser
@@ -238,6 +304,8 @@ def _plan(args: argparse.Namespace, extra: Sequence[Subcommand]) -> Plan:
             from .simulate_cli import run_simulation
 
             return functools.partial(run_simulation, args)
+        case "reset":
+            return functools.partial(_reset, dsn, confirmed=args.yes)
         case _:
             from .menu import run_menu
 
@@ -245,9 +313,36 @@ def _plan(args: argparse.Namespace, extra: Sequence[Subcommand]) -> Plan:
     return functools.partial(_with_bank, dsn, run, projections=True)
 
 
+async def _reset(dsn: str | None, *, confirmed: bool) -> None:
+    if database.named_dsn(dsn) is None and not confirmed:
+        where = database.describe(None)
+        print(f"This deletes every account and event of the bank: {where}.", file=sys.stderr)
+        print("Type yes to go on: ", end="", file=sys.stderr, flush=True)
+        answer = await trio.to_thread.run_sync(sys.stdin.readline, abandon_on_cancel=True)
+        if answer.strip().lower() not in ("yes", "y"):
+            raise database.ResetRefused("not confirmed; nothing was deleted")
+    print(await database.reset(dsn))
+
+
+def _quiet_library_logs() -> None:
+    """Keep eventbus's log lines (a dead letter's warning, say) off the person's
+    screen: the command says what matters in its own words. A program that
+    configures logging itself still gets them."""
+    library = logging.getLogger("eventbus")
+    if not library.handlers:
+        library.addHandler(logging.NullHandler())
+
+
 def _fail(message: str, status: int) -> int:
     print(f"error: {message}", file=sys.stderr)
     return status
+
+
+def _interrupted() -> int:
+    # On a terminal, Ctrl-C echoes "^C" where the cursor is: start a line of our own.
+    start = "\n" if sys.stderr.isatty() else ""
+    print(f"{start}interrupted", file=sys.stderr)
+    return EXIT_INTERRUPTED
 
 
 def main(argv: Sequence[str] | None = None, *, extra: Sequence[Subcommand] = ()) -> int:
@@ -256,23 +351,27 @@ def main(argv: Sequence[str] | None = None, *, extra: Sequence[Subcommand] = ())
     Refusals and bad input print one line on stderr, never a traceback; the
     same holds for the ``extra`` subcommands.
     """
+    _quiet_library_logs()
     try:
         args = build_parser(extra=extra).parse_args(argv)
+        database.check_dsn(database.named_dsn(args.dsn))
         plan = _plan(args, extra)
         operations.start(args)
         trio.run(plan)
-    except UsageError as exc:
+    except (UsageError, database.MalformedDsn) as exc:
         return _fail(str(exc), EXIT_USAGE)
     except BankingError as exc:
         return _fail(str(exc), EXIT_REFUSED)
     except StoreUnavailable as exc:
+        if "malformed" in str(exc).lower():  # eventbus's own word for a connection string it cannot read
+            return _fail(str(exc), EXIT_USAGE)
         return _fail(f"the database is unavailable: {exc}", EXIT_UNAVAILABLE)
     except DatabaseError as exc:
         return _fail(f"the database refused: {exc}", EXIT_UNAVAILABLE)
     except EventBusError as exc:
-        return _fail(str(exc), EXIT_REFUSED)
+        return _fail(str(exc), EXIT_USAGE if "malformed" in str(exc).lower() else EXIT_REFUSED)
     except KeyboardInterrupt:
-        return _fail("interrupted", EXIT_INTERRUPTED)
+        return _interrupted()
     except BrokenPipeError:
         # The reader left (``banking list | head``): not an error; say nothing more.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -1,13 +1,21 @@
-"""Plain-text output for people: tables, an account's history, receipts and a
-progress bar. Nothing here reads or writes the bank."""
+"""Output for people: tables (rich on a terminal, plain text elsewhere), an
+account's history, receipts and a progress bar. Nothing here reads or writes
+the bank."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Final, TextIO
+
+import attrs
+from rich import box
+from rich.cells import cell_len
+from rich.console import Console, JustifyMethod
+from rich.table import Table as RichTable
+from rich.text import Text
 
 from .app import Receipt
 from .domain import Currency, show_money
@@ -37,25 +45,90 @@ def when(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
+def _strings(cells: Iterable[object]) -> tuple[str, ...]:
+    return tuple(str(cell) for cell in cells)
+
+
+def _cells(rows: Iterable[Iterable[object]]) -> tuple[tuple[str, ...], ...]:
+    return tuple(_strings(row) for row in rows)
+
+
+def _indexes(indexes: Iterable[int]) -> frozenset[int]:
+    return frozenset(indexes)
+
+
+@attrs.frozen
+class Table:
+    """Rows under headers: plain aligned text off a terminal (:meth:`plain`), a
+    rich table on one (:meth:`rich`). Widths count terminal cells, so a name in
+    wide characters (CJK, emoji) keeps the columns aligned.
+
+    Attributes:
+        right: the indexes of the right-aligned columns.
+        wrap: the column that may wrap on a narrow terminal (the others stay
+            on one line and are cut short if they must).
+    """
+
+    headers: tuple[str, ...] = attrs.field(converter=_strings)
+    rows: tuple[tuple[str, ...], ...] = attrs.field(converter=_cells)
+    right: frozenset[int] = attrs.field(default=frozenset(), converter=_indexes)
+    wrap: int | None = None
+
+    def plain(self) -> str:
+        """The table as aligned lines, two spaces between columns."""
+        widths = [max([cell_len(h)] + [cell_len(row[i]) for row in self.rows]) for i, h in enumerate(self.headers)]
+
+        def line(row: Sequence[str]) -> str:
+            parts = [
+                _pad(cell, width, right=i in self.right)
+                for i, (cell, width) in enumerate(zip(row, widths, strict=True))
+            ]
+            return "  ".join(parts).rstrip()
+
+        return "\n".join([line(self.headers), line(["-" * w for w in widths]), *(line(row) for row in self.rows)])
+
+    def rich(self) -> RichTable:
+        """The table for a terminal."""
+        grid = RichTable(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+        for index, header in enumerate(self.headers):
+            justify: JustifyMethod = "right" if index in self.right else "left"
+            grid.add_column(header, justify=justify, no_wrap=index != self.wrap)
+        for row in self.rows:
+            grid.add_row(*(Text(cell) for cell in row))  # text, never markup
+        return grid
+
+    def __str__(self) -> str:
+        return self.plain()
+
+
+def _pad(cell: str, width: int, *, right: bool) -> str:
+    fill = " " * (width - cell_len(cell))
+    return fill + cell if right else cell + fill
+
+
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]], *, right: Sequence[int] = ()) -> str:
     """Rows under headers in aligned columns; the columns in ``right`` are right-aligned."""
-    cells = [[str(cell) for cell in row] for row in rows]
-    widths = [max([len(header)] + [len(row[i]) for row in cells]) for i, header in enumerate(headers)]
-
-    def line(row: Sequence[str]) -> str:
-        parts = [
-            cell.rjust(w) if i in right else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths, strict=True))
-        ]
-        return "  ".join(parts).rstrip()
-
-    return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(row) for row in cells)])
+    return Table(headers, rows, right).plain()
 
 
-def accounts_table(rows: Sequence[AccountRow]) -> str:
+def write(out: TextIO, *parts: Table | str) -> None:
+    """Print ``parts`` on ``out``: tables drawn by rich on a terminal, as plain text elsewhere."""
+    terminal = out.isatty()
+    console = Console(file=out, highlight=False, soft_wrap=True) if terminal else None
+    for part in parts:
+        if console is None:
+            print(part, file=out)
+        elif isinstance(part, Table):
+            console.print(part.rich())
+        else:
+            console.print(Text(part))
+
+
+def accounts_table(rows: Sequence[AccountRow]) -> Table | str:
     """The accounts as a table, or a line saying there are none."""
     if not rows:
         return "No accounts yet."
-    return table(
+    return Table(
         ["Account", "Owner", "Type", "Currency", "Balance", "Status", "Opened", "Last change"],
         [
             [
@@ -70,7 +143,8 @@ def accounts_table(rows: Sequence[AccountRow]) -> str:
             ]
             for row in rows
         ],
-        right=(4,),
+        {4},
+        wrap=1,
     )
 
 
@@ -87,8 +161,8 @@ def _plural(count: int, noun: str) -> str:
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
-def account_details(view: AccountView) -> str:
-    """An account's particulars, balance and history."""
+def account_details(view: AccountView) -> tuple[str, Table]:
+    """An account's particulars and balance, and its history."""
     header = [
         f"Account  {view.account_id}",
         f"Owner    {view.owner}",
@@ -96,9 +170,8 @@ def account_details(view: AccountView) -> str:
         f"Opened   {when(view.opened_at)} UTC"
         + (f", closed {when(view.closed_at)} UTC" if view.closed_at is not None else ""),
         f"Balance  {show_money(view.balance, view.currency)}",
-        "",
     ]
-    history = table(
+    history = Table(
         ["#", "When (UTC)", "What", "Amount", "Balance", "Other account"],
         [
             [
@@ -111,16 +184,16 @@ def account_details(view: AccountView) -> str:
             ]
             for entry in view.history
         ],
-        right=(0, 3, 4),
+        {0, 3, 4},
     )
-    return "\n".join(header) + history
+    return "\n".join(header), history
 
 
-def analytics_table(figures: Sequence[MonthlyFigures]) -> str:
+def analytics_table(figures: Sequence[MonthlyFigures]) -> Table | str:
     """Each month's figures per currency, or a line saying there are none."""
     if not figures:
         return "No activity yet."
-    return table(
+    return Table(
         [
             "Month",
             "Currency",
@@ -146,7 +219,7 @@ def analytics_table(figures: Sequence[MonthlyFigures]) -> str:
             ]
             for f in figures
         ],
-        right=(2, 3, 4, 5, 6, 7, 8),
+        {2, 3, 4, 5, 6, 7, 8},
     )
 
 
@@ -189,8 +262,7 @@ PAST: Final = {"open": "Opened", "deposit": "Deposited", "withdraw": "Withdrew",
 def describe_unread(receipt: Receipt) -> str:
     """One line saying a command took effect, for when its account could not be read after."""
     return (
-        f"{PAST[receipt.kind]}: done, stored at position {receipt.position} "
-        f"(the balance could not be read just now)."
+        f"{PAST[receipt.kind]}: done, stored at position {receipt.position} (the balance could not be read just now)."
     )
 
 

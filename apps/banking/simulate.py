@@ -3,9 +3,12 @@
 :func:`simulate` opens some accounts, then issues commands at a steady rate
 for a while: deposits, withdrawals (some larger than the balance, so refused
 for overdraft), transfers (a few across currencies, so refused), new accounts
-and now and then an account emptied and closed. It learns the accounts that
-other processes open through a subscription, so several simulators on one
-database trade with each other's accounts.
+and now and then an account emptied and closed. It works only on accounts a
+simulator opened (their ids start with ``sim-``) and on those it is told to
+use (``SimulationConfig.use``), never on any other: accounts people opened by
+hand are safe from it. It learns the accounts that other simulators open
+through a subscription, so several simulators on one database trade with each
+other's accounts.
 
 Each acknowledged command is written to the journal (see :class:`Journal`)
 the moment it is acknowledged, so that a checker can later verify that every
@@ -18,6 +21,7 @@ import collections
 import itertools
 import random
 import uuid
+from collections.abc import Iterable
 from decimal import Decimal
 from typing import Any, Final
 
@@ -36,6 +40,7 @@ from .domain import (
     BankingError,
     CommandRefused,
     Currency,
+    parse_account_id,
     payload_currency,
     payload_text,
 )
@@ -45,6 +50,14 @@ from .features.open_account.types import OpenAccount
 from .features.transfer.types import Transfer
 from .features.withdraw.types import Withdraw
 from .journal import Journal
+
+MAX_RATE: Final = 100_000.0
+"""The most commands per second the simulator may be asked for (far beyond
+what one process achieves: a higher figure is a typing slip)."""
+
+ACCOUNT_PREFIX: Final = "sim-"
+"""How the ids of the accounts a simulator opens start: the mark of the
+accounts it may work on (with those it is told to use)."""
 
 MAX_IN_FLIGHT: Final = 256
 """Commands under way at once, at most; beyond it the rate drops."""
@@ -158,6 +171,17 @@ def _counts(counter: collections.Counter[str]) -> str:
     return ", ".join(f"{name} {count}" for name, count in counter.most_common()) or "none"
 
 
+def _account_ids(ids: Iterable[str]) -> frozenset[str]:
+    return frozenset(parse_account_id(account_id) for account_id in ids)
+
+
+def simulator_account_id(command_id: uuid.UUID) -> str:
+    """The id of the account a simulator's opening command opens: marked with
+    ``ACCOUNT_PREFIX`` and derived from the command's id, so a retry opens
+    the same account."""
+    return ACCOUNT_PREFIX + uuid.uuid5(command_id, "account").hex[:16]
+
+
 @attrs.frozen
 class SimulationConfig:
     """What to simulate.
@@ -168,23 +192,32 @@ class SimulationConfig:
         duration: seconds of the mixed phase.
         seed: for a repeatable sequence of choices; None for a random one.
         max_in_flight: commands under way at once, at most.
+        use: ids of accounts not opened by a simulator that it may work on
+            too (deposit, withdraw, transfer, empty and close).
     """
 
     accounts: int = attrs.field(default=100, validator=attrs.validators.ge(0))
-    rate: float = attrs.field(default=500.0, validator=attrs.validators.gt(0))
+    rate: float = attrs.field(default=500.0, validator=[attrs.validators.gt(0), attrs.validators.le(MAX_RATE)])
     duration: float = attrs.field(default=30.0, validator=attrs.validators.ge(0))
     seed: int | None = None
     max_in_flight: int = attrs.field(default=MAX_IN_FLIGHT, validator=attrs.validators.ge(1))
+    use: frozenset[str] = attrs.field(default=frozenset(), converter=_account_ids)
+
+    def may_use(self, account_id: str) -> bool:
+        """Whether the simulator may work on an account: one a simulator
+        opened, or one it was told to use."""
+        return account_id.startswith(ACCOUNT_PREFIX) or account_id in self.use
 
 
 class _Workload:
     """The simulator's state: what it knows of the accounts, and its dice."""
 
-    def __init__(self, bank: Bank, config: SimulationConfig, journal: Journal | None) -> None:
+    def __init__(self, bank: Bank, config: SimulationConfig, journal: Journal | None, report: SimulationReport) -> None:
         self.bank = bank
+        self.config = config
         self.rng = random.Random(config.seed)  # noqa: S311 - a workload, not secrecy
         self.journal = journal
-        self.report = SimulationReport()
+        self.report = report
         self.accounts: dict[Currency, list[str]] = {currency: [] for currency in Currency}
         self.known: set[str] = set()
         self.closed: set[str] = set()
@@ -204,13 +237,15 @@ class _Workload:
                 ids.remove(account_id)
 
     async def follow_accounts(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Learn every account opened or closed, by this process or any other."""
+        """Learn every account it may use opened or closed, by this process or any other."""
         filter = create_filter([BANK_ACCOUNT_OPENED, BANK_ACCOUNT_CLOSED])
         async with self.bank.bus.subscribe(filter, after=0, name="simulator accounts") as subscription:
             task_status.started()
             async for batch in subscription:
                 for record in batch:
                     account_id = payload_text(record, "accountId")
+                    if not self.config.may_use(account_id):
+                        continue  # a person's account: never touched
                     if record.event_type == BANK_ACCOUNT_OPENED:
                         if account_id not in self.closed:
                             self.learn(account_id, payload_currency(record))
@@ -232,8 +267,10 @@ class _Workload:
     def new_account(self) -> OpenAccount:
         currency = self.rng.choices(list(CURRENCIES), weights=list(CURRENCIES.values()))[0]
         initial = self.amount(10, 2000) if self.rng.random() < 0.7 else None
+        command_id = uuid.uuid4()
         return OpenAccount(
-            command_id=uuid.uuid4(),
+            command_id=command_id,
+            account_id=simulator_account_id(command_id),
             owner=self.rng.choice(OWNERS),
             account_type=self.rng.choice(("checking", "savings")),
             currency=currency,
@@ -327,6 +364,7 @@ async def simulate(
     *,
     journal: Journal | None = None,
     stop: trio.Event | None = None,
+    report: SimulationReport | None = None,
 ) -> SimulationReport:
     """Run the workload on ``bank`` and report what it did.
 
@@ -338,10 +376,12 @@ async def simulate(
     (each may or may not take effect; the journal holds those acknowledged).
 
     Refusals (overdraft, closed accounts, currencies) and failures
-    (``StoreUnavailable``, ``Contention``) are counted, never raised.
+    (``StoreUnavailable``, ``Contention``) are counted, never raised. Pass a
+    ``report`` to watch the counts grow while it runs; it is the one returned.
+    Only accounts that ``config.may_use`` are worked on.
     """
     stop = trio.Event() if stop is None else stop
-    work = _Workload(bank, config, journal)
+    work = _Workload(bank, config, journal, SimulationReport() if report is None else report)
     started = trio.current_time()
     async with trio.open_nursery() as background:
         await background.start(work.follow_accounts)

@@ -6,6 +6,10 @@ database (each its own share of the accounts, all trading with each other's).
 They share the journal. Each prints its report as JSON; this process prints
 its own, theirs, and the sum.
 
+While it runs, a progress bar on standard error (rich's, on a terminal; a
+line every ``PROGRESS_EVERY`` seconds elsewhere; none with ``--json``) shows
+the seconds gone and the commands answered; the report goes to standard output.
+
 SIGINT or SIGTERM ends the issuing early (and is passed on to the other
 processes); the commands under way finish and the report is printed.
 """
@@ -18,8 +22,11 @@ import signal
 import subprocess
 import sys
 from collections.abc import Sequence
+from typing import TextIO
 
 import trio
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from .app import open_bank
 from .domain import BankingError
@@ -28,6 +35,12 @@ from .simulate import SimulationConfig, SimulationReport, simulate
 
 CHILD_OUTPUT_LIMIT = 1 << 20
 """Bytes of a child process's output kept, at most."""
+
+PROGRESS_EVERY = 5.0
+"""Seconds between progress lines when standard error is not a terminal."""
+
+PROGRESS_REFRESH = 0.25
+"""Seconds between redraws of the progress bar on a terminal."""
 
 
 def child_arguments(args: argparse.Namespace, index: int) -> list[str]:
@@ -51,6 +64,8 @@ def child_arguments(args: argparse.Namespace, index: int) -> list[str]:
         argv += ["--seed", str(args.seed + index)]
     if args.journal:
         argv += ["--journal", args.journal]
+    for account_id in args.use:
+        argv += ["--use", account_id]
     if args.dsn:
         argv += ["--dsn", args.dsn]
     return argv
@@ -112,22 +127,56 @@ async def run_simulation(args: argparse.Namespace) -> None:
         StoreUnavailable: the database could not be reached at the start.
         SimulationFailed: another process ended in error (after the report).
     """
-    config = SimulationConfig(accounts=args.accounts, rate=args.rate, duration=args.duration, seed=args.seed)
+    config = SimulationConfig(
+        accounts=args.accounts, rate=args.rate, duration=args.duration, seed=args.seed, use=args.use
+    )
     journal = Journal(args.journal) if args.journal else None
     children = [_Child(child_arguments(args, index)) for index in range(1, args.processes)]
     stop = trio.Event()
+    report = SimulationReport()
     try:
         async with open_bank(args.dsn) as bank, trio.open_nursery() as nursery:
             nursery.start_soon(_stop_on_signal, stop, children)
+            if not args.json:
+                nursery.start_soon(show_progress, report, config, sys.stderr)
             async with trio.open_nursery() as work:
                 for child in children:
                     work.start_soon(child.run)
-                report = await simulate(bank, config, journal=journal, stop=stop)
+                await simulate(bank, config, journal=journal, stop=stop, report=report)
             nursery.cancel_scope.cancel()
     finally:
         if journal is not None:
             journal.close()
     _print(args, report, children)
+
+
+async def show_progress(report: SimulationReport, config: SimulationConfig, err: TextIO) -> None:
+    """Show how far the simulation is on ``err`` until cancelled: rich's
+    progress bar on a terminal (cleared at the end), else a line every
+    ``PROGRESS_EVERY`` seconds. Never blocks on anything but ``err``."""
+    started = trio.current_time()
+
+    def line() -> str:
+        elapsed = trio.current_time() - started
+        total = report.total
+        return (f"simulating: {elapsed:.0f} s of {config.duration:g} s, {total.total:,} commands answered "
+                f"({total.refused:,} refused, {total.failed:,} failed)")  # fmt: skip
+
+    if not err.isatty():
+        while True:
+            await trio.sleep(PROGRESS_EVERY)
+            print(line(), file=err, flush=True)
+    console = Console(file=err)
+    columns = (TextColumn("[bold]simulating"), BarColumn(), TimeElapsedColumn(), TextColumn("{task.fields[counts]}"))
+    with Progress(*columns, console=console, transient=True, auto_refresh=False) as progress:
+        task = progress.add_task("simulate", total=config.duration, counts="")
+        while True:
+            total = report.total
+            counts = f"{total.total:,} commands, {total.refused:,} refused, {total.failed:,} failed"
+            elapsed = trio.current_time() - started
+            progress.update(task, completed=min(elapsed, config.duration), counts=counts)
+            progress.refresh()
+            await trio.sleep(PROGRESS_REFRESH)
 
 
 async def _stop_on_signal(stop: trio.Event, children: list[_Child]) -> None:

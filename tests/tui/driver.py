@@ -7,11 +7,15 @@ every change), then on the app's next redraw: never a fixed sleep.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
+from rich.cells import cell_len
+from rich.console import Console
 from textual.pilot import Pilot
+from textual.widget import Widget
 
 from apps.banking.app import Bank, open_bank
 from eventbus import call_asyncio, call_trio, open_loop
@@ -26,18 +30,36 @@ WAIT = 15.0
 Script = Callable[[DashboardApp, Pilot[None]], Awaitable[None]]
 
 
-async def drive(dsn: str, script: Script, *, before: Callable[[Bank], Awaitable[Any]] | None = None) -> None:
-    """Open a bank on ``dsn`` (``before(bank)`` first, if given), run the dashboard and ``script`` in it."""
-    async with open_loop(), open_bank(dsn) as bank:
+async def drive(
+    dsn: str,
+    script: Script,
+    *,
+    before: Callable[[Bank], Awaitable[Any]] | None = None,
+    size: tuple[int, int] = SIZE,
+    projections: bool = True,
+) -> None:
+    """Open a bank on ``dsn`` (``before(bank)`` first, if given), run the
+    dashboard (``size``: columns, rows) and ``script`` in it. Without
+    ``projections`` the bank's read models are not started."""
+    async with open_loop(), open_bank(dsn, projections=projections) as bank:
         if before is not None:
             await before(bank)
         async with open_dashboard(bank, database="test") as app:
 
             async def go() -> None:
-                async with app.run_test(size=SIZE) as pilot:
+                async with app.run_test(size=size) as pilot:
                     await script(app, pilot)
 
             await call_asyncio(go)
+
+
+def screen_text(app: DashboardApp) -> str:
+    """What the screen shows now, as plain text, a line per row (forms and toasts included)."""
+    width, height = app.size
+    console = Console(width=width, height=height, file=io.StringIO(), force_terminal=True, color_system=None,
+                      record=True, legacy_windows=False, safe_box=False)  # fmt: skip
+    console.print(app.screen._compositor.render_update(full=True, screen_stack=app._background_screens))
+    return console.export_text()
 
 
 async def _wait(state: DashboardState, predicate: Callable[[DashboardState], bool], timeout: float) -> None:
@@ -59,3 +81,21 @@ async def until(app: DashboardApp, predicate: Callable[[DashboardState], bool], 
 async def type_text(pilot: Pilot[None], text: str) -> None:
     """Press the keys of ``text``, one by one."""
     await pilot.press(*("space" if char == " " else char for char in text))
+
+
+def region_text(app: DashboardApp, widget: Widget) -> str:
+    """The text a widget shows on screen, its lines joined by single spaces (wrapped text reads as one)."""
+    region = widget.region
+    lines = screen_text(app).splitlines()[region.y : region.bottom]
+    return " ".join(" ".join(_cells(line, region.x, region.right).split()) for line in lines).strip()
+
+
+def _cells(line: str, start: int, end: int) -> str:
+    """The characters of ``line`` from terminal cell ``start`` to ``end`` (wide characters take two)."""
+    out, cell = [], 0
+    for char in line:
+        width = cell_len(char)
+        if start <= cell and cell + width <= end:
+            out.append(char)
+        cell += width
+    return "".join(out)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
 import tomllib
@@ -16,7 +15,8 @@ from tui.cli import main
 from ..helpers import ROOT
 
 BANKS_SUBCOMMANDS = (
-    "'menu', 'open', 'deposit', 'withdraw', 'transfer', 'close', 'list', 'balance', 'analytics', 'rebuild', 'simulate'"
+    "'menu', 'open', 'deposit', 'withdraw', 'transfer', 'close', 'list', 'balance', 'analytics', 'rebuild', 'simulate',"
+    " 'reset'"
 )
 
 
@@ -76,5 +76,28 @@ def test_help_lists_dashboard_only_with_the_dashboard(module: str, lists_dashboa
     done = subprocess.run(
         [sys.executable, "-m", module, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True
     )
-    assert done.stdout.startswith("usage: banking [-h] [--dsn DSN] [-v] [--log-level LOG_LEVEL] ACTION ...\n")
-    assert (re.search(r"\n    dashboard\s", done.stdout) is not None) is lists_dashboard
+    assert done.stdout.startswith("usage: banking [-h] [--version] [--dsn DSN] [ACTION] ...\n")
+    assert ("\n    dashboard\n" in done.stdout) is lists_dashboard
+
+
+def test_dashboard_help_lists_every_key_the_dashboard_binds() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "tui", "dashboard", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60,
+        check=True,
+    )  # fmt: skip
+    keys = done.stdout[done.stdout.index("keys:\n") :].splitlines()[1:]
+    shown = [line.split()[0] for line in keys if line.startswith("  ")]
+    assert shown == ["↑", "o", "d", "w", "t", "s", "r", "x", "p", "/", "Esc", "q", "Ctrl-P"]
+    from tui.app import DashboardApp
+
+    bound = {binding.key for binding in DashboardApp.BINDINGS if not isinstance(binding, tuple)}  # type: ignore[union-attr]
+    assert bound == {"o", "d", "w", "t", "s", "r", "x", "p", "slash", "a", "escape", "q"}
+    assert "saved in the working directory" in done.stdout
+
+
+def test_a_malformed_connection_string_stops_the_dashboard_before_it_starts(
+    dashboard_runs: list[str | None], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["dashboard", "--dsn", "garbage"]) == 2
+    assert dashboard_runs == []
+    assert capsys.readouterr().err.startswith("error: the connection string is malformed: 'garbage'")

@@ -10,7 +10,7 @@ from typing import cast
 
 import trio
 from textual.pilot import Pilot
-from textual.widgets import Button, DataTable
+from textual.widgets import Button
 
 from apps.banking.app import Bank, Command
 from apps.banking.features.list_accounts.types import AccountRow
@@ -28,7 +28,9 @@ from tui.accounts import AccountDetail, AccountsTable
 from tui.app import DashboardApp
 from tui.control import Controller, Done
 from tui.forms import DepositForm, Form, OpenAccountForm, RebuildForm, WithdrawForm
-from tui.widgets import EventLog, HealthBar, Line, cells
+from tui.log import EventLog
+from tui.table import LineTable
+from tui.widgets import HealthBar, Line
 
 from ..helpers import ROOT
 from .driver import drive, type_text, until, until_state
@@ -69,7 +71,7 @@ async def test_a_deposit_updates_the_balance(dsn: str) -> None:
         await until(app, lambda state: state.account is not None and str(state.account.view.balance) == "125.50")
         await until(app, lambda state: str(state.accounts[0].balance) == "125.50")
         assert app.query_one(AccountsTable).balance_of(account_id) == "125.50"
-        assert "balance 125.50 EUR · 3 entries" in app.query_one(AccountDetail).summary
+        assert "balance 125.50 EUR · 3 entries" in app.query_one(AccountDetail).lines
 
     await drive(dsn, script, before=lambda bank: _open_with(bank, "100.00"))
 
@@ -168,8 +170,8 @@ async def _start_broken(bank: Bank) -> None:
 async def test_a_projection_whose_handler_fails_shows_as_failed_with_its_error(dsn: str) -> None:
     async def script(app: DashboardApp, pilot: Pilot[None]) -> None:
         await until(app, lambda state: "broken" in state.projections and state.projections["broken"].state == "failed")
-        table = app.query_one("#projections-table", DataTable)
-        row = [str(cell) for cell in table.get_row("broken")]
+        table = app.query_one("#projections-table", LineTable)
+        row = table.row("broken")
         assert row[:2] == ["broken", "failed"]
         errors = app.query_one("#projection-errors", Line).text
         assert "broken:" in errors
@@ -178,7 +180,7 @@ async def test_a_projection_whose_handler_fails_shows_as_failed_with_its_error(d
         assert health.healthy is False
         assert "projections FAILED: broken" in health.text
         # the bank's own read models go on
-        assert {name: str(table.get_row(name)[1]) for name in ("accounts", "analytics")} == {
+        assert {name: table.row(name)[1] for name in ("accounts", "analytics")} == {
             "accounts": "live",
             "analytics": "live",
         }
@@ -223,11 +225,13 @@ async def test_the_log_filters_by_type_and_by_account(dsn: str) -> None:
 
     async def script(app: DashboardApp, pilot: Pilot[None]) -> None:
         await call_trio(app.controller.bank.deposit, "alan-1", "2.00")
-        await until(app, lambda state: state.events_seen == 1)
+        await until(app, lambda state: state.events_seen == 5)  # the four stored before, and this one
         await pilot.press("slash")
         await type_text(pilot, "deposit")
         await app.wait_for_redraw()
-        assert [row[3] for row in app.query_one(EventLog).rows] == ["2.00 GBP alan-1"]
+        deposits = [row[3] for row in app.query_one(EventLog).rows]
+        assert deposits[0] == "2.00 GBP alan-1"
+        assert [deposit.split()[:2] for deposit in deposits[1:]] == [["1.00", "EUR"], ["5.00", "EUR"]]
         await pilot.press("tab")
         await type_text(pilot, "nobody")
         await app.wait_for_redraw()
@@ -265,7 +269,7 @@ async def _account_with_many_deposits(bank: Bank) -> None:
 async def test_a_rebuild_shows_progress_while_the_old_read_model_stays_on_screen(dsn: str) -> None:
     async def script(app: DashboardApp, pilot: Pilot[None]) -> None:
         await until(app, lambda state: bool(state.accounts) and str(state.accounts[0].balance) == "5001.00")
-        table = app.query_one("#accounts-table", DataTable)
+        table = app.query_one("#accounts-table", LineTable)
         # A reader of the live model holds the swap back until the screen has been looked at.
         holder = await call_trio(testing.connect, dsn)
         await call_trio(holder.run_script, "BEGIN; LOCK TABLE projection_accounts.accounts IN ACCESS SHARE MODE")
@@ -277,7 +281,7 @@ async def test_a_rebuild_shows_progress_while_the_old_read_model_stays_on_screen
         passes = bars = 0
         while "accounts" in app.state.rebuilds:
             app.redraw()  # at once: the rebuild has only just started
-            shown.add(tuple(cells(table, 3)))
+            shown.add(tuple(table.column(1)))
             # The row that holds the bar is in the screen as soon as the redraw
             # mounts it (the bar inside it follows when the row is composed).
             bars += len(app.query(".rebuild"))
@@ -292,6 +296,6 @@ async def test_a_rebuild_shows_progress_while_the_old_read_model_stays_on_screen
         await until(app, lambda state: not state.rebuilds)
         assert not app.query("#rebuild-accounts")
         assert [n.message for n in app._notifications][-1].startswith("Rebuilt accounts in ")
-        assert list(cells(table, 3)) == ["5,001.00"]
+        assert table.column(1) == ["5,001.00"]
 
     await drive(dsn, script, before=_account_with_many_deposits)

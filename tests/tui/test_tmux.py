@@ -24,7 +24,7 @@ START_TIMEOUT = 30.0
 QUIT_TIMEOUT = 5.0
 """Seconds from ``q`` until the process must be gone."""
 
-ACCOUNT_ROW = r"│ acc-[0-9a-f]{16} +Ada Lovelace +EUR +0\.00 +open +│"
+ACCOUNT_ROW = r"│ acc-[0-9a-f]{16} +0\.00 +EUR +open +Ada Lovelace +│"
 
 pytestmark = pytest.mark.skipif(TMUX is None, reason="tmux is not installed")
 
@@ -92,7 +92,7 @@ async def test_just_banking_opens_an_account_with_key_presses_and_quits_with_q(d
         terminal.tmux("send-keys", "-t", "main", "Enter")
         await terminal.wait_for(gone="Open an account")
         await terminal.wait_for(ACCOUNT_ROW)  # the accounts table
-        await terminal.wait_for(r"│ 1 +[0-9:]{8} +BankAccountOpened +Ada Lovelace checking EUR")  # the event log
+        await terminal.wait_for(r"│ +1 +[0-9:]{8} +BankAccountOpened +Ada Lovelace checking EUR")  # the event log
         await terminal.wait_for("Ada Lovelace · checking · EUR · open")  # the account, selected
         screen = await terminal.wait_for(r"1 account +EUR 0\.00")  # the totals
         assert len(re.findall(ACCOUNT_ROW, screen)) == 1, screen

@@ -51,4 +51,4 @@ def test_the_database_is_described_without_its_password() -> None:
     assert describe_database("postgresql://bank:s3cret@db.example:5433/ledger") == "ledger on db.example:5433"
     assert describe_database("postgresql://postgres@/t_1?host=/tmp/run&port=5432") == "t_1 (local socket)"
     assert describe_database("host=db.example port=5432 password=s3cret dbname=ledger") == "ledger on db.example:5432"
-    assert describe_database(None) == "embedded database"
+    assert describe_database(None).startswith("banking (embedded, ")

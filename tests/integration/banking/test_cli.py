@@ -11,7 +11,9 @@ from decimal import Decimal
 import attrs
 import pytest
 import trio
+from rich.cells import cell_len
 
+import eventbus
 from apps.banking.app import Bank, open_bank
 from eventbus import EventRecord, create_filter
 
@@ -120,19 +122,19 @@ async def test_list_balance_and_analytics_show_what_the_events_say(dsn: str) -> 
     ]
 
 
-async def test_rebuild_draws_a_progress_bar_to_the_end(dsn: str) -> None:
+async def test_rebuild_draws_a_progress_bar_on_stderr_and_says_it_is_done_on_stdout(dsn: str) -> None:
     async with open_bank(dsn, projections=False) as bank:
         await bank.open_account(owner="Ada", account_type="checking", currency="EUR", initial_deposit="1")
     result = await banking(dsn, "rebuild", "accounts")
     assert result.status == 0, result.err
-    lines = result.out.splitlines()
-    assert lines[0] == f"Rebuilding accounts  [{'#' * 30}] 100% 2/2"
-    assert re.fullmatch(r"Rebuilt accounts in \d+\.\d s\.", lines[1])
+    assert result.err == f"Rebuilding accounts  [{'#' * 30}] 100% 2/2\n"  # off a terminal: drawn once, when done
+    assert re.fullmatch(r"Rebuilt accounts in \d+\.\d s\.\n", result.out)
     both = await banking(dsn, "rebuild")
-    assert [line.split("[")[0].strip() for line in both.out.splitlines()[::2]] == [
+    assert [line.split("[")[0].strip() for line in both.err.splitlines()] == [
         "Rebuilding accounts",
         "Rebuilding analytics",
     ]
+    assert [line.split(" in ")[0] for line in both.out.splitlines()] == ["Rebuilt accounts", "Rebuilt analytics"]
 
 
 BAD = [
@@ -208,8 +210,8 @@ MENU_SCRIPT = "\n".join(
         "2", "Bob", "savings", "EUR", "",
         "1",                            # list
         "3", "{ada}", "50",             # deposit
-        "4", "{ada}", "abc",            # withdraw a word: refused, the menu goes on
-        "4", "{ada}", "500",            # overdraft: refused
+        "4", "{ada}", "abc", "",        # withdraw a word: asked again; blank: back to the menu
+        "4", "{ada}", "500",            # overdraft: refused by the bank
         "5", "{ada}", "{bob}", "30",    # transfer
         "6", "{bob}",                   # balance
         "7",                            # analytics
@@ -235,11 +237,13 @@ async def test_the_menu_runs_every_action_from_scripted_input(dsn: str) -> None:
     assert re.search(r"Opened account acc-[0-9a-f]{16} for Ada \(checking, EUR\); balance 100\.00 EUR\.", out)
     assert re.search(r"Opened account acc-[0-9a-f]{16} for Bob \(savings, EUR\); balance 0\.00 EUR\.", out)
     assert f"Deposited 50.00 EUR into {ada}; balance 150.00 EUR." in out
+    assert "(back to the menu)" in out
     assert f"Transferred 30.00 EUR from {ada} to {bob}; {ada} now holds 120.00 EUR." in out
     assert f"Account  {bob}" in out and "Balance  30.00 EUR" in out
-    assert "Rebuilding analytics [" in out and "Month    Currency" in out
+    assert "Rebuilt analytics in " in out and "Month    Currency" in out
     assert out.rstrip().endswith("Goodbye.")
-    assert result.err.splitlines() == [
+    errors = [line for line in result.err.splitlines() if not line.startswith("Rebuilding ")]
+    assert errors == [
         "error: 'abc' is not an amount: write it like 100.00 or 25.5",
         f"error: account {ada} holds 150.00 EUR: cannot withdraw 500.00 EUR",
         "error: choose one of 1, 2, 3, 4, 5, 6, 7, 8, 9, 0",
@@ -247,6 +251,36 @@ async def test_the_menu_runs_every_action_from_scripted_input(dsn: str) -> None:
     async with open_bank(dsn, projections=False) as bank:
         assert (await bank.get_account(ada)).balance == Decimal("120.00")
         assert len(await bank.list_accounts()) == 4
+
+
+async def test_each_menu_answer_is_checked_before_the_next_question(dsn: str) -> None:
+    async with open_bank(dsn, projections=False) as bank:
+        ada = (await bank.open_account(owner="Ada", account_type="checking", currency="EUR")).account_id
+        gone = (await bank.open_account(owner="Gone", account_type="checking", currency="EUR")).account_id
+        await bank.close_account(gone)
+    script = "\n".join(
+        [
+            "2", "Grace", "gold", "savings", "JPY", "gbp", "12.345", "none",  # open, each answer checked
+            "3", "nobody", gone, "a d a", ada, "-5", "7",                           # deposit: the account first
+            "5", ada, ada, "",                                                       # a transfer to itself: no
+            "0",
+        ]
+    )  # fmt: skip
+    result = await banking(dsn, stdin=script + "\n")
+    assert result.status == 0, result.err
+    assert result.err.splitlines() == [
+        "error: unsupported account type 'gold': use one of checking, savings",
+        "error: unsupported currency 'JPY': use one of EUR, USD, GBP",
+        "error: an amount has at most two decimal places, not '12.345'",
+        "error: there is no account nobody",
+        f"error: account {gone} is closed",
+        "error: 'a d a' is not an account id",
+        "error: an amount must be positive, not '-5'",
+        f"error: a transfer needs two different accounts, not {ada} twice",
+    ]
+    assert re.search(r"Opened account acc-[0-9a-f]{16} for Grace \(savings, GBP\); balance 0\.00 GBP\.", result.out)
+    assert f"Deposited 7.00 EUR into {ada}; balance 7.00 EUR." in result.out
+    assert result.out.count("(back to the menu)") == 1
 
 
 @pytest.mark.parametrize("ending", ["", "0\n"], ids=["end of input", "exit"])
@@ -274,3 +308,66 @@ async def test_a_write_run_again_with_its_command_id_takes_effect_once(dsn: str)
         2,
         "error: argument --command-id: 'not-a-uuid' is not a UUID (see banking deposit --help)\n",
     )
+
+
+async def test_version_and_help_say_what_a_newcomer_needs(dsn: str) -> None:
+    version = await banking(dsn, "--version")
+    assert version == Run(0, f"banking {eventbus.__version__}\n", "")
+    help = await banking(dsn, "--help")
+    assert help.status == 0
+    assert help.out.startswith("usage: banking [-h] [--version] [--dsn DSN] [ACTION] ...\n")
+    examples = help.out[help.out.index("examples:") :].splitlines()[1:3]
+    assert [line.split()[:2] for line in examples] == [["banking", "open"], ["banking", "transfer"]]
+    codes = help.out[help.out.index("exit status:") :].splitlines()[1:6]
+    assert [line.split()[0] for line in codes] == ["0", "1", "2", "3", "130"]
+    assert "EVENTBUS_DATA_DIR" in help.out
+
+
+async def test_a_simulator_rate_beyond_what_it_takes_is_refused_in_words(dsn: str) -> None:
+    result = await banking(dsn, "simulate", "--rate", "1e9")
+    assert result.status == 2 and result.out == ""
+    assert result.err == (
+        "error: argument --rate: '1e9' is more than the simulator takes: at most 100,000 commands per second"
+        " (see banking simulate --help)\n"
+    )
+
+
+async def test_a_malformed_connection_string_is_called_malformed_and_its_password_never_shown() -> None:
+    garbage = await banking("garbage", "list")
+    assert (garbage.status, garbage.out) == (2, "")
+    assert garbage.err == (
+        "error: the connection string is malformed: 'garbage' is not a postgresql:// URL;"
+        " write it like postgresql://user:password@host:5432/database\n"
+    )
+    typo = await banking("postgresq://ada:s3cret@db.example/bank", "list")
+    assert typo.status == 2 and "malformed" in typo.err and "s3cret" not in typo.err
+    port = await banking("postgresql://ada:s3cret@db.example:port/bank", "analytics")
+    assert port.status == 2 and "malformed" in port.err and "s3cret" not in port.err
+
+
+async def test_the_environments_malformed_connection_string_is_called_malformed_too() -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("EVENTBUS_DSN", "DATABASE_URL")}
+    with trio.fail_after(CLI_TIMEOUT):
+        result = await trio.run_process(
+            [sys.executable, "-m", "apps.banking", "list"],
+            cwd=ROOT,
+            env={**env, "EVENTBUS_DSN": "garbage"},
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+    assert result.returncode == 2
+    assert result.stderr.decode().startswith("error: the connection string is malformed: 'garbage'")
+
+
+async def test_piped_tables_align_wide_characters_in_plain_text(dsn: str) -> None:
+    async with open_bank(dsn, projections=False) as bank:
+        for owner, account_id in (("小林 花子", "hanako"), ("Ada", "ada"), ("🦊 Fox", "fox")):
+            await bank.open_account(owner=owner, account_type="checking", currency="EUR", account_id=account_id)
+    listing = await banking(dsn, "list")
+    assert listing.status == 0
+    lines = listing.out.splitlines()[:5]
+    assert "\x1b" not in listing.out
+    # Every line puts the type column at the same terminal cell.
+    starts = {cell_len(line[: line.index("checking" if row else "Type")]) for row, line in enumerate(lines) if row != 1}
+    assert len(starts) == 1

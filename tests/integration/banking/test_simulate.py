@@ -113,3 +113,40 @@ async def test_simulate_in_two_processes_trades_between_them_and_reports_the_sum
         records = await everything(bank)
         assert unstored(lines, records) == []
         await assert_consistent(bank, records)
+
+
+async def _simulate(dsn: str, *extra: str) -> str:
+    argv = ["simulate", "--accounts", "3", "--rate", "300", "--duration", "1.5", "--seed", "5", *extra]
+    with trio.fail_after(SIMULATE_TIMEOUT):
+        result = await trio.run_process(
+            [sys.executable, "-m", "apps.banking", "--dsn", dsn, *argv],
+            cwd=ROOT,
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+    assert result.returncode == 0, result.stderr.decode()
+    return result.stdout.decode()
+
+
+async def test_the_simulator_never_touches_an_account_a_person_opened(dsn: str) -> None:
+    async with open_bank(dsn, projections=False) as bank:
+        mine = (await bank.open_account(owner="Ada", account_type="checking", currency="EUR", initial_deposit="900"))
+        before = (await bank.get_account(mine.account_id)).history
+    await _simulate(dsn)
+    async with open_bank(dsn, projections=False) as bank:
+        assert (await bank.get_account(mine.account_id)).history == before
+        opened = [r for r in await everything(bank) if r.event_type == "BankAccountOpened"]
+        assert len(opened) >= 4
+        assert all(r.payload["accountId"].startswith("sim-") for r in opened if r.sequence_number > mine.position)
+
+
+async def test_the_simulator_works_on_an_account_it_is_told_to_use(dsn: str) -> None:
+    async with open_bank(dsn, projections=False) as bank:
+        await bank.open_account(owner="Ada", account_type="checking", currency="EUR", initial_deposit="900",
+                                account_id="ada")  # fmt: skip
+        await bank.open_account(owner="Bob", account_type="checking", currency="EUR", account_id="bob")
+    await _simulate(dsn, "--use", "ada")
+    async with open_bank(dsn, projections=False) as bank:
+        assert len((await bank.get_account("ada")).history) > 2
+        assert [entry.kind for entry in (await bank.get_account("bob")).history] == ["opened"]

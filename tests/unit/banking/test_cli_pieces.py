@@ -102,7 +102,7 @@ def test_the_analytics_table_shows_months_and_sums() -> None:
     figures = [
         MonthlyFigures(date(2025, 2, 1), Currency.USD, accounts_opened=1, deposits=2, deposited=Decimal("1234.5"))
     ]
-    assert analytics_table(figures).splitlines()[2].split() == [
+    assert str(analytics_table(figures)).splitlines()[2].split() == [
         "2025-02",
         "USD",
         "1",

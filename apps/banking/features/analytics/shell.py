@@ -82,9 +82,12 @@ BATCH_SIZE: Final = 1000
 """Events folded into one transaction, at most."""
 
 PROJECTION: Final = Projection(
-    name=NAME, setup=setup, batch_size=BATCH_SIZE, batch_handler=apply_batch, event_types=EVENT_TYPES
+    name=NAME, setup=setup, batch_size=BATCH_SIZE, batch_handler=apply_batch, event_types=EVENT_TYPES, on_error="skip"
 )
-"""The ``analytics`` read model; start it with ``bus.projections.start(PROJECTION)``."""
+"""The ``analytics`` read model; start it with ``bus.projections.start(PROJECTION)``.
+
+An event it cannot count (without the bank's currency or amount) goes to the
+dead letters with the reason, and the read model goes on with the next."""
 
 
 def _figures(row: Any) -> MonthlyFigures:

@@ -116,11 +116,14 @@ def apply_changes(rows: Mapping[str, AccountRow], changes: Iterable[AccountChang
     """The rows after a batch's changes (what the projection's two statements do).
 
     Raises:
-        MalformedEvent: a change to an account that was never opened.
+        MalformedEvent: a change to an account that was never opened, or an
+            opening of one that is open already.
     """
     result = dict(rows)
     for change in changes:
         if change.opening is not None:
+            if change.account_id in result:
+                raise MalformedEvent(f"an opening of account {change.account_id}, which is open already")
             result[change.account_id] = new_row(change)
         elif change.account_id in result:
             result[change.account_id] = changed_row(result[change.account_id], change)

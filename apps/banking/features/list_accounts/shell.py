@@ -49,7 +49,10 @@ _INSERT = """
 INSERT INTO accounts (id, owner, type, currency, balance, opened_at, updated_at, status)
 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::numeric[],
                      $6::timestamptz[], $7::timestamptz[], $8::text[])
+ON CONFLICT (id) DO NOTHING
 """
+
+_EXISTING = "SELECT id FROM accounts WHERE id = ANY($1::text[])"
 
 _UPDATE = """
 UPDATE accounts AS a
@@ -72,18 +75,40 @@ async def apply_batch(tx: Transaction, records: list[EventRecord]) -> None:
     """Apply a batch of events: one insert for new accounts, one update for the rest.
 
     Raises:
-        MalformedEvent: an event of an account that was never opened, or
-            without the bank's payload fields.
+        MalformedEvent: an event that is not the bank's, or not as the bank
+            writes it (the projection sends it to the dead letters with this
+            reason, see ``PROJECTION``): without the bank's payload fields, of
+            an account that was never opened, or opening one that is open already.
     """
     changes = summarize(records)
     opened = [change for change in changes.values() if change.opening is not None]
     changed = [change for change in changes.values() if change.opening is None]
     if opened:
-        await tx.execute(_INSERT, *_insert_columns(opened))
+        status = await tx.execute(_INSERT, *_insert_columns(opened))
+        if status != f"INSERT 0 {len(opened)}":
+            taken = await tx.fetch(_EXISTING, [change.account_id for change in opened])
+            raise MalformedEvent(_foreign(records, {row["id"] for row in taken}, "opens account", "open already"))
     if changed:
         status = await tx.execute(_UPDATE, *_update_columns(changed))
         if status != f"UPDATE {len(changed)}":
-            raise MalformedEvent(f"a batch changed {len(changed)} accounts but only {status} were ever opened")
+            ids = [change.account_id for change in changed]
+            known = {row["id"] for row in await tx.fetch(_EXISTING, ids)}
+            unknown = {account_id for account_id in ids if account_id not in known}
+            raise MalformedEvent(_foreign(records, unknown, "is about account", "never opened"))
+
+
+def _foreign(records: list[EventRecord], accounts: set[str], verb: str, state: str) -> str:
+    """Why a batch cannot be applied: the first event about ``accounts``, which are ``state``."""
+    for record in records:
+        payload = record.payload
+        for key in ("accountId", "fromAccountId", "toAccountId"):
+            account = payload.get(key)
+            if isinstance(account, str) and account in accounts:
+                return (
+                    f"{record.event_type} event {record.event_id} at position {record.sequence_number} "
+                    f"{verb} {account!r}, which was {state}: not an event the bank wrote"
+                )
+    return f"events about accounts {', '.join(sorted(accounts)[:5])}, which were {state}"
 
 
 def _insert_columns(opened: Sequence[AccountChange]) -> list[list[Any]]:
@@ -121,8 +146,13 @@ PROJECTION: Final = Projection(
     batch_size=BATCH_SIZE,
     batch_handler=apply_batch,
     event_types=ACCOUNT_EVENT_TYPES,
+    on_error="skip",
 )
-"""The ``accounts`` read model; start it with ``bus.projections.start(PROJECTION)``."""
+"""The ``accounts`` read model; start it with ``bus.projections.start(PROJECTION)``.
+
+An event it cannot apply (not the bank's, or not as the bank writes it) goes
+to the dead letters (``eventbus.dead_letters``) with the reason, and the read
+model goes on with the next: one stray event never stops it."""
 
 
 # ------------------------------------------------------------------ queries

@@ -1,0 +1,74 @@
+"""``banking`` at a terminal (a pseudo-terminal): line editing, Ctrl-C, rich
+tables and progress, with piped output kept plain."""
+
+from __future__ import annotations
+
+import os
+import re
+
+from apps.banking.app import open_bank
+
+from .terminal import Terminal, run_in_terminal
+
+
+def _env(dsn: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("EVENTBUS_DSN", "DATABASE_URL")}
+    env["EVENTBUS_DSN"] = dsn
+    return env
+
+
+async def test_the_menu_edits_lines_recalls_answers_and_leaves_on_ctrl_c_with_one_line_and_130(dsn: str) -> None:
+    async with open_bank(dsn, projections=False) as bank:
+        await bank.open_account(owner="Ada", account_type="checking", currency="EUR", account_id="ada")
+
+    async def script(terminal: Terminal) -> None:
+        at = await terminal.wait_for("Choose: ")
+        terminal.type("6\r")  # balance
+        at = await terminal.wait_for("Account: ", start=at)
+        terminal.type("axa\x1b[D\x7fd\r")  # typed "axa", left arrow, backspace, "d": "ada"
+        at = await terminal.wait_for(r"Balance  0\.00 EUR[\s\S]*Choose: ", start=at)
+        terminal.type("\x1b[A\x1b[A\r")  # up twice: past "ada", back to "6"
+        at = await terminal.wait_for("Account: ", start=at)
+        terminal.type("\x03")
+
+    status, terminal = await run_in_terminal([], script, env=_env(dsn))
+    assert status == 130
+    assert "^[[A" not in terminal.screen and "^[[D" not in terminal.screen
+    tail = terminal.screen[terminal.screen.rindex("Account: ") :]
+    assert tail.replace("\r", "").strip().splitlines()[-1] == "interrupted"
+    assert "error" not in tail and "Traceback" not in terminal.screen
+
+
+async def test_list_draws_a_rich_table_on_a_terminal_aligned_with_wide_characters(dsn: str) -> None:
+    async with open_bank(dsn, projections=False) as bank:
+        for owner, account_id in (("小林 花子", "hanako"), ("Ada", "ada")):
+            await bank.open_account(owner=owner, account_type="checking", currency="EUR", account_id=account_id)
+
+    async def script(terminal: Terminal) -> None:
+        await terminal.wait_for(r"EUR: 2 accounts")
+
+    status, terminal = await run_in_terminal(["list"], script, env=_env(dsn), size=(140, 20))
+    assert status == 0
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", terminal.screen).replace("\r", "")
+    rows = [line for line in plain.splitlines() if line.startswith(("hanako", "ada "))]
+    assert len(rows) == 2
+    # The currency column starts at the same cell in both rows (CJK characters are two cells wide).
+    columns = [_cells(row[: row.index("EUR")]) for row in rows]
+    assert columns[0] == columns[1]
+    assert "─" in plain  # rich's rule under the headers, not plain text's dashes
+
+
+def _cells(text: str) -> int:
+    return sum(2 if "\u4e00" <= char <= "\u9fff" else 1 for char in text)
+
+
+async def test_simulate_shows_progress_on_the_terminal_and_its_report_on_piped_output(dsn: str) -> None:
+    async def script(terminal: Terminal) -> None:
+        await terminal.wait_for("simulating")
+
+    argv = ["simulate", "--accounts", "3", "--rate", "50", "--duration", "1.5", "--seed", "7"]
+    status, terminal = await run_in_terminal(argv, script, env=_env(dsn), pipe_stdout=True)
+    assert status == 0
+    assert re.search(r"simulating.*\d+ commands, \d+ refused, \d+ failed", terminal.screen)
+    assert terminal.stdout.startswith("Simulated ")
+    assert "simulating" not in terminal.stdout and "\x1b" not in terminal.stdout
