@@ -14,7 +14,8 @@ The write subcommands take ``--command-id UUID``: run again with the same id
     banking balance ACCOUNT
     banking analytics
     banking rebuild [accounts|analytics]
-    banking simulate [--accounts 100] [--rate 500] [--duration 30] [--processes 1] [--journal FILE] [--use ID] [--metrics-port N]
+    banking simulate [--accounts 100] [--rate 500] [--duration 30] [--processes 1] [--journal FILE] [--use ID]
+                     [--metrics-port N]
     banking reset [--yes]
     banking --version
 

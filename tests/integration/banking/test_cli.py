@@ -336,7 +336,7 @@ async def test_a_malformed_connection_string_is_called_malformed_and_its_passwor
     garbage = await banking("garbage", "list")
     assert (garbage.status, garbage.out) == (2, "")
     assert garbage.err == (
-        "error: the connection string is malformed: 'garbage' is not a postgresql:// URL;"
+        "error: the connection string is malformed: it is not a postgresql:// URL;"
         " write it like postgresql://user:password@host:5432/database\n"
     )
     typo = await banking("postgresq://ada:s3cret@db.example/bank", "list")
@@ -357,7 +357,7 @@ async def test_the_environments_malformed_connection_string_is_called_malformed_
             check=False,
         )
     assert result.returncode == 2
-    assert result.stderr.decode().startswith("error: the connection string is malformed: 'garbage'")
+    assert result.stderr.decode().startswith("error: the connection string is malformed: it is not a postgresql:// URL")
 
 
 async def test_piped_tables_align_wide_characters_in_plain_text(dsn: str) -> None:
