@@ -20,6 +20,8 @@ from ._errors import (
     HandlerFailed,
     InvalidEvent,
     InvalidFilter,
+    InvalidOption,
+    NotCaughtUp,
     ProjectionError,
     StoreUnavailable,
 )
@@ -41,7 +43,14 @@ if TYPE_CHECKING:
         create_projection_config,
         start_projection_listener,
     )
-    from ._store import EventStore, StoreStatistics, open_event_store, run_event_store
+    from ._store import (
+        EventStore,
+        ReplicaState,
+        ReplicaStatistics,
+        StoreStatistics,
+        open_event_store,
+        run_event_store,
+    )
     from ._stream import (
         EventStream,
         StreamStatistics,
@@ -69,7 +78,10 @@ _LAZY = {
         ),
         "._projections",
     ),
-    **dict.fromkeys(("EventStore", "StoreStatistics", "open_event_store", "run_event_store"), "._store"),
+    **dict.fromkeys(
+        ("EventStore", "ReplicaState", "ReplicaStatistics", "StoreStatistics", "open_event_store", "run_event_store"),
+        "._store",
+    ),
     **dict.fromkeys(
         (
             "EventStream",
@@ -136,7 +148,11 @@ __all__ = [
     "EventStore",
     "InvalidEvent",
     "InvalidFilter",
+    "InvalidOption",
+    "NotCaughtUp",
     "QueryResult",
+    "ReplicaState",
+    "ReplicaStatistics",
     "StoreStatistics",
     "StoreUnavailable",
     "create_filter",

@@ -24,7 +24,16 @@ from ._db import open_database
 from ._errors import EventBusError, StoreUnavailable
 from ._nursery import open_actor_nursery
 from ._projections import ProjectionManager, ProjectionStatus
-from ._store import READ_POOL_SIZE, RECONNECT_TIMEOUT, WRITE_LANES, EventStore, StoreStatistics, run_event_store
+from ._store import (
+    READ_POOL_SIZE,
+    RECONNECT_TIMEOUT,
+    REPLICA_WAIT,
+    WRITE_LANES,
+    EventStore,
+    StoreStatistics,
+    replica_list,
+    run_event_store,
+)
 from ._stream import DEFAULT_BUFFER, DEFAULT_MAX_BATCH, EventStream, Overflow, StreamStatistics, Subscription
 from ._values import EventFilter, EventRecord, _json
 
@@ -186,6 +195,8 @@ async def run_bus(
     read_pool_size: int = READ_POOL_SIZE,
     reconnect_timeout: float = RECONNECT_TIMEOUT,
     write_connections: int = WRITE_LANES,
+    replica_dsns: Sequence[str] | None = None,
+    replica_wait: float = REPLICA_WAIT,
     task_status: trio.TaskStatus[Bus] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the bus's actors until cancelled; ``task_status.started`` gets the bus.
@@ -209,6 +220,8 @@ async def run_bus(
                 read_pool_size=read_pool_size,
                 reconnect_timeout=reconnect_timeout,
                 write_connections=write_connections,
+                replica_dsns=replica_dsns,
+                replica_wait=replica_wait,
             )
         )
         stream = EventStream(store, await store.head())
@@ -228,13 +241,16 @@ async def open_bus(
     read_pool_size: int = READ_POOL_SIZE,
     reconnect_timeout: float = RECONNECT_TIMEOUT,
     write_connections: int = WRITE_LANES,
+    replica_dsns: Sequence[str] | None = None,
+    replica_wait: float = REPLICA_WAIT,
 ) -> AsyncIterator[Bus]:
     """Open the bus for the duration of the block.
 
     ``dsn`` as for :func:`open_event_store` (None: ``EVENTBUS_DSN``, then
     ``DATABASE_URL``, else the embedded server). Works inside any Trio program,
     with or without a trio-asyncio loop already open. The stream starts at the
-    store's head.
+    store's head. ``replica_dsns`` (hot standbys that serve reads) and
+    ``replica_wait``: as for :func:`open_event_store`.
 
     Leaving the block closes every subscription (their iteration ends), stops
     the actors and closes the connections, shielded and bounded, also when the
@@ -242,7 +258,9 @@ async def open_bus(
 
     Raises:
         StoreUnavailable: the database could not be reached at open.
+        InvalidOption: ``replica_dsns`` or ``replica_wait`` was refused.
     """
+    replica_list(replica_dsns, replica_wait)  # refused before anything starts
     async with open_database(dsn) as resolved, _db.open_loop(), open_actor_nursery() as nursery:
         bus: Bus = await nursery.start(
             functools.partial(
@@ -253,6 +271,8 @@ async def open_bus(
                 read_pool_size=read_pool_size,
                 reconnect_timeout=reconnect_timeout,
                 write_connections=write_connections,
+                replica_dsns=replica_dsns,
+                replica_wait=replica_wait,
             )
         )
         try:

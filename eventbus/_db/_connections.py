@@ -275,6 +275,11 @@ class Pool:
                 except Exception:
                     raw.terminate()
 
+    async def expire(self) -> None:
+        """Make the pool replace every connection it holds before their next use
+        (after the server was lost: they may be dead). Never waits for queries."""
+        await _call("expire", self._loop, self._raw.expire_connections)
+
     async def close(self) -> None:
         """Close every connection, shielded and bounded; terminate stragglers."""
         with trio.move_on_after(CLOSE_TIMEOUT, shield=True):
@@ -296,8 +301,10 @@ async def _keep_session(raw: asyncpg.Connection) -> None:
     """
 
 
-async def create_pool(dsn: str, *, max_size: int, application_name: str = "eventbus-read") -> Pool:
-    """Open a pool of up to ``max_size`` connections (one opened at once).
+async def create_pool(dsn: str, *, max_size: int, min_size: int = 1, application_name: str = "eventbus-read") -> Pool:
+    """Open a pool of up to ``max_size`` connections (``min_size`` opened at once:
+    with 0 nothing connects until the first use, and a server that is down
+    fails that use, not this call).
 
     Raises:
         StoreUnavailable: the server cannot be reached.
@@ -306,7 +313,7 @@ async def create_pool(dsn: str, *, max_size: int, application_name: str = "event
     async def _create() -> asyncpg.Pool:
         return await asyncpg.create_pool(
             dsn,
-            min_size=1,
+            min_size=min_size,
             max_size=max_size,
             timeout=CONNECT_TIMEOUT,
             init=_init_connection,

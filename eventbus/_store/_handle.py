@@ -6,7 +6,8 @@ the others that are ready (group commit), and runs them in one transaction and
 one round trip through the ``eventbus.append_batch`` function, while the next
 batch forms for another lane. Each caller then gets its own outcome: a failed
 condition or an id clash fails that append only. Reads go through a separate
-pool and never wait behind appends.
+pool and never wait behind appends; with hot standbys, to the standbys first
+(``_reads.py``).
 """
 
 from __future__ import annotations
@@ -20,10 +21,12 @@ import trio
 
 from .. import _db
 from .._db import open_database
-from .._errors import ClosedError, InvalidFilter
+from .._errors import ClosedError, InvalidFilter, InvalidOption
 from .._nursery import open_actor_nursery
 from .._values import Event, EventFilter, EventQuery, EventRecord, QueryResult, _json, _tags
 from ._actor import REQUEST_BUFFER, WRITE_LANES, CommitHook, StoreActor
+from ._reads import Reads
+from ._replicas import REPLICA_WAIT
 from ._requests import Request, StoreStatistics, condition, condition_filters, percentile, prepare
 
 READ_POOL_SIZE = 4
@@ -84,8 +87,9 @@ def to_records(rows: Iterable[_db.Row]) -> list[EventRecord]:
 class EventStore:
     """The handle to an open event store (see :func:`open_event_store`).
 
-    ``append`` goes through the store actor; ``query`` and ``head`` use the
-    read pool. All methods may be called from many tasks at once.
+    ``append`` goes through the store actor; ``head`` uses the read pool;
+    ``query`` uses a hot standby when the store has some, else the read pool.
+    All methods may be called from many tasks at once.
     """
 
     def __init__(
@@ -94,9 +98,11 @@ class EventStore:
         pool: _db.Pool,
         actor: StoreActor,
         max_payload_bytes: int,
+        reads: Reads | None = None,
     ) -> None:
         self._send = send
         self._pool = pool
+        self._reads = reads if reads is not None else Reads(pool, (), 1, REPLICA_WAIT)
         self._actor = actor
         self._max_payload_bytes = max_payload_bytes
         self._closed = False
@@ -168,15 +174,26 @@ class EventStore:
         assert request.result is not None
         return request.result
 
-    async def query(self, query: EventFilter | Sequence[EventFilter] | EventQuery) -> QueryResult:
+    async def query(
+        self, query: EventFilter | Sequence[EventFilter] | EventQuery, *, min_position: int | None = None
+    ) -> QueryResult:
         """The events a filter, several filters (OR'd) or a query selects, in
         ascending position.
 
-        Blocks for one round trip on a pooled connection; never waits behind
-        appends. Cancellation abandons the query.
+        With hot standbys (``replica_dsns``) the query runs on one of them,
+        and may not show the latest appends. ``min_position=P`` makes the
+        result include every event up to position P (a position you have
+        seen, such as your own append's last record): on a standby that has
+        not replayed P yet the query waits for it, up to ``replica_wait``
+        seconds, and then runs on the primary instead. Without standbys every
+        query runs on the primary and includes every committed event.
+
+        Blocks for one round trip on a pooled connection, plus that wait;
+        never waits behind appends. Cancellation abandons the query.
 
         Raises:
-            InvalidFilter: ``query`` is none of these.
+            InvalidFilter: ``query`` is none of these, or ``min_position`` is
+                not None or a whole number >= 0.
             StoreUnavailable: the database could not be reached.
         """
         if isinstance(query, EventFilter):
@@ -185,15 +202,26 @@ class EventStore:
             query = EventQuery(query)
         elif not isinstance(query, EventQuery):
             raise InvalidFilter(f"query takes an EventFilter, a list of them or an EventQuery, not {query!r}")
-        return QueryResult(await self.fetch_records(query))
+        if min_position is not None and (type(min_position) is not int or min_position < 0):
+            raise InvalidFilter(f"min_position must be None or a whole number >= 0, not {min_position!r}")
+        return QueryResult(await self.fetch_records(query, min_position=min_position))
 
-    async def fetch_records(self, query: EventQuery, upto: int | None = None) -> list[EventRecord]:
-        """The records of ``query`` with positions up to ``upto`` (if given)."""
+    async def fetch_records(
+        self,
+        query: EventQuery,
+        upto: int | None = None,
+        *,
+        min_position: int | None = None,
+        from_primary: bool = False,
+    ) -> list[EventRecord]:
+        """The records of ``query`` with positions up to ``upto`` (if given),
+        from a snapshot that shows ``min_position`` (see :meth:`query`);
+        ``from_primary`` reads the primary whatever the standbys show."""
         if not query.filters or query.limit == 0:
             return []
         self._check_open()
         sql, args = query_sql(query, upto)
-        return to_records(await self._pool.fetch(sql, *args))
+        return to_records(await self._reads.fetch(sql, args, min_position=min_position, from_primary=from_primary))
 
     def _check_open(self) -> None:
         if self._closed:
@@ -230,12 +258,18 @@ class EventStore:
             mean_batch_appends=(counters.appends / batches) if batches else 0.0,
             p50_latency=percentile(latencies, 0.50),
             p99_latency=percentile(latencies, 0.99),
+            replicas=self._reads.statistics(),
         )
 
     @property
     def pool(self) -> _db.Pool:
-        """The read pool (for the library's own readers)."""
+        """The primary's read pool (for the library's own readers)."""
         return self._pool
+
+    @property
+    def reads(self) -> Reads:
+        """Where reads go: the standbys, then the primary (for the library's own readers)."""
+        return self._reads
 
     @property
     def origin(self) -> str:
@@ -251,6 +285,8 @@ async def run_event_store(
     read_pool_size: int = READ_POOL_SIZE,
     reconnect_timeout: float = RECONNECT_TIMEOUT,
     write_connections: int = WRITE_LANES,
+    replica_dsns: Sequence[str] | None = None,
+    replica_wait: float = REPLICA_WAIT,
     task_status: trio.TaskStatus[EventStore] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the store actor until cancelled; ``task_status.started`` gets the handle.
@@ -260,15 +296,19 @@ async def run_event_store(
     connection string (see :func:`open_event_store` for the embedded server).
     ``on_commit`` receives every committed batch's records, in order, before
     the appenders are answered; if it blocks, the actor (and so appends) wait.
+    ``replica_dsns`` and ``replica_wait``: see :func:`open_event_store`.
     """
+    replicas = replica_list(replica_dsns, replica_wait)
     send, receive = trio.open_memory_channel[Request](REQUEST_BUFFER)
     actor = StoreActor(dsn, receive, on_commit, reconnect_timeout, write_connections)
     async with _db.open_loop():
         pool = await _db.create_pool(dsn, max_size=read_pool_size)
-        store = EventStore(send, pool, actor, max_payload_bytes)
+        reads = Reads(pool, replicas, read_pool_size, replica_wait)
+        store = EventStore(send, pool, actor, max_payload_bytes, reads)
         try:
             async with open_actor_nursery() as nursery:
                 await nursery.start(actor.run, _db.install_schema)
+                await nursery.start(reads.run)
                 task_status.started(store)
         finally:
             store._closed = True
@@ -285,6 +325,8 @@ async def open_event_store(
     read_pool_size: int = READ_POOL_SIZE,
     reconnect_timeout: float = RECONNECT_TIMEOUT,
     write_connections: int = WRITE_LANES,
+    replica_dsns: Sequence[str] | None = None,
+    replica_wait: float = REPLICA_WAIT,
 ) -> AsyncIterator[EventStore]:
     """Open the event store for the duration of the block.
 
@@ -300,12 +342,27 @@ async def open_event_store(
     ``reconnect_timeout`` bounds how long an append waits to learn its outcome
     after a lost connection.
 
+    ``replica_dsns``: connection strings of hot standbys of the database
+    (PostgreSQL streaming replication). Queries, subscriptions' catch-up
+    reads and projection ``reader`` blocks then go to the standbys
+    (round-robin over those that are up); appends, the stream's live reads
+    and ``head`` stay on the primary. A standby that is down or far behind
+    is skipped (see ``statistics().replicas``) and comes back once it has
+    caught up; with none up the primary serves every read. A read with
+    ``min_position`` waits up to ``replica_wait`` seconds for a standby to
+    show that position, then reads the primary. None (the default): every
+    read goes to the primary. A standby that cannot be reached does not
+    stop the store from opening.
+
     Leaving the block stops the actor: appends still queued fail with
     ``ClosedError``; connections close, shielded from cancellation and bounded.
 
     Raises:
         StoreUnavailable: the database could not be reached at open.
+        InvalidOption: ``replica_dsns`` is not a list of connection strings,
+            or ``replica_wait`` is not a number >= 0.
     """
+    replica_list(replica_dsns, replica_wait)  # refused before anything starts
     async with open_database(dsn) as resolved, _db.open_loop(), open_actor_nursery() as nursery:
         store: EventStore = await nursery.start(
             functools.partial(
@@ -316,9 +373,30 @@ async def open_event_store(
                 read_pool_size=read_pool_size,
                 reconnect_timeout=reconnect_timeout,
                 write_connections=write_connections,
+                replica_dsns=replica_dsns,
+                replica_wait=replica_wait,
             )
         )
         try:
             yield store
         finally:
             nursery.cancel_scope.cancel()
+
+
+def replica_list(replica_dsns: Sequence[str] | None, replica_wait: float) -> list[str]:
+    """The standbys' connection strings, checked.
+
+    Raises:
+        InvalidOption: not a list of non-empty strings, or a bad wait.
+    """
+    if isinstance(replica_wait, bool) or not isinstance(replica_wait, (int, float)) or not replica_wait >= 0:
+        raise InvalidOption(f"replica_wait must be a number of seconds >= 0, not {replica_wait!r}")
+    if replica_dsns is None:
+        return []
+    if isinstance(replica_dsns, (str, bytes)) or not isinstance(replica_dsns, Sequence):
+        raise InvalidOption("replica_dsns must be a list of connection strings, not a single string or other value")
+    dsns = list(replica_dsns)
+    for index, dsn in enumerate(dsns):
+        if not isinstance(dsn, str) or not dsn.strip():
+            raise InvalidOption(f"replica_dsns[{index}] must be a non-empty connection string")
+    return dsns
