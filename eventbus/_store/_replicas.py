@@ -14,6 +14,10 @@ for it), and keeps its state:
   Tried again after a backoff (``BACKOFF_INITIAL`` doubling to
   ``BACKOFF_MAX``); reads under way on it are cut off and go to the primary.
 
+Cutting off means terminating the connections, never cancelling their
+statements: the driver answers a cancelled statement by asking the server to
+cancel it and waiting for the reply, which a server that hangs never sends.
+
 How a read knows what a standby holds: positions commit in order (every
 appender takes one advisory lock in ``append_batch``, and a commit's WAL
 record is written before its locks are released), and a standby replays
@@ -41,6 +45,7 @@ import trio
 
 from .. import _db
 from .._errors import DatabaseError, EventBusError, StoreUnavailable
+from .._nursery import open_actor_nursery
 
 _log = logging.getLogger("eventbus.replicas")
 
@@ -55,8 +60,9 @@ WAL position, for the lag)."""
 WAIT_POLL = 0.002
 """Seconds between checks of a standby's position while a read waits for it."""
 
-PROBE_TIMEOUT = 2.0
-"""Seconds a health check may take before the standby counts as down."""
+PROBE_TIMEOUT = 3.0
+"""Seconds a health check may take (connecting included) before the standby
+counts as down."""
 
 MAX_LAG_BYTES = 16 * 1024 * 1024
 """WAL bytes a standby may lag the primary by and still serve reads."""
@@ -162,6 +168,29 @@ def ungated(rows: Sequence[_db.Row]) -> list[tuple[Any, ...]]:
     return [tuple(row)[1:] for row in rows if row[1] is not None]
 
 
+async def _bounded(conn: _db.Connection, sql: str, timeout: float) -> list[_db.Row]:
+    """``conn.fetch(sql)``, the connection terminated if it takes longer than
+    ``timeout`` (then StoreUnavailable): see the module's text."""
+    expired = False
+
+    async def watch() -> None:
+        nonlocal expired
+        await trio.sleep(timeout)
+        expired = True
+        conn.terminate()
+
+    try:
+        async with open_actor_nursery() as nursery:
+            nursery.start_soon(watch)
+            rows = await conn.fetch(sql)
+            nursery.cancel_scope.cancel()
+    except EventBusError:
+        if expired:
+            raise StoreUnavailable(f"no answer within {timeout:g} s") from None
+        raise
+    return rows
+
+
 async def poll(conn: _db.Connection, reached: Callable[[_db.Connection], Awaitable[bool]]) -> None:
     """Ask ``reached(conn)`` until it says yes, with a growing pause
     (``POLL_INITIAL`` to ``POLL_MAX``). Bound it with a cancel scope."""
@@ -190,7 +219,9 @@ class Replica:
         self._replay_lsn: int | None = None
         self._needs = 0  # a position a read waited for in vain: behind until shown
         self._backoff = BACKOFF_INITIAL
-        self._stale = False  # the pool's connections may be dead
+        self._stale = False  # the pool's idle connections may be dead
+        self._check_conn: _db.Connection | None = None
+        self._conns: set[_db.Connection] = set()  # serving reads now
         self._waiting = 0
         self._poke = trio.Event()  # a read started waiting: check now
         self._moved = trio.Event()  # the head or the state changed
@@ -219,9 +250,9 @@ class Replica:
                 await self._pause()
                 await self._check()
         finally:
-            self._set(ReplicaState.DOWN)
-            for scope in self._reads:
-                scope.cancel()
+            self.state = ReplicaState.DOWN  # closed: no reads come, nothing to log
+            self._wake()
+            self._cut_off()
             await self._pool.close()
 
     async def _pause(self) -> None:
@@ -234,18 +265,27 @@ class Replica:
             with trio.move_on_after(HEALTH_INTERVAL):
                 await self._poke.wait()
 
-    async def _check(self) -> None:
+    async def _probe(self) -> list[_db.Row]:
+        """The health check's one statement, on a connection of its own
+        (never waiting for the pool), within ``PROBE_TIMEOUT``."""
         assert self._pool is not None
+        if self._stale:
+            await self._pool.expire()
+            self._stale = False
+        if self._check_conn is None or self._check_conn.is_closed():
+            self._check_conn = None
+            with trio.move_on_after(PROBE_TIMEOUT):
+                self._check_conn = await _db.connect(self.dsn, application_name="eventbus-replica")
+            if self._check_conn is None:
+                raise StoreUnavailable(f"no connection within {PROBE_TIMEOUT:g} s")
+        return await _bounded(self._check_conn, _PROBE, PROBE_TIMEOUT)
+
+    async def _check(self) -> None:
         self._poke = trio.Event()
         try:
-            with trio.fail_after(PROBE_TIMEOUT):
-                if self._stale:
-                    await self._pool.expire()
-                    self._stale = False
-                rows = await self._pool.fetch(_PROBE)
-        except (EventBusError, ValueError, OSError, trio.TooSlowError) as exc:
-            reason = "no answer within the probe timeout" if isinstance(exc, trio.TooSlowError) else str(exc)
-            self.mark_down(f"health check failed: {reason}")
+            rows = await self._probe()
+        except (EventBusError, ValueError, OSError) as exc:
+            self.mark_down(f"health check failed: {exc}")
             return
         head, recovering, lsn = int(rows[0][0]), bool(rows[0][1]), int(rows[0][2])
         if not recovering:
@@ -279,14 +319,21 @@ class Replica:
 
     def mark_down(self, reason: str) -> None:
         """Take the standby out of service: reads under way on it are cut off
-        (they go to the primary), and the monitor tries it again after its
+        (they go to the primary; a ``reader`` block under way on it fails
+        with ``StoreUnavailable``), and the monitor tries it again after its
         backoff. Never blocks."""
         self.failures += 1
         self.last_error = _db.scrub(reason, self.dsn)
         self._stale = True
         self._set(ReplicaState.DOWN)
+        self._cut_off()
+
+    def _cut_off(self) -> None:
+        for conn in [*self._conns, *([self._check_conn] if self._check_conn is not None else [])]:
+            conn.terminate()
+        self._check_conn = None
         for scope in self._reads:
-            scope.cancel()
+            scope.cancel()  # those still waiting for a connection
 
     def _fell_behind(self, position: int) -> None:
         if self.state is ReplicaState.UP:
@@ -349,7 +396,7 @@ class Replica:
         try:
             with scope:
                 if not min_position:
-                    rows: list[Any] = await self._pool.fetch(sql, *args)
+                    rows: list[Any] = await self._fetch(sql, args)
                     self.reads += 1
                     return rows
                 return await self._fetch_at(sql, args, min_position, wait)
@@ -360,13 +407,22 @@ class Replica:
         finally:
             self._reads.discard(scope)
 
+    async def _fetch(self, sql: str, args: Sequence[Any]) -> list[_db.Row]:
+        assert self._pool is not None
+        async with self._pool.acquire() as conn:
+            self._conns.add(conn)
+            try:
+                return await conn.fetch(sql, *args)
+            finally:
+                self._conns.discard(conn)
+
     async def _fetch_at(self, sql: str, args: Sequence[Any], min_position: int, wait: float) -> list[Any] | None:
         assert self._pool is not None
         gated_sql, gated_args = gated(sql, args, min_position)
         waited = False
         with trio.move_on_after(wait):
             while self.state is ReplicaState.UP:
-                rows = await self._pool.fetch(gated_sql, *gated_args)
+                rows = await self._fetch(gated_sql, gated_args)
                 if rows:
                     self.head = max(self.head, int(rows[0][0]))
                     self.reads += 1
@@ -398,6 +454,8 @@ class Replica:
             with scope:
                 conn = await stack.enter_async_context(self._pool.acquire())
                 stack.push_async_callback(_db.rollback, conn)
+                self._conns.add(conn)  # for the whole block: cut off with the standby
+                stack.callback(self._conns.discard, conn)
                 await prepare(conn)
                 if reached is not None and not await reached(conn):
                     self.waited += 1

@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
+import psutil
 import pytest
 import trio
 
@@ -33,6 +34,7 @@ from eventbus import (
     open_event_store,
     testing,
 )
+from eventbus._store._replicas import HEALTH_INTERVAL, PROBE_TIMEOUT
 from eventbus.testing import EmbeddedServer
 
 from ..helpers import ReplicaDatabase
@@ -380,3 +382,45 @@ async def test_a_reader_with_min_position_goes_to_the_primary_when_the_standby_l
                 rows = await tx.fetch("SELECT position FROM notes ORDER BY position")
             assert [row["position"] for row in rows] == [first, position]
             assert replica(bus.store).fallbacks == 1
+
+
+@asynccontextmanager
+async def hung(server: EmbeddedServer) -> AsyncIterator[None]:
+    """Every process of the server is stopped (SIGSTOP) for the block: it
+    accepts connections and answers nothing."""
+    postmaster = psutil.Process(server.pid())
+    processes = [postmaster, *postmaster.children(recursive=True)]
+    for process in processes:
+        process.suspend()
+    try:
+        yield
+    finally:
+        for process in processes:
+            process.resume()
+
+
+async def test_reads_under_way_on_a_standby_that_hangs_go_to_the_primary(replica_db: ReplicaDatabase) -> None:
+    async with open_bus(replica_db.primary_dsn, replica_dsns=[replica_db.standby_dsn], read_pool_size=2) as bus:
+        position = await note(bus, 0, 0)
+        await bus.store.query(EVERYTHING, min_position=position)  # every pooled connection has served
+        results: list[list[int]] = []
+
+        async def read() -> None:
+            result = await bus.store.query(EVERYTHING)
+            results.append([r.sequence_number for r in result.events])
+
+        async with hung(replica_db.servers.standby):
+            started = time.monotonic()
+            with trio.move_on_after(SETTLE):
+                async with trio.open_nursery() as nursery:
+                    for _ in range(6):  # more than the pool holds
+                        nursery.start_soon(read)
+            took = time.monotonic() - started
+            stats = replica(bus.store)
+        assert results == [[position]] * 6
+        assert took < PROBE_TIMEOUT + HEALTH_INTERVAL + 1.0
+        assert stats.state is ReplicaState.DOWN and stats.fallbacks == 6
+        assert stats.last_error == f"health check failed: no answer within {PROBE_TIMEOUT:g} s"
+        await until(lambda: replica(bus.store).state is ReplicaState.UP, "up again")
+        await bus.store.query(EVERYTHING)
+        assert replica(bus.store).reads == stats.reads + 1
