@@ -9,6 +9,7 @@ far behind is skipped, the primary serves, and the standby comes back.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -424,3 +425,50 @@ async def test_reads_under_way_on_a_standby_that_hangs_go_to_the_primary(replica
         await until(lambda: replica(bus.store).state is ReplicaState.UP, "up again")
         await bus.store.query(EVERYTHING)
         assert replica(bus.store).reads == stats.reads + 1
+
+
+async def test_reads_cancelled_while_they_wait_for_a_standby_leave_it_serving(replica_db: ReplicaDatabase) -> None:
+    async with open_bus(replica_db.primary_dsn, replica_dsns=[replica_db.standby_dsn], replica_wait=SETTLE) as bus:
+        before = await note(bus, 0, 0)
+        await bus.store.query(EVERYTHING, min_position=before)
+        async with replay_paused(replica_db):
+            position = await note(bus, 0, 1)
+            cancelled = 0
+
+            async def read(delay: float) -> None:
+                nonlocal cancelled
+                with trio.move_on_after(delay) as scope:
+                    await bus.store.query(EVERYTHING, min_position=position)
+                cancelled += scope.cancelled_caught
+
+            started = time.monotonic()
+            async with trio.open_nursery() as nursery:
+                for k in range(8):
+                    nursery.start_soon(read, 0.01 * k)
+            assert cancelled == 8
+            assert time.monotonic() - started < 1.0
+            stats = replica(bus.store)
+            assert (stats.state, stats.fallbacks) == (ReplicaState.UP, 0)  # the callers gave up, not the standby
+        result = await bus.store.query(EVERYTHING, min_position=position)
+        assert [r.sequence_number for r in result.events] == [before, position]
+        assert replica(bus.store).reads == stats.reads + 1
+
+
+async def test_a_standby_far_behind_serves_no_reads_until_it_catches_up(
+    replica_db: ReplicaDatabase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("eventbus._store._replicas.MAX_LAG_BYTES", 1024 * 1024)
+    async with open_bus(replica_db.primary_dsn, replica_dsns=[replica_db.standby_dsn]) as bus:
+        await note(bus, 0, 0)
+        async with replay_paused(replica_db):
+            for i in range(8):  # 3 MB of WAL or more: incompressible payloads
+                await bus.store.append([Event(NOTED, {"blob": os.urandom(200_000).hex(), "i": i})])
+            await until(lambda: replica(bus.store).state is ReplicaState.BEHIND, "behind")
+            assert (replica(bus.store).lag_bytes or 0) > 1024 * 1024
+            served = replica(bus.store).reads
+            result = await bus.store.query(EVERYTHING)  # no min_position: the primary all the same
+            assert len(result.events) == 9
+            assert replica(bus.store).reads == served
+        await until(lambda: replica(bus.store).state is ReplicaState.UP, "up again")
+        result = await bus.store.query(EVERYTHING)
+        assert len(result.events) == 9 and replica(bus.store).reads == served + 1
