@@ -130,6 +130,14 @@ class _Faults:
                     self.problems.append(f"could not reach the server to terminate connections: {exc}")
                     return
                 self.log(f"{fault.describe()}: {ended} connections ended")
+            case FaultKind.STANDBY:
+                try:
+                    took = await self.database.restart_standby()
+                except StoreUnavailable as exc:
+                    self.problems.append(f"the standby did not come back after a restart: {exc}")
+                    self.log(f"{fault.describe()}: the standby did not come back")
+                    return
+                self.log(f"{fault.describe()}: accepting connections again after {took:.1f} s")
 
 
 def _counts(database: ChaosDatabase, faults: _Faults) -> FaultCounts:
@@ -138,6 +146,7 @@ def _counts(database: ChaosDatabase, faults: _Faults) -> FaultCounts:
         restarts=database.restarts,
         terminations=database.terminations,
         terminated=database.terminated,
+        standby_restarts=database.standby_restarts,
     )
 
 
@@ -165,6 +174,8 @@ def _checks_of(
             _checks.no_gap_filled_later(polled, records),
             _checks.subscription_saw_everything_once(followed, records),
         ]
+        if database.standby is not None:
+            checks.append(_checks.min_position_reads_included(reader.seen))
     else:
         checks.append(Check("the reader watched the whole run", "", (str(reader.problem),), 1))
     checks += [
@@ -194,6 +205,7 @@ async def _load(
         mean_interval=config.mean_fault_interval,
         slots=config.processes,
         server_restarts=database.can_restart,
+        standby=database.standby is not None,
     )
     log.start_clock()
     begin = trio.current_time()
@@ -243,7 +255,14 @@ async def run_chaos(config: ChaosConfig, *, out: TextIO) -> ChaosResult:
     async with open_chaos_database(folder, config.admin_dsn, keep=config.keep) as database:
         where = "an embedded server of its own" if database.server else f"database {database.name} on the given server"
         log(f"database: {where}{'' if database.can_restart else ' (the server is not ours: no restarts)'}")
-        reader = ReaderProcess(dsn=database.dsn, folder=folder, lifetime=config.load_seconds + 2 * LIFETIME_MARGIN)
+        if database.standby is not None:
+            log("a hot standby of the server: the reader reads through it")
+        reader = ReaderProcess(
+            dsn=database.dsn,
+            folder=folder,
+            lifetime=config.load_seconds + 2 * LIFETIME_MARGIN,
+            replica_dsn=database.standby_dsn,
+        )
         try:
             await reader.start()
             log("reader watching the store")

@@ -26,6 +26,7 @@ class FaultCounts:
     restarts: int = 0
     terminations: int = 0
     terminated: int = 0
+    standby_restarts: int = 0
 
 
 @attrs.frozen
@@ -103,6 +104,7 @@ def format_summary(figures: Figures, checks: Sequence[Check]) -> str:
         f"  {'server restarts (immediate mode: a crash)':<46}{_n(faults.restarts):>10}",
         f"  {'connection terminations (pg_terminate_backend)':<46}{_n(faults.terminations):>10}"
         f"   ({_n(faults.terminated)} connections ended)",
+        f"  {'hot standby restarts (immediate mode)':<46}{_n(faults.standby_restarts):>10}",
         "",
         f"Commands   {'acknowledged':>14}{'refused':>10}{'failed':>10}",
     ]

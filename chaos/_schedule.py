@@ -47,6 +47,8 @@ class FaultKind(enum.StrEnum):
     """Restart the PostgreSQL server in immediate mode: a crash, as PostgreSQL sees it."""
     TERMINATE = "terminate"
     """``pg_terminate_backend`` on the bus's connections of one group."""
+    STANDBY = "standby"
+    """Crash the hot standby (immediate mode) and start it again: its reads go to the primary meanwhile."""
 
 
 DECK: Final = (FaultKind.KILL, FaultKind.KILL, FaultKind.TERMINATE, FaultKind.TERMINATE, FaultKind.RESTART)
@@ -79,21 +81,33 @@ class Fault:
                 return "restart the server (immediate mode)"
             case FaultKind.TERMINATE:
                 return f"terminate {self.group}"
+            case FaultKind.STANDBY:
+                return "restart the hot standby (immediate mode)"
 
 
 def make_schedule(
-    seed: int, *, start: float, end: float, mean_interval: float, slots: int, server_restarts: bool
+    seed: int,
+    *,
+    start: float,
+    end: float,
+    mean_interval: float,
+    slots: int,
+    server_restarts: bool,
+    standby: bool = False,
 ) -> list[Fault]:
     """The faults of a run, in time order, between ``start`` and ``end`` seconds.
 
     Gaps between faults are uniform between half and one and a half
     ``mean_interval``. Without ``server_restarts`` (an external server) the
-    deck holds no restart.
+    deck holds no restart; with ``standby`` (the run has a hot standby) it
+    holds one standby restart too.
     """
     if mean_interval <= 0 or slots < 1:
         raise ValueError("mean_interval must be positive and there must be a simulator to kill")
     rng = random.Random(seed)  # noqa: S311 - a schedule, not secrecy
     kinds = [kind for kind in DECK if server_restarts or kind is not FaultKind.RESTART]
+    if standby:
+        kinds.append(FaultKind.STANDBY)
     deck: list[FaultKind] = []
     faults: list[Fault] = []
     at = start

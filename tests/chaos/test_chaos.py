@@ -2,8 +2,9 @@
 
 Three simulator processes run the bank for 40 s on an embedded server of the
 run's own while, at the moments seed 2024 fixes, simulators are killed with
-SIGKILL and started again, the server crashes and restarts, and the bus's
-connections are terminated. The last 10 s are quiet, so no fault can race the
+SIGKILL and started again, the server crashes and restarts, the bus's
+connections are terminated, and the hot standby a reader reads through
+crashes and restarts. The last 10 s are quiet, so no fault can race the
 stop or the checks. About a minute.
 """
 
@@ -50,5 +51,7 @@ def test_the_short_chaos_run_survives_kills_crashes_and_terminated_connections_w
     assert count("process kills (SIGKILL, then started again)", output) >= 1
     assert count("server restarts (immediate mode: a crash)", output) >= 1
     assert count("connection terminations (pg_terminate_backend)", output) >= 1
+    assert count("hot standby restarts (immediate mode)", output) >= 1
+    assert re.search(r"^reads with min_position include it .*\bok\b", output, re.MULTILINE)
     assert count("total", output) > 1000  # acknowledged commands
     assert f"just chaos --seed {SEED}" in output
