@@ -120,7 +120,7 @@ class Reads:
         async with self.primary.acquire() as conn:
             try:
                 await prepare(conn)
-                if reached is not None:
+                if reached is not None and not await reached(conn):
                     with trio.move_on_at(deadline) as timer:
                         await poll(conn, reached)
                     if timer.cancelled_caught:

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import enum
 import logging
-import math
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
 from typing import Any
@@ -376,6 +375,8 @@ class Replica:
     # ------------------------------------------------------------ reads
 
     def _failed(self, exc: StoreUnavailable | DatabaseError) -> None:
+        if self.state is ReplicaState.DOWN:
+            return  # cut off: the reason is known already
         if isinstance(exc, StoreUnavailable):
             self.mark_down(f"a read failed: {exc}")
         else:  # refused here (a recovery conflict, ...): the primary is asked instead
@@ -419,21 +420,22 @@ class Replica:
     async def _fetch_at(self, sql: str, args: Sequence[Any], min_position: int, wait: float) -> list[Any] | None:
         assert self._pool is not None
         gated_sql, gated_args = gated(sql, args, min_position)
-        waited = False
-        with trio.move_on_after(wait):
-            while self.state is ReplicaState.UP:
-                rows = await self._fetch(gated_sql, gated_args)
-                if rows:
-                    self.head = max(self.head, int(rows[0][0]))
-                    self.reads += 1
-                    return ungated(rows)
-                if not waited:
-                    self.waited += 1
-                    waited = True
+        deadline = trio.current_time() + wait  # for the standby to show the position, not for the reads
+        rows = await self._fetch(gated_sql, gated_args)
+        if not rows:
+            self.waited += 1
+        while not rows:
+            with trio.move_on_at(deadline):
                 await self.wait_head(min_position)
-            return None
-        self._fell_behind(min_position)
-        return None
+            if self.state is not ReplicaState.UP:
+                return None
+            if trio.current_time() >= deadline:
+                self._fell_behind(min_position)
+                return None
+            rows = await self._fetch(gated_sql, gated_args)
+        self.head = max(self.head, int(rows[0][0]))
+        self.reads += 1
+        return ungated(rows)
 
     async def open(
         self,
@@ -448,7 +450,7 @@ class Replica:
         rollback pushed on ``stack``; None if the standby could not serve it
         (``stack`` is then closed)."""
         assert self._pool is not None
-        scope = trio.CancelScope(deadline=trio.current_time() + wait)
+        scope = trio.CancelScope()  # cancelled when the standby is cut off
         self._reads.add(scope)
         try:
             with scope:
@@ -459,11 +461,15 @@ class Replica:
                 await prepare(conn)
                 if reached is not None and not await reached(conn):
                     self.waited += 1
-                    await poll(conn, reached)
+                    with trio.move_on_after(wait) as timer:
+                        await poll(conn, reached)
+                    if timer.cancelled_caught:
+                        if min_position:
+                            self._fell_behind(min_position)
+                        await stack.aclose()
+                        return None
                 self.reads += 1
                 return conn
-            if math.isfinite(scope.deadline) and trio.current_time() >= scope.deadline and min_position:
-                self._fell_behind(min_position)
         except (StoreUnavailable, DatabaseError) as exc:
             self._failed(exc)
         finally:

@@ -72,6 +72,20 @@ async def on_standby(db: ReplicaDatabase, sql: str) -> None:
             await conn.close()
 
 
+async def standby_checkpoint_at(db: ReplicaDatabase, name: str, position: int) -> None:
+    """Until the standby shows projection ``name``'s checkpoint at ``position``
+    (bounded by ``SETTLE``)."""
+    async with testing.open_loop():
+        conn = await testing.connect(db.standby_dsn)
+        try:
+            with trio.fail_after(SETTLE):
+                sql = "SELECT checkpoint FROM eventbus.projections WHERE name = $1"
+                while (await conn.fetchval(sql, name) or 0) < position:
+                    await trio.sleep(LOOK)
+        finally:
+            await conn.close()
+
+
 @asynccontextmanager
 async def replay_paused(db: ReplicaDatabase) -> AsyncIterator[None]:
     """The standby stops replaying the primary's WAL for the block."""
@@ -472,3 +486,24 @@ async def test_a_standby_far_behind_serves_no_reads_until_it_catches_up(
         await until(lambda: replica(bus.store).state is ReplicaState.UP, "up again")
         result = await bus.store.query(EVERYTHING)
         assert len(result.events) == 9 and replica(bus.store).reads == served + 1
+
+
+async def test_with_no_time_to_wait_a_standby_that_shows_the_position_still_serves_it(
+    replica_db: ReplicaDatabase,
+) -> None:
+    async with open_bus(replica_db.primary_dsn, replica_dsns=[replica_db.standby_dsn], replica_wait=0) as bus:
+        await bus.projections.start(Projection("notes", {NOTED: apply_note}, create_notes))
+        position = await note(bus, 0, 0)
+        await bus.projections.wait_until_caught_up("notes", timeout=SETTLE)
+        await standby_checkpoint_at(replica_db, "notes", position)
+        result = await bus.store.query(EVERYTHING, min_position=position)
+        assert [r.sequence_number for r in result.events] == [position]
+        async with bus.projections.reader("notes", min_position=position, timeout=0) as tx:
+            rows = await tx.fetch("SELECT position FROM notes")
+        assert [row["position"] for row in rows] == [position]
+        stats = replica(bus.store)
+        assert (stats.state, stats.reads, stats.fallbacks) == (ReplicaState.UP, 2, 0)
+    async with open_bus(replica_db.primary_dsn) as bus:  # the primary alone, no time either
+        async with bus.projections.reader("notes", min_position=position, timeout=0) as tx:
+            rows = await tx.fetch("SELECT position FROM notes")
+        assert [row["position"] for row in rows] == [position]
