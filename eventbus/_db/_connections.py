@@ -71,7 +71,9 @@ def _unavailable(exc: BaseException) -> bool:
         code = exc.sqlstate or ""
         return code in _UNAVAILABLE_CODES or code.startswith(_UNAVAILABLE_CLASSES)
     if isinstance(exc, asyncpg.InterfaceError):
-        return "closed" in str(exc) or ("connection" in str(exc) and "lost" in str(exc))
+        text = str(exc)
+        # "released back to the pool": a pooled connection that was terminated
+        return "closed" in text or "released back" in text or ("connection" in text and "lost" in text)
     # The protocol is in a state no statement can start from: a connection the
     # server has just ended (its FATAL message came, the socket is not closed yet).
     return isinstance(exc, (TimeoutError, asyncpg.InternalClientError))
@@ -182,7 +184,10 @@ class Connection:
 
     def is_closed(self) -> bool:
         """Whether the connection was closed or lost."""
-        closed: bool = self._raw.is_closed()
+        try:
+            closed: bool = self._raw.is_closed()
+        except asyncpg.InterfaceError:  # a pooled connection, terminated: the pool took it back
+            return True
         return closed
 
     async def execute(self, sql: str, *args: Any) -> str:
@@ -234,7 +239,10 @@ class Connection:
 
     def terminate(self) -> None:
         """Drop the connection at once, without telling the server."""
-        self._raw.terminate()
+        try:
+            self._raw.terminate()
+        except asyncpg.InterfaceError:  # a pooled connection the pool took back already
+            pass
 
 
 class Pool:

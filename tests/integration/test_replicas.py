@@ -29,6 +29,7 @@ from eventbus import (
     ProjectionError,
     ReplicaState,
     ReplicaStatistics,
+    StoreUnavailable,
     Transaction,
     create_filter,
     open_bus,
@@ -505,5 +506,22 @@ async def test_with_no_time_to_wait_a_standby_that_shows_the_position_still_serv
         assert (stats.state, stats.reads, stats.fallbacks) == (ReplicaState.UP, 2, 0)
     async with open_bus(replica_db.primary_dsn) as bus:  # the primary alone, no time either
         async with bus.projections.reader("notes", min_position=position, timeout=0) as tx:
+            rows = await tx.fetch("SELECT position FROM notes")
+        assert [row["position"] for row in rows] == [position]
+
+
+async def test_a_reader_block_on_a_standby_that_hangs_fails_with_store_unavailable(replica_db: ReplicaDatabase) -> None:
+    async with open_bus(replica_db.primary_dsn, replica_dsns=[replica_db.standby_dsn]) as bus:
+        await bus.projections.start(Projection("notes", {NOTED: apply_note}, create_notes))
+        position = await note(bus, 0, 0)
+        await bus.projections.wait_until_caught_up("notes", timeout=SETTLE)
+        await standby_checkpoint_at(replica_db, "notes", position)
+        with pytest.raises(StoreUnavailable):
+            async with bus.projections.reader("notes", min_position=position) as tx:
+                assert replica(bus.store).reads == 1  # the block runs on the standby
+                async with hung(replica_db.servers.standby):
+                    await tx.fetch("SELECT position FROM notes")  # cut off with the standby
+        await until(lambda: replica(bus.store).state is ReplicaState.UP, "up again")
+        async with bus.projections.reader("notes", min_position=position) as tx:
             rows = await tx.fetch("SELECT position FROM notes")
         assert [row["position"] for row in rows] == [position]
