@@ -525,3 +525,18 @@ async def test_a_reader_block_on_a_standby_that_hangs_fails_with_store_unavailab
         async with bus.projections.reader("notes", min_position=position) as tx:
             rows = await tx.fetch("SELECT position FROM notes")
         assert [row["position"] for row in rows] == [position]
+
+
+async def test_events_of_other_processes_reach_a_subscription_live_while_the_standby_lags(
+    replica_db: ReplicaDatabase,
+) -> None:
+    async with (
+        replay_paused(replica_db),
+        open_bus(replica_db.primary_dsn, replica_dsns=[replica_db.standby_dsn], poll_interval=0.2) as bus,
+        bus.subscribe(EVERYTHING) as sub,
+        open_bus(replica_db.primary_dsn) as other,
+    ):
+        position = await note(other, 1, 0)
+        with trio.fail_after(SETTLE):
+            batch = await sub.__anext__()
+        assert [r.sequence_number for r in batch] == [position]  # read from the primary, not the paused standby
