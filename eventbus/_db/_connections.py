@@ -13,6 +13,7 @@ close in time is terminated.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import json.scanner
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
@@ -239,10 +240,8 @@ class Connection:
 
     def terminate(self) -> None:
         """Drop the connection at once, without telling the server."""
-        try:
+        with contextlib.suppress(asyncpg.InterfaceError):  # a pooled connection the pool took back already
             self._raw.terminate()
-        except asyncpg.InterfaceError:  # a pooled connection the pool took back already
-            pass
 
 
 class Pool:

@@ -181,8 +181,10 @@ class ProjectionManager:
         """
         if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
             raise ProjectionError(f"{name!r} is not a projection name")
-        if min_position is not None and (type(min_position) is not int or min_position < 0):
-            raise ProjectionError(f"min_position must be None or a whole number >= 0, not {min_position!r}")
+        if min_position is not None and (type(min_position) is not int or not 0 <= min_position < 2**63):
+            raise ProjectionError(
+                f"min_position must be None or a position (a whole number >= 0), not {min_position!r}"
+            )
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0:
             raise ProjectionError(f"timeout must be a number of seconds >= 0, not {timeout!r}")
         schema = schema_of(name)

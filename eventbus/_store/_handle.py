@@ -34,6 +34,9 @@ READ_POOL_SIZE = 4
 
 _COLUMNS = "sequence_number, event_id, event_type, payload, metadata, occurred_at"
 
+MAX_POSITION = 2**63 - 1
+"""The highest position there can be (positions are PostgreSQL bigints)."""
+
 RECONNECT_TIMEOUT = 10.0
 """Seconds the actor tries to reconnect, after losing its connection in the
 middle of a batch, before telling those callers the outcome is unknown."""
@@ -202,8 +205,8 @@ class EventStore:
             query = EventQuery(query)
         elif not isinstance(query, EventQuery):
             raise InvalidFilter(f"query takes an EventFilter, a list of them or an EventQuery, not {query!r}")
-        if min_position is not None and (type(min_position) is not int or min_position < 0):
-            raise InvalidFilter(f"min_position must be None or a whole number >= 0, not {min_position!r}")
+        if min_position is not None and (type(min_position) is not int or not 0 <= min_position <= MAX_POSITION):
+            raise InvalidFilter(f"min_position must be None or a position (a whole number >= 0), not {min_position!r}")
         return QueryResult(await self.fetch_records(query, min_position=min_position))
 
     async def fetch_records(

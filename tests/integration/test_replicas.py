@@ -311,7 +311,7 @@ async def test_replica_options_are_checked(dsn: str) -> None:
             async with open_event_store(dsn, replica_wait=wait):  # type: ignore[arg-type]
                 pass
     async with open_bus(dsn) as bus:
-        for bad in (-1, 1.5, "3", True):
+        for bad in (-1, 1.5, "3", True, 2**63):
             with pytest.raises(InvalidFilter, match="min_position"):
                 await bus.store.query(EVERYTHING, min_position=bad)  # type: ignore[arg-type]
             with pytest.raises(ProjectionError, match="min_position"):
