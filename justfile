@@ -8,11 +8,11 @@ python := if path_exists(".venv/bin/python") == "true" { ".venv/bin/python" } el
 test *args:
     {{python}} -m pytest {{args}}
 
-# ruff, and mypy --strict on the library, the bank and the dashboard.
+# ruff, and mypy --strict on the library, the bank, the dashboard and ./dev.
 lint:
-    {{python}} -m ruff check eventbus apps tui chaos tests bench
-    {{python}} -m ruff format --check eventbus
-    {{python}} -m mypy eventbus apps tui
+    {{python}} -m ruff check eventbus apps tui chaos tests bench dev
+    {{python}} -m ruff format --check eventbus dev
+    {{python}} -m mypy eventbus apps tui dev
 
 # Format the code.
 fmt:

@@ -343,6 +343,61 @@ def checkpoints_at_head(checkpoints: Mapping[str, int | None], head: int, caught
     return problems.check("every projection's checkpoint is at the head", f"head {head}: {shown}")
 
 
+def ledger_applied_once(
+    rows: Sequence[tuple[int, str]], checkpoint: int | None, records: Sequence[EventRecord], head: int
+) -> Check:
+    """The ledger projection (a row per event applied, by the projectors whose
+    handlers hung) holds every stored event once, and its checkpoint is at the head."""
+    problems = _Problems()
+    counts = collections.Counter(position for position, _ in rows)
+    for position, count in sorted(counts.items()):
+        if count > 1:
+            problems.add(f"the ledger applied position {position} {count} times")
+    applied = dict(rows)
+    for record in records:
+        if record.sequence_number not in applied:
+            problems.add(f"the ledger never applied position {record.sequence_number}")
+        elif applied[record.sequence_number] != str(record.event_id):
+            problems.add(f"the ledger holds event {applied[record.sequence_number]} at position "
+                         f"{record.sequence_number}; the store holds {record.event_id}")  # fmt: skip
+    stored = {record.sequence_number for record in records}
+    for position in sorted(set(applied) - stored):
+        problems.add(f"the ledger applied position {position}, which the store does not hold")
+    if checkpoint != head:
+        problems.add(f"the ledger's checkpoint is at {checkpoint}; the head is at {head}")
+    return problems.check(
+        "the ledger (hung handlers) applied every event once", f"{_n(len(rows))} rows, checkpoint {checkpoint}"
+    )
+
+
+def hangs_cut_off(projectors: Sequence[tuple[int, Any, str | None]], *, deadline: float, slack: float) -> Check:
+    """No ledger batch ran much past its deadline, a projector whose
+    projection failed let go of the lead, and every projector ran to the end.
+    ``projectors``: (index, what it saw (a ``chaos._projector.Seen``) or None, its problem)."""
+    problems = _Problems()
+    hung = failed = deadline_failures = 0
+    for index, seen, problem in projectors:
+        if problem is not None:
+            problems.add(problem)
+        if seen is None or not seen.done:
+            problems.add(f"projector {index} did not report to the end")
+        if seen is None:
+            continue
+        hung += seen.hangs
+        failed += seen.failed
+        deadline_failures += seen.deadline_failures
+        if seen.longest_batch > deadline + slack:
+            problems.add(f"projector {index} ran a batch for {seen.longest_batch:.1f} s (deadline {deadline:g} s)")
+        if seen.hangs and not seen.deadline_failures:
+            problems.add(f"projector {index}'s handler hung {seen.hangs} times and no deadline failure was seen")
+        if seen.failed_holding_lead:
+            problems.add(f"projector {index}'s projection failed {seen.failed_holding_lead} times keeping the lead")
+    return problems.check(
+        "a hung handler is cut off at its deadline and lets go of the lead",
+        f"{_n(hung)} batches hung, {_n(deadline_failures)} deadline failures seen, failed {_n(failed)} times",
+    )
+
+
 # ------------------------------------------------------------------ the processes
 
 

@@ -94,6 +94,11 @@ def parser() -> argparse.ArgumentParser:
         help="where journals, logs and data go (default: a temporary folder, removed after a clean run)",
     )
     p.add_argument("--keep", action="store_true", help="keep the folder and the database after a clean run")
+    p.add_argument(
+        "--first-start-faults", action="store_true",
+        help="also kill first starts of the embedded server during initdb (SIGKILL, SIGTERM), each in a data "
+        "directory of its own, and check that the next start comes up safe",
+    )
     return p  # fmt: skip
 
 
@@ -108,6 +113,7 @@ def config_from(args: argparse.Namespace) -> ChaosConfig:
         admin_dsn=admin,
         workdir=args.workdir,
         keep=args.keep,
+        first_start_faults=args.first_start_faults,
     )
     return config.for_minutes(args.minutes) if args.minutes else config
 
@@ -137,6 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK if exit.code == 0 else EXIT_USAGE
     config = config_from(args)
     again = f"just chaos --seed {config.seed}" + (f" --minutes {args.minutes:g}" if args.minutes else "")
+    again += " --first-start-faults" if args.first_start_faults else ""
     try:
         result = trio.run(_run, config)
     except StoreUnavailable as exc:

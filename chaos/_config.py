@@ -45,6 +45,8 @@ class ChaosConfig:
         workdir: where journals, logs and the embedded server's data go;
             None for a temporary folder, removed after a run without violations.
         keep: keep the folder (and the database) even when nothing was found.
+        first_start_faults: also kill first starts of the embedded server
+            during initdb, aside from the run's server (see ``_first_start``).
     """
 
     seed: int
@@ -57,6 +59,7 @@ class ChaosConfig:
     admin_dsn: str | None = None
     workdir: Path | None = None
     keep: bool = False
+    first_start_faults: bool = False
 
     def for_minutes(self, minutes: float) -> ChaosConfig:
         """The long form of this run: ``minutes`` of load, a fault every few seconds."""

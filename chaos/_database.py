@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import os
 import secrets
+import signal
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -29,7 +30,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import attrs
 import trio
 
-from eventbus import EventBusError, open_event_store, testing
+from eventbus import EventBusError, StoreUnavailable, open_event_store, testing
 from eventbus.testing import EmbeddedServer, start_standby
 
 SERVER_SETTINGS: Final = {"fsync": "off", "max_connections": "300"}
@@ -44,6 +45,12 @@ APPLICATION_NAME: Final = "chaos-harness"
 
 STOP_TIMEOUT: Final = 60.0
 """Seconds the embedded server may take to stop at the end."""
+
+POSTMASTER_TIMEOUT: Final = 60.0
+"""Seconds the server has to accept connections again after its postmaster was killed."""
+
+POSTMASTER_RETRY: Final = 0.5
+"""Seconds between attempts to start the server after its postmaster was killed."""
 
 _TERMINATE = """
 SELECT count(*) FILTER (WHERE pg_terminate_backend(pid))
@@ -85,6 +92,7 @@ class ChaosDatabase:
         standby: the hot standby of the run's own server, if any.
         standby_dsn: the database on the standby (with the same password).
         restarts: server restarts done.
+        postmaster_kills: postmasters killed (and the server started again).
         standby_restarts: standby restarts done.
         terminations: terminations done.
         terminated: connections they ended.
@@ -99,6 +107,7 @@ class ChaosDatabase:
     standby: EmbeddedServer | None = None
     standby_dsn: str | None = None
     restarts: int = 0
+    postmaster_kills: int = 0
     standby_restarts: int = 0
     terminations: int = 0
     terminated: int = 0
@@ -123,6 +132,36 @@ class ChaosDatabase:
         await trio.to_thread.run_sync(functools.partial(self.server.restart, mode="immediate"))
         self.restarts += 1
         return trio.current_time() - began
+
+    async def kill_postmaster(self) -> float:
+        """SIGKILL the server's postmaster (its backends notice and end on
+        their own), then start the server again, as its owner would; the
+        seconds until it accepts connections.
+
+        Blocks worker threads for the starts, at most ``POSTMASTER_TIMEOUT``.
+
+        Raises:
+            StoreUnavailable: the server did not come back.
+        """
+        assert self.server is not None, "only the run's own server is killed"
+        server = self.server
+        pid = await trio.to_thread.run_sync(server.pid)
+        if pid is not None:
+            os.kill(pid, signal.SIGKILL)
+        self.postmaster_kills += 1
+        began = trio.current_time()
+        last: Exception | None = None
+        with trio.move_on_after(POSTMASTER_TIMEOUT):
+            while True:
+                try:
+                    await trio.to_thread.run_sync(server.start, abandon_on_cancel=True)
+                    conn = await testing.connect(self.admin_dsn, application_name=APPLICATION_NAME)
+                    await conn.close()
+                    return trio.current_time() - began
+                except EventBusError as exc:
+                    last = exc
+                await trio.sleep(POSTMASTER_RETRY)
+        raise StoreUnavailable(f"no connection {POSTMASTER_TIMEOUT:.0f} s after the postmaster was killed: {last}")
 
     async def restart_standby(self) -> float:
         """Crash the hot standby (immediate mode) and start it again; the

@@ -6,9 +6,16 @@
    its journal; a slot starts its simulator again whenever it ends.
 3. Faults strike at the moments of the seeded schedule (see ``_schedule``):
    a simulator is killed with SIGKILL, the server crashes and restarts, the
-   bus's connections are terminated. The last stretch of the load is quiet.
+   bus's connections are terminated, the handler of the ledger projection
+   hangs in the projector process that leads it (see ``_projector``), the
+   server's postmaster is killed with SIGKILL and started again, the hot
+   standby the reader reads through (on a server of the run's own) crashes
+   and restarts; with
+   ``--first-start-faults`` first starts aside are killed during initdb
+   (see ``_first_start``). The last stretch of the load is quiet.
 4. The simulators are asked to stop (SIGTERM), finish what is under way and
-   report; the reader is asked to stop and reports what it saw.
+   report; the reader and the projectors are asked to stop and report what
+   they saw.
 5. A bus of the harness's own brings the projections to the head, and the
    checks (see ``_checks``) compare journals, store, reader and read models.
 
@@ -26,14 +33,16 @@ from typing import Final, TextIO
 import attrs
 import trio
 
-from eventbus import StoreUnavailable
+from eventbus import StoreUnavailable, open_event_store
 
 from . import _checks
 from ._checks import Check
 from ._config import ChaosConfig
 from ._database import ChaosDatabase, open_chaos_database
+from ._first_start import first_start_killed
 from ._inspect import StoreState, inspect
 from ._processes import LIFETIME_MARGIN, ReaderProcess, ReaderResult, SimulatorSlot
+from ._projector import HANG_DEADLINE, HANG_SECONDS, PROJECTORS, SLACK, ProjectorProcess, hang_path, read_ledger
 from ._report import FaultCounts, Figures, format_summary
 from ._schedule import CONNECTION_GROUPS, Fault, FaultKind, make_schedule
 
@@ -91,19 +100,48 @@ class _Faults:
 
     database: ChaosDatabase
     slots: Sequence[SimulatorSlot]
+    projectors: Sequence[ProjectorProcess]
+    folder: Path
     log: _Log
     kills: int = 0
+    hangs: int = 0
+    first_starts: int = 0
     problems: list[str] = attrs.Factory(list)
+    first_start_problems: list[str] = attrs.Factory(list)
 
     async def strike(self, schedule: Sequence[Fault], begin: float, last: float) -> None:
-        for fault in schedule:
-            await trio.sleep_until(begin + fault.at)
-            if trio.current_time() > begin + last:
-                self.log(f"{fault.describe()}: skipped, the fault window is over")
-                continue
-            await self._one(fault)
+        async with trio.open_nursery() as aside:  # hangs and first starts end on their own
+            for fault in schedule:
+                await trio.sleep_until(begin + fault.at)
+                if trio.current_time() > begin + last:
+                    self.log(f"{fault.describe()}: skipped, the fault window is over")
+                    continue
+                await self._one(fault, aside)
 
-    async def _one(self, fault: Fault) -> None:
+    async def _first_start(self, fault: Fault) -> None:
+        assert fault.signal is not None
+        self.first_starts += 1
+        happened, problems = await first_start_killed(self.folder, self.first_starts, fault.signal)
+        self.first_start_problems += problems
+        self.log(f"{fault.describe()}: {happened}")
+
+    async def _hang(self, nursery: trio.Nursery) -> str:
+        """Make the leading projector's handler hang for ``HANG_SECONDS``; who it is."""
+        leaders = [p.index for p in self.projectors if (seen := p.seen()) is not None and seen.leader]
+        index = leaders[0] if leaders else 0
+        hang_file = hang_path(self.folder, index)
+        hang_file.touch()
+        self.hangs += 1
+
+        async def lift() -> None:
+            with trio.CancelScope(shield=True):
+                await trio.sleep(HANG_SECONDS)
+            hang_file.unlink(missing_ok=True)
+
+        nursery.start_soon(lift)
+        return f"projector {index}" + ("" if leaders else " (none led at that moment)")
+
+    async def _one(self, fault: Fault, nursery: trio.Nursery) -> None:
         match fault.kind:
             case FaultKind.KILL:
                 assert fault.slot is not None
@@ -130,6 +168,19 @@ class _Faults:
                     self.problems.append(f"could not reach the server to terminate connections: {exc}")
                     return
                 self.log(f"{fault.describe()}: {ended} connections ended")
+            case FaultKind.HANG:
+                who = await self._hang(nursery)
+                self.log(f"{fault.describe()}: {who}, for {HANG_SECONDS:.0f} s (its deadline: {HANG_DEADLINE:g} s)")
+            case FaultKind.POSTMASTER:
+                try:
+                    took = await self.database.kill_postmaster()
+                except StoreUnavailable as exc:
+                    self.problems.append(f"the server did not come back after its postmaster was killed: {exc}")
+                    self.log(f"{fault.describe()}: the server did not come back")
+                    return
+                self.log(f"{fault.describe()}: accepting connections again after {took:.1f} s")
+            case FaultKind.FIRST_START:
+                nursery.start_soon(self._first_start, fault)
             case FaultKind.STANDBY:
                 try:
                     took = await self.database.restart_standby()
@@ -143,6 +194,9 @@ class _Faults:
 def _counts(database: ChaosDatabase, faults: _Faults) -> FaultCounts:
     return FaultCounts(
         kills=faults.kills,
+        hangs=faults.hangs,
+        postmaster_kills=database.postmaster_kills,
+        first_starts=faults.first_starts,
         restarts=database.restarts,
         terminations=database.terminations,
         terminated=database.terminated,
@@ -157,6 +211,7 @@ def _checks_of(
     database: ChaosDatabase,
     faults: _Faults,
     folder: Path,
+    ledger: tuple[list[tuple[int, str]], int | None],
 ) -> list[Check]:
     incarnations = [incarnation for slot in slots for incarnation in slot.incarnations]
     lines = [line for incarnation in incarnations for line in incarnation.journal_lines()]
@@ -184,17 +239,25 @@ def _checks_of(
         _checks.accounts_model_matches(state.rows, records),
         _checks.analytics_model_matches(state.figures, records),
         _checks.checkpoints_at_head(state.checkpoints, state.head, state.not_caught_up),
+        _checks.ledger_applied_once(ledger[0], ledger[1], records, state.head),
+        _checks.hangs_cut_off(
+            [(p.index, p.seen(), p.problem) for p in faults.projectors], deadline=HANG_DEADLINE, slack=SLACK
+        ),
         _checks.simulators_behaved(incarnations),
         _checks.reports_match_journals(incarnations),
         _checks.secret_never_shown(sorted(folder.rglob("*.log")), database.password),
     ]
+    if faults.first_starts:
+        problems = tuple(faults.first_start_problems)
+        checks.append(Check("a first start killed during initdb leaves a safe server that starts",
+                            f"{faults.first_starts} first starts killed", problems, len(problems)))  # fmt: skip
     if faults.problems:
         checks.append(Check("every fault struck as planned", "", tuple(faults.problems), len(faults.problems)))
     return checks
 
 
 async def _load(
-    config: ChaosConfig, database: ChaosDatabase, folder: Path, log: _Log
+    config: ChaosConfig, database: ChaosDatabase, folder: Path, log: _Log, projectors: Sequence[ProjectorProcess]
 ) -> tuple[list[SimulatorSlot], _Faults]:
     """Run the simulators under the faults; return once they have all stopped."""
     first, last = config.fault_window
@@ -205,6 +268,7 @@ async def _load(
         mean_interval=config.mean_fault_interval,
         slots=config.processes,
         server_restarts=database.can_restart,
+        first_starts=config.first_start_faults,
         standby=database.standby is not None,
     )
     log.start_clock()
@@ -222,7 +286,7 @@ async def _load(
         )
         for index in range(config.processes)
     ]
-    faults = _Faults(database, slots, log)
+    faults = _Faults(database, slots, projectors, folder, log)
     log(f"{len(schedule)} faults scheduled between {first:.0f} s and {last:.0f} s; quiet from then on")
     async with trio.open_nursery() as nursery:
         for slot in slots:
@@ -257,23 +321,30 @@ async def run_chaos(config: ChaosConfig, *, out: TextIO) -> ChaosResult:
         log(f"database: {where}{'' if database.can_restart else ' (the server is not ours: no restarts)'}")
         if database.standby is not None:
             log("a hot standby of the server: the reader reads through it")
-        reader = ReaderProcess(
-            dsn=database.dsn,
-            folder=folder,
-            lifetime=config.load_seconds + 2 * LIFETIME_MARGIN,
-            replica_dsn=database.standby_dsn,
-        )
+        lifetime = config.load_seconds + 2 * LIFETIME_MARGIN
+        reader = ReaderProcess(dsn=database.dsn, folder=folder, lifetime=lifetime, replica_dsn=database.standby_dsn)
+        projectors = [ProjectorProcess(n, dsn=database.dsn, folder=folder, lifetime=lifetime)
+                      for n in range(PROJECTORS)]  # fmt: skip
         try:
             await reader.start()
-            log("reader watching the store")
-            slots, faults = await _load(config, database, folder, log)
-            log("asking the reader to stop")
+            for projector in projectors:
+                await projector.start()
+            log(f"reader watching the store; {PROJECTORS} projectors running the ledger projection")
+            slots, faults = await _load(config, database, folder, log, projectors)
+            log("asking the reader and the projectors to stop")
             seen = await reader.finish()
+            async with trio.open_nursery() as stopping:
+                for projector in projectors:
+                    stopping.start_soon(projector.finish)
         finally:
-            reader.kill()  # only if the run ended early: it has stopped otherwise
+            reader.kill()  # only if the run ended early: they have stopped otherwise
+            for projector in projectors:
+                projector.kill()
         log("checking: the projections catch up in a bus of the harness's own")
         state = await inspect(database.dsn)
-        checks = _checks_of(slots, seen, state, database, faults, folder)
+        async with open_event_store(database.dsn) as store:
+            ledger = await read_ledger(store)
+        checks = _checks_of(slots, seen, state, database, faults, folder, ledger)
         kept = config.keep or any(not check.ok for check in checks)
         database.keep = kept
         figures = Figures(

@@ -23,6 +23,9 @@ class FaultCounts:
     """The faults that struck."""
 
     kills: int = 0
+    hangs: int = 0
+    postmaster_kills: int = 0
+    first_starts: int = 0
     restarts: int = 0
     terminations: int = 0
     terminated: int = 0
@@ -87,6 +90,7 @@ def _counts(counter: collections.Counter[str]) -> str:
 def format_summary(figures: Figures, checks: Sequence[Check]) -> str:
     """The summary table a run ends with."""
     config, faults = figures.config, figures.faults
+    first_starts = config.first_start_faults
     acknowledged = figures.acknowledged
     outcomes = figures.outcomes()
     refusals, failures = figures.errors()
@@ -104,6 +108,9 @@ def format_summary(figures: Figures, checks: Sequence[Check]) -> str:
         f"  {'server restarts (immediate mode: a crash)':<46}{_n(faults.restarts):>10}",
         f"  {'connection terminations (pg_terminate_backend)':<46}{_n(faults.terminations):>10}"
         f"   ({_n(faults.terminated)} connections ended)",
+        f"  {'postmasters killed (SIGKILL, then started)':<46}{_n(faults.postmaster_kills):>10}",
+        f"  {'handler hangs (the leading projector)':<46}{_n(faults.hangs):>10}",
+        *([f"  {'first starts killed during initdb':<46}{_n(faults.first_starts):>10}"] if first_starts else []),
         f"  {'hot standby restarts (immediate mode)':<46}{_n(faults.standby_restarts):>10}",
         "",
         f"Commands   {'acknowledged':>14}{'refused':>10}{'failed':>10}",

@@ -1,7 +1,8 @@
 """The faults of a run and when they strike: drawn from the seed alone.
 
 The schedule depends on nothing but the seed and the run's shape (its length,
-its number of simulators, whether the server may be restarted), so the same
+its number of simulators, whether the server may be restarted, whether first
+starts are to be killed), so the same
 command line strikes the same faults at the same moments: a run that found a
 violation can be run again. Nothing here does I/O.
 """
@@ -47,12 +48,36 @@ class FaultKind(enum.StrEnum):
     """Restart the PostgreSQL server in immediate mode: a crash, as PostgreSQL sees it."""
     TERMINATE = "terminate"
     """``pg_terminate_backend`` on the bus's connections of one group."""
+    HANG = "hang"
+    """The ledger projection's handler hangs in the projector that leads it, for a while."""
+    POSTMASTER = "postmaster"
+    """SIGKILL the server's postmaster (its backends are left behind), then start it again."""
+    FIRST_START = "first_start"
+    """Aside from the run's server: kill a first start in embedded mode while initdb
+    runs (SIGKILL or SIGTERM), start again, and check the server it makes."""
     STANDBY = "standby"
     """Crash the hot standby (immediate mode) and start it again: its reads go to the primary meanwhile."""
 
 
-DECK: Final = (FaultKind.KILL, FaultKind.KILL, FaultKind.TERMINATE, FaultKind.TERMINATE, FaultKind.RESTART)
+DECK: Final = (
+    FaultKind.KILL,
+    FaultKind.KILL,
+    FaultKind.TERMINATE,
+    FaultKind.TERMINATE,
+    FaultKind.RESTART,
+    FaultKind.POSTMASTER,
+    FaultKind.HANG,
+)
 """Faults are dealt from shuffled decks of these: every kind comes up early, in fixed proportions."""
+
+OWN_SERVER: Final = frozenset({FaultKind.RESTART, FaultKind.POSTMASTER})
+"""Faults only a server of the run's own suffers."""
+
+FIRST_START_DECK: Final = (FaultKind.FIRST_START,)
+"""Added to the deck when first starts are to be killed (``--first-start-faults``)."""
+
+FIRST_START_SIGNALS: Final = ("SIGKILL", "SIGTERM")
+"""How a first start is killed: as the OOM killer does, as ``docker stop`` and systemd do."""
 
 
 @attrs.frozen
@@ -65,12 +90,14 @@ class Fault:
         slot: the simulator to kill (``KILL`` only).
         group: the description of the connections to end (``TERMINATE`` only),
             a key of ``CONNECTION_GROUPS``.
+        signal: the signal's name (``FIRST_START`` only), one of ``FIRST_START_SIGNALS``.
     """
 
     at: float
     kind: FaultKind
     slot: int | None = None
     group: str | None = None
+    signal: str | None = None
 
     def describe(self) -> str:
         """The fault in a few words, for the run's log."""
@@ -81,6 +108,12 @@ class Fault:
                 return "restart the server (immediate mode)"
             case FaultKind.TERMINATE:
                 return f"terminate {self.group}"
+            case FaultKind.HANG:
+                return "hang the ledger's handler in the projector that leads it"
+            case FaultKind.POSTMASTER:
+                return "kill the server's postmaster (SIGKILL)"
+            case FaultKind.FIRST_START:
+                return f"kill a first start during initdb ({self.signal})"
             case FaultKind.STANDBY:
                 return "restart the hot standby (immediate mode)"
 
@@ -93,19 +126,23 @@ def make_schedule(
     mean_interval: float,
     slots: int,
     server_restarts: bool,
+    first_starts: bool = False,
     standby: bool = False,
 ) -> list[Fault]:
     """The faults of a run, in time order, between ``start`` and ``end`` seconds.
 
     Gaps between faults are uniform between half and one and a half
     ``mean_interval``. Without ``server_restarts`` (an external server) the
-    deck holds no restart; with ``standby`` (the run has a hot standby) it
+    deck holds none of ``OWN_SERVER``; with ``first_starts`` it also holds
+    ``FIRST_START_DECK``; with ``standby`` (the run has a hot standby) it
     holds one standby restart too.
     """
     if mean_interval <= 0 or slots < 1:
         raise ValueError("mean_interval must be positive and there must be a simulator to kill")
     rng = random.Random(seed)  # noqa: S311 - a schedule, not secrecy
-    kinds = [kind for kind in DECK if server_restarts or kind is not FaultKind.RESTART]
+    kinds = [kind for kind in DECK if server_restarts or kind not in OWN_SERVER]
+    if first_starts:
+        kinds += FIRST_START_DECK
     if standby:
         kinds.append(FaultKind.STANDBY)
     deck: list[FaultKind] = []
@@ -127,6 +164,8 @@ def make_schedule(
         elif kind is FaultKind.TERMINATE:
             group = rng.choices(list(GROUP_WEIGHTS), weights=list(GROUP_WEIGHTS.values()))[0]
             faults.append(Fault(moment, kind, group=group))
+        elif kind is FaultKind.FIRST_START:
+            faults.append(Fault(moment, kind, signal=rng.choice(FIRST_START_SIGNALS)))
         else:
             faults.append(Fault(moment, kind))
     return faults

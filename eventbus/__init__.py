@@ -9,6 +9,7 @@ does not need the database stack.
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import TYPE_CHECKING, Any
 
 from ._errors import (
@@ -18,6 +19,7 @@ from ._errors import (
     DuplicateEventId,
     EventBusError,
     HandlerFailed,
+    InvalidDSN,
     InvalidEvent,
     InvalidFilter,
     InvalidOption,
@@ -28,6 +30,9 @@ from ._errors import (
 from ._values import Event, EventFilter, EventQuery, EventRecord, QueryResult, create_filter
 
 __version__ = "0.2.0"
+
+# Loggers live under ``eventbus.*``; what is done with their records is the program's choice.
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 if TYPE_CHECKING:
     from ._bus import Bus, BusStatistics, ListenerStatistics, open_bus, run_bus
@@ -146,6 +151,7 @@ __all__ = [
     "EventQuery",
     "EventRecord",
     "EventStore",
+    "InvalidDSN",
     "InvalidEvent",
     "InvalidFilter",
     "InvalidOption",

@@ -25,12 +25,14 @@ from ._errors import EventBusError, StoreUnavailable
 from ._nursery import open_actor_nursery
 from ._projections import ProjectionManager, ProjectionStatus
 from ._store import (
+    MAX_BATCH_BYTES,
     READ_POOL_SIZE,
     RECONNECT_TIMEOUT,
     REPLICA_WAIT,
     WRITE_LANES,
     EventStore,
     StoreStatistics,
+    check_max_batch_bytes,
     replica_list,
     run_event_store,
 )
@@ -195,6 +197,7 @@ async def run_bus(
     read_pool_size: int = READ_POOL_SIZE,
     reconnect_timeout: float = RECONNECT_TIMEOUT,
     write_connections: int = WRITE_LANES,
+    max_batch_bytes: int = MAX_BATCH_BYTES,
     replica_dsns: Sequence[str] | None = None,
     replica_wait: float = REPLICA_WAIT,
     task_status: trio.TaskStatus[Bus] = trio.TASK_STATUS_IGNORED,
@@ -220,6 +223,7 @@ async def run_bus(
                 read_pool_size=read_pool_size,
                 reconnect_timeout=reconnect_timeout,
                 write_connections=write_connections,
+                max_batch_bytes=max_batch_bytes,
                 replica_dsns=replica_dsns,
                 replica_wait=replica_wait,
             )
@@ -241,6 +245,7 @@ async def open_bus(
     read_pool_size: int = READ_POOL_SIZE,
     reconnect_timeout: float = RECONNECT_TIMEOUT,
     write_connections: int = WRITE_LANES,
+    max_batch_bytes: int = MAX_BATCH_BYTES,
     replica_dsns: Sequence[str] | None = None,
     replica_wait: float = REPLICA_WAIT,
 ) -> AsyncIterator[Bus]:
@@ -256,10 +261,16 @@ async def open_bus(
     the actors and closes the connections, shielded and bounded, also when the
     block is cancelled.
 
+    The options are :func:`open_event_store`'s, and ``poll_interval``: seconds
+    between reads of what other processes appended.
+
     Raises:
-        StoreUnavailable: the database could not be reached at open.
+        InvalidEvent: ``max_batch_bytes`` is out of range.
         InvalidOption: ``replica_dsns`` or ``replica_wait`` was refused.
+        StoreUnavailable: the database could not be reached at open
+            (``InvalidDSN``: its connection string cannot be read).
     """
+    check_max_batch_bytes(max_batch_bytes)
     replica_list(replica_dsns, replica_wait)  # refused before anything starts
     async with open_database(dsn) as resolved, _db.open_loop(), open_actor_nursery() as nursery:
         bus: Bus = await nursery.start(
@@ -271,6 +282,7 @@ async def open_bus(
                 read_pool_size=read_pool_size,
                 reconnect_timeout=reconnect_timeout,
                 write_connections=write_connections,
+                max_batch_bytes=max_batch_bytes,
                 replica_dsns=replica_dsns,
                 replica_wait=replica_wait,
             )

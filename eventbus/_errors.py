@@ -13,7 +13,9 @@ class InvalidEvent(EventBusError, ValueError):
     """An event (or a filter) was refused before it reached the database.
 
     The message names the event by its index in the append and its type, and
-    the path inside its payload or metadata where the problem is.
+    the path inside its payload or metadata where the problem is; for an
+    append too big for one batch, its size and the limit (``max_batch_bytes``,
+    also refused with this error when it is out of range).
     """
 
 
@@ -47,6 +49,19 @@ class StoreUnavailable(EventBusError):
     def __init__(self, message: str, *, outcome_known: bool = True) -> None:
         super().__init__(message)
         self.outcome_known = outcome_known
+
+
+class InvalidDSN(StoreUnavailable, ValueError):
+    """A connection string that cannot be read (a password with an unencoded
+    ``#``, ``?``, ``@`` or ``/``, a port that is not a number, no
+    ``postgresql://`` scheme).
+
+    A ``StoreUnavailable``, since the store cannot be reached with it (callers
+    that handle an unreachable database handle this too), and a
+    ``ValueError``, since no retry helps: the string must be fixed. The
+    message says what is wrong and shows no part of the string, which may
+    hold a password it cannot tell apart from the rest.
+    """
 
 
 class DatabaseError(EventBusError):

@@ -25,6 +25,7 @@ DASHBOARD = cli.Subcommand(
     name="dashboard",
     help="the live dashboard: events, accounts, projections; forms to act",
     plan=_plan_dashboard,
+    metrics=True,
 )
 
 

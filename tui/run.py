@@ -44,7 +44,10 @@ def describe_database(dsn: str | None) -> str:
         parts = urlsplit(dsn)
         name = unquote(parts.path.lstrip("/"))
         host = parts.hostname or parse_qs(parts.query).get("host", [""])[0]
-        port = str(parts.port) if parts.port else ""
+        try:
+            port = str(parts.port) if parts.port else ""
+        except ValueError:  # its text may be part of a password: never shown
+            port = "?"
     else:
         settings = dict(_CONNINFO_PAIR.findall(dsn))
         name, host, port = (settings.get(key, "").strip("'") for key in ("dbname", "host", "port"))
@@ -145,11 +148,10 @@ async def run_dashboard(dsn: str | None = None) -> None:
         StoreUnavailable: the database could not be reached at open.
     """
     print("Opening the bank…", file=sys.stderr, flush=True)
-    where = describe_database(dsn or _dsn_from_environment())
     async with (
         open_loop(),
-        open_bank(dsn) as bank,
-        open_dashboard(bank, database=where) as app,
+        open_bank(dsn) as bank,  # refuses a malformed connection string before it is described
+        open_dashboard(bank, database=describe_database(dsn or _dsn_from_environment())) as app,
         trio.open_nursery() as nursery,
     ):
         nursery.start_soon(quit_when_the_terminal_goes, app)

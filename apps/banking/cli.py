@@ -14,14 +14,16 @@ The write subcommands take ``--command-id UUID``: run again with the same id
     banking balance ACCOUNT
     banking analytics
     banking rebuild [accounts|analytics]
-    banking simulate [--accounts 100] [--rate 500] [--duration 30] [--processes 1] [--journal FILE]
+    banking simulate [--accounts 100] [--rate 500] [--duration 30] [--processes 1] [--journal FILE] [--metrics-port N]
 
 Other packages add subcommands of their own (:class:`Subcommand`): the
 dashboard adds ``banking dashboard`` and provides the installed ``banking``
 command (``tui/cli.py``); ``python -m apps.banking`` is the bank alone.
 
 Every subcommand takes ``--dsn URL``; without it, ``EVENTBUS_DSN``, then
-``DATABASE_URL``, else the embedded server.
+``DATABASE_URL``, else the embedded server; and ``-v`` / ``--log-level LEVEL``
+to log to stderr. ``simulate`` and ``dashboard`` take ``--metrics-port N``
+(Prometheus text at ``http://127.0.0.1:N/metrics``, see ``operations.py``).
 
 Exit status: 0 done; 1 refused or bad input (a one-line message on stderr,
 nothing written); 2 bad usage; 3 the database could not be reached (or
@@ -43,7 +45,7 @@ import trio
 
 from eventbus import DatabaseError, EventBusError, StoreUnavailable
 
-from . import actions
+from . import actions, operations
 from .app import PROJECTIONS, Bank, Command, open_bank
 from .domain import BankingError, parse_account_id
 
@@ -72,6 +74,8 @@ class Subcommand:
     help: str
     plan: Callable[[argparse.Namespace], Plan]
     """What to run for the parsed arguments (``args.dsn`` among them); it checks input before any I/O."""
+    metrics: bool = False
+    """Whether it runs long enough to take ``--metrics-port``."""
 
 
 class UsageError(Exception):
@@ -122,8 +126,10 @@ def build_parser(*, extra: Sequence[Subcommand] = ()) -> argparse.ArgumentParser
     common.add_argument(
         "--dsn", default=argparse.SUPPRESS, help="PostgreSQL URL (default: EVENTBUS_DSN, DATABASE_URL, embedded)"
     )
+    operations.add_logging_options(common, suppress=True)
     parser = _Parser(prog="banking", description="A bank on eventbus. Without an ACTION: the interactive menu.")
     parser.add_argument("--dsn", default=None, help="PostgreSQL URL (default: EVENTBUS_DSN, DATABASE_URL, embedded)")
+    operations.add_logging_options(parser)
     sub = parser.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
 
     def add(name: str, help: str) -> argparse.ArgumentParser:
@@ -171,8 +177,11 @@ def build_parser(*, extra: Sequence[Subcommand] = ()) -> argparse.ArgumentParser
     p.add_argument("--seed", type=int, default=None, help="for a repeatable run")
     p.add_argument("--journal", default=None, help="append one JSON line per acknowledged command here")
     p.add_argument("--json", action="store_true", help="print the report as one JSON line")
+    operations.add_metrics_port(p)
     for subcommand in extra:
-        add(subcommand.name, subcommand.help)
+        p = add(subcommand.name, subcommand.help)
+        if subcommand.metrics:
+            operations.add_metrics_port(p)
     return parser
 
 
@@ -250,6 +259,7 @@ def main(argv: Sequence[str] | None = None, *, extra: Sequence[Subcommand] = ())
     try:
         args = build_parser(extra=extra).parse_args(argv)
         plan = _plan(args, extra)
+        operations.start(args)
         trio.run(plan)
     except UsageError as exc:
         return _fail(str(exc), EXIT_USAGE)

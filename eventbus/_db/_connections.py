@@ -23,8 +23,9 @@ from typing import Any, Protocol, TypeVar
 import asyncpg
 import trio
 
-from .._errors import DatabaseError, StoreUnavailable
-from ._dsn import scrub
+from .._errors import DatabaseError, InvalidDSN, StoreUnavailable
+from . import _revive
+from ._dsn import check_dsn, scrub
 from ._loop import aio as _aio
 from ._loop import current_loop
 
@@ -117,13 +118,17 @@ async def _init_connection(raw: asyncpg.Connection) -> None:
 
 
 async def _opened(open_: Callable[[], Awaitable[T]], dsn: str, loop: Any) -> T:
-    """Open a connection or a pool; its errors as StoreUnavailable, without secrets."""
+    """Open a connection or a pool; its errors as StoreUnavailable, without secrets.
+
+    The driver's error is not chained (not even as ``__context__``): it may
+    quote the connection string.
+    """
+    check_dsn(dsn)
     try:
         return await _aio(open_, loop=loop)
-    except Exception as exc:
-        if is_driver_error(exc) or isinstance(exc, (ValueError, KeyError)):
-            raise StoreUnavailable(scrub(f"cannot connect to {dsn}: {type(exc).__name__}: {exc}", dsn)) from None
-        raise
+    except Exception as exc:  # the driver's, or one of the many its parsing of a bad value raises
+        error = StoreUnavailable(scrub(f"cannot connect to {dsn}: {type(exc).__name__}: {exc}", dsn))
+    raise error
 
 
 async def _call(what: str, loop: Any, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
@@ -142,9 +147,12 @@ async def connect(dsn: str, *, application_name: str = "eventbus", custom_plans:
     With ``custom_plans`` every statement is planned with its actual values
     (see ``SERVER_SETTINGS``); without, PostgreSQL may reuse generic plans.
     Blocks until connected or ``CONNECT_TIMEOUT``. Cancellation abandons the
-    attempt.
+    attempt. If ``dsn`` reaches the embedded server that this process uses
+    (through ``open_database``) and it is down, it is started again (blocking
+    a worker thread) and the connection tried once more.
 
     Raises:
+        InvalidDSN: ``dsn`` cannot be read (nothing of it is shown).
         StoreUnavailable: the server cannot be reached.
     """
 
@@ -162,6 +170,14 @@ async def connect(dsn: str, *, application_name: str = "eventbus", custom_plans:
         return raw
 
     loop = current_loop()
+    try:
+        return Connection(await _opened(_connect, dsn, loop), loop)
+    except InvalidDSN:
+        raise
+    except StoreUnavailable:
+        # The embedded server this process uses may have died: started again, once, shared.
+        if not await _revive.revive(dsn):
+            raise
     return Connection(await _opened(_connect, dsn, loop), loop)
 
 
@@ -314,6 +330,7 @@ async def create_pool(dsn: str, *, max_size: int, min_size: int = 1, application
     fails that use, not this call).
 
     Raises:
+        InvalidDSN: ``dsn`` cannot be read (nothing of it is shown).
         StoreUnavailable: the server cannot be reached.
     """
 

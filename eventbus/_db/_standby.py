@@ -1,8 +1,8 @@
 """A hot standby of an embedded server, by PostgreSQL's streaming replication.
 
 For tests and benchmarks of reads from standbys: ``pg_basebackup -R`` copies
-the primary's cluster over its unix socket (``initdb`` trusts local
-replication connections, and an embedded server's defaults already have
+the primary's cluster over its unix socket (an embedded server's own
+``eventbus_hba.conf`` trusts local replication connections, and its defaults have
 ``wal_level = replica``, WAL senders and ``hot_standby``), writes the
 connection to the primary and ``standby.signal``, and creates a replication
 slot, so the primary keeps the WAL a stopped standby still needs. The standby

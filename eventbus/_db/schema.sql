@@ -106,6 +106,47 @@ CREATE TABLE IF NOT EXISTS eventbus.listeners (
     since timestamptz NOT NULL DEFAULT now()
 );
 
+-- What each running bus's projections are doing, for operators whose command
+-- line cannot see into the process (``eventbus status``): a bus writes its
+-- rows when a state changes and deletes them when it closes. A row is current
+-- while its origin listens (eventbus.listeners, with a live session); rows of
+-- a process that died are removed by the next bus after a minute.
+CREATE TABLE IF NOT EXISTS eventbus.projection_runners (
+    projection text NOT NULL,
+    origin text NOT NULL,
+    host text NOT NULL,
+    pid integer NOT NULL,
+    state text NOT NULL,
+    leader boolean NOT NULL,
+    restarts integer NOT NULL,
+    last_error text,
+    poison bigint,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (projection, origin)
+);
+
+-- Requests from the command line to the bus (origin) that runs a projection,
+-- since only that process holds its handlers: rebuild it, resume it after a
+-- failure (skipping its poison event), apply dead letters again. The bus
+-- takes a pending request, carries it out and writes the outcome; the command
+-- line follows the row.
+CREATE TABLE IF NOT EXISTS eventbus.projection_requests (
+    id bigserial PRIMARY KEY,
+    projection text NOT NULL,
+    origin text NOT NULL,
+    action text NOT NULL CHECK (action IN ('rebuild', 'resume', 'retry')),
+    skip_poison boolean NOT NULL DEFAULT false,
+    dead_letters bigint[],
+    state text NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'running', 'done', 'failed', 'withdrawn')),
+    done bigint,
+    total bigint,
+    message text,
+    requested_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS projection_requests_pending
+    ON eventbus.projection_requests (origin, id) WHERE state = 'pending';
+
 -- Appends are immutable: refuse UPDATE and DELETE on the events table.
 CREATE OR REPLACE FUNCTION eventbus.refuse_change() RETURNS trigger
 LANGUAGE plpgsql AS $$
@@ -220,7 +261,8 @@ $$;
 -- works that out, since those events are not in the table yet.
 --
 -- For each append, in order: if all its ids are stored already with the same
--- content it is a retry ('duplicate': the stored positions are returned); if
+-- content it is a retry ('duplicate': the stored events are returned, as they
+-- are stored: JSON holds 1 and 1.0 equal, and the caller gets the stored one); if
 -- some are stored it is 'id_conflict'; if an event matching its condition has
 -- a position after "a", stored or appended earlier in this batch, it is
 -- 'conflict'; otherwise 'ok'. Then all 'ok' events (and their tags) are
@@ -237,7 +279,12 @@ $$;
 -- slow transaction holding position 7 could commit after one holding 8.) Each
 -- statement after the lock takes a fresh snapshot, so conditions see every
 -- append committed before this one.
-CREATE OR REPLACE FUNCTION eventbus.append_batch(
+-- (Its result gained the stored events' type, payload and metadata: a
+-- function's result type cannot be replaced, only dropped and made anew.)
+DROP FUNCTION IF EXISTS eventbus.append_batch(
+    integer[], uuid[], text[], text[], text[], integer[], bigint[], jsonb, integer[], integer[], boolean, text
+);
+CREATE FUNCTION eventbus.append_batch(
     p_append_of integer[],
     p_ids uuid[],
     p_types text[],
@@ -255,7 +302,10 @@ CREATE OR REPLACE FUNCTION eventbus.append_batch(
     outcome text,
     event_id uuid,
     sequence_number bigint,
-    occurred_at timestamptz
+    occurred_at timestamptz,
+    stored_type text,
+    stored_payload jsonb,
+    stored_metadata jsonb
 )
 LANGUAGE plpgsql
 AS $$
@@ -320,17 +370,21 @@ BEGIN
                 SELECT count(*) INTO v_same
                 FROM unnest(p_ids[v_lo[j]:v_hi[j]], p_types[v_lo[j]:v_hi[j]],
                             p_payloads[v_lo[j]:v_hi[j]], p_metadata[v_lo[j]:v_hi[j]]) AS n(id, typ, payload, meta)
+                -- (a retry made in another trace carries another traceparent: still the same append)
                 JOIN eventbus.events e ON e.event_id = n.id AND e.event_type = n.typ
-                    AND e.payload = n.payload::jsonb AND e.metadata = n.meta::jsonb;
+                    AND e.payload = n.payload::jsonb AND e.metadata - 'traceparent' = n.meta::jsonb - 'traceparent';
                 IF v_same = v_hi[j] - v_lo[j] + 1 THEN
                     RETURN QUERY
-                    SELECT j, 'duplicate'::text, e.event_id, e.sequence_number, e.occurred_at
+                    SELECT j, 'duplicate'::text, e.event_id, e.sequence_number, e.occurred_at,
+                           e.event_type, e.payload, e.metadata
                     FROM eventbus.events e WHERE e.event_id = ANY (p_ids[v_lo[j]:v_hi[j]]);
                 ELSE
-                    RETURN QUERY SELECT j, 'id_conflict'::text, NULL::uuid, NULL::bigint, NULL::timestamptz;
+                    RETURN QUERY SELECT j, 'id_conflict'::text, NULL::uuid, NULL::bigint, NULL::timestamptz,
+                                        NULL::text, NULL::jsonb, NULL::jsonb;
                 END IF;
             ELSIF v_hit IS NOT NULL THEN
-                RETURN QUERY SELECT j, 'conflict'::text, NULL::uuid, v_hit, NULL::timestamptz;
+                RETURN QUERY SELECT j, 'conflict'::text, NULL::uuid, v_hit, NULL::timestamptz,
+                                    NULL::text, NULL::jsonb, NULL::jsonb;
             ELSE
                 v_ok[j] := true;
                 v_count := v_count + v_hi[j] - v_lo[j] + 1;
@@ -355,7 +409,7 @@ BEGIN
         SELECT v_pos[n.ord], n.id, n.typ, n.payload::jsonb, n.meta::jsonb, v_now
         FROM unnest(p_ids, p_types, p_payloads, p_metadata) WITH ORDINALITY AS n(id, typ, payload, meta, ord)
         WHERE v_pos[n.ord] > 0
-        RETURNING 0, 'ok'::text, e.event_id, e.sequence_number, e.occurred_at;
+        RETURNING 0, 'ok'::text, e.event_id, e.sequence_number, e.occurred_at, NULL::text, NULL::jsonb, NULL::jsonb;
         INSERT INTO eventbus.event_tags (tag, sequence_number)
         SELECT t.tag, v_pos[t.ev] FROM unnest(p_tag_of, p_tags) AS t(ev, tag)
         WHERE v_pos[t.ev] > 0;
@@ -363,6 +417,44 @@ BEGIN
         IF EXISTS (SELECT 1 FROM eventbus.listeners l WHERE l.origin <> p_origin) THEN
             PERFORM pg_notify('eventbus_events', p_origin || ' ' || (v_base + v_count)::text);
         END IF;
+    END IF;
+END
+$$;
+
+-- Partitioned projections (eventbus/_projections/_leases.py). A process that
+-- runs one is a member while it renews its row; a partition belongs to the
+-- process named in its lease until the lease expires. The epoch goes up with
+-- every new owner: a batch commits only with the owner and epoch it was
+-- started under (advance_lease), so a process that lost its lease never
+-- commits for that partition again. Times are the server's clock alone.
+CREATE TABLE IF NOT EXISTS eventbus.projection_members (
+    projection text NOT NULL,
+    member text NOT NULL,
+    expires_at timestamptz NOT NULL,
+    PRIMARY KEY (projection, member)
+);
+CREATE TABLE IF NOT EXISTS eventbus.projection_leases (
+    projection text NOT NULL,
+    partition int NOT NULL,
+    owner text,
+    epoch bigint NOT NULL DEFAULT 0,
+    expires_at timestamptz NOT NULL DEFAULT '-infinity',
+    checkpoint bigint NOT NULL DEFAULT 0,
+    PRIMARY KEY (projection, partition)
+);
+
+-- Move a partition's checkpoint to p_new, or fail (SQLSTATE EB001) when the
+-- caller no longer holds its lease under p_epoch.
+CREATE OR REPLACE FUNCTION eventbus.advance_lease(
+    p_name text, p_partition int, p_owner text, p_epoch bigint, p_new bigint
+) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE eventbus.projection_leases SET checkpoint = greatest(checkpoint, p_new)
+    WHERE projection = p_name AND partition = p_partition AND owner = p_owner AND epoch = p_epoch;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'projection % partition %: the lease of epoch % is lost', p_name, p_partition, p_epoch
+            USING ERRCODE = 'EB001';
     END IF;
 END
 $$;

@@ -4,12 +4,15 @@ A handler that raises rolls the transaction back. With ``on_error="skip"`` the
 events before it are applied again, the failing one goes to
 ``eventbus.dead_letters``, and the rest follow in a new transaction; a batch
 handler that fails is retried one event at a time to find the event at fault.
+A commit that fails (a handler caught a database error and went on, so the
+transaction is aborted) is a failure of the batch as a handler's is, and so
+is a batch that passes the projection's ``handler_timeout``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
+import math
 from collections.abc import Callable
 
 import attrs
@@ -17,7 +20,7 @@ import trio
 
 from .. import _db
 from .._db import rollback
-from .._errors import EventBusError, HandlerFailed, StoreUnavailable
+from .._errors import DatabaseError, HandlerFailed, StoreUnavailable
 from .._values import EventRecord
 from ._definition import Projection, Transaction
 
@@ -26,10 +29,12 @@ _log = logging.getLogger("eventbus.projections")
 
 @attrs.frozen
 class _Failure:
-    """The first handler that raised in a run over a batch: where, and what."""
+    """The first handler that raised in a run over a batch: where, and what
+    (``commit``: not a handler but the commit after it)."""
 
     index: int
     error: BaseException
+    commit: bool = False
 
 
 @attrs.frozen
@@ -51,11 +56,20 @@ def literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def commit_sql(name: str, checkpoint: int | None, new: int) -> str:
+Fence = Callable[[int, int], str]
+"""``(checkpoint, new) -> SQL`` that moves a partition's checkpoint in the
+batch's transaction, or fails it when the process lost the partition's lease
+(``_leases.py``): it replaces the projection's own checkpoint."""
+
+
+def commit_sql(name: str, checkpoint: int | None, new: int, fence: Fence | None = None) -> str:
     """Move projection ``name``'s checkpoint from ``checkpoint`` to ``new`` and
-    commit, in one round trip (``checkpoint`` None: a shadow, which only commits)."""
+    commit, in one round trip (``checkpoint`` None: a shadow, which only commits;
+    ``fence``: a partition's checkpoint instead of the projection's)."""
     if checkpoint is None:
         return "COMMIT"
+    if fence is not None:
+        return f"{fence(checkpoint, new)}; COMMIT"
     return f"SELECT eventbus.advance_checkpoint({literal(name)}, {int(checkpoint)}, {int(new)}); COMMIT"
 
 
@@ -64,11 +78,28 @@ async def begin(conn: _db.Connection, schema: str) -> Transaction:
     return Transaction(conn)
 
 
-async def prepare_schema(conn: _db.Connection, projection: Projection, schema: str) -> None:
-    """Create the schema if missing and run ``setup`` in it, in one transaction."""
+_TABLES_SQL = """
+SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = $1 AND c.relkind IN ('r', 'p', 'v', 'm') ORDER BY c.relname COLLATE "C"
+"""
+
+
+async def prepare_schema(
+    conn: _db.Connection, projection: Projection, schema: str, *, checkpoint: int = 0
+) -> list[str]:
+    """Create the schema if missing and run ``setup`` in it, in one transaction.
+
+    Returns the tables ``setup`` had to create although ``checkpoint`` says
+    the read model has applied events: its tables vanished. Then nothing is
+    committed, and the caller must not carry on over an empty model.
+
+    Raises:
+        HandlerFailed: ``setup`` raised, or its transaction was aborted.
+    """
     await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote(schema)}")
     tx = await begin(conn, schema)
     try:
+        before = {row[0] for row in await conn.fetch(_TABLES_SQL, schema)} if checkpoint else set()
         if projection.setup is not None:
             try:
                 await projection.setup(tx)
@@ -78,18 +109,33 @@ async def prepare_schema(conn: _db.Connection, projection: Projection, schema: s
                 # The projection's own bug, as a handler's: supervised, never the bus's end.
                 message = f"projection {projection.name}: setup raised {type(exc).__name__}: {exc}"
                 raise HandlerFailed(message, None) from exc
-        await conn.execute("COMMIT")
+        if checkpoint:
+            vanished = [row[0] for row in await conn.fetch(_TABLES_SQL, schema) if row[0] not in before]
+            if vanished:
+                await rollback(conn)
+                return vanished
+        tag = await conn.execute("COMMIT")
     except BaseException:
         await rollback(conn)
         raise
+    if tag != "COMMIT":  # an aborted transaction's COMMIT ends in ROLLBACK
+        message = f"projection {projection.name}: setup's transaction was aborted (a database error caught?)"
+        raise HandlerFailed(message, None)
+    return []
 
 
-async def drop_schema(conn: _db.Connection, schema: str) -> None:
-    """Drop ``schema`` if the connection can, shielded and bounded; a rebuild
-    that starts drops its shadow anyway."""
-    with trio.move_on_after(_db.CLOSE_TIMEOUT, shield=True), contextlib.suppress(EventBusError):
-        if not conn.is_closed():
-            await conn.execute(f"DROP SCHEMA IF EXISTS {quote(schema)} CASCADE")
+async def commit(conn: _db.Connection, name: str, checkpoint: int | None, new: int, fence: Fence | None = None) -> None:
+    """Commit a batch's transaction, moving the checkpoint (see :func:`commit_sql`).
+
+    Raises:
+        DatabaseError: the commit failed; the transaction is aborted, for the
+            caller to roll back. An aborted transaction's plain ``COMMIT``
+            (a shadow's) would end in a silent ROLLBACK: it raises too.
+    """
+    if checkpoint is not None:
+        await conn.run_script(commit_sql(name, checkpoint, new, fence))
+    elif (tag := await conn.execute("COMMIT")) != "COMMIT":
+        raise DatabaseError(f"the transaction was aborted: COMMIT ended in {tag}", sqlstate="25P02")
 
 
 async def apply_batch(
@@ -99,6 +145,7 @@ async def apply_batch(
     checkpoint: int | None,
     on_dead_letter: Callable[[], object] | None,
     schema: str | None = None,
+    fence: Fence | None = None,
 ) -> int:
     """Apply ``batch`` in one transaction with the checkpoint; return the new one.
 
@@ -118,8 +165,11 @@ async def apply_batch(
             failed = await _run_handlers(tx, projection, batch, start, len(batch))
             if failed is None:
                 last = batch[-1].sequence_number
-                await conn.run_script(commit_sql(projection.name, checkpoint, last))
-                return last
+                try:
+                    await commit(conn, projection.name, checkpoint, last, fence)
+                    return last
+                except DatabaseError as exc:
+                    failed = _commit_failed(projection, batch, start, exc)
         except BaseException as exc:
             await rollback(conn)
             if isinstance(exc, _Bisect):  # what is committed already stays: go on from here
@@ -130,6 +180,9 @@ async def apply_batch(
         record = batch[index]
         message = f"projection {projection.name}: handler for {record.event_type} at position " \
                   f"{record.sequence_number} raised {type(error).__name__}: {error}"  # fmt: skip
+        if failed.commit:
+            message = f"projection {projection.name}: the commit after the handler for {record.event_type} " \
+                      f"at position {record.sequence_number} failed: {error} (a database error caught?)"  # fmt: skip
         if isinstance(error, StoreUnavailable):
             raise error
         if projection.on_error == "retry":
@@ -140,14 +193,21 @@ async def apply_batch(
             again = await _run_handlers(tx, projection, batch, start, index)
             if again is not None:
                 _fail_on_replay(projection, batch, again)
-            await conn.execute(  # once per event: a rebuild meets the same poison again
-                "INSERT INTO eventbus.dead_letters (projection, sequence_number, event_id, event_type, payload, error)"
-                " SELECT $1, $2, $3, $4, $5, $6 WHERE NOT EXISTS (SELECT FROM eventbus.dead_letters"
-                " WHERE projection = $1 AND sequence_number = $2)",
-                projection.name, record.sequence_number, record.event_id, record.event_type,
-                dict(record.payload), message,
-            )  # fmt: skip
-            await conn.run_script(commit_sql(projection.name, checkpoint, record.sequence_number))
+            try:
+                await conn.execute(  # once per event: a rebuild meets the same poison again
+                    "INSERT INTO eventbus.dead_letters (projection, sequence_number, event_id, event_type, payload,"
+                    " error) SELECT $1, $2, $3, $4, $5, $6 WHERE NOT EXISTS (SELECT FROM eventbus.dead_letters"
+                    " WHERE projection = $1 AND sequence_number = $2)",
+                    projection.name, record.sequence_number, record.event_id, record.event_type,
+                    dict(record.payload), message,
+                )  # fmt: skip
+                await commit(conn, projection.name, checkpoint, record.sequence_number, fence)
+            except DatabaseError as exc:
+                if index == start:
+                    raise
+                # A handler before it aborted the transaction without raising (and
+                # the poison was blamed for it): find it one event at a time.
+                raise _Bisect from exc
             if checkpoint is not None:
                 checkpoint = record.sequence_number
         except BaseException as exc:
@@ -160,6 +220,21 @@ async def apply_batch(
             on_dead_letter()
         start = index + 1
     return batch[-1].sequence_number
+
+
+def _commit_failed(projection: Projection, batch: list[EventRecord], start: int, exc: DatabaseError) -> _Failure:
+    """The commit of ``batch[start:]`` failed: a failure of its one event, or
+    of the batch (with ``skip``: go one event at a time to find the event)."""
+    if len(batch) - start == 1:
+        return _Failure(start, exc, commit=True)
+    if projection.on_error == "skip":
+        raise _Bisect from exc
+    first, last = batch[start].sequence_number, batch[-1].sequence_number
+    raise HandlerFailed(
+        f"projection {projection.name}: the commit of the batch at positions {first} to {last} failed: {exc}"
+        " (a database error caught?)",
+        None,
+    ) from exc
 
 
 def _fail_on_replay(projection: Projection, batch: list[EventRecord], failure: _Failure) -> None:
@@ -208,14 +283,49 @@ async def apply_records(
     checkpoint: int | None,
     on_dead_letter: Callable[[], object] | None,
     schema: str | None = None,
+    fence: Fence | None = None,
 ) -> int:
     """:func:`apply_batch`, going one event at a time when a batch handler fails."""
     try:
-        return await apply_batch(conn, projection, batch, checkpoint, on_dead_letter, schema)
+        return await apply_batch(conn, projection, batch, checkpoint, on_dead_letter, schema, fence)
     except _Bisect as bisect:
         start, checkpoint = bisect.resume.start, bisect.resume.checkpoint
     for record in batch[start:]:
-        position = await apply_batch(conn, projection, [record], checkpoint, on_dead_letter, schema)
+        position = await apply_batch(conn, projection, [record], checkpoint, on_dead_letter, schema, fence)
         if checkpoint is not None:  # None: a shadow, which has no checkpoint
             checkpoint = position
     return batch[-1].sequence_number
+
+
+async def apply_in_time(
+    conn: _db.Connection,
+    projection: Projection,
+    batch: list[EventRecord],
+    checkpoint: int | None,
+    on_dead_letter: Callable[[], object] | None,
+    schema: str | None = None,
+    fence: Fence | None = None,
+) -> int:
+    """:func:`apply_records` within the projection's ``handler_timeout``.
+
+    Past it the batch is cancelled and rolled back (shielded, bounded; a
+    connection that cannot roll back is terminated).
+
+    Raises:
+        HandlerFailed: the batch passed its deadline, PostgreSQL refused a
+            statement of the batch's transaction, or as apply_records.
+        StoreUnavailable: the connection was lost (not the batch's fault).
+    """
+    timeout = projection.handler_timeout
+    first, last = batch[0].sequence_number, batch[-1].sequence_number
+    with trio.move_on_after(math.inf if timeout is None else timeout):
+        try:
+            return await apply_records(conn, projection, batch, checkpoint, on_dead_letter, schema, fence)
+        except DatabaseError as exc:  # every way a batch fails is the batch's failure
+            message = f"projection {projection.name}: the batch at positions {first} to {last} failed: {exc}"
+            raise HandlerFailed(message, None) from exc
+    raise HandlerFailed(
+        f"projection {projection.name}: the batch at positions {first} to {last} passed its deadline of "
+        f"{timeout:g} s (handler_timeout): cancelled and rolled back",
+        None,
+    )

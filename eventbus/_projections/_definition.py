@@ -27,7 +27,16 @@ SUBSCRIPTION_BATCHES = 4
 """A projection's subscription (and a rebuild's) buffers this many of its batches."""
 
 NAME_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,39}")
-"""A projection's name: lower-case letters, digits and underscores, at most 40."""
+"""A projection's name: lower-case letters, digits and underscores, at most 40.
+A rebuild's copy lives in a schema whose name holds a ``$``, which no name
+here can produce (see ``_shadow.py``)."""
+
+DEFAULT_HANDLER_TIMEOUT = 30.0
+"""Seconds one batch (its handlers and its commit) may take before it is
+cancelled, rolled back and counted as a failure."""
+
+MAX_PARTITIONS = 1024
+"""The most partitions a projection may have."""
 
 OnError = Literal["retry", "skip"]
 
@@ -130,9 +139,24 @@ def _check_on_error(_: Any, __: Any, value: Any) -> None:
         raise ProjectionError(f"on_error must be 'retry' or 'skip', not {value!r}")
 
 
+def _check_handler_timeout(_: Any, __: Any, value: Any) -> None:
+    if value is None:
+        return
+    if type(value) not in (int, float) or not 0 < value < float("inf"):
+        raise ProjectionError(f"handler_timeout must be a positive number of seconds or None, not {value!r}")
+
+
 def _check_batch_size(_: Any, __: Any, value: Any) -> None:
     if type(value) is not int or not 1 <= value <= 100_000:
         raise ProjectionError(f"batch_size must be a whole number from 1 to 100000, not {value!r}")
+
+
+def _check_partitions(_: Any, __: Any, value: Any) -> None:
+    if type(value) is not int or not 1 <= value <= MAX_PARTITIONS:
+        raise ProjectionError(f"partitions must be a whole number from 1 to {MAX_PARTITIONS}, not {value!r}")
+
+
+PartitionKey = Callable[[EventRecord], Any]
 
 
 @attrs.frozen
@@ -144,7 +168,11 @@ class Projection:
         handlers: ``{event_type: async (tx, record) -> None}``.
         setup: ``async (tx) -> None``, creates the tables; it runs whenever a
             process takes the lead and before a rebuild, so it must be
-            idempotent (``CREATE TABLE IF NOT EXISTS``).
+            idempotent (``CREATE TABLE IF NOT EXISTS``). A table it has to
+            create again once the projection has applied events means the
+            read model was dropped under it: the projection then fails with
+            ``ProjectionError`` naming the tables, and a rebuild builds them
+            again from the events.
         batch_size: events per transaction, at most; the projection's
             subscription buffers ``SUBSCRIPTION_BATCHES`` times as many.
         on_error: ``retry`` (restart with backoff, then ``failed``) or
@@ -154,6 +182,18 @@ class Projection:
             ``event_types`` and of the handlers' types, and runs before them.
         event_types: more event types to subscribe to (for ``batch_handler``).
         restart: the restart policy.
+        handler_timeout: seconds one batch (its handlers and its commit) may
+            take; past it the batch is cancelled, rolled back and counted as a
+            failure under ``restart``, as a handler that raised. None waits
+            for ever. A rebuild's copy keeps the same deadline.
+        partitions: how many partitions the events are split into (1, the
+            default: one process applies them all). With more, every process
+            that starts the projection applies a fair share of them (see
+            ``_partitioned.py``); events of one key keep their order.
+        partition_key: ``(record) -> key``, a plain function, required with
+            ``partitions > 1``; the key (str, int or any JSON value) picks the
+            partition by a stable hash. An event it raises on is a failure of
+            a handler (a dead letter under ``on_error="skip"``).
 
     Raises:
         ProjectionError: at once, for a bad name, handler, policy or size.
@@ -169,12 +209,21 @@ class Projection:
     )
     event_types: tuple[str, ...] = attrs.field(default=(), kw_only=True, converter=_event_types)
     restart: RestartPolicy = attrs.field(factory=RestartPolicy, kw_only=True)
+    handler_timeout: float | None = attrs.field(
+        default=DEFAULT_HANDLER_TIMEOUT, kw_only=True, validator=_check_handler_timeout
+    )
+    partitions: int = attrs.field(default=1, kw_only=True, validator=_check_partitions)
+    partition_key: PartitionKey | None = attrs.field(default=None, kw_only=True)
 
     def __attrs_post_init__(self) -> None:
         if not self.handlers and self.batch_handler is None:
             raise ProjectionError(f"projection {self.name!r} has no handlers")
         if self.batch_handler is not None and not self.event_types and not self.handlers:
             raise ProjectionError(f"projection {self.name!r}: batch_handler needs event_types")
+        if self.partition_key is not None and (not callable(self.partition_key) or _is_async(self.partition_key)):
+            raise ProjectionError(f"partition_key must be a plain function (record) -> key, not {self.partition_key!r}")
+        if self.partitions > 1 and self.partition_key is None:
+            raise ProjectionError(f"projection {self.name!r}: partitions={self.partitions} needs a partition_key")
 
     @property
     def schema(self) -> str:
@@ -211,7 +260,10 @@ class ProjectionState(enum.StrEnum):
     RESTARTING = "restarting"
     """Waiting out its backoff after a failure."""
     FAILED = "failed"
-    """Gave up after the restart limit; ``restart`` lets it try again."""
+    """Gave up after the restart limit (it lets go of the lead: another
+    process may try), or found its tables gone while its checkpoint says it
+    has applied events (it keeps the lead: rebuild it here); ``restart``
+    lets it try again."""
     STOPPED = "stopped"
     """Stopped here; its state stays in the database."""
 
@@ -230,6 +282,13 @@ class ProjectionStatus:
         last_error: the latest failure, or None.
         dead_letters: events skipped here (``on_error="skip"``).
         leader: whether this process applies the projection.
+        batch_running: seconds the batch under way here has run, None
+            between batches: a batch that runs long shows here before its
+            deadline (``handler_timeout``) cancels it.
+        partitions: a partitioned projection's partitions, by the process
+            that holds them (as this process last read the leases; the
+            checkpoint and lag are then those of the slowest partition).
+            Empty for one with a single partition.
     """
 
     state: ProjectionState = attrs.field(converter=ProjectionState)
@@ -239,6 +298,8 @@ class ProjectionStatus:
     last_error: str | None
     dead_letters: int = 0
     leader: bool = False
+    batch_running: float | None = None
+    partitions: Mapping[str, tuple[int, ...]] = attrs.field(factory=dict)
 
 
 @attrs.frozen

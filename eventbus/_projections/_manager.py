@@ -33,6 +33,8 @@ from ._definition import (
     Transaction,
     schema_of,
 )
+from ._operations import Operations
+from ._partitioned import PartitionedRunner
 from ._rebuild import Progress, Rebuild
 from ._runner import Runner
 
@@ -56,14 +58,15 @@ class ProjectionManager:
         self.store = store
         self.stream = stream
         self._nursery = nursery
-        self._runners: dict[str, Runner] = {}
+        self._runners: dict[str, Runner | PartitionedRunner] = {}
         self._rebuilding: set[str] = set()
+        self._operations: Operations | None = None  # started with the first projection
 
     def rebuilding(self, name: str) -> bool:
         """Whether a rebuild of projection ``name`` is under way here; never blocks."""
         return name in self._rebuilding
 
-    def _runner(self, name: str) -> Runner:
+    def _runner(self, name: str) -> Runner | PartitionedRunner:
         try:
             return self._runners[name]
         except KeyError:
@@ -73,7 +76,8 @@ class ProjectionManager:
         """Start ``projection`` as a supervised task in the bus's nursery.
 
         Returns at once; the projection then takes the lead (or stands by) and
-        catches up on its own. Blocks only for a checkpoint; cancelled there,
+        catches up on its own; a partitioned one (``partitions > 1``) takes
+        its share of the partitions instead (see ``_partitioned.py``). Blocks only for a checkpoint; cancelled there,
         it starts nothing. Its subscription buffers up to
         ``SUBSCRIPTION_BATCHES`` batches of ``batch_size`` events; a projection
         further behind reads from the store instead, and never holds up the
@@ -88,11 +92,23 @@ class ProjectionManager:
             raise ProjectionError(f"start takes a Projection, not {projection!r}")
         if projection.name in self._runners:
             raise ProjectionError(f"projection {projection.name!r} is started already")
-        runner = Runner(
-            projection, dsn=self.dsn, stream=self.stream, rebuilding=functools.partial(self.rebuilding, projection.name)
-        )
+        runner: Runner | PartitionedRunner
+        if projection.partitions > 1:
+            runner = PartitionedRunner(projection, dsn=self.dsn, stream=self.stream)
+        else:
+            runner = Runner(
+                projection,
+                dsn=self.dsn,
+                stream=self.stream,
+                rebuilding=functools.partial(self.rebuilding, projection.name),
+            )
         self._runners[projection.name] = runner
         self._nursery.start_soon(runner.run, name=f"projection {projection.name}")
+        if self._operations is None:
+            self._operations = Operations(
+                self.store.pool, self.store.origin, lambda: self._runners, self.rebuild, self.status
+            )
+            self._nursery.start_soon(self._operations.run, name="projection operations")
 
     async def stop(self, name: str) -> None:
         """Stop projection ``name`` here (its state stays in the database).
@@ -110,16 +126,25 @@ class ProjectionManager:
         del self._runners[name]
         await trio.lowlevel.checkpoint()
 
-    def restart(self, name: str) -> None:
+    def restart(self, name: str, *, skip_poison: bool = False) -> None:
         """Let a ``failed`` projection try again (after a fix to its data).
 
         Does nothing to a projection that has not failed. Never blocks: the
-        projection is ``restarting`` when the call returns.
+        projection is ``restarting`` when the call returns. With
+        ``skip_poison``, the event it failed on goes to the dead letters if it
+        fails again (as under ``on_error="skip"``), and the projection moves on.
 
         Raises:
-            ProjectionError: no projection of that name was started here.
+            ProjectionError: no projection of that name was started here, or
+                ``skip_poison`` for a partitioned one (not supported yet).
         """
-        self._runner(name).restart()
+        runner = self._runner(name)
+        if isinstance(runner, PartitionedRunner):
+            if skip_poison:
+                raise ProjectionError(f"projection {name!r} is partitioned: skip_poison is not supported yet")
+            runner.restart()
+        else:
+            runner.restart(skip_poison=skip_poison)
 
     def status(self) -> dict[str, ProjectionStatus]:
         """Every projection started here, by name; never blocks."""
@@ -143,7 +168,7 @@ class ProjectionManager:
         runner = self._runner(name)
         target = await self.store.head()
         with trio.move_on_after(math.inf if timeout is None else timeout):
-            while runner.position() < target:
+            while runner.position() < target or runner.state == ProjectionState.FAILED:
                 if runner.state == ProjectionState.FAILED:
                     raise ProjectionError(f"projection {name!r} failed: {runner.last_error}")
                 await runner.wait_changed()
@@ -230,20 +255,31 @@ class ProjectionManager:
         the copy is handed over), and the live read model goes on untouched.
 
         Raises:
-            ProjectionError: unknown name, a rebuild already running, this
+            ProjectionError: unknown name, a partitioned projection (not
+                supported yet), a rebuild already running, this
                 process does not lead the projection (or stops leading it, or
                 the projection is stopped, before the swap), or the swap could
                 not get its locks. The shadow copy is dropped.
             HandlerFailed: a handler failed on the copy (the live model stays).
         """
         runner = self._runner(name)
+        if isinstance(runner, PartitionedRunner):
+            raise ProjectionError(f"projection {name!r} is partitioned: its rebuild is not supported yet")
         if name in self._rebuilding:
             raise ProjectionError(f"projection {name!r} is being rebuilt already")
         if not runner.leader:
             raise ProjectionError(f"projection {name!r} is led by another process (or not yet): rebuild it there")
         self._rebuilding.add(name)
+        _log.info("projection %s: rebuild started", name)
         try:
             await Rebuild(runner.projection, runner, self.dsn, self.store, self.stream, progress).run()
+            _log.info("projection %s: rebuild swapped in at position %d", name, runner.applied)
+        except Exception as exc:
+            _log.error("projection %s: rebuild failed: %s", name, exc, exc_info=exc)
+            raise
+        except BaseException:
+            _log.info("projection %s: rebuild abandoned", name)
+            raise
         finally:
             self._rebuilding.discard(name)
             runner.interrupt()  # its state is worked out again

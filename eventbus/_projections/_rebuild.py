@@ -1,7 +1,8 @@
 """Rebuilding a projection without downtime: a shadow copy, then a swap.
 
-The copy is built from position 0 in the schema ``projection_<name>__shadow``
-while the live read model keeps serving reads and following new events. Once
+The copy is built from position 0 in a shadow schema (``_shadow.py``: a name
+no projection can own, dropped and swapped only by its oid) while the live
+read model keeps serving reads and following new events. Once
 the copy has caught up, it asks the leader for the swap: the leader pauses at
 its checkpoint, the copy goes on until it is at or past it, and the leader
 swaps the two schemas and moves the checkpoint in one transaction (``_swap.py``).
@@ -24,8 +25,9 @@ from .._errors import ProjectionError
 from .._store import EventStore
 from .._stream import EventStream
 from .._values import EventRecord
-from ._apply import apply_records, drop_schema, prepare_schema, quote
+from ._apply import apply_in_time, prepare_schema
 from ._definition import SUBSCRIPTION_BATCHES, Projection
+from ._shadow import create_shadow, drop_shadow
 from ._swap import Swap
 
 IDLE_WAIT = 0.5
@@ -72,24 +74,26 @@ class Rebuild:
         """Build the copy, hand it over, wait for the swap.
 
         Raises:
-            ProjectionError: the swap did not happen (the cause is chained).
+            ProjectionError: the swap did not happen (the cause is chained),
+                or the copy's schema name is taken by a schema that is not
+                a rebuild's (it stays as it is).
         """
         projection = self.projection
-        shadow = projection.schema + "__shadow"
         conn = await _db.connect(self.dsn, application_name=f"eventbus-rebuild {projection.name}")
-        swap = Swap()
         try:
-            await conn.execute(f"DROP SCHEMA IF EXISTS {quote(shadow)} CASCADE")
-            await prepare_schema(conn, projection, shadow)
-            total = await self.store.head()
-            await self._replay(conn, projection, shadow, swap, total)  # returns once the swap is over
-        except BaseException as exc:
-            self.live.withdraw_swap(swap)
-            handed_over = swap.handed_over
-            swap.abandon(exc)
-            if not handed_over:  # the leader will not touch the shadow: it is ours to drop
-                await drop_schema(conn, shadow)
-            raise
+            shadow = await create_shadow(conn, projection.name)
+            swap = Swap(shadow)
+            try:
+                await prepare_schema(conn, projection, shadow.schema)
+                total = await self.store.head()
+                await self._replay(conn, projection, shadow.schema, swap, total)  # returns once the swap is over
+            except BaseException as exc:
+                self.live.withdraw_swap(swap)
+                handed_over = swap.handed_over
+                swap.abandon(exc)
+                if not handed_over:  # the leader will not touch the shadow: it is ours to drop
+                    await drop_shadow(conn, shadow)
+                raise
         finally:
             await conn.close()
         if swap.error is not None:
@@ -134,7 +138,7 @@ class Rebuild:
                             raise ProjectionError("the bus closed during the rebuild") from None
                         nursery.cancel_scope.cancel()
                 if batch:
-                    position = await apply_records(conn, projection, batch, None, None, shadow)
+                    position = await apply_in_time(conn, projection, batch, None, None, shadow)
                 if sub.buffered == 0:
                     position = max(position, sub.position)
                 if self.progress is not None:

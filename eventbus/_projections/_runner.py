@@ -10,6 +10,13 @@ connection that holds the lock: after any crash the read model reflects
 exactly the events up to its checkpoint, and no other process can apply
 them meanwhile.
 
+Every way a batch fails counts toward the restart limit: a handler that
+raises, a commit that fails, a batch past the projection's
+``handler_timeout`` (cancelled and rolled back). A projection that gives up
+lets go of the lead, so that another process may try. One whose tables are
+gone while its checkpoint says it has applied events fails at once and keeps
+the lead, for a rebuild here to build them again.
+
 A rebuild (``_rebuild.py``) asks the leader for a swap through
 :meth:`Runner.ask_swap`; the leader pauses at its checkpoint between two
 batches and takes its part of the swap (``_swap.py``). The runner knows
@@ -24,12 +31,13 @@ from collections.abc import Callable
 
 import trio
 
-from .. import _db
+from .. import _db, _telemetry
 from .._errors import DatabaseError, HandlerFailed, StoreUnavailable
 from .._stream import EventStream, Subscription
 from .._values import EventRecord
-from ._apply import apply_records, prepare_schema
+from ._apply import apply_in_time, prepare_schema
 from ._definition import SUBSCRIPTION_BATCHES, Projection, ProjectionState, ProjectionStatus
+from ._skip import apply_skipping
 from ._swap import Swap, swap_in
 
 LEADER_RETRY = 1.0
@@ -76,6 +84,8 @@ class Runner:
         self.restarts = 0
         self.dead_letters = 0
         self.last_error: str | None = None
+        self.poison: int | None = None  # the position of the event the latest failure was in
+        self._skip: int | None = None  # that event goes to the dead letters if it fails again
         self.leader = False
         self._failures = 0
         self._sub: Subscription | None = None
@@ -84,20 +94,21 @@ class Runner:
         self._wait_scope: trio.CancelScope | None = None
         self._scope = trio.CancelScope()
         self._resume = trio.Event()
-        self._busy = False  # a batch is being applied
+        self._batch_started: float | None = None  # trio's clock, while a batch is being applied
 
     # ------------------------------------------------------------ what others see
 
     def position(self) -> int:
         """The position up to which the read model reflects every event."""
         sub = self._sub
-        if sub is not None and sub.buffered == 0 and not self._busy and self.state in _FOLLOWING:
+        if sub is not None and sub.buffered == 0 and self._batch_started is None and self.state in _FOLLOWING:
             return max(self.applied, sub.position)
         return self.applied
 
     def status(self, stream_position: int) -> ProjectionStatus:
         """The projection's status, ``stream_position`` being the stream's."""
         checkpoint = self.position()
+        started = self._batch_started
         return ProjectionStatus(
             state=self.state,
             checkpoint=checkpoint,
@@ -106,6 +117,7 @@ class Runner:
             last_error=self.last_error,
             dead_letters=self.dead_letters,
             leader=self.leader,
+            batch_running=None if started is None else trio.current_time() - started,
         )
 
     async def wait_changed(self) -> None:
@@ -119,10 +131,14 @@ class Runner:
         self._scope.cancel()
         self.state = ProjectionState.STOPPED
 
-    def restart(self) -> None:
-        """Let a ``failed`` runner try again; nothing otherwise."""
+    def restart(self, *, skip_poison: bool = False) -> None:
+        """Let a ``failed`` runner try again; nothing otherwise. With
+        ``skip_poison``, the event it failed on goes to the dead letters if
+        it fails again."""
         if self.state != ProjectionState.FAILED:
             return  # a resume kept for later would skip its next failure
+        if skip_poison:
+            self._skip = self.poison
         # Restarting from now on, not once its task runs: a wait_until_caught_up
         # right after this call must not see the old failure.
         self._mark_restarting()
@@ -166,22 +182,31 @@ class Runner:
                     # The database, not the handlers: retry, without counting toward failure.
                     self.last_error = str(exc)
                     self._mark_restarting()
-                    await trio.sleep(policy.delay(min(self._failures + 1, 4)))
+                    delay = policy.delay(min(self._failures + 1, 4))
+                    _log.warning("projection %s: restarting in %.1f s: %s", self.projection.name, delay, exc,
+                                 exc_info=exc)  # fmt: skip
+                    await trio.sleep(delay)
                 except Exception as exc:
                     # A handler (HandlerFailed), or anything else this projection
                     # raised: its own failure, never the bus's.
                     self.last_error = str(exc) if isinstance(exc, HandlerFailed) else f"{type(exc).__name__}: {exc}"
+                    record = exc.record if isinstance(exc, HandlerFailed) else None
+                    self.poison = record.sequence_number if isinstance(record, EventRecord) else None
                     self._failures += 1
                     if policy.gives_up(self._failures):
                         self.state = ProjectionState.FAILED
-                        _log.error("projection %s failed: %s", self.projection.name, self.last_error)
+                        _log.error("projection %s failed after %d restarts: %s", self.projection.name,
+                                   self._failures - 1, self.last_error, exc_info=exc)  # fmt: skip
                         self._notify()
                         await self._resume.wait()
                         self._resume = trio.Event()
                         self._failures = 0
                         continue
                     self._mark_restarting()
-                    await trio.sleep(policy.delay(self._failures))
+                    delay = policy.delay(self._failures)
+                    _log.warning("projection %s: restarting in %.1f s: %s", self.projection.name, delay,
+                                 self.last_error, exc_info=exc)  # fmt: skip
+                    await trio.sleep(delay)
 
     def _mark_restarting(self) -> None:
         self.state = ProjectionState.RESTARTING
@@ -204,15 +229,23 @@ class Runner:
                     self._notify()  # wait_until_caught_up here follows the leader
                 await trio.sleep(LEADER_RETRY)
             self.leader = True
+            _log.info("projection %s: this process leads it now", name)
             self.state = ProjectionState.STARTING
-            await prepare_schema(conn, self.projection, self.projection.schema)
             await conn.execute("INSERT INTO eventbus.projections (name) VALUES ($1) ON CONFLICT DO NOTHING", name)
             checkpoint = int(await conn.fetchval("SELECT checkpoint FROM eventbus.projections WHERE name = $1", name))
-            self.applied = checkpoint
+            vanished = await prepare_schema(conn, self.projection, self.projection.schema, checkpoint=checkpoint)
+            self.applied = 0 if vanished else checkpoint  # without its tables, the model reflects nothing
             self._notify()
+            if vanished:
+                swapped = await self._hold_for_rebuild(conn, checkpoint, vanished)
+                if swapped is None:
+                    return  # restart(): take the lead again
+                checkpoint = swapped
             while True:
                 checkpoint = await self._follow(conn, checkpoint)
         finally:
+            if self.leader:
+                _log.info("projection %s: this process no longer leads it", name)
             self.leader = False
             self._sub = None
             await conn.close()  # closing the session lets go of the lead
@@ -253,14 +286,58 @@ class Runner:
                         checkpoint = self.applied = position
                         self._notify()
                     continue
-                self._busy = True
+                self._batch_started = trio.current_time()
+                self._notify()
                 try:
-                    checkpoint = await apply_records(conn, projection, batch, checkpoint, self._count_dead_letter)
+                    checkpoint = await self._apply(conn, batch, checkpoint)
                 finally:
-                    self._busy = False
+                    self._batch_started = None
                 self.applied = checkpoint
                 self._failures = 0
                 self._notify()
+
+    async def _apply(self, conn: _db.Connection, batch: list[EventRecord], checkpoint: int) -> int:
+        """Apply one batch in its span (the poison event a resume named as
+        under ``on_error="skip"``); the new checkpoint."""
+        projection = self.projection
+        attributes = {"eventbus.projection": projection.name, "eventbus.events": len(batch),
+                      "eventbus.position": batch[-1].sequence_number}  # fmt: skip
+        with _telemetry.span("eventbus.projection_batch", attributes, lambda: (r.metadata for r in batch)):
+            skip = self._skip
+            if skip is not None and skip <= batch[-1].sequence_number:
+                checkpoint = await apply_skipping(conn, projection, batch, checkpoint, skip, self._count_dead_letter)
+                self._skip = None
+                return checkpoint
+            return await apply_in_time(conn, projection, batch, checkpoint, self._count_dead_letter)
+
+    async def _hold_for_rebuild(self, conn: _db.Connection, checkpoint: int, vanished: list[str]) -> int | None:
+        """The read model's tables are gone while its checkpoint is past 0:
+        fail, rather than carry on over an empty model, and keep the lead
+        until a rebuild here swaps a fresh copy in (its checkpoint after) or
+        ``restart`` asks to try again (None)."""
+        name = self.projection.name
+        self.last_error = (
+            f"projection {name}: its tables {', '.join(vanished)} are gone while its checkpoint is at {checkpoint}: "
+            f"it will not carry on over an empty read model; rebuild it (bus.projections.rebuild({name!r}))"
+            " to build them again from the events"
+        )
+        self.state = ProjectionState.FAILED
+        _log.error("%s", self.last_error)
+        self._notify()
+        while True:
+            swap, self._swap = self._swap, None
+            if swap is not None:
+                swapped = await swap_in(conn, self.projection, checkpoint, swap)
+                if swapped is not None:
+                    self.applied, self.last_error = swapped, None
+                    self._notify()
+                    return swapped
+            if self._resume.is_set():
+                self._resume = trio.Event()
+                return None
+            with trio.CancelScope() as self._wait_scope:  # ask_swap and restart wake it
+                await self._resume.wait()
+            self._wait_scope = None
 
     async def _take_swap(self, conn: _db.Connection, checkpoint: int) -> int:
         """Pause at ``checkpoint`` for the rebuild's copy, then swap it in;

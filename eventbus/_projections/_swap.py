@@ -1,7 +1,7 @@
 """The swap: how a rebuild's shadow copy takes the live read model's place.
 
 Two tasks meet in one :class:`Swap`: the rebuild, which builds the copy in
-``projection_<name>__shadow`` and asks for the swap, and the projection's
+its shadow schema (``_shadow.py``) and asks for the swap, and the projection's
 leader, which pauses at its checkpoint, waits for the copy to reach it, and
 swaps the two schemas and moves the checkpoint in one transaction
 (:func:`swap_in`). The ``Swap`` holds the state of the hand-over; each side
@@ -20,8 +20,9 @@ import trio
 from .. import _db
 from .._db import rollback
 from .._errors import DatabaseError, ProjectionError
-from ._apply import commit_sql, drop_schema, literal, quote
+from ._apply import commit_sql, literal, quote
 from ._definition import Projection
+from ._shadow import NOT_THE_COPY, Shadow, drop_shadow
 
 SWAP_LOCK_TIMEOUT = 1.0
 """Seconds a rebuild's swap waits for the live tables' locks before it gives way."""
@@ -42,9 +43,11 @@ class Swap:
     :meth:`hand_over` it (or :meth:`abandon` the swap); the leader swaps it
     in, or :meth:`fail` it, and :meth:`finish` ends the swap. ``error`` is
     why it did not happen, from either side (the first reason recorded).
+    ``shadow`` is the copy's schema, as the rebuild made it.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, shadow: Shadow) -> None:
+        self.shadow = shadow
         self._target: int | None = None
         self._target_set = trio.Event()
         self._reached: int | None = None
@@ -135,20 +138,22 @@ async def swap_in(conn: _db.Connection, projection: Projection, checkpoint: int,
         if swapped is None:
             swap.fail(ProjectionError("the live projection stopped before the swap"))
             if swap.handed_over:
-                await drop_schema(conn, projection.schema + "__shadow")
+                await drop_shadow(conn, swap.shadow)
         swap.finish()
 
 
 async def _swap_schemas(conn: _db.Connection, projection: Projection, checkpoint: int, reached: int,
                         swap: Swap) -> bool:  # fmt: skip
     """Swap the live and shadow schemas and move the checkpoint, in one
-    transaction. The live tables are locked first, in the order readers
+    transaction: the live schema is dropped and the copy, if it is still the
+    schema the rebuild made (by oid), renamed in its place; no other schema
+    is touched. The live tables are locked first, in the order readers
     lock them; a lock that is not granted within ``SWAP_LOCK_TIMEOUT``
     (a long reader) or a deadlock with a session outside ``reader`` rolls
     the swap back, and it is tried again up to ``SWAP_ATTEMPTS`` times.
     Returns whether it swapped."""
     schema = projection.schema
-    live, old, shadow = quote(schema), quote(schema + "__old"), quote(schema + "__shadow")
+    live, shadow = quote(schema), quote(swap.shadow.schema)
     attempt = 0
     while True:
         attempt += 1
@@ -157,14 +162,16 @@ async def _swap_schemas(conn: _db.Connection, projection: Projection, checkpoint
         try:
             await conn.run_script(
                 f"BEGIN; SET LOCAL lock_timeout = '{int(SWAP_LOCK_TIMEOUT * 1000)}ms';"
-                f" SELECT eventbus.lock_read_model({literal(schema)}, true);"
-                f" DROP SCHEMA IF EXISTS {old} CASCADE; ALTER SCHEMA {live} RENAME TO {old};"
-                f" ALTER SCHEMA {shadow} RENAME TO {live}; DROP SCHEMA {old} CASCADE;"
-                f" {commit_sql(projection.name, checkpoint, reached)}"
+                f" SELECT eventbus.lock_read_model({literal(schema)}, true); {swap.shadow.check_sql()};"
+                f" DROP SCHEMA IF EXISTS {live} CASCADE; ALTER SCHEMA {shadow} RENAME TO {live};"
+                f" COMMENT ON SCHEMA {live} IS NULL; {commit_sql(projection.name, checkpoint, reached)}"
             )
             return True
         except DatabaseError as exc:
             await rollback(conn)
+            if exc.sqlstate == NOT_THE_COPY:  # the rebuild fails; the live model goes on
+                swap.fail(ProjectionError(str(exc)))
+                return False
             if exc.sqlstate not in _LOCK_CONFLICTS:
                 swap.fail(exc)
                 raise

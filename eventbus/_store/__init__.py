@@ -13,9 +13,11 @@ from ._handle import (
 )
 from ._reads import Reads
 from ._replicas import REPLICA_WAIT, ReplicaState, ReplicaStatistics
-from ._requests import StoreStatistics
+from ._requests import BATCH_BYTES_CEILING, MAX_BATCH_BYTES, StoreStatistics, check_max_batch_bytes
 
 __all__ = [
+    "BATCH_BYTES_CEILING",
+    "MAX_BATCH_BYTES",
     "READ_POOL_SIZE",
     "RECONNECT_TIMEOUT",
     "REPLICA_WAIT",
@@ -26,6 +28,7 @@ __all__ = [
     "ReplicaState",
     "ReplicaStatistics",
     "StoreStatistics",
+    "check_max_batch_bytes",
     "open_event_store",
     "query_sql",
     "replica_list",

@@ -16,6 +16,7 @@ the rare case two lanes' transactions took the lock the other way round).
 from __future__ import annotations
 
 import collections
+import logging
 import math
 import os
 import time
@@ -26,7 +27,7 @@ from typing import Any
 import attrs
 import trio
 
-from .. import _db
+from .. import _db, _telemetry
 from .._errors import (
     ClosedError,
     ConcurrencyError,
@@ -37,7 +38,7 @@ from .._errors import (
     StoreUnavailable,
 )
 from .._values import EventRecord
-from ._requests import Counters, Outcome, Request
+from ._requests import MAX_BATCH_BYTES, Counters, Outcome, Request
 from ._sql import APPEND_SQL, batch_arguments
 
 REQUEST_BUFFER = 1024
@@ -56,6 +57,7 @@ BACKOFF_INITIAL = 0.05
 BACKOFF_MAX = 2.0
 
 _UNIQUE_VIOLATION = "23505"
+_log = logging.getLogger("eventbus.store")
 CommitHook = Callable[[list[EventRecord]], Awaitable[None]]
 
 
@@ -110,8 +112,10 @@ class StoreActor:
         on_commit: CommitHook | None,
         reconnect_timeout: float,
         lanes: int = WRITE_LANES,
+        max_batch_bytes: int = MAX_BATCH_BYTES,
     ) -> None:
         self._dsn = dsn
+        self._max_batch_bytes = max_batch_bytes
         self._receive = receive
         self._on_commit = on_commit
         self._reconnect_timeout = reconnect_timeout
@@ -121,6 +125,7 @@ class StoreActor:
         self._in_flight: set[Request] = set()
         self._retry_at = 0.0
         self._backoff = BACKOFF_INITIAL
+        self._lost_at: float | None = None  # when the database was lost, until a connection is back
         self.origin = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self.counters = Counters()
 
@@ -179,7 +184,9 @@ class StoreActor:
         self._receive.close()
 
     async def _next_batch(self, idle_lanes: Callable[[], int] = lambda: 1) -> list[Request]:
-        """Wait for one request, then take the ready ones, up to the batch limits.
+        """Wait for one request, then take the ready ones, up to the batch limits
+        (appends, events, and bytes: ``max_batch_bytes``; a request that would
+        pass one waits for the next batch, and the first of a batch always goes).
 
         With other lanes idle too, only a fair share of what is ready: the
         next batch can then go out while this one commits, and Python's work
@@ -189,7 +196,7 @@ class StoreActor:
         """
         batch: list[Request] = []
         ids: set[uuid.UUID] = set()
-        events = 0
+        events = size = 0
         held: list[Request] = []
         limit = MAX_BATCH_APPENDS
         while len(batch) < limit:
@@ -205,7 +212,7 @@ class StoreActor:
             if request.abandoned:
                 continue
             request_ids = {prepared.event_id for prepared in request.events}
-            too_big = events + len(request.events) > MAX_BATCH_EVENTS
+            too_big = events + len(request.events) > MAX_BATCH_EVENTS or size + request.size > self._max_batch_bytes
             if batch and (too_big or not ids.isdisjoint(request_ids)):
                 held.append(request)
                 if too_big:
@@ -214,6 +221,7 @@ class StoreActor:
             batch.append(request)
             ids |= request_ids
             events += len(request.events)
+            size += request.size
             if len(batch) == 1:
                 ready = 1 + self._receive.statistics().current_buffer_used + len(self._pending)
                 limit = min(MAX_BATCH_APPENDS, math.ceil(ready / idle_lanes()))
@@ -252,6 +260,16 @@ class StoreActor:
     async def _execute(self, lane: _Lane, batch: list[Request], release: Callable[[], None]) -> list[Outcome]:
         if not lane.up and not await self._reconnect(lane):
             return [Outcome(request, error=_unavailable()) for request in batch]
+        with _telemetry.span(
+            "eventbus.append_batch",
+            {"eventbus.appends": len(batch)},
+            lambda: (r.events[0].metadata for r in batch),
+            traced_only=True,
+        ):
+            _telemetry.count_batch(len(batch))
+            return await self._execute_batch(lane, batch, release)
+
+    async def _execute_batch(self, lane: _Lane, batch: list[Request], release: Callable[[], None]) -> list[Outcome]:
         assert lane.conn is not None
         try:
             try:
@@ -261,9 +279,11 @@ class StoreActor:
                     raise
                 # A retry of a stored append: look for stored ids this time.
                 rows = await lane.conn.fetch(APPEND_SQL, *batch_arguments(batch, self.origin, check_ids=True))
-        except StoreUnavailable:
+        except StoreUnavailable as exc:
+            self._lost(exc)
             return await self._settle(lane, batch, release)
-        except DatabaseError:
+        except DatabaseError as exc:
+            _log.warning("a batch of %d appends was refused as a whole (%s); running each alone", len(batch), exc)
             return await self._execute_singly(lane, batch, release)
         self.counters.batches += 1
         self.counters.last_batch = len(batch)
@@ -271,13 +291,16 @@ class StoreActor:
 
     def _outcomes(self, batch: list[Request], rows: Iterable[_db.Row | tuple[Any, ...]]) -> list[Outcome]:
         stored: dict[uuid.UUID, tuple[int, Any]] = {}
+        found: dict[uuid.UUID, EventRecord] = {}  # a retry's events, as they are stored
         refused: dict[int, tuple[str, int | None]] = {}
         new_ids: set[uuid.UUID] = set()
-        for append_no, outcome, event_id, position, occurred_at in rows:
-            if outcome == "ok" or outcome == "duplicate":
+        for append_no, outcome, event_id, position, occurred_at, kind, payload, metadata in rows:
+            if outcome == "ok":
                 stored[event_id] = (position, occurred_at)
-                if outcome == "ok":
-                    new_ids.add(event_id)
+                new_ids.add(event_id)
+            elif outcome == "duplicate":
+                stored[event_id] = (position, occurred_at)
+                found[event_id] = EventRecord(position, event_id, kind, payload, metadata, occurred_at)
             else:
                 refused[append_no] = (outcome, position)
         outcomes: list[Outcome] = []
@@ -292,8 +315,11 @@ class StoreActor:
                 continue
             records = []
             for p in request.events:
-                position, occurred_at = stored[p.event_id]
-                records.append(EventRecord(position, p.event_id, p.event_type, p.payload, p.metadata, occurred_at))
+                record = found.get(p.event_id)
+                if record is None:
+                    position, occurred_at = stored[p.event_id]
+                    record = EventRecord(position, p.event_id, p.event_type, p.payload, p.metadata, occurred_at)
+                records.append(record)
             outcomes.append(Outcome(request, records, new=request.events[0].event_id in new_ids))
         return outcomes
 
@@ -323,7 +349,8 @@ class StoreActor:
             assert lane.conn is not None
             try:
                 rows = await lane.conn.fetch(APPEND_SQL, *batch_arguments([request], self.origin, check_ids=True))
-            except StoreUnavailable:
+            except StoreUnavailable as exc:
+                self._lost(exc)
                 if settling:
                     lane.drop()
                     break
@@ -370,7 +397,8 @@ class StoreActor:
             assert lane.conn is not None
             try:
                 rows = await lane.conn.fetch(APPEND_SQL, *batch_arguments(waiting, self.origin, check_ids=True))
-            except StoreUnavailable:
+            except StoreUnavailable as exc:
+                self._lost(exc)
                 lane.drop()
                 continue
             except DatabaseError:
@@ -394,7 +422,8 @@ class StoreActor:
                 await trio.sleep(wait)
             try:
                 lane.conn = await self._connect()
-            except StoreUnavailable:
+            except StoreUnavailable as exc:
+                self._lost(exc)
                 self._retry_at = time.monotonic() + self._backoff
                 self._backoff = min(self._backoff * 2, BACKOFF_MAX)
                 if not patient:
@@ -402,7 +431,17 @@ class StoreActor:
                 continue
             self._backoff = BACKOFF_INITIAL
             self.counters.reconnects += 1
+            _telemetry.count_reconnect()
+            if self._lost_at is not None:
+                _log.warning("connection to the database restored after %.1f s", time.monotonic() - self._lost_at)
+                self._lost_at = None
             return True
+
+    def _lost(self, exc: BaseException) -> None:
+        """Log the start of an outage (once: its end is logged on reconnect)."""
+        if self._lost_at is None:
+            self._lost_at = time.monotonic()
+            _log.warning("lost the connection to the database (%s); reconnecting", exc)
 
     # ---------------------------------------------------------- answering
 
@@ -416,14 +455,32 @@ class StoreActor:
                 # Handed over before callers wake: once append returns, the stream has it.
                 await self._on_commit(committed)
         now = time.perf_counter()
+        refused = 0
         for outcome in outcomes:
             counters.appends += 1
             counters.latencies.append(now - outcome.request.started)
-            if isinstance(outcome.error, ConcurrencyError):
-                counters.conflicts += 1
-            elif isinstance(outcome.error, StoreUnavailable):
-                counters.unavailable += 1
+            if outcome.error is not None:
+                refused += 1
+                _telemetry.count_appends(_outcome(outcome.error), 1)
+                if isinstance(outcome.error, ConcurrencyError):
+                    counters.conflicts += 1
+                elif isinstance(outcome.error, StoreUnavailable):
+                    counters.unavailable += 1
             outcome.request.finish(outcome.records, outcome.error)
+        _telemetry.count_appends("ok", len(outcomes) - refused)
+        if outcomes:
+            _telemetry.count_answered(now - min(outcome.request.started for outcome in outcomes))
+
+
+def _outcome(error: BaseException | None) -> str:
+    """An append's outcome as the ``eventbus.appends`` counter names it."""
+    if error is None:
+        return "ok"
+    if isinstance(error, (ConcurrencyError, DuplicateEventId)):
+        return "conflict"
+    if isinstance(error, (StoreUnavailable, ClosedError)):
+        return "unavailable"
+    return "invalid"
 
 
 def _as_new(outcomes: list[Outcome]) -> list[Outcome]:

@@ -19,15 +19,25 @@ from typing import Any
 
 import trio
 
-from .. import _db
+from .. import _db, _telemetry
 from .._db import open_database
-from .._errors import ClosedError, InvalidFilter, InvalidOption
+from .._errors import ClosedError, InvalidEvent, InvalidFilter, InvalidOption
 from .._nursery import open_actor_nursery
 from .._values import Event, EventFilter, EventQuery, EventRecord, QueryResult, _json, _tags
 from ._actor import REQUEST_BUFFER, WRITE_LANES, CommitHook, StoreActor
 from ._reads import Reads
 from ._replicas import REPLICA_WAIT
-from ._requests import Request, StoreStatistics, condition, condition_filters, percentile, prepare
+from ._requests import (
+    MAX_BATCH_BYTES,
+    Request,
+    StoreStatistics,
+    check_max_batch_bytes,
+    condition,
+    condition_filters,
+    encoded_size,
+    percentile,
+    prepare,
+)
 
 READ_POOL_SIZE = 4
 """Connections in the read pool."""
@@ -101,6 +111,7 @@ class EventStore:
         pool: _db.Pool,
         actor: StoreActor,
         max_payload_bytes: int,
+        max_batch_bytes: int = MAX_BATCH_BYTES,
         reads: Reads | None = None,
     ) -> None:
         self._send = send
@@ -108,6 +119,7 @@ class EventStore:
         self._reads = reads if reads is not None else Reads(pool, (), 1, REPLICA_WAIT)
         self._actor = actor
         self._max_payload_bytes = max_payload_bytes
+        self._max_batch_bytes = max_batch_bytes
         self._closed = False
 
     async def append(
@@ -146,21 +158,34 @@ class EventStore:
             One record per event, in the given order, with their positions.
 
         Raises:
-            InvalidEvent: an event is not storable (nothing reached the database).
+            InvalidEvent: an event is not storable, or the append is bigger
+                (encoded) than one batch may be, ``max_batch_bytes``; nothing
+                reached the database.
             ConcurrencyError: the condition failed; nothing was stored.
             DuplicateEventId: some ids are stored already for other events.
             StoreUnavailable: the database could not be reached; see its
                 ``outcome_known``.
             ClosedError: the store is closed.
         """
-        prepared = prepare(events, self._max_payload_bytes)
-        filters = condition_filters(filter)
-        checked = condition(filters, expected_max_sequence_number)
+        try:
+            prepared = prepare(events, self._max_payload_bytes, _telemetry.trace_metadata())
+            filters = condition_filters(filter)
+            checked = condition(filters, expected_max_sequence_number)
+        except InvalidEvent:
+            _telemetry.count_invalid()
+            raise
         if not prepared:
             return []
+        size = encoded_size(prepared, checked)
+        if size > self._max_batch_bytes:
+            count = f"{len(prepared)} event" + ("s" if len(prepared) > 1 else "")
+            raise InvalidEvent(
+                f"this append is {size} bytes encoded ({count}), over the limit of {self._max_batch_bytes} "
+                "bytes for one batch (max_batch_bytes): split it into smaller appends"
+            )
         if self._closed:
             raise ClosedError("the event store is closed")
-        request = Request(prepared, checked, expected_max_sequence_number or 0, filters)
+        request = Request(prepared, checked, expected_max_sequence_number or 0, filters, size)
         try:
             try:
                 self._send.send_nowait(request)  # the common case: no extra scheduler round
@@ -288,6 +313,7 @@ async def run_event_store(
     read_pool_size: int = READ_POOL_SIZE,
     reconnect_timeout: float = RECONNECT_TIMEOUT,
     write_connections: int = WRITE_LANES,
+    max_batch_bytes: int = MAX_BATCH_BYTES,
     replica_dsns: Sequence[str] | None = None,
     replica_wait: float = REPLICA_WAIT,
     task_status: trio.TaskStatus[EventStore] = trio.TASK_STATUS_IGNORED,
@@ -301,13 +327,14 @@ async def run_event_store(
     the appenders are answered; if it blocks, the actor (and so appends) wait.
     ``replica_dsns`` and ``replica_wait``: see :func:`open_event_store`.
     """
+    check_max_batch_bytes(max_batch_bytes)
     replicas = replica_list(replica_dsns, replica_wait)
     send, receive = trio.open_memory_channel[Request](REQUEST_BUFFER)
-    actor = StoreActor(dsn, receive, on_commit, reconnect_timeout, write_connections)
+    actor = StoreActor(dsn, receive, on_commit, reconnect_timeout, write_connections, max_batch_bytes)
     async with _db.open_loop():
         pool = await _db.create_pool(dsn, max_size=read_pool_size)
         reads = Reads(pool, replicas, read_pool_size, replica_wait)
-        store = EventStore(send, pool, actor, max_payload_bytes, reads)
+        store = EventStore(send, pool, actor, max_payload_bytes, max_batch_bytes, reads)
         try:
             async with open_actor_nursery() as nursery:
                 await nursery.start(actor.run, _db.install_schema)
@@ -328,6 +355,7 @@ async def open_event_store(
     read_pool_size: int = READ_POOL_SIZE,
     reconnect_timeout: float = RECONNECT_TIMEOUT,
     write_connections: int = WRITE_LANES,
+    max_batch_bytes: int = MAX_BATCH_BYTES,
     replica_dsns: Sequence[str] | None = None,
     replica_wait: float = REPLICA_WAIT,
 ) -> AsyncIterator[EventStore]:
@@ -343,7 +371,10 @@ async def open_event_store(
     ``read_pool_size`` connections serve queries; ``write_connections``
     carry batches (more than one lets the next batch form while one commits);
     ``reconnect_timeout`` bounds how long an append waits to learn its outcome
-    after a lost connection.
+    after a lost connection; ``max_batch_bytes`` bounds a batch's encoded size
+    (appends that would pass it together go in separate batches, and a single
+    append over it is refused with ``InvalidEvent``; at most
+    ``BATCH_BYTES_CEILING``, under PostgreSQL's 1 GB message limit).
 
     ``replica_dsns``: connection strings of hot standbys of the database
     (PostgreSQL streaming replication). Queries, subscriptions' catch-up
@@ -361,10 +392,13 @@ async def open_event_store(
     ``ClosedError``; connections close, shielded from cancellation and bounded.
 
     Raises:
-        StoreUnavailable: the database could not be reached at open.
+        InvalidEvent: ``max_batch_bytes`` is out of range.
         InvalidOption: ``replica_dsns`` is not a list of connection strings,
             or ``replica_wait`` is not a number >= 0.
+        StoreUnavailable: the database could not be reached at open
+            (``InvalidDSN``: its connection string cannot be read).
     """
+    check_max_batch_bytes(max_batch_bytes)
     replica_list(replica_dsns, replica_wait)  # refused before anything starts
     async with open_database(dsn) as resolved, _db.open_loop(), open_actor_nursery() as nursery:
         store: EventStore = await nursery.start(
@@ -376,6 +410,7 @@ async def open_event_store(
                 read_pool_size=read_pool_size,
                 reconnect_timeout=reconnect_timeout,
                 write_connections=write_connections,
+                max_batch_bytes=max_batch_bytes,
                 replica_dsns=replica_dsns,
                 replica_wait=replica_wait,
             )

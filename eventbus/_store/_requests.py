@@ -58,8 +58,11 @@ def new_event_id() -> uuid.UUID:
     return uuid.UUID(int=value)
 
 
-def prepare(events: Sequence[Event], max_bytes: int) -> list[Prepared]:
-    """Check every event and write its JSON; raise InvalidEvent naming the first bad one."""
+def prepare(events: Sequence[Event], max_bytes: int, trace: Mapping[str, str] | None = None) -> list[Prepared]:
+    """Check every event and write its JSON; raise InvalidEvent naming the first bad one.
+
+    ``trace``: metadata to add to each event's (its own keys win), the appender's trace context.
+    """
     if isinstance(events, (Event, str, bytes)) or not isinstance(events, Iterable):
         raise InvalidEvent(f"append takes a list of Event, not {type(events).__name__}")
     prepared: list[Prepared] = []
@@ -76,8 +79,11 @@ def prepare(events: Sequence[Event], max_bytes: int) -> list[Prepared]:
             payload, payload_text = _json.encode(event.payload, "payload", max_bytes=max_bytes)
             metadata: dict[str, Any] = {}
             metadata_text = "{}"
-            if event.metadata is not None:
-                metadata, metadata_text = _json.encode(event.metadata, "metadata", max_bytes=max_bytes)
+            given = event.metadata
+            if trace is not None and (given is None or isinstance(given, Mapping)):
+                given = {**trace, **(given or {})}
+            if given is not None:
+                metadata, metadata_text = _json.encode(given, "metadata", max_bytes=max_bytes)
         except _json.JSONRefused as exc:
             raise InvalidEvent(f"{where}: {exc}") from None
         event_id = event.event_id
@@ -91,6 +97,46 @@ def prepare(events: Sequence[Event], max_bytes: int) -> list[Prepared]:
         tags = _tags.event_tags(payload)
         prepared.append(Prepared(event_id, kind, payload, payload_text, metadata, metadata_text, tags))
     return prepared
+
+
+MAX_BATCH_BYTES = 256 * 1024 * 1024
+"""The default bound on one batch's encoded size (see :func:`encoded_size`).
+
+PostgreSQL refuses a message over 1 GB, and a batch is one message: without a
+bound in bytes, appends that each fit would fail together once batched."""
+
+BATCH_BYTES_CEILING = 1024 * 1024 * 1024 - 64 * 1024 * 1024
+"""The most ``max_batch_bytes`` may be: PostgreSQL's 1 GB message limit, less
+room for what :func:`encoded_size` does not count (the batch's dependency
+pairs, the message's own framing)."""
+
+_EVENT_OVERHEAD = 40  # an event's id, its append number, the length word of each of its array elements
+_TAG_OVERHEAD = 20  # a tag and its event number, with their length words
+_APPEND_OVERHEAD = 16
+
+
+def _utf8_length(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode())
+
+
+def encoded_size(events: Sequence[Prepared], condition: str | None) -> int:
+    """About how many bytes an append adds to its batch's message, never fewer.
+
+    Its events' types, payloads and metadata as UTF-8, their ids and tags,
+    its condition, and the length words that frame each.
+    """
+    size = _APPEND_OVERHEAD + (_utf8_length(condition) if condition is not None else 4)
+    for event in events:
+        size += _EVENT_OVERHEAD + _TAG_OVERHEAD * len(event.tags)
+        size += _utf8_length(event.event_type) + _utf8_length(event.payload_text) + _utf8_length(event.metadata_text)
+    return size
+
+
+def check_max_batch_bytes(value: object) -> int:
+    """``value`` if it is a whole number from 1 to ``BATCH_BYTES_CEILING``, else InvalidEvent."""
+    if type(value) is not int or not 1 <= value <= BATCH_BYTES_CEILING:
+        raise InvalidEvent(f"max_batch_bytes must be a whole number from 1 to {BATCH_BYTES_CEILING}, not {value!r}")
+    return value
 
 
 Condition = EventFilter | Sequence[EventFilter]
@@ -151,6 +197,7 @@ class Request:
     condition: str | None
     expected: int
     filters: tuple[EventFilter, ...] | None = None
+    size: int = 0
     done: trio.Event = attrs.field(factory=trio.Event)
     result: list[EventRecord] | None = None
     error: BaseException | None = None

@@ -24,6 +24,7 @@ changes it. A ``Subscription`` is the consumer's end and asks the hub through
 from __future__ import annotations
 
 import bisect
+import logging
 import math
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
@@ -31,6 +32,7 @@ from contextlib import asynccontextmanager
 import attrs
 import trio
 
+from .. import _telemetry
 from .._errors import ClosedError, InvalidFilter, StoreUnavailable
 from .._nursery import open_actor_nursery
 from .._store import EventStore
@@ -60,6 +62,7 @@ RETRY_DELAY = 0.1
 """Seconds between attempts when the store cannot be read."""
 
 _OVERFLOWS = ("catch_up", "block")
+_log = logging.getLogger("eventbus.stream")
 _POLL = object()
 
 
@@ -143,6 +146,7 @@ class EventStream:
         self.ingested = 0
         self.delivered = 0
         self._closed = False
+        _telemetry.watch("subscription", self, _subscription_lags)
 
     # ------------------------------------------------------------ public
 
@@ -254,6 +258,7 @@ class EventStream:
                         await self._ingest_local(item)  # type: ignore[arg-type]
         finally:
             self._closed = True
+            _telemetry.unwatch("subscription", self)
             for delivery in list(self._all):
                 self.detach(delivery)
 
@@ -413,6 +418,9 @@ class EventStream:
         delivery.enqueued_upto = position
         if counts_as_detach:
             delivery.detaches += 1
+            _log.info(
+                "subscription %s detached at position %d (its buffer is full); catching up", delivery.name, position
+            )
         assert self._nursery is not None, "the stream is not running"
         scope = trio.CancelScope()
         delivery.catch_up_scope = scope
@@ -447,11 +455,17 @@ class EventStream:
                 if delivery.state is SubscriptionState.CATCHING_UP:
                     delivery.state = SubscriptionState.LIVE
                     self._live[delivery] = None
+                    if delivery.detaches:
+                        _log.info("subscription %s re-attached at position %d", delivery.name, self.position)
             except (trio.ClosedResourceError, trio.BrokenResourceError):
                 return
             finally:
                 if delivery.catch_up_scope is scope:
                     delivery.catch_up_scope = None
+
+
+def _subscription_lags(stream: EventStream) -> Iterable[tuple[float, dict[str, str]]]:
+    return [(sub.lag, {"subscription": sub.name}) for sub in stream.statistics().subscriptions]
 
 
 _EVERYTHING = EventFilter([])

@@ -28,7 +28,8 @@ from apps.banking.features.transfer.types import money_transferred
 from apps.banking.features.withdraw.types import money_withdrawn
 from chaos import _checks
 from chaos._processes import Incarnation, Outcome
-from chaos._schedule import DECK, FaultKind, make_schedule
+from chaos._projector import Seen
+from chaos._schedule import DECK, FIRST_START_DECK, FIRST_START_SIGNALS, OWN_SERVER, FaultKind, make_schedule
 from eventbus import Event, EventRecord
 
 EUR, USD = Currency.EUR, Currency.USD
@@ -119,14 +120,22 @@ def test_faults_fall_in_the_window_in_order_and_every_kind_comes_up_in_the_first
     assert moments == sorted(moments)
     assert all(2 < at <= 40 for at in moments)
     assert all(later - earlier >= 1.5 - 0.1 for earlier, later in itertools.pairwise([2.0, *moments]))
-    assert {fault.kind for fault in faults[: len(DECK) + 1]} == set(FaultKind)
+    assert {fault.kind for fault in faults[: len(DECK) + 1]} == set(FaultKind) - set(FIRST_START_DECK)
     assert {fault.slot for fault in faults if fault.kind is FaultKind.KILL} == {1}  # simulator 0 reports the whole run
+
+
+def test_first_starts_are_killed_only_when_asked_for_with_each_signal() -> None:
+    asked = make_schedule(1, start=2, end=600, mean_interval=3, slots=2, server_restarts=False, first_starts=True)
+    plain = make_schedule(1, start=2, end=600, mean_interval=3, slots=2, server_restarts=True)
+    assert {fault.kind for fault in asked[: len(DECK)]} == set(FaultKind) - OWN_SERVER - {FaultKind.STANDBY}
+    assert {fault.signal for fault in asked if fault.kind is FaultKind.FIRST_START} == set(FIRST_START_SIGNALS)
+    assert FaultKind.FIRST_START not in {fault.kind for fault in plain}
 
 
 def test_a_server_that_is_not_ours_is_never_restarted() -> None:
     faults = make_schedule(1, start=2, end=600, mean_interval=3, slots=2, server_restarts=False)
     assert faults
-    assert FaultKind.RESTART not in {fault.kind for fault in faults}
+    assert not OWN_SERVER & {fault.kind for fault in faults}
     assert FaultKind.STANDBY not in {fault.kind for fault in faults}  # nor a standby it has none of
 
 
@@ -284,6 +293,39 @@ def test_a_checkpoint_behind_the_head_or_a_projection_that_did_not_catch_up_is_a
     assert check.problems == (
         "projection analytics did not catch up: failed: boom",
         "projection analytics has its checkpoint at 5; the head is at 8",
+    )
+
+
+def test_a_ledger_that_applied_an_event_twice_missed_one_or_trails_the_head_is_a_violation() -> None:
+    records = clean_history()
+    rows = [(r.sequence_number, str(r.event_id)) for r in records]
+    assert _checks.ledger_applied_once(rows, 8, records, 8).ok
+    broken = [rows[0], rows[0], *rows[2:], (9, str(uuid.UUID(int=0)))]
+    broken[3] = (broken[3][0], "other")
+    check = _checks.ledger_applied_once(broken, 7, records, 8)
+    assert check.problems == (
+        "the ledger applied position 1 2 times",
+        "the ledger never applied position 2",
+        f"the ledger holds event other at position 4; the store holds {records[3].event_id}",
+        "the ledger applied position 9, which the store does not hold",
+        "the ledger's checkpoint is at 7; the head is at 8",
+    )
+
+
+def test_a_batch_past_its_deadline_a_failure_that_kept_the_lead_or_a_silent_projector_is_a_violation() -> None:
+    fine = Seen(0, hangs=3, longest_batch=1.6, deadline_failures=3, failed=1, done=True)
+    assert _checks.hangs_cut_off([(0, fine, None), (1, Seen(1, done=True), None)], deadline=1.5, slack=3.0).ok
+    long = Seen(0, hangs=2, longest_batch=9.0, deadline_failures=0, failed=1, failed_holding_lead=1, done=True)
+    check = _checks.hangs_cut_off(
+        [(0, long, None), (1, Seen(1), "projector 1 ended with status 1"), (2, None, None)], deadline=1.5, slack=3.0
+    )
+    assert check.problems == (
+        "projector 0 ran a batch for 9.0 s (deadline 1.5 s)",
+        "projector 0's handler hung 2 times and no deadline failure was seen",
+        "projector 0's projection failed 1 times keeping the lead",
+        "projector 1 ended with status 1",
+        "projector 1 did not report to the end",
+        "projector 2 did not report to the end",
     )
 
 

@@ -2,11 +2,17 @@
 
 Run as ``python -m tests.integration._projection_worker DSN STYLE``. The worker
 opens a bus, starts :func:`accounts_projection` in STYLE (``each`` or
-``batch``), prints ``ready``, then obeys one line at a time:
+``batch``; ``hang``: its handlers never return, its batches pass their
+deadline of ``HANG_DEADLINE`` seconds, and it fails after one restart;
+``parts``: ``each`` in ``PARTITIONS`` partitions by account; ``parts_slow``:
+the same, each event taking ``SLOW_EVENT`` seconds, in batches of
+``SLOW_BATCH``), prints ``ready``, then obeys one line at a time:
 
 * ``status``: prints ``status STATE LEADER CHECKPOINT`` (LEADER is 0 or 1);
+* ``error``: prints ``error LAST_ERROR``;
 * ``caught_up``: waits until the projection reflects every stored event,
-  then prints ``caught_up``.
+  then prints ``caught_up``;
+* ``held``: prints ``held K,K,...``, the partitions this process holds.
 
 End of input ends the worker.
 
@@ -21,6 +27,7 @@ The read model, in schema ``projection_<name>``:
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import sys
@@ -40,7 +47,11 @@ TYPES = (OPENED, DEPOSITED, WITHDRAWN)
 SIGN = {OPENED: 0, DEPOSITED: 1, WITHDRAWN: -1}
 
 CAUGHT_UP_TIMEOUT = 120.0
+HANG_DEADLINE = 0.3  # seconds: the handler deadline of style ``hang``
 POLL_INTERVAL = 0.1  # the bus's: how soon a worker hears of other processes' appends
+PARTITIONS = 16
+SLOW_EVENT = 0.02  # seconds per event of style ``parts_slow``
+SLOW_BATCH = 50
 
 SETUP_SQL = """
 CREATE TABLE IF NOT EXISTS accounts (id text PRIMARY KEY, balance bigint NOT NULL, events bigint NOT NULL);
@@ -118,10 +129,40 @@ async def apply_events(tx: Transaction, records: list[EventRecord]) -> None:
     )
 
 
+async def apply_event_slowly(tx: Transaction, record: EventRecord) -> None:
+    await trio.sleep(SLOW_EVENT)
+    await apply_event(tx, record)
+
+
+def account_of(record: EventRecord) -> Any:
+    return record.payload["account"]
+
+
+def partitioned_projection(name: str = "accounts", *, slow: bool = False, **options: Any) -> Projection:
+    """The accounts read model in ``PARTITIONS`` partitions by account."""
+    handler = apply_event_slowly if slow else apply_event
+    return Projection(
+        name,
+        dict.fromkeys(TYPES, handler),
+        create_tables,
+        SLOW_BATCH if slow else 500,
+        partitions=PARTITIONS,
+        partition_key=account_of,
+        **options,
+    )
+
+
+async def hang(tx: Transaction, record: EventRecord) -> None:
+    await trio.sleep_forever()
+
+
 def accounts_projection(
     name: str = "accounts", *, style: str = "each", batch_size: int = 500, **options: Any
 ) -> Projection:
-    """The accounts read model: a handler call per event (``each``) or per batch (``batch``)."""
+    """The accounts read model: a handler call per event (``each``) or per batch
+    (``batch``), or handlers that never return (``hang``)."""
+    if style == "hang":
+        return Projection(name, dict.fromkeys(TYPES, hang), create_tables, batch_size, **options)
     if style == "batch":
         return Projection(name, {}, create_tables, batch_size, batch_handler=apply_events, event_types=TYPES, **options)
     return Projection(name, dict.fromkeys(TYPES, apply_event), create_tables, batch_size, **options)
@@ -183,6 +224,14 @@ async def read_appliers(tx: Transaction) -> dict[int, tuple[int, int, int]]:
 async def main(dsn: str, style: str) -> None:
     lines = LineReader(trio.lowlevel.FdStream(os.dup(sys.stdin.fileno())))
     projection = accounts_projection(style=style, restart=RestartPolicy(initial=0.05, maximum=0.5))
+    if style == "hang":
+        policy = RestartPolicy(max_restarts=1, initial=0.05, maximum=0.05)
+        projection = accounts_projection(style=style, handler_timeout=HANG_DEADLINE, restart=policy)
+    if style in ("parts", "parts_slow"):
+        logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format=f"{os.getpid()} %(message)s")
+        projection = partitioned_projection(
+            slow=style == "parts_slow", restart=RestartPolicy(initial=0.05, maximum=0.5)
+        )
     async with open_bus(dsn, poll_interval=POLL_INTERVAL) as bus:
         await bus.projections.start(projection)
         say("ready")
@@ -190,6 +239,12 @@ async def main(dsn: str, style: str) -> None:
             if line == "status":
                 status = bus.projections.status()[projection.name]
                 say(f"status {status.state} {int(status.leader)} {status.checkpoint}")
+            elif line == "error":
+                say(f"error {bus.projections.status()[projection.name].last_error}")
+            elif line == "held":
+                owners = bus.projections.status()[projection.name].partitions
+                mine = [k for owner, ks in owners.items() if owner.split(":")[-2] == str(os.getpid()) for k in ks]
+                say("held " + ",".join(map(str, sorted(mine))))
             elif line == "caught_up":
                 await bus.projections.wait_until_caught_up(projection.name, timeout=CAUGHT_UP_TIMEOUT)
                 say("caught_up")

@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 import random
 import sys
+from collections.abc import Callable
 
 import trio
 
@@ -38,24 +39,6 @@ def round_filter(number: int) -> EventFilter:
     return create_filter(["Claimed"], [{"round": number}])
 
 
-async def race(store: EventStore, number: int, tasks: int) -> None:
-    outcomes: list[bool] = []
-
-    async def claim(task: int) -> None:
-        event = Event("Claimed", {"round": number, "by": f"{os.getpid()}-{task}"})
-        try:
-            await store.append([event], round_filter(number), None)
-        except ConcurrencyError:
-            outcomes.append(False)
-        else:
-            outcomes.append(True)
-
-    async with trio.open_nursery() as nursery:
-        for task in range(tasks):
-            nursery.start_soon(claim, task)
-    say(f"{number} {outcomes.count(True)} {outcomes.count(False)}")
-
-
 def dcb_boundary(number: int) -> list[EventFilter]:
     """A boundary of two items: the course's definition and capacity, or the student's subscriptions."""
     return [
@@ -64,18 +47,29 @@ def dcb_boundary(number: int) -> list[EventFilter]:
     ]
 
 
-async def dcb_race(store: EventStore, number: int, tasks: int) -> None:
+def claimed(number: int, task: int) -> Event:
+    return Event("Claimed", {"round": number, "by": f"{os.getpid()}-{task}"})
+
+
+def dcb_claim(number: int, task: int) -> Event:
+    """Half of the tasks change the course (the first item), half subscribe the student (the second)."""
+    if task % 2:
+        return Event("StudentSubscribedToCourse", {"studentId": f"s{number}", "courseId": f"x{os.getpid()}-{task}"})
+    return Event("CourseCapacityChanged", {"courseId": f"c{number}", "newCapacity": task})
+
+
+async def race(
+    store: EventStore,
+    number: int,
+    tasks: int,
+    make: Callable[[int, int], Event] = claimed,
+    boundary: Callable[[int], EventFilter | list[EventFilter]] = round_filter,
+) -> None:
     outcomes: list[bool] = []
 
     async def claim(task: int) -> None:
-        if task % 2:
-            event = Event(
-                "StudentSubscribedToCourse", {"studentId": f"s{number}", "courseId": f"x{os.getpid()}-{task}"}
-            )
-        else:
-            event = Event("CourseCapacityChanged", {"courseId": f"c{number}", "newCapacity": task})
         try:
-            await store.append([event], dcb_boundary(number), 0)
+            await store.append([make(number, task)], boundary(number), None)
         except ConcurrencyError:
             outcomes.append(False)
         else:
@@ -124,7 +118,7 @@ async def main(mode: str, dsn: str, tasks: int, appends: int) -> None:
             if mode == "race" and command == "race":
                 await race(store, int(args[0]), tasks)
             elif mode == "race" and command == "dcb":
-                await dcb_race(store, int(args[0]), tasks)
+                await race(store, int(args[0]), tasks, dcb_claim, dcb_boundary)
             elif mode == "write" and command == "go":
                 await write(store, tasks, appends)
             else:

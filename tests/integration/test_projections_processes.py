@@ -1,4 +1,5 @@
-"""Projections across processes: a crash in the middle of a replay, and one leader at a time.
+"""Projections across processes: a crash in the middle of a replay, one leader at a time,
+and a leader whose handlers hang.
 
 The projections run in worker processes (``_projection_worker``), driven one
 line at a time over their standard input and output, and killed with SIGKILL.
@@ -8,6 +9,7 @@ Who applied which events is in the read model itself (table ``appliers``).
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -216,3 +218,41 @@ async def test_two_processes_apply_a_projection_once_and_the_standby_takes_over_
     k = appliers[leader.pid][2]
     assert before < k < head
     assert appliers == {leader.pid: (k, 1, k), os.getpid(): (head - k, k + 1, head)}
+
+
+async def test_a_leader_whose_handler_hangs_fails_at_its_deadline_and_lets_a_standby_take_over(
+    dsn: str, tmp_path: Path
+) -> None:
+    log = tmp_path / "workers.log"
+    async with open_bus(dsn, poll_interval=0.1) as bus, open_worker(dsn, "hang", log) as hung:
+
+        async def it_leads() -> bool:
+            return await hung.ask("status") == "status live 1 0"
+
+        async def standing_by() -> bool:
+            return bus.projections.status()["accounts"].state == "standby"
+
+        await poll_until(it_leads, timeout=10)
+        await bus.projections.start(accounts_projection(style="each"))
+        await poll_until(standing_by, timeout=10)
+        head = await append_in_chunks(bus.store, account_events(300, seed=4), 100)
+        # Its batches pass their deadline twice (a try, a restart); it fails and
+        # lets go of the lead; this process, standing by, takes over.
+        await bus.projections.wait_until_caught_up("accounts", timeout=TAKEOVER_TIMEOUT + 5)
+        hung_status = await hung.ask("status")
+        hung_error = await hung.ask("error")
+        status = bus.projections.status()["accounts"]
+        records = (await bus.store.query(create_filter(list(TYPES)))).events
+        async with bus.projections.reader("accounts") as tx:
+            model = await read_model(tx)
+            appliers = await read_appliers(tx)
+
+    assert hung_status == "status failed 0 0"
+    assert re.fullmatch(
+        r"error projection accounts: the batch at positions 1 to \d+ passed its deadline of 0.3 s \(handler_timeout\):"
+        r" cancelled and rolled back",
+        hung_error,
+    ), hung_error
+    assert (status.state, status.leader, status.checkpoint, status.lag) == ("live", True, head, 0)
+    assert model == replay(records)
+    assert appliers == {os.getpid(): (head, 1, head)}  # the hung leader committed nothing

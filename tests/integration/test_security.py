@@ -5,26 +5,29 @@ from __future__ import annotations
 import logging
 import os
 import stat
+import sys
+import traceback
 from pathlib import Path
 
 import psutil
 import pytest
+import trio
 
-from eventbus import Event, StoreUnavailable, create_filter, open_event_store, testing
+from eventbus import Event, InvalidDSN, StoreUnavailable, create_filter, open_bus, open_event_store, testing
 from eventbus.testing import EmbeddedServer, redact_dsn
+
+from ..helpers import ROOT
 
 PASSWORD = "s3cr3t-Pa55"
 
 BAD_DSNS = [
     f"postgresql://alice:{PASSWORD}@127.0.0.1:1/app",  # nothing listens there
-    f"postgresql://alice:{PASSWORD}@127.0.0.1:notaport/app",  # malformed port
     f"postgresql://alice:{PASSWORD}@/app?host=/nonexistent/socket/dir",
-    f"host=127.0.0.1 port=1 user=alice password={PASSWORD} dbname=app",
     f"postgresql://alice@127.0.0.1:1/app?password={PASSWORD}",
 ]
 
 
-@pytest.mark.parametrize("dsn", BAD_DSNS, ids=["unreachable", "bad port", "no socket", "key=value", "query"])
+@pytest.mark.parametrize("dsn", BAD_DSNS, ids=["unreachable", "no socket", "query"])
 async def test_a_password_never_appears_in_errors_or_logs(dsn: str, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     with pytest.raises(StoreUnavailable) as caught:
@@ -34,6 +37,118 @@ async def test_a_password_never_appears_in_errors_or_logs(dsn: str, caplog: pyte
     assert PASSWORD not in repr(caught.value)
     assert "***" in str(caught.value) or "alice" in str(caught.value)
     assert PASSWORD not in caplog.text
+
+
+SECRET = "S3cretZq9Vw"
+
+# A password with a reserved character left unencoded: no pattern can tell where it ends.
+MALFORMED_DSNS = {
+    "hash": f"postgresql://postgres:Hash#{SECRET}@127.0.0.1:1/app",
+    "question mark": f"postgresql://postgres:Q?{SECRET}@127.0.0.1:1/app",
+    "at sign": f"postgresql://postgres:At@{SECRET}@127.0.0.1:1/app",
+    "slash": f"postgresql://postgres:Sl/{SECRET}@127.0.0.1:1/app",
+    "digits and slash": f"postgresql://postgres:12/{SECRET}@127.0.0.1:1/app",
+    "at the end": f"postgresql://postgres:{SECRET}#?@127.0.0.1:1/app",
+    "bad port": f"postgresql://postgres:{SECRET}@127.0.0.1:notaport/app",
+    "key=value": f"host=127.0.0.1 port=1 user=alice password={SECRET} dbname=app",
+}
+
+
+def assert_nothing_of_the_secret(text: str) -> None:
+    for start in range(len(SECRET) - 4):
+        assert SECRET[start : start + 5] not in text, text
+
+
+def chain(exc: BaseException | None) -> list[BaseException]:
+    """The exception and every exception chained to it (cause, context, group member)."""
+    seen: list[BaseException] = []
+    todo = [exc]
+    while todo:
+        exc = todo.pop()
+        if exc is None or any(exc is s for s in seen):
+            continue
+        seen.append(exc)
+        todo += [exc.__cause__, exc.__context__]
+        if isinstance(exc, BaseExceptionGroup):
+            todo += exc.exceptions
+    return seen
+
+
+async def open_and_fail(dsn: str | None) -> InvalidDSN:
+    with pytest.raises(InvalidDSN) as caught:
+        async with open_bus(dsn):
+            pass
+    return caught.value
+
+
+@pytest.mark.parametrize("dsn", MALFORMED_DSNS.values(), ids=MALFORMED_DSNS.keys())
+@pytest.mark.parametrize("given_as", ["dsn", "EVENTBUS_DSN", "DATABASE_URL"])
+async def test_a_malformed_dsn_is_refused_and_no_part_of_its_password_shows(
+    dsn: str, given_as: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    monkeypatch.delenv("EVENTBUS_DSN", raising=False)
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    if given_as != "dsn":
+        monkeypatch.setenv(given_as, dsn)
+    error = await open_and_fail(dsn if given_as == "dsn" else None)
+    assert "is malformed" in str(error)
+    assert ("passed as dsn" if given_as == "dsn" else f"in {given_as}") in str(error)
+    assert isinstance(error, StoreUnavailable)
+    for exc in chain(error):
+        assert_nothing_of_the_secret(str(exc))
+        assert_nothing_of_the_secret(repr(exc))
+    assert_nothing_of_the_secret("".join(traceback.format_exception(error)))
+    assert_nothing_of_the_secret(caplog.text)
+
+
+@pytest.mark.parametrize("dsn", MALFORMED_DSNS.values(), ids=MALFORMED_DSNS.keys())
+async def test_plain_connections_refuse_a_malformed_dsn_too(dsn: str) -> None:
+    async with testing.open_loop():
+        with pytest.raises(InvalidDSN) as caught:
+            await testing.connect(dsn)
+    assert_nothing_of_the_secret("".join(traceback.format_exception(caught.value)))
+
+
+async def test_a_driver_error_at_connect_is_not_chained_to_the_error_raised() -> None:
+    with pytest.raises(StoreUnavailable) as caught:
+        async with open_event_store(f"postgresql://alice:{PASSWORD}@127.0.0.1:1/app"):
+            pass
+    assert caught.value.__cause__ is None
+    assert all(isinstance(exc, (StoreUnavailable, BaseExceptionGroup)) for exc in chain(caught.value))
+
+
+async def banking_cli(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
+    base = {k: v for k, v in os.environ.items() if k not in ("EVENTBUS_DSN", "DATABASE_URL")}
+    with trio.fail_after(60):
+        result = await trio.run_process(
+            [sys.executable, "-m", "tui", *args],
+            cwd=ROOT,
+            env={**base, **env},
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+    return result.returncode, result.stdout.decode(), result.stderr.decode()
+
+
+CLI_SHAPES = ["hash", "question mark", "at sign", "slash"]
+
+
+@pytest.mark.parametrize("shape", CLI_SHAPES)
+@pytest.mark.parametrize("command", ["list", "dashboard"])
+async def test_the_banking_command_shows_no_part_of_a_malformed_dsns_password(shape: str, command: str) -> None:
+    dsn = MALFORMED_DSNS[shape]
+    for args, env in [
+        ([command, "--dsn", dsn], {}),
+        ([command], {"EVENTBUS_DSN": dsn}),
+        ([command], {"DATABASE_URL": dsn}),
+    ]:
+        status, out, err = await banking_cli(*args, env=env)
+        assert status == 3, err
+        assert "is malformed" in err
+        assert "Traceback" not in err
+        assert_nothing_of_the_secret(out + err)
 
 
 def test_redaction_covers_every_dsn_form() -> None:

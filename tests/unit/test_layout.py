@@ -32,6 +32,9 @@ RANKS = {
     "eventbus.testing": 6,
     "eventbus.values": 6,
     "eventbus": 7,
+    "eventbus._telemetry": 0,
+    "eventbus._admin": 8,
+    "eventbus.__main__": 9,
 }
 MAX_LINES = 500
 

@@ -11,7 +11,9 @@ from eventbus.testing import schema_sql
 
 
 def test_the_batch_arguments_are_the_append_functions_parameters_in_order() -> None:
-    found = re.search(r"FUNCTION eventbus\.append_batch\((.*?)\)\s*RETURNS", schema_sql(), flags=re.S)
+    found = re.search(
+        r"CREATE (?:OR REPLACE )?FUNCTION eventbus\.append_batch\((.*?)\)\s*RETURNS", schema_sql(), flags=re.S
+    )
     assert found is not None
     parameters = [line.split()[0] for line in found.group(1).strip().splitlines()]
     assert parameters == [f"p_{field.name}" for field in attrs.fields(BatchArguments)]

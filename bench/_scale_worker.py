@@ -1,0 +1,63 @@
+"""A worker process of `just bench scale`: ``python -m bench._scale_worker DSN``.
+
+Opens a bus, starts the partitioned projection of :func:`scale_projection`,
+prints ``ready`` and runs until its standard input ends.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import trio
+
+from eventbus import EventRecord, Projection, Transaction, open_bus
+
+NAME = "scale"
+PARTITIONS = 16
+BATCH = 500
+EXTERNAL_CALL = 0.005  # seconds: the simulated external call, once per batch
+
+SETUP_SQL = "CREATE TABLE IF NOT EXISTS accounts (id text PRIMARY KEY, events bigint NOT NULL)"
+UPSERT_SQL = """
+INSERT INTO accounts AS a (id, events) SELECT id, count(*) FROM unnest($1::text[]) AS u (id) GROUP BY id
+ON CONFLICT (id) DO UPDATE SET events = a.events + excluded.events
+"""
+
+
+async def _setup(tx: Transaction) -> None:
+    await tx.execute(SETUP_SQL)
+
+
+async def _apply(tx: Transaction, records: list[EventRecord]) -> None:
+    await trio.sleep(EXTERNAL_CALL)
+    await tx.execute(UPSERT_SQL, [record.payload["account"] for record in records])
+
+
+def _account(record: EventRecord) -> str:
+    account: str = record.payload["account"]
+    return account
+
+
+def scale_projection() -> Projection:
+    return Projection(
+        NAME,
+        setup=_setup,
+        batch_size=BATCH,
+        batch_handler=_apply,
+        event_types=["Ping"],
+        partitions=PARTITIONS,
+        partition_key=_account,
+    )
+
+
+async def main(dsn: str) -> None:
+    async with open_bus(dsn, poll_interval=0.1) as bus:
+        await bus.projections.start(scale_projection())
+        print("ready", flush=True)
+        stdin = trio.lowlevel.FdStream(0)
+        while await stdin.receive_some():
+            pass
+
+
+if __name__ == "__main__":
+    trio.run(main, sys.argv[1])

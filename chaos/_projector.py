@@ -1,0 +1,280 @@
+"""The projectors: processes that run the ledger projection, whose handler hangs on demand.
+
+``python -m chaos._projector --index K --folder DIR --lifetime SECONDS`` (the
+database from ``EVENTBUS_DSN``) opens a bus and starts the ledger projection:
+a row per event applied (``projection_chaos_ledger.applied``, no key, so an
+event applied twice shows as two rows). Two projectors run it at once: one
+leads, the other stands by.
+
+While the file ``DIR/hang-K`` exists, projector K's handler never returns:
+its batches pass their deadline (``HANG_DEADLINE``), are cancelled, rolled
+back and counted; after the restart limit the projection is ``failed`` and
+lets go of the lead, and the other projector takes over. Once the file is
+gone the projector restarts its failed projection, as an operator would.
+
+Every ``SAMPLE_INTERVAL`` it notes its status in ``DIR/projector-K.json``
+(whether it leads, what it saw: the longest batch, deadline failures, a
+failed projection that kept the lead). It prints ``ready`` once the bus is
+open; on SIGTERM or SIGINT (or at the end of its lifetime) it waits until
+the ledger has caught up (at most ``FINISH_TIMEOUT``), writes the file a last
+time with ``done`` set and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Final
+
+import attrs
+import trio
+
+from apps.banking.domain import ACCOUNT_EVENT_TYPES
+from eventbus import (
+    EventBusError,
+    EventRecord,
+    EventStore,
+    Projection,
+    RestartPolicy,
+    StoreUnavailable,
+    Transaction,
+    open_bus,
+)
+
+ROOT: Final = Path(__file__).resolve().parent.parent
+"""The project's folder: the projectors run from there."""
+
+LEDGER: Final = "chaos_ledger"
+"""The projection's name."""
+
+PROJECTORS: Final = 2
+"""Projector processes in a run."""
+
+HANG_DEADLINE: Final = 1.5
+"""Seconds a ledger batch may take (its ``handler_timeout``)."""
+
+RESTART: Final = RestartPolicy(max_restarts=2, initial=0.1, maximum=0.5)
+"""The ledger's restart policy: a hung leader fails after three deadlines."""
+
+HANG_SECONDS: Final = 8.0
+"""How long a hang lasts: past the three deadlines and two backoffs after which the leader fails."""
+
+SLACK: Final = 3.0
+"""Seconds a batch may run past its deadline before it is seen to have ended
+(the rollback, bounded at 2 s, and the sampling)."""
+
+SAMPLE_INTERVAL: Final = 0.1
+"""Seconds between looks at the projection's status."""
+
+FINISH_TIMEOUT: Final = 60.0
+"""Seconds, after the stop signal, to catch up."""
+
+READY_TIMEOUT: Final = 60.0
+"""Seconds a projector has to open its bus."""
+
+STOP_TIMEOUT: Final = FINISH_TIMEOUT + 30.0
+"""Seconds a projector has to stop after SIGTERM."""
+
+_SETUP = "CREATE TABLE IF NOT EXISTS applied (position bigint NOT NULL, event_id uuid NOT NULL)"
+_INSERT = "INSERT INTO applied SELECT * FROM unnest($1::bigint[], $2::uuid[])"
+
+
+@attrs.define
+class Seen:
+    """What a projector saw of its projection."""
+
+    index: int
+    leader: bool = False
+    state: str = "starting"
+    hangs: int = 0
+    longest_batch: float = 0.0
+    deadline_failures: int = 0
+    failed: int = 0
+    failed_holding_lead: int = 0
+    restarts_asked: int = 0
+    done: bool = False
+
+    def write(self, folder: Path) -> None:
+        """Write (atomically) ``projector-K.json``."""
+        out = status_path(folder, self.index)
+        temporary = out.with_suffix(".tmp")
+        temporary.write_text(json.dumps(attrs.asdict(self)))
+        os.replace(temporary, out)
+
+
+def status_path(folder: Path, index: int) -> Path:
+    """Where projector ``index`` notes what it sees."""
+    return folder / f"projector-{index}.json"
+
+
+def hang_path(folder: Path, index: int) -> Path:
+    """While this file exists, projector ``index``'s handler hangs."""
+    return folder / f"hang-{index}"
+
+
+class _Ledger:
+    def __init__(self, hang_file: Path, seen: Seen) -> None:
+        self._hang_file = hang_file
+        self._seen = seen
+
+    async def apply(self, tx: Transaction, records: list[EventRecord]) -> None:
+        if self._hang_file.exists():
+            self._seen.hangs += 1
+            await trio.sleep_forever()  # until the deadline cancels the batch
+        await tx.execute(_INSERT, [r.sequence_number for r in records], [r.event_id for r in records])
+
+
+async def _setup(tx: Transaction) -> None:
+    await tx.execute(_SETUP)
+
+
+def ledger_projection(apply: Any) -> Projection:
+    """The ledger, applied by ``apply(tx, records)``."""
+    return Projection(LEDGER, {}, _setup, batch_size=500, batch_handler=apply, event_types=ACCOUNT_EVENT_TYPES,
+                      restart=RESTART, handler_timeout=HANG_DEADLINE)  # fmt: skip
+
+
+async def _until_stopped(
+    lifetime: float, stopped: trio.Event, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        task_status.started()
+        with trio.move_on_after(lifetime):
+            async for _ in signals:
+                break
+    stopped.set()
+
+
+async def project(index: int, folder: Path, lifetime: float) -> None:
+    """Run the ledger until told to stop, noting what is seen.
+
+    Raises:
+        StoreUnavailable: the database could not be reached at the start.
+    """
+    seen = Seen(index)
+    hang_file = hang_path(folder, index)
+    stopped = trio.Event()
+    async with open_bus() as bus, trio.open_nursery() as nursery:
+        await nursery.start(_until_stopped, lifetime, stopped)
+        await bus.projections.start(ledger_projection(_Ledger(hang_file, seen).apply))
+        print("ready", flush=True)
+        last_error: str | None = None
+        while not stopped.is_set():
+            status = bus.projections.status()[LEDGER]
+            seen.longest_batch = max(seen.longest_batch, status.batch_running or 0.0)
+            if status.last_error != last_error and "passed its deadline" in (status.last_error or ""):
+                seen.deadline_failures += 1
+            last_error = status.last_error
+            if status.state == "failed" and seen.state != "failed":
+                seen.failed += 1
+                seen.failed_holding_lead += status.leader
+            if status.state == "failed" and not hang_file.exists():
+                bus.projections.restart(LEDGER)
+                seen.restarts_asked += 1
+            seen.leader, seen.state = status.leader, str(status.state)
+            seen.write(folder)
+            with trio.move_on_after(SAMPLE_INTERVAL):
+                await stopped.wait()
+        try:
+            await bus.projections.wait_until_caught_up(LEDGER, timeout=FINISH_TIMEOUT)
+        except (TimeoutError, EventBusError) as exc:
+            print(f"the ledger did not catch up: {exc}", file=sys.stderr)
+        seen.done = True
+        seen.write(folder)
+        nursery.cancel_scope.cancel()
+
+
+async def read_ledger(store: EventStore) -> tuple[list[tuple[int, str]], int | None]:
+    """The ledger's rows (position, event id) and its checkpoint."""
+    rows = await store.pool.fetch("SELECT position, event_id FROM projection_chaos_ledger.applied ORDER BY 1")
+    checkpoint = await store.pool.fetchval("SELECT checkpoint FROM eventbus.projections WHERE name = $1", LEDGER)
+    return [(int(row[0]), str(row[1])) for row in rows], None if checkpoint is None else int(checkpoint)
+
+
+class ProjectorProcess:
+    """A projector, started before the load and stopped after it (by the harness)."""
+
+    def __init__(self, index: int, *, dsn: str, folder: Path, lifetime: float) -> None:
+        self.index = index
+        self._dsn = dsn
+        self._folder = folder
+        self.stderr = folder / f"projector-{index}.err.log"
+        self._lifetime = lifetime
+        self._process: trio.Process | None = None
+        self.problem: str | None = None
+
+    def seen(self) -> Seen | None:
+        """What it noted last, if anything."""
+        try:
+            return Seen(**json.loads(status_path(self._folder, self.index).read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+
+    async def start(self) -> None:
+        """Start it and wait (at most ``READY_TIMEOUT``) until its bus is open; a
+        projector that does not start is noted in ``problem``."""
+        argv = [sys.executable, "-m", "chaos._projector", "--index", str(self.index),
+                "--folder", str(self._folder), "--lifetime", repr(self._lifetime)]  # fmt: skip
+        env = {name: value for name, value in os.environ.items() if name not in ("DATABASE_URL", "EVENTBUS_DSN")}
+        env["EVENTBUS_DSN"] = self._dsn
+        with self.stderr.open("ab") as err:
+            process = await trio.lowlevel.open_process(argv, stdout=subprocess.PIPE, stderr=err, cwd=ROOT, env=env)
+        self._process = process
+        assert process.stdout is not None
+        said = b""
+        with trio.move_on_after(READY_TIMEOUT):
+            while b"ready\n" not in said and len(said) < 4096:
+                chunk = await process.stdout.receive_some(4096)
+                if not chunk:
+                    break
+                said += chunk
+        if b"ready\n" not in said:
+            self.problem = f"projector {self.index} did not start"
+
+    async def finish(self) -> None:
+        """Ask it to stop and wait (at most ``STOP_TIMEOUT``); what went wrong goes to ``problem``."""
+        process = self._process
+        if process is None:
+            return
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+        with trio.move_on_after(STOP_TIMEOUT):
+            await process.wait()
+        if process.stdout is not None:
+            await process.stdout.aclose()
+        if process.returncode is None:
+            process.kill()
+            self.problem = self.problem or f"projector {self.index} did not stop in time"
+            with trio.move_on_after(10.0):
+                await process.wait()
+        elif process.returncode != 0:
+            self.problem = self.problem or f"projector {self.index} ended with status {process.returncode}"
+
+    def kill(self) -> None:
+        """Kill it if it runs (the harness is ending early)."""
+        if self._process is not None and self._process.returncode is None:
+            self._process.kill()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The projector's command line; the exit status."""
+    parser = argparse.ArgumentParser(prog="python -m chaos._projector", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--index", type=int, required=True, help="the projector's number")
+    parser.add_argument("--folder", type=Path, required=True, help="the run's folder")
+    parser.add_argument("--lifetime", type=float, required=True, help="seconds to run at most")
+    args = parser.parse_args(argv)
+    try:
+        trio.run(project, args.index, args.folder, args.lifetime)
+    except StoreUnavailable as exc:
+        print(f"the database is unavailable: {exc}", file=sys.stderr)
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,7 @@
+"""``python -m eventbus``: the ``eventbus`` command."""
+
+import sys
+
+from ._admin import main
+
+sys.exit(main())

@@ -1,0 +1,211 @@
+"""The lease table protocol of partitioned projections.
+
+A process that runs a partitioned projection is a *member* while it renews
+its row in ``eventbus.projection_members`` every ``HEARTBEAT`` seconds; a row
+not renewed for ``LEASE_TTL`` seconds is gone. The members, in name order,
+share the partitions: partition ``k`` belongs to member ``k % len(members)``.
+Each heartbeat (one transaction) renews the leases a process keeps, releases
+those that now belong to another member, and takes those that are its own
+once they are free or their lease has expired. Taking a lease raises its
+epoch, the fencing token: a batch commits with ``eventbus.advance_lease``
+under the owner and epoch it started with, so a process that lost its lease
+(paused past it, cut off) can never commit for that partition again.
+
+Nothing here holds session state (no advisory lock across transactions, no
+LISTEN): it works through a transaction-pooling PgBouncer. All times are the
+server's clock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import attrs
+
+from .. import _db
+from .._db import rollback
+from .._errors import DatabaseError
+from ._apply import literal
+
+LEASE_TTL = 3.0
+"""Seconds a member row and a lease live without renewal: a process killed
+with SIGKILL gives up its partitions after this long."""
+
+HEARTBEAT = 0.5
+"""Seconds between a member's heartbeats (renew, release, take)."""
+
+FENCED = "EB001"
+"""The SQLSTATE of a commit refused because its lease is lost."""
+
+
+def _lock_key(name: str) -> int:
+    """The transaction advisory lock that puts one projection's heartbeats in a row."""
+    digest = hashlib.blake2b(f"eventbus partitions {name}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+@attrs.frozen
+class Lease:
+    """A partition this process holds: under which epoch, from which checkpoint."""
+
+    partition: int
+    epoch: int
+    checkpoint: int
+
+
+@attrs.frozen
+class Round:
+    """What one heartbeat left behind.
+
+    Attributes:
+        held: this member's leases, by partition.
+        owners: every live lease's partitions, by owner.
+        checkpoints: every partition's committed checkpoint, by partition.
+    """
+
+    held: dict[int, Lease]
+    owners: dict[str, tuple[int, ...]]
+    checkpoints: tuple[int, ...]
+
+
+def assigned(members: list[str], me: str, partitions: int) -> list[int]:
+    """The partitions that belong to ``me`` among ``members`` (in name order)."""
+    if me not in members:
+        return []
+    ordered = sorted(members)
+    return [k for k in range(partitions) if ordered[k % len(ordered)] == me]
+
+
+def fence_sql(name: str, partition: int, owner: str, epoch: int, _checkpoint: int, new: int) -> str:
+    """The statement that moves a partition's checkpoint to ``new`` within a
+    batch's transaction, or fails it (SQLSTATE ``FENCED``) when the lease is lost."""
+    return (
+        f"SELECT eventbus.advance_lease({literal(name)}, {int(partition)}, {literal(owner)}, {int(epoch)}, {int(new)})"
+    )
+
+
+def is_fenced(exc: BaseException | None) -> bool:
+    """Whether ``exc`` (or what caused it) is a commit refused for a lost lease."""
+    seen = 0
+    while exc is not None and seen < 20:
+        if isinstance(exc, DatabaseError) and exc.sqlstate == FENCED:
+            return True
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False
+
+
+async def heartbeat(conn: _db.Connection, name: str, me: str, partitions: int, *, ttl: float = LEASE_TTL) -> Round:
+    """One heartbeat of member ``me``, in one transaction; what it holds after.
+
+    Blocks for a few round trips (and for the heartbeats of other members of
+    the projection, one at a time). Cancelled, it rolls back: the leases stay
+    as they were and expire unless renewed.
+
+    Raises:
+        DatabaseError, StoreUnavailable: the transaction failed (rolled back).
+    """
+    await conn.execute("BEGIN")
+    try:
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _lock_key(name))
+        await conn.execute(
+            "INSERT INTO eventbus.projection_leases (projection, partition)"
+            " SELECT $1, k FROM generate_series(0, $2 - 1) AS k ON CONFLICT DO NOTHING",
+            name,
+            partitions,
+        )
+        await conn.execute(
+            "INSERT INTO eventbus.projection_members (projection, member, expires_at)"
+            " VALUES ($1, $2, now() + make_interval(secs => $3))"
+            " ON CONFLICT (projection, member) DO UPDATE SET expires_at = excluded.expires_at",
+            name,
+            me,
+            ttl,
+        )
+        await conn.execute("DELETE FROM eventbus.projection_members WHERE projection = $1 AND expires_at < now()", name)
+        members = [row[0] for row in await conn.fetch(
+            "SELECT member FROM eventbus.projection_members WHERE projection = $1", name
+        )]  # fmt: skip
+        mine = assigned(members, me, partitions)
+        await conn.execute(  # what now belongs to another member (or to no partition any more)
+            "UPDATE eventbus.projection_leases SET owner = NULL, expires_at = '-infinity'"
+            " WHERE projection = $1 AND owner = $2 AND NOT (partition = ANY($3::int[]))",
+            name,
+            me,
+            mine,
+        )
+        await conn.execute(  # what stays: the same epoch (nobody else took it meanwhile)
+            "UPDATE eventbus.projection_leases SET expires_at = now() + make_interval(secs => $3)"
+            " WHERE projection = $1 AND owner = $2",
+            name,
+            me,
+            ttl,
+        )
+        await conn.execute(  # what is ours and free: a new epoch fences off the one before
+            "UPDATE eventbus.projection_leases SET owner = $2, epoch = epoch + 1,"
+            " expires_at = now() + make_interval(secs => $4)"
+            " WHERE projection = $1 AND partition = ANY($3::int[]) AND owner IS DISTINCT FROM $2"
+            " AND (owner IS NULL OR expires_at < now())",
+            name,
+            me,
+            mine,
+            ttl,
+        )
+        rows = await conn.fetch(
+            "SELECT partition, owner, epoch, checkpoint, expires_at > now() AS live"
+            " FROM eventbus.projection_leases WHERE projection = $1 AND partition < $2 ORDER BY partition",
+            name,
+            partitions,
+        )
+        await conn.execute("COMMIT")
+    except BaseException:
+        await rollback(conn)
+        raise
+    held: dict[int, Lease] = {}
+    owners: dict[str, list[int]] = {}
+    checkpoints = [0] * partitions
+    for row in rows:
+        checkpoints[row["partition"]] = row["checkpoint"]
+        if row["owner"] == me:
+            held[row["partition"]] = Lease(row["partition"], row["epoch"], row["checkpoint"])
+        if row["owner"] is not None and row["live"]:
+            owners.setdefault(row["owner"], []).append(row["partition"])
+    return Round(held, {owner: tuple(ks) for owner, ks in owners.items()}, tuple(checkpoints))
+
+
+async def advance_idle(conn: _db.Connection, name: str, me: str, leases: list[Lease], position: int) -> None:
+    """Move the checkpoints of ``leases`` up to ``position``, where every one
+    of their events up to it is applied (the stream went on without theirs).
+    Fenced as a batch: a lease lost meanwhile is left alone. One round trip."""
+    if not leases:
+        return
+    await conn.execute(
+        "UPDATE eventbus.projection_leases AS l SET checkpoint = $5"
+        " FROM unnest($3::int[], $4::bigint[]) AS u (partition, epoch)"
+        " WHERE l.projection = $1 AND l.owner = $2 AND l.partition = u.partition AND l.epoch = u.epoch"
+        " AND l.checkpoint < $5",
+        name,
+        me,
+        [lease.partition for lease in leases],
+        [lease.epoch for lease in leases],
+        position,
+    )
+
+
+async def leave(conn: _db.Connection, name: str, me: str) -> None:
+    """Stop being a member and let go of every lease, in one transaction:
+    the other members take the partitions at their next heartbeat."""
+    await conn.execute("BEGIN")
+    try:
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _lock_key(name))
+        await conn.execute("DELETE FROM eventbus.projection_members WHERE projection = $1 AND member = $2", name, me)
+        await conn.execute(
+            "UPDATE eventbus.projection_leases SET owner = NULL, expires_at = '-infinity'"
+            " WHERE projection = $1 AND owner = $2",
+            name,
+            me,
+        )
+        await conn.execute("COMMIT")
+    except BaseException:
+        await rollback(conn)
+        raise

@@ -1,0 +1,438 @@
+"""A partitioned projection's runner: many processes, a fair share each.
+
+Each process that starts a projection with ``partitions > 1`` joins its
+members (``_leases.py``) and holds the leases of its share of partitions,
+renewed every ``HEARTBEAT`` seconds on a connection of its own. It reads the
+stream once, whatever it holds: one subscription from the lowest checkpoint
+of its partitions, each record routed to partition
+``stable_hash(partition_key(record)) % partitions``. The records of one
+partition in a batch are applied in ONE transaction that also moves that
+partition's checkpoint, fenced by its lease's epoch: exactly once per event,
+in position order per key, and never by a process that lost the lease. When
+it takes a partition the subscription starts again from the lowest
+checkpoint; the records of partitions past theirs are passed over.
+
+A record the key function raises on goes to a partition chosen by its event
+id, whose handlers then fail on it: under ``on_error="skip"`` it is a dead
+letter, under ``retry`` the projection restarts as after any handler failure.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import secrets
+import socket
+from typing import Any
+
+import attrs
+import trio
+
+from .. import _db
+from .._errors import DatabaseError, HandlerFailed, ProjectionError, StoreUnavailable
+from .._stream import EventStream, Subscription
+from .._values import EventRecord
+from . import _leases
+from ._apply import apply_in_time, prepare_schema
+from ._definition import (
+    SUBSCRIPTION_BATCHES,
+    BatchHandler,
+    Handler,
+    Projection,
+    ProjectionState,
+    ProjectionStatus,
+    Transaction,
+)
+
+IDLE_CHECKPOINT = 0.5
+"""Seconds without events after which the held partitions' checkpoints move to the stream's position."""
+
+LEAVE_TIMEOUT = 2.0
+"""Seconds a stopping process tries to hand its leases back before leaving them to expire."""
+
+_log = logging.getLogger("eventbus.projections")
+
+
+def partition_of(key: Any, partitions: int) -> int:
+    """The partition of ``key``: a stable hash of its JSON text (the same in
+    every process and every run, unlike ``hash``), modulo ``partitions``.
+
+    Raises:
+        TypeError, ValueError: ``key`` is not a JSON value.
+    """
+    text = json.dumps(key, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    digest = hashlib.blake2b(text.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % partitions
+
+
+@attrs.define
+class _Held:
+    """A partition held here: its epoch and its committed checkpoint."""
+
+    epoch: int
+    checkpoint: int
+
+
+class PartitionedRunner:
+    """One partitioned projection in this process: its share of partitions.
+
+    The manager uses it as it does a :class:`Runner` (``state``, ``leader``,
+    ``position``, ``status``, ``stop``, ``restart``); a rebuild is not
+    supported yet.
+    """
+
+    def __init__(self, projection: Projection, *, dsn: str, stream: EventStream) -> None:
+        self.projection = projection
+        self.member = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self._dsn = dsn
+        self._stream = stream
+        self.state: ProjectionState = ProjectionState.STARTING
+        self.restarts = 0
+        self.dead_letters = 0
+        self.last_error: str | None = None
+        self._failures = 0
+        self._held: dict[int, _Held] = {}  # applied by the loop
+        self._taken: dict[int, _Held] = {}  # taken by the heartbeat, for the loop to adopt between batches
+        self._owners: dict[str, tuple[int, ...]] = {}
+        self._stored: tuple[int, ...] = (0,) * projection.partitions
+        self._through = 0  # every held partition has applied its events up to here
+        self._resubscribe = False
+        self._sub: Subscription | None = None
+        self._changed = trio.Event()
+        self._wait_scope: trio.CancelScope | None = None
+        self._scope = trio.CancelScope()
+        self._resume = trio.Event()
+        self._batch_started: float | None = None
+        self._unkeyed: dict[Any, str] = {}  # event id -> why the key function failed on it
+        self._applying = attrs.evolve(
+            projection,
+            handlers={t: self._guard(h) for t, h in projection.handlers.items()},
+            batch_handler=None if projection.batch_handler is None else self._guard_batch(projection.batch_handler),
+        )
+
+    # ------------------------------------------------------------ what others see
+
+    @property
+    def leader(self) -> bool:
+        """Whether this process holds any partition."""
+        return bool(self._held)
+
+    def held(self) -> tuple[int, ...]:
+        """The partitions held here, in order."""
+        return tuple(sorted(self._held))
+
+    def _following(self) -> int:
+        sub = self._sub
+        if sub is not None and sub.buffered == 0 and self._batch_started is None and not self._resubscribe:
+            return max(self._through, sub.position)
+        return self._through
+
+    def position(self) -> int:
+        """The position up to which every partition reflects every event: the
+        slowest partition's (held here, as applied; elsewhere, as last read)."""
+        through = self._following()
+        held = dict(self._held)
+        return min(max(held[k].checkpoint, through) if k in held else stored for k, stored in enumerate(self._stored))
+
+    def status(self, stream_position: int) -> ProjectionStatus:
+        """The projection's status, ``stream_position`` being the stream's."""
+        checkpoint = self.position()
+        started = self._batch_started
+        owners = dict(self._owners)
+        if self._held:
+            owners[self.member] = self.held()
+        else:
+            owners.pop(self.member, None)
+        return ProjectionStatus(
+            state=self.state,
+            checkpoint=checkpoint,
+            lag=max(0, stream_position - checkpoint),
+            restarts=self.restarts,
+            last_error=self.last_error,
+            dead_letters=self.dead_letters,
+            leader=self.leader,
+            batch_running=None if started is None else trio.current_time() - started,
+            partitions=owners,
+        )
+
+    async def wait_changed(self) -> None:
+        """Block until the state, a checkpoint or the leases change."""
+        await self._changed.wait()
+
+    # ------------------------------------------------------------ what others ask
+
+    def stop(self) -> None:
+        """Cancel the task (a batch under way is rolled back, the leases are
+        handed back, bounded by ``LEAVE_TIMEOUT``); state ``stopped``."""
+        self._scope.cancel()
+        self.state = ProjectionState.STOPPED
+
+    def restart(self) -> None:
+        """Let a ``failed`` runner try again; nothing otherwise."""
+        if self.state != ProjectionState.FAILED:
+            return
+        self._mark_restarting()
+        self._resume.set()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def _count_dead_letter(self) -> None:
+        self.dead_letters += 1
+
+    def _mark_restarting(self) -> None:
+        self.state = ProjectionState.RESTARTING
+        self.restarts += 1
+        self._notify()
+
+    # ------------------------------------------------------------ supervision
+
+    async def run(self) -> None:
+        """The supervised task: hold a share of the partitions until stopped;
+        restart after a failure with the projection's backoff, up to its limit
+        (then ``failed``, holding none, so that the others may try)."""
+        policy = self.projection.restart
+        with self._scope:
+            while True:
+                try:
+                    await self._member()
+                except (StoreUnavailable, DatabaseError) as exc:
+                    self.last_error = str(exc)
+                    self._mark_restarting()
+                    await trio.sleep(policy.delay(min(self._failures + 1, 4)))
+                except Exception as exc:
+                    self.last_error = str(exc) if isinstance(exc, HandlerFailed) else f"{type(exc).__name__}: {exc}"
+                    self._failures += 1
+                    if policy.gives_up(self._failures):
+                        self.state = ProjectionState.FAILED
+                        _log.error("projection %s failed: %s", self.projection.name, self.last_error)
+                        self._notify()
+                        await self._resume.wait()
+                        self._resume = trio.Event()
+                        self._failures = 0
+                        continue
+                    self._mark_restarting()
+                    await trio.sleep(policy.delay(self._failures))
+
+    async def _member(self) -> None:
+        name = self.projection.name
+        conn = await _db.connect(self._dsn, application_name=f"eventbus-projection {name}")
+        try:
+            leases = await _db.connect(self._dsn, application_name=f"eventbus-leases {name}")
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await conn.close()
+            raise
+        try:
+            self.state = ProjectionState.STARTING
+            self._notify()
+            await self._heartbeat(leases)
+            vanished = await prepare_schema(conn, self.projection, self.projection.schema, checkpoint=max(self._stored))
+            if vanished:
+                raise ProjectionError(
+                    f"projection {name}: its tables {', '.join(vanished)} are gone while its partitions have applied"
+                    " events: it will not carry on over an empty read model"
+                )
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._heartbeats, leases)
+                await self._apply_loop(conn)
+        finally:
+            self._held.clear()
+            self._taken.clear()
+            self._sub = None
+            with trio.CancelScope(shield=True), trio.move_on_after(LEAVE_TIMEOUT):
+                try:
+                    await _leases.leave(leases, name, self.member)
+                except (StoreUnavailable, DatabaseError) as exc:  # the leases expire on their own
+                    _log.warning("projection %s: could not hand back its leases: %s", name, exc)
+            self._notify()
+            await leases.close()
+            await conn.close()
+
+    # ------------------------------------------------------------ leases
+
+    async def _heartbeats(self, conn: _db.Connection) -> None:
+        while True:
+            await trio.sleep(_leases.HEARTBEAT)
+            await self._heartbeat(conn)
+
+    async def _heartbeat(self, conn: _db.Connection) -> None:
+        projection = self.projection
+        round_ = await _leases.heartbeat(conn, projection.name, self.member, projection.partitions)
+        for leases in (self._held, self._taken):
+            for k in list(leases):
+                lease = round_.held.get(k)
+                if lease is None or lease.epoch != leases[k].epoch:
+                    del leases[k]  # a batch of it under way is refused at its commit
+                    _log.info("projection %s: partition %d is no longer held here", projection.name, k)
+        for k, lease in round_.held.items():
+            if k not in self._held and k not in self._taken:
+                self._taken[k] = _Held(lease.epoch, lease.checkpoint)
+                self._interrupt()
+        self._owners = round_.owners
+        self._stored = round_.checkpoints
+        self._notify()
+
+    def _adopt(self) -> None:
+        """Apply the partitions taken since the last batch from now on (between
+        two batches: a batch under way was routed without them)."""
+        if not self._taken:
+            return
+        through = self._following()
+        for k, held in self._taken.items():
+            self._held[k] = held
+            if held.checkpoint < through:
+                self._resubscribe = True  # read again from its checkpoint
+        self._taken.clear()
+
+    def _interrupt(self) -> None:
+        if self._wait_scope is not None:
+            self._wait_scope.cancel()
+
+    # ------------------------------------------------------------ applying
+
+    async def _apply_loop(self, conn: _db.Connection) -> None:
+        projection = self.projection
+        while True:
+            self._adopt()
+            if not self._held:
+                self.state = ProjectionState.STANDBY
+                self._notify()
+                while not self._taken:
+                    with trio.move_on_after(_leases.HEARTBEAT) as self._wait_scope:
+                        await trio.sleep_forever()
+                    self._wait_scope = None
+                self._adopt()
+            after = min(h.checkpoint for h in self._held.values())
+            self._through, self._resubscribe = after, False
+            sub = self._stream.subscribe(
+                projection.filter,
+                after=after,
+                max_batch=projection.batch_size,
+                buffer=projection.batch_size * SUBSCRIPTION_BATCHES,
+                name=f"projection {projection.name}",
+            )
+            async with sub:
+                self._sub = sub
+                sub.on_move = self._notify
+                await self._follow(conn, sub)
+            self._sub = None
+
+    async def _follow(self, conn: _db.Connection, sub: Subscription) -> None:
+        """Apply batches until a partition taken here needs an earlier start."""
+        while True:
+            self._adopt()
+            if self._resubscribe or not self._held:
+                return
+            state = ProjectionState.LIVE if sub.state == "live" else ProjectionState.CATCHING_UP
+            if state != self.state:
+                self.state = state
+                self._notify()
+            batch: list[EventRecord] | None = None
+            with trio.move_on_after(IDLE_CHECKPOINT) as self._wait_scope:
+                try:
+                    batch = await sub.__anext__()
+                except StopAsyncIteration:
+                    await trio.sleep_forever()  # the bus is closing: cancellation follows
+            self._wait_scope = None
+            if batch is None:
+                await self._advance_idle(conn, sub)
+                continue
+            await self._apply(conn, batch)
+            self._through = max(self._through, batch[-1].sequence_number)
+            self._notify()
+
+    async def _advance_idle(self, conn: _db.Connection, sub: Subscription) -> None:
+        if sub.buffered or self._resubscribe:
+            return
+        position = max(self._through, sub.position)
+        behind = [
+            _leases.Lease(k, held.epoch, held.checkpoint)
+            for k, held in self._held.items()
+            if held.checkpoint < position
+        ]
+        if not behind:
+            return
+        await _leases.advance_idle(conn, self.projection.name, self.member, behind, position)
+        self._through = position
+        for lease in behind:
+            held = self._held.get(lease.partition)
+            if held is not None and held.epoch == lease.epoch:
+                held.checkpoint = max(held.checkpoint, position)
+        self._notify()
+
+    def _route(self, record: EventRecord) -> int:
+        projection = self.projection
+        assert projection.partition_key is not None
+        try:
+            return partition_of(projection.partition_key(record), projection.partitions)
+        except Exception as exc:
+            # Stable for every process: the event id picks the partition that fails on it.
+            self._unkeyed[record.event_id] = f"partition_key raised {type(exc).__name__}: {exc}"
+            return (
+                int.from_bytes(hashlib.blake2b(record.event_id.bytes, digest_size=8).digest()) % projection.partitions
+            )
+
+    async def _apply(self, conn: _db.Connection, batch: list[EventRecord]) -> None:
+        groups: dict[int, list[EventRecord]] = {}
+        for record in batch:
+            k = self._route(record)
+            held = self._held.get(k)
+            if held is not None and record.sequence_number > held.checkpoint:
+                groups.setdefault(k, []).append(record)
+        name = self.projection.name
+        for k, records in sorted(groups.items()):
+            held = self._held.get(k)
+            if held is None:
+                continue  # lost since
+            records = [record for record in records if record.sequence_number > held.checkpoint]
+            if not records:
+                continue
+            epoch = held.epoch
+
+            def fence(old: int, new: int, k: int = k, epoch: int = epoch) -> str:
+                return _leases.fence_sql(name, k, self.member, epoch, old, new)
+
+            self._batch_started = trio.current_time()
+            try:
+                position = await apply_in_time(
+                    conn, self._applying, records, held.checkpoint, self._count_dead_letter, fence=fence
+                )
+            except HandlerFailed as exc:
+                if not _leases.is_fenced(exc):
+                    raise
+                _log.warning("projection %s: partition %d was taken by another process: its batch rolled back", name, k)
+                if self._held.get(k) is held:
+                    del self._held[k]
+                continue
+            finally:
+                self._batch_started = None
+            held.checkpoint = max(held.checkpoint, position)
+            self._failures = 0
+            for record in records:
+                self._unkeyed.pop(record.event_id, None)
+
+    # ------------------------------------------------------------ the key function's failures
+
+    def _check_key(self, record: EventRecord) -> None:
+        why = self._unkeyed.get(record.event_id)
+        if why is not None:
+            raise ProjectionError(f"projection {self.projection.name}: {why}")
+
+    def _guard(self, handler: Handler) -> Handler:
+        async def guarded(tx: Transaction, record: EventRecord) -> None:
+            self._check_key(record)
+            await handler(tx, record)
+
+        return guarded
+
+    def _guard_batch(self, handler: BatchHandler) -> BatchHandler:
+        async def guarded(tx: Transaction, records: list[EventRecord]) -> None:
+            for record in records:
+                self._check_key(record)
+            await handler(tx, records)
+
+        return guarded

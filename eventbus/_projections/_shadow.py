@@ -1,0 +1,99 @@
+"""A rebuild's copy: a schema no projection can own, and only ever the one it made.
+
+A projection's tables live in ``projection_<name>``, ``<name>`` matching
+``NAME_PATTERN``. A rebuild of ``<name>`` builds its copy in
+``projection_<name>$shadow``: no projection name holds a ``$``, so no
+projection's schema is ever taken for a copy (``x__shadow`` is a projection
+of its own). The rebuild creates the schema, marks it with a COMMENT and
+records its oid; it drops, and the swap renames, only the schema of that oid.
+A schema of that name without the mark is someone else's: left alone, and the
+rebuild refused. One with the mark is a leftover of a rebuild that was killed:
+dropped by the next rebuild of the projection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import attrs
+import trio
+
+from .. import _db
+from .._errors import EventBusError, ProjectionError
+from ._apply import literal, quote
+from ._definition import schema_of
+
+SHADOW_SUFFIX = "$shadow"
+"""Ends the copy's schema name; ``$`` is in no projection name."""
+
+MARK = "eventbus: the copy a rebuild of projection {name} builds"
+"""The COMMENT on a copy's schema, by which a leftover is told from someone else's schema."""
+
+NOT_THE_COPY = "55000"
+"""The SQLSTATE the swap raises when the copy is not the schema the rebuild made."""
+
+
+@attrs.frozen
+class Shadow:
+    """The copy's schema, as the rebuild made it: its name and its oid."""
+
+    schema: str
+    oid: int
+
+    def check_sql(self) -> str:
+        """A statement that fails (SQLSTATE ``NOT_THE_COPY``) unless the
+        schema of this name is still the one made, with this oid."""
+        return (
+            "DO $eventbus$ BEGIN IF NOT EXISTS (SELECT FROM pg_namespace"
+            f" WHERE oid = {int(self.oid)} AND nspname = {literal(self.schema)}) THEN"
+            f" RAISE EXCEPTION 'schema % is not the copy this rebuild made', {literal(self.schema)}"
+            f" USING ERRCODE = '{NOT_THE_COPY}'; END IF; END $eventbus$"
+        )
+
+
+def shadow_schema(name: str) -> str:
+    """The schema of a rebuild's copy of projection ``name``."""
+    return schema_of(name) + SHADOW_SUFFIX
+
+
+async def create_shadow(conn: _db.Connection, name: str) -> Shadow:
+    """Create the copy's schema for a rebuild of projection ``name``, empty
+    and marked. A leftover of a killed rebuild (it carries the mark) is
+    dropped first. Blocks for a few statements.
+
+    Raises:
+        ProjectionError: a schema of that name exists without the mark: it is
+            not a rebuild's, and stays as it is.
+    """
+    schema = shadow_schema(name)
+    mark = MARK.format(name=name)
+    row = await conn.fetchrow(
+        "SELECT obj_description(oid, 'pg_namespace') AS mark FROM pg_namespace WHERE nspname = $1", schema
+    )
+    if row is not None:
+        if row["mark"] != mark:
+            raise ProjectionError(
+                f"schema {schema} exists and was not made by a rebuild: eventbus leaves it alone; "
+                f"rename or drop it to rebuild projection {name!r}"
+            )
+        await conn.execute(f"DROP SCHEMA {quote(schema)} CASCADE")  # a killed rebuild's copy
+    await conn.run_script(f"BEGIN; CREATE SCHEMA {quote(schema)}; COMMENT ON SCHEMA {quote(schema)} IS {literal(mark)}")
+    try:
+        oid = int(await conn.fetchval("SELECT oid FROM pg_namespace WHERE nspname = $1", schema))
+        await conn.execute("COMMIT")
+    except BaseException:
+        await _db.rollback(conn)
+        raise
+    return Shadow(schema, oid)
+
+
+async def drop_shadow(conn: _db.Connection, shadow: Shadow) -> None:
+    """Drop the copy if it is still the schema made (by name and oid) and the
+    connection can, shielded and bounded; the next rebuild drops a leftover."""
+    with trio.move_on_after(_db.CLOSE_TIMEOUT, shield=True), contextlib.suppress(EventBusError):
+        if not conn.is_closed():
+            await conn.execute(
+                "DO $eventbus$ BEGIN IF EXISTS (SELECT FROM pg_namespace"
+                f" WHERE oid = {int(shadow.oid)} AND nspname = {literal(shadow.schema)}) THEN"
+                f" DROP SCHEMA {quote(shadow.schema)} CASCADE; END IF; END $eventbus$"
+            )
