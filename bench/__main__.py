@@ -1,11 +1,11 @@
-"""`python -m bench [store|stream|projections|scale ...]`: run benchmarks (all by default)."""
+"""`python -m bench [store|stream|projections|scale|replicas ...]`: run benchmarks (all by default)."""
 
 from __future__ import annotations
 
 import importlib
 import sys
 
-SUITES = ["store", "stream", "projections", "scale"]
+SUITES = ["store", "stream", "projections", "scale", "replicas"]
 
 
 def main(argv: list[str]) -> int:

@@ -145,6 +145,22 @@ def no_gap_filled_later(polled: Mapping[str, Any], records: Sequence[EventRecord
     )
 
 
+def min_position_reads_included(seen: Mapping[str, Any]) -> Check:
+    """Every read with ``min_position`` (through the hot standby, or the
+    primary when the standby could not show it in time) included that position."""
+    problems = _Problems()
+    at_position: Mapping[str, Any] = seen["at_position"]
+    for miss in at_position["misses"]:
+        problems.add(miss)
+    served = sum(int(replica["reads"]) for replica in seen["replicas"])
+    handed = sum(int(replica["fallbacks"]) for replica in seen["replicas"])
+    return problems.check(
+        "reads with min_position include it (a reader read through the hot standby)",
+        f"{_n(at_position['reads'])} such reads, {_n(at_position['errors'])} failed; "
+        f"the standby served {_n(served)} reads in all and handed {_n(handed)} to the primary",
+    )
+
+
 def subscription_saw_everything_once(followed: Mapping[str, Any], records: Sequence[EventRecord]) -> Check:
     """A subscription from position 0 delivered every stored event once, in order."""
     problems = _Problems()

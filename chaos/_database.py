@@ -6,6 +6,9 @@ immediate``, then start) as well as end connections; on a server it is given
 it only ends connections. Either way the database is new, so the checks see
 exactly the events of this run.
 
+On its own server the run also keeps a hot standby of it (streaming
+replication), which the reader reads through and which may be crashed too.
+
 The connection string the simulators get carries a password. The embedded
 server never asks for it (it trusts its private unix socket), so it is a
 marker: the run checks that it never shows up in any output.
@@ -28,7 +31,7 @@ import attrs
 import trio
 
 from eventbus import EventBusError, StoreUnavailable, open_event_store, testing
-from eventbus.testing import EmbeddedServer
+from eventbus.testing import EmbeddedServer, start_standby
 
 SERVER_SETTINGS: Final = {"fsync": "off", "max_connections": "300"}
 """The embedded server's settings. fsync off: a crash of the server process
@@ -86,8 +89,11 @@ class ChaosDatabase:
         name: the database's name.
         server: the run's own server; None when the server was given.
         password: the password the DSN carries (never to be printed).
+        standby: the hot standby of the run's own server, if any.
+        standby_dsn: the database on the standby (with the same password).
         restarts: server restarts done.
         postmaster_kills: postmasters killed (and the server started again).
+        standby_restarts: standby restarts done.
         terminations: terminations done.
         terminated: connections they ended.
         keep: leave the database in place at the end (set when a check failed).
@@ -98,8 +104,11 @@ class ChaosDatabase:
     name: str
     server: EmbeddedServer | None
     password: str | None
+    standby: EmbeddedServer | None = None
+    standby_dsn: str | None = None
     restarts: int = 0
     postmaster_kills: int = 0
+    standby_restarts: int = 0
     terminations: int = 0
     terminated: int = 0
     keep: bool = False
@@ -154,6 +163,19 @@ class ChaosDatabase:
                 await trio.sleep(POSTMASTER_RETRY)
         raise StoreUnavailable(f"no connection {POSTMASTER_TIMEOUT:.0f} s after the postmaster was killed: {last}")
 
+    async def restart_standby(self) -> float:
+        """Crash the hot standby (immediate mode) and start it again; the
+        seconds it took (blocking a worker thread, as ``restart_server``).
+
+        Raises:
+            StoreUnavailable: the standby did not come back.
+        """
+        assert self.standby is not None, "only a run with a standby restarts it"
+        began = trio.current_time()
+        await trio.to_thread.run_sync(functools.partial(self.standby.restart, mode="immediate"))
+        self.standby_restarts += 1
+        return trio.current_time() - began
+
     async def terminate(self, pattern: str) -> int:
         """End the database's connections whose application name is LIKE ``pattern``.
 
@@ -200,6 +222,7 @@ async def open_chaos_database(
 @asynccontextmanager
 async def _own_server(workdir: Path) -> AsyncIterator[ChaosDatabase]:
     server = EmbeddedServer(workdir / "pg", settings=SERVER_SETTINGS)
+    standby: EmbeddedServer | None = None
     await trio.to_thread.run_sync(server.start)
     try:
         admin = server.dsn()
@@ -213,10 +236,16 @@ async def _own_server(workdir: Path) -> AsyncIterator[ChaosDatabase]:
             password=password,
         )
         await _install_schema(database.dsn)
+        standby = await trio.to_thread.run_sync(start_standby, server, workdir / "standby")
+        database.standby = standby
+        database.standby_dsn = with_database(standby.dsn(), DATABASE, password=password)
         yield database
     finally:
         with trio.move_on_after(STOP_TIMEOUT, shield=True):
-            await trio.to_thread.run_sync(functools.partial(server.stop, mode="fast"), abandon_on_cancel=True)
+            for running in (standby, server):
+                if running is not None:
+                    stop = functools.partial(running.stop, mode="fast")
+                    await trio.to_thread.run_sync(stop, abandon_on_cancel=True)
 
 
 @asynccontextmanager

@@ -8,7 +8,9 @@
    a simulator is killed with SIGKILL, the server crashes and restarts, the
    bus's connections are terminated, the handler of the ledger projection
    hangs in the projector process that leads it (see ``_projector``), the
-   server's postmaster is killed with SIGKILL and started again; with
+   server's postmaster is killed with SIGKILL and started again, the hot
+   standby the reader reads through (on a server of the run's own) crashes
+   and restarts; with
    ``--first-start-faults`` first starts aside are killed during initdb
    (see ``_first_start``). The last stretch of the load is quiet.
 4. The simulators are asked to stop (SIGTERM), finish what is under way and
@@ -179,6 +181,14 @@ class _Faults:
                 self.log(f"{fault.describe()}: accepting connections again after {took:.1f} s")
             case FaultKind.FIRST_START:
                 nursery.start_soon(self._first_start, fault)
+            case FaultKind.STANDBY:
+                try:
+                    took = await self.database.restart_standby()
+                except StoreUnavailable as exc:
+                    self.problems.append(f"the standby did not come back after a restart: {exc}")
+                    self.log(f"{fault.describe()}: the standby did not come back")
+                    return
+                self.log(f"{fault.describe()}: accepting connections again after {took:.1f} s")
 
 
 def _counts(database: ChaosDatabase, faults: _Faults) -> FaultCounts:
@@ -190,6 +200,7 @@ def _counts(database: ChaosDatabase, faults: _Faults) -> FaultCounts:
         restarts=database.restarts,
         terminations=database.terminations,
         terminated=database.terminated,
+        standby_restarts=database.standby_restarts,
     )
 
 
@@ -218,6 +229,8 @@ def _checks_of(
             _checks.no_gap_filled_later(polled, records),
             _checks.subscription_saw_everything_once(followed, records),
         ]
+        if database.standby is not None:
+            checks.append(_checks.min_position_reads_included(reader.seen))
     else:
         checks.append(Check("the reader watched the whole run", "", (str(reader.problem),), 1))
     checks += [
@@ -256,6 +269,7 @@ async def _load(
         slots=config.processes,
         server_restarts=database.can_restart,
         first_starts=config.first_start_faults,
+        standby=database.standby is not None,
     )
     log.start_clock()
     begin = trio.current_time()
@@ -305,8 +319,10 @@ async def run_chaos(config: ChaosConfig, *, out: TextIO) -> ChaosResult:
     async with open_chaos_database(folder, config.admin_dsn, keep=config.keep) as database:
         where = "an embedded server of its own" if database.server else f"database {database.name} on the given server"
         log(f"database: {where}{'' if database.can_restart else ' (the server is not ours: no restarts)'}")
+        if database.standby is not None:
+            log("a hot standby of the server: the reader reads through it")
         lifetime = config.load_seconds + 2 * LIFETIME_MARGIN
-        reader = ReaderProcess(dsn=database.dsn, folder=folder, lifetime=lifetime)
+        reader = ReaderProcess(dsn=database.dsn, folder=folder, lifetime=lifetime, replica_dsn=database.standby_dsn)
         projectors = [ProjectorProcess(n, dsn=database.dsn, folder=folder, lifetime=lifetime)
                       for n in range(PROJECTORS)]  # fmt: skip
         try:

@@ -118,18 +118,28 @@ def _tail(path: Path, size: int = 8192) -> str:
         return ""
 
 
-def _environment(dsn: str) -> dict[str, str]:
-    env = {name: value for name, value in os.environ.items() if name not in ("DATABASE_URL", "EVENTBUS_DSN")}
+REPLICA_VARIABLE: Final = "CHAOS_REPLICA_DSN"
+"""Where the reader finds the standby's connection string (never on a command line)."""
+
+
+def _environment(dsn: str, replica_dsn: str | None = None) -> dict[str, str]:
+    drop = ("DATABASE_URL", "EVENTBUS_DSN", REPLICA_VARIABLE)
+    env = {name: value for name, value in os.environ.items() if name not in drop}
     env["EVENTBUS_DSN"] = dsn
+    if replica_dsn is not None:
+        env[REPLICA_VARIABLE] = replica_dsn
     return env
 
 
-async def _spawn(argv: list[str], dsn: str, stdout: Path | int, stderr: Path) -> trio.Process:
+async def _spawn(
+    argv: list[str], dsn: str, stdout: Path | int, stderr: Path, replica_dsn: str | None = None
+) -> trio.Process:
+    env = _environment(dsn, replica_dsn)
     with stderr.open("ab") as err:
         if isinstance(stdout, Path):
             with stdout.open("ab") as out:
-                return await trio.lowlevel.open_process(argv, stdout=out, stderr=err, cwd=ROOT, env=_environment(dsn))
-        return await trio.lowlevel.open_process(argv, stdout=stdout, stderr=err, cwd=ROOT, env=_environment(dsn))
+                return await trio.lowlevel.open_process(argv, stdout=out, stderr=err, cwd=ROOT, env=env)
+        return await trio.lowlevel.open_process(argv, stdout=stdout, stderr=err, cwd=ROOT, env=env)
 
 
 class SimulatorSlot:
@@ -293,8 +303,9 @@ class ReaderResult:
 class ReaderProcess:
     """The reader (see ``chaos._reader``), started before the load and stopped after it."""
 
-    def __init__(self, *, dsn: str, folder: Path, lifetime: float) -> None:
+    def __init__(self, *, dsn: str, folder: Path, lifetime: float, replica_dsn: str | None = None) -> None:
         self._dsn = dsn
+        self._replica_dsn = replica_dsn
         self.out = folder / "reader.json"
         self.stderr = folder / "reader.err.log"
         self._lifetime = lifetime
@@ -307,7 +318,7 @@ class ReaderProcess:
             ReaderFailed: it did not say it was ready.
         """
         argv = [sys.executable, "-m", "chaos._reader", "--out", str(self.out), "--lifetime", repr(self._lifetime)]
-        process = await _spawn(argv, self._dsn, subprocess.PIPE, self.stderr)
+        process = await _spawn(argv, self._dsn, subprocess.PIPE, self.stderr, self._replica_dsn)
         self._process = process
         assert process.stdout is not None
         said = b""

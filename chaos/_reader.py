@@ -8,6 +8,12 @@ at once:
 * it subscribes to the bus from position 0 (the hub catches up, then follows
   live, across lost connections and server restarts).
 
+With a hot standby (``CHAOS_REPLICA_DSN``) its bus reads through it: the
+polls and the subscription's catch-up see what the standby shows. A third
+watcher then asks, again and again, for the event at the position the hub
+has reached, with ``min_position`` at that position: the standby must show
+it, or the primary answer; a read without it is a miss.
+
 It prints ``ready`` once the bus is open. On SIGTERM or SIGINT (or at the end
 of its lifetime) it reads the head, goes on until both ways have reached it
 (at most ``FINISH_TIMEOUT`` seconds), writes what it saw to FILE as JSON and
@@ -30,6 +36,9 @@ import attrs
 import trio
 
 from eventbus import Bus, EventQuery, EventRecord, EventStore, StoreUnavailable, create_filter, open_bus
+
+REPLICA_VARIABLE: Final = "CHAOS_REPLICA_DSN"
+"""The standby's connection string, when the run has one."""
 
 POLL_INTERVAL: Final = 0.05
 """Seconds between polls when the last one reached the head."""
@@ -105,6 +114,37 @@ async def _poll(store: EventStore, seen: Seen, progress: _Progress) -> None:
             await trio.sleep(POLL_INTERVAL)  # polling is the point: it is the independent witness
 
 
+@attrs.define
+class AtPosition:
+    """Reads with ``min_position``: how many, and those that missed it."""
+
+    reads: int = 0
+    misses: list[str] = attrs.Factory(list)
+    errors: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        """As plain JSON values."""
+        return attrs.asdict(self)
+
+
+async def _at_position(bus: Bus, seen: AtPosition) -> None:
+    while True:
+        position = bus.stream.position  # the hub delivered it: it is committed
+        if position:
+            query = EventQuery([EVERYTHING], after=position - 1, limit=1)
+            try:
+                events = (await bus.store.query(query, min_position=position)).events
+            except StoreUnavailable:
+                seen.errors += 1
+                await trio.sleep(RETRY_DELAY)
+                continue
+            seen.reads += 1
+            if not events or events[0].sequence_number != position:
+                got = [event.sequence_number for event in events]
+                seen.misses.append(f"a read with min_position={position} returned {got}")
+        await trio.sleep(POLL_INTERVAL)
+
+
 async def _follow(bus: Bus, seen: Seen, progress: _Progress) -> None:
     async with bus.subscribe(
         EVERYTHING, after=0, max_batch=1000, buffer=SUBSCRIPTION_BUFFER, name="chaos reader"
@@ -140,14 +180,17 @@ async def watch(out: Path, lifetime: float) -> None:
     Raises:
         StoreUnavailable: the database could not be reached at the start.
     """
-    polled, followed = Seen(), Seen()
+    polled, followed, at_position = Seen(), Seen(), AtPosition()
     progress = _Progress()
     stopped = trio.Event()
-    async with open_bus() as bus, trio.open_nursery() as nursery:
+    replica = os.environ.get(REPLICA_VARIABLE, "").strip()
+    async with open_bus(replica_dsns=[replica] if replica else None) as bus, trio.open_nursery() as nursery:
         # The signals are caught before "ready": the harness may ask to stop at once.
         await nursery.start(_until_stopped, lifetime, stopped)
         nursery.start_soon(_poll, bus.store, polled, progress)
         nursery.start_soon(_follow, bus, followed, progress)
+        if replica:
+            nursery.start_soon(_at_position, bus, at_position)
         print("ready", flush=True)
         await stopped.wait()
         target = await _head(bus.store)
@@ -155,7 +198,14 @@ async def watch(out: Path, lifetime: float) -> None:
             while polled.last < target or followed.last < target:
                 await progress.wait()
         nursery.cancel_scope.cancel()
-    result = {"target": target, "polled": polled.to_json(), "followed": followed.to_json()}
+        replicas = [attrs.asdict(stats) for stats in bus.store.statistics().replicas]
+    result = {
+        "target": target,
+        "polled": polled.to_json(),
+        "followed": followed.to_json(),
+        "at_position": at_position.to_json(),
+        "replicas": replicas,
+    }
     temporary = out.with_suffix(".tmp")
     temporary.write_text(json.dumps(result))
     os.replace(temporary, out)

@@ -29,6 +29,7 @@ class FaultCounts:
     restarts: int = 0
     terminations: int = 0
     terminated: int = 0
+    standby_restarts: int = 0
 
 
 @attrs.frozen
@@ -110,6 +111,7 @@ def format_summary(figures: Figures, checks: Sequence[Check]) -> str:
         f"  {'postmasters killed (SIGKILL, then started)':<46}{_n(faults.postmaster_kills):>10}",
         f"  {'handler hangs (the leading projector)':<46}{_n(faults.hangs):>10}",
         *([f"  {'first starts killed during initdb':<46}{_n(faults.first_starts):>10}"] if first_starts else []),
+        f"  {'hot standby restarts (immediate mode)':<46}{_n(faults.standby_restarts):>10}",
         "",
         f"Commands   {'acknowledged':>14}{'refused':>10}{'failed':>10}",
     ]

@@ -55,6 +55,8 @@ class FaultKind(enum.StrEnum):
     FIRST_START = "first_start"
     """Aside from the run's server: kill a first start in embedded mode while initdb
     runs (SIGKILL or SIGTERM), start again, and check the server it makes."""
+    STANDBY = "standby"
+    """Crash the hot standby (immediate mode) and start it again: its reads go to the primary meanwhile."""
 
 
 DECK: Final = (
@@ -112,6 +114,8 @@ class Fault:
                 return "kill the server's postmaster (SIGKILL)"
             case FaultKind.FIRST_START:
                 return f"kill a first start during initdb ({self.signal})"
+            case FaultKind.STANDBY:
+                return "restart the hot standby (immediate mode)"
 
 
 def make_schedule(
@@ -123,13 +127,15 @@ def make_schedule(
     slots: int,
     server_restarts: bool,
     first_starts: bool = False,
+    standby: bool = False,
 ) -> list[Fault]:
     """The faults of a run, in time order, between ``start`` and ``end`` seconds.
 
     Gaps between faults are uniform between half and one and a half
     ``mean_interval``. Without ``server_restarts`` (an external server) the
     deck holds none of ``OWN_SERVER``; with ``first_starts`` it also holds
-    ``FIRST_START_DECK``.
+    ``FIRST_START_DECK``; with ``standby`` (the run has a hot standby) it
+    holds one standby restart too.
     """
     if mean_interval <= 0 or slots < 1:
         raise ValueError("mean_interval must be positive and there must be a simulator to kill")
@@ -137,6 +143,8 @@ def make_schedule(
     kinds = [kind for kind in DECK if server_restarts or kind not in OWN_SERVER]
     if first_starts:
         kinds += FIRST_START_DECK
+    if standby:
+        kinds.append(FaultKind.STANDBY)
     deck: list[FaultKind] = []
     faults: list[Fault] = []
     at = start

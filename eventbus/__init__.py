@@ -22,6 +22,8 @@ from ._errors import (
     InvalidDSN,
     InvalidEvent,
     InvalidFilter,
+    InvalidOption,
+    NotCaughtUp,
     ProjectionError,
     StoreUnavailable,
 )
@@ -46,7 +48,14 @@ if TYPE_CHECKING:
         create_projection_config,
         start_projection_listener,
     )
-    from ._store import EventStore, StoreStatistics, open_event_store, run_event_store
+    from ._store import (
+        EventStore,
+        ReplicaState,
+        ReplicaStatistics,
+        StoreStatistics,
+        open_event_store,
+        run_event_store,
+    )
     from ._stream import (
         EventStream,
         StreamStatistics,
@@ -74,7 +83,10 @@ _LAZY = {
         ),
         "._projections",
     ),
-    **dict.fromkeys(("EventStore", "StoreStatistics", "open_event_store", "run_event_store"), "._store"),
+    **dict.fromkeys(
+        ("EventStore", "ReplicaState", "ReplicaStatistics", "StoreStatistics", "open_event_store", "run_event_store"),
+        "._store",
+    ),
     **dict.fromkeys(
         (
             "EventStream",
@@ -142,7 +154,11 @@ __all__ = [
     "InvalidDSN",
     "InvalidEvent",
     "InvalidFilter",
+    "InvalidOption",
+    "NotCaughtUp",
     "QueryResult",
+    "ReplicaState",
+    "ReplicaStatistics",
     "StoreStatistics",
     "StoreUnavailable",
     "create_filter",

@@ -28,10 +28,12 @@ from ._store import (
     MAX_BATCH_BYTES,
     READ_POOL_SIZE,
     RECONNECT_TIMEOUT,
+    REPLICA_WAIT,
     WRITE_LANES,
     EventStore,
     StoreStatistics,
     check_max_batch_bytes,
+    replica_list,
     run_event_store,
 )
 from ._stream import DEFAULT_BUFFER, DEFAULT_MAX_BATCH, EventStream, Overflow, StreamStatistics, Subscription
@@ -196,6 +198,8 @@ async def run_bus(
     reconnect_timeout: float = RECONNECT_TIMEOUT,
     write_connections: int = WRITE_LANES,
     max_batch_bytes: int = MAX_BATCH_BYTES,
+    replica_dsns: Sequence[str] | None = None,
+    replica_wait: float = REPLICA_WAIT,
     task_status: trio.TaskStatus[Bus] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the bus's actors until cancelled; ``task_status.started`` gets the bus.
@@ -220,6 +224,8 @@ async def run_bus(
                 reconnect_timeout=reconnect_timeout,
                 write_connections=write_connections,
                 max_batch_bytes=max_batch_bytes,
+                replica_dsns=replica_dsns,
+                replica_wait=replica_wait,
             )
         )
         stream = EventStream(store, await store.head())
@@ -240,13 +246,16 @@ async def open_bus(
     reconnect_timeout: float = RECONNECT_TIMEOUT,
     write_connections: int = WRITE_LANES,
     max_batch_bytes: int = MAX_BATCH_BYTES,
+    replica_dsns: Sequence[str] | None = None,
+    replica_wait: float = REPLICA_WAIT,
 ) -> AsyncIterator[Bus]:
     """Open the bus for the duration of the block.
 
     ``dsn`` as for :func:`open_event_store` (None: ``EVENTBUS_DSN``, then
     ``DATABASE_URL``, else the embedded server). Works inside any Trio program,
     with or without a trio-asyncio loop already open. The stream starts at the
-    store's head.
+    store's head. ``replica_dsns`` (hot standbys that serve reads) and
+    ``replica_wait``: as for :func:`open_event_store`.
 
     Leaving the block closes every subscription (their iteration ends), stops
     the actors and closes the connections, shielded and bounded, also when the
@@ -257,10 +266,12 @@ async def open_bus(
 
     Raises:
         InvalidEvent: ``max_batch_bytes`` is out of range.
+        InvalidOption: ``replica_dsns`` or ``replica_wait`` was refused.
         StoreUnavailable: the database could not be reached at open
             (``InvalidDSN``: its connection string cannot be read).
     """
     check_max_batch_bytes(max_batch_bytes)
+    replica_list(replica_dsns, replica_wait)  # refused before anything starts
     async with open_database(dsn) as resolved, _db.open_loop(), open_actor_nursery() as nursery:
         bus: Bus = await nursery.start(
             functools.partial(
@@ -272,6 +283,8 @@ async def open_bus(
                 reconnect_timeout=reconnect_timeout,
                 write_connections=write_connections,
                 max_batch_bytes=max_batch_bytes,
+                replica_dsns=replica_dsns,
+                replica_wait=replica_wait,
             )
         )
         try:

@@ -84,6 +84,24 @@ class InvalidFilter(EventBusError, ValueError):
     """A filter, query or subscription was refused: the message says why."""
 
 
+class InvalidOption(EventBusError, ValueError):
+    """An option given to ``open_bus`` or ``open_event_store`` was refused
+    (a replica list that is not a list of connection strings, a negative wait)."""
+
+
+class NotCaughtUp(EventBusError, TimeoutError):
+    """A read asked for ``min_position`` and the read model had not reached
+    that position in the time allowed, on a standby nor on the primary.
+
+    Attributes:
+        position: the position asked for.
+    """
+
+    def __init__(self, message: str, *, position: int) -> None:
+        super().__init__(message)
+        self.position = position
+
+
 class ProjectionError(EventBusError):
     """A projection was defined or used wrongly (bad name, handler or policy,
     unknown projection, a rebuild where another process leads)."""

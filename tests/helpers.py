@@ -8,12 +8,31 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+import attrs
 import trio
 
 from eventbus import testing
+from eventbus.testing import EmbeddedServer
 
 TEMPLATE = "eventbus_test_template"
 ROOT = Path(__file__).resolve().parent.parent
+
+
+@attrs.frozen
+class Replicated:
+    """A primary and its hot standby (streaming replication), both embedded."""
+
+    primary: EmbeddedServer
+    standby: EmbeddedServer
+
+
+@attrs.frozen
+class ReplicaDatabase:
+    """One fresh database, as the primary and the standby serve it."""
+
+    primary_dsn: str
+    standby_dsn: str
+    servers: Replicated
 
 
 def database_dsn(admin_dsn: str, name: str) -> str:

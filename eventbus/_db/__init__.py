@@ -23,6 +23,7 @@ from ._embedded import EMBEDDED_DATABASE, EmbeddedServer, default_data_dir
 from ._loop import call_asyncio, call_trio, open_loop
 from ._resolve import open_database
 from ._schema import install_schema, schema_sql
+from ._standby import start_standby
 
 __all__ = [
     "CLOSE_TIMEOUT",
@@ -47,5 +48,6 @@ __all__ = [
     "rollback",
     "schema_sql",
     "scrub",
+    "start_standby",
     "translate",
 ]

@@ -13,6 +13,7 @@ close in time is terminated.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import json.scanner
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
@@ -72,7 +73,9 @@ def _unavailable(exc: BaseException) -> bool:
         code = exc.sqlstate or ""
         return code in _UNAVAILABLE_CODES or code.startswith(_UNAVAILABLE_CLASSES)
     if isinstance(exc, asyncpg.InterfaceError):
-        return "closed" in str(exc) or ("connection" in str(exc) and "lost" in str(exc))
+        text = str(exc)
+        # "released back to the pool": a pooled connection that was terminated
+        return "closed" in text or "released back" in text or ("connection" in text and "lost" in text)
     # The protocol is in a state no statement can start from: a connection the
     # server has just ended (its FATAL message came, the socket is not closed yet).
     return isinstance(exc, (TimeoutError, asyncpg.InternalClientError))
@@ -198,7 +201,10 @@ class Connection:
 
     def is_closed(self) -> bool:
         """Whether the connection was closed or lost."""
-        closed: bool = self._raw.is_closed()
+        try:
+            closed: bool = self._raw.is_closed()
+        except asyncpg.InterfaceError:  # a pooled connection, terminated: the pool took it back
+            return True
         return closed
 
     async def execute(self, sql: str, *args: Any) -> str:
@@ -250,7 +256,8 @@ class Connection:
 
     def terminate(self) -> None:
         """Drop the connection at once, without telling the server."""
-        self._raw.terminate()
+        with contextlib.suppress(asyncpg.InterfaceError):  # a pooled connection the pool took back already
+            self._raw.terminate()
 
 
 class Pool:
@@ -291,6 +298,11 @@ class Pool:
                 except Exception:
                     raw.terminate()
 
+    async def expire(self) -> None:
+        """Make the pool replace every connection it holds before their next use
+        (after the server was lost: they may be dead). Never waits for queries."""
+        await _call("expire", self._loop, self._raw.expire_connections)
+
     async def close(self) -> None:
         """Close every connection, shielded and bounded; terminate stragglers."""
         with trio.move_on_after(CLOSE_TIMEOUT, shield=True):
@@ -312,8 +324,10 @@ async def _keep_session(raw: asyncpg.Connection) -> None:
     """
 
 
-async def create_pool(dsn: str, *, max_size: int, application_name: str = "eventbus-read") -> Pool:
-    """Open a pool of up to ``max_size`` connections (one opened at once).
+async def create_pool(dsn: str, *, max_size: int, min_size: int = 1, application_name: str = "eventbus-read") -> Pool:
+    """Open a pool of up to ``max_size`` connections (``min_size`` opened at once:
+    with 0 nothing connects until the first use, and a server that is down
+    fails that use, not this call).
 
     Raises:
         InvalidDSN: ``dsn`` cannot be read (nothing of it is shown).
@@ -323,7 +337,7 @@ async def create_pool(dsn: str, *, max_size: int, application_name: str = "event
     async def _create() -> asyncpg.Pool:
         return await asyncpg.create_pool(
             dsn,
-            min_size=1,
+            min_size=min_size,
             max_size=max_size,
             timeout=CONNECT_TIMEOUT,
             init=_init_connection,

@@ -376,7 +376,9 @@ class EmbeddedServer:
         ]
         lines += [f"{name} = {value}" for name, value in sorted(self._settings.items())]
         self._write_private(self.pgdata / "eventbus.conf", "\n".join(lines) + "\n")
-        self._write_private(self.pgdata / _HBA, "# written by eventbus at every start\nlocal all all trust\n")
+        # Replication over the socket too: a hot standby copies the cluster with pg_basebackup and streams from it.
+        rules = "# written by eventbus at every start\nlocal all all trust\nlocal replication all trust\n"
+        self._write_private(self.pgdata / _HBA, rules)
 
     def _started_safely(self) -> bool:
         """Whether the running server was started with :meth:`safety_options`

@@ -18,7 +18,7 @@ from typing import Protocol
 
 import trio
 
-from .._db import rollback
+from .._db import Connection
 from .._errors import ProjectionError
 from .._store import EventStore
 from .._stream import EventStream
@@ -39,6 +39,10 @@ from ._rebuild import Progress, Rebuild
 from ._runner import Runner
 
 _log = logging.getLogger("eventbus.projections")
+
+READER_TIMEOUT = 10.0
+"""Seconds a ``reader`` with ``min_position`` waits, in all, for the read
+model to reach that position."""
 
 
 class ProjectionManager:
@@ -172,7 +176,9 @@ class ProjectionManager:
         raise TimeoutError(f"projection {name!r} is not at position {target} after {timeout} s")
 
     @asynccontextmanager
-    async def reader(self, name: str) -> AsyncIterator[Transaction]:
+    async def reader(
+        self, name: str, *, min_position: int | None = None, timeout: float = READER_TIMEOUT
+    ) -> AsyncIterator[Transaction]:
         """A read-only transaction on projection ``name``'s schema, for queries
         with unqualified table names. Waits for a free pooled connection, then
         for shared locks on all the model's tables, held until the block ends
@@ -181,21 +187,54 @@ class ProjectionManager:
         rebuild's swap give way (``SWAP_LOCK_TIMEOUT`` per attempt). Cancelling
         it rolls the transaction back and returns the connection to the pool.
 
+        With hot standbys (``replica_dsns``) the transaction runs on one of
+        them. ``min_position=P`` makes the read model include every event up
+        to P: the block starts once the projection's checkpoint, as the
+        answering server shows it, has reached P. A standby gets
+        ``replica_wait`` seconds to show it, then the primary the rest of
+        ``timeout`` (the projection may still be applying P). On a standby,
+        a block held open while the primary's rebuild swaps the tables is
+        cancelled by the standby after its ``max_standby_streaming_delay``
+        (``DatabaseError``).
+
         Raises:
-            ProjectionError: ``name`` is not a projection name.
+            ProjectionError: ``name`` is not a projection name, ``min_position``
+                or ``timeout`` is not a number >= 0, or the projection
+                failed in this process while the block waited for it.
+            NotCaughtUp: the checkpoint did not reach ``min_position`` within
+                ``timeout`` seconds.
         """
         if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
             raise ProjectionError(f"{name!r} is not a projection name")
+        if min_position is not None and (type(min_position) is not int or not 0 <= min_position < 2**63):
+            raise ProjectionError(
+                f"min_position must be None or a position (a whole number >= 0), not {min_position!r}"
+            )
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0:
+            raise ProjectionError(f"timeout must be a number of seconds >= 0, not {timeout!r}")
         schema = schema_of(name)
-        async with self.store.pool.acquire() as conn:
+
+        async def prepare(conn: Connection) -> None:
             await conn.run_script(
                 f"BEGIN READ ONLY; SET LOCAL search_path TO {quote(schema)}, public;"
                 f" SELECT eventbus.lock_read_model({literal(schema)}, false)"
             )
-            try:
-                yield Transaction(conn)
-            finally:
-                await rollback(conn)
+
+        async def reached(conn: Connection) -> bool:
+            runner = self._runners.get(name)
+            if runner is not None and runner.state == ProjectionState.FAILED:
+                raise ProjectionError(f"projection {name!r} failed: {runner.last_error}")
+            checkpoint = await conn.fetchval("SELECT checkpoint FROM eventbus.projections WHERE name = $1", name)
+            return checkpoint is not None and checkpoint >= (min_position or 0)
+
+        async with self.store.reads.connection(
+            prepare,
+            reached if min_position else None,
+            min_position=min_position,
+            timeout=timeout,
+            what=f"projection {name!r}",
+        ) as conn:
+            yield Transaction(conn)
 
     async def rebuild(self, name: str, progress: Progress | None = None) -> None:
         """Rebuild projection ``name`` from position 0, without downtime.

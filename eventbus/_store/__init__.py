@@ -2,7 +2,17 @@
 connections (group commit), the append requests, and the SQL of reads."""
 
 from ._actor import WRITE_LANES, CommitHook
-from ._handle import READ_POOL_SIZE, RECONNECT_TIMEOUT, EventStore, open_event_store, query_sql, run_event_store
+from ._handle import (
+    READ_POOL_SIZE,
+    RECONNECT_TIMEOUT,
+    EventStore,
+    open_event_store,
+    query_sql,
+    replica_list,
+    run_event_store,
+)
+from ._reads import Reads
+from ._replicas import REPLICA_WAIT, ReplicaState, ReplicaStatistics
 from ._requests import BATCH_BYTES_CEILING, MAX_BATCH_BYTES, StoreStatistics, check_max_batch_bytes
 
 __all__ = [
@@ -10,12 +20,17 @@ __all__ = [
     "MAX_BATCH_BYTES",
     "READ_POOL_SIZE",
     "RECONNECT_TIMEOUT",
+    "REPLICA_WAIT",
     "WRITE_LANES",
     "CommitHook",
     "EventStore",
+    "Reads",
+    "ReplicaState",
+    "ReplicaStatistics",
     "StoreStatistics",
     "check_max_batch_bytes",
     "open_event_store",
     "query_sql",
+    "replica_list",
     "run_event_store",
 ]

@@ -6,7 +6,8 @@ the others that are ready (group commit), and runs them in one transaction and
 one round trip through the ``eventbus.append_batch`` function, while the next
 batch forms for another lane. Each caller then gets its own outcome: a failed
 condition or an id clash fails that append only. Reads go through a separate
-pool and never wait behind appends.
+pool and never wait behind appends; with hot standbys, to the standbys first
+(``_reads.py``).
 """
 
 from __future__ import annotations
@@ -20,10 +21,12 @@ import trio
 
 from .. import _db, _telemetry
 from .._db import open_database
-from .._errors import ClosedError, InvalidEvent, InvalidFilter
+from .._errors import ClosedError, InvalidEvent, InvalidFilter, InvalidOption
 from .._nursery import open_actor_nursery
 from .._values import Event, EventFilter, EventQuery, EventRecord, QueryResult, _json, _tags
 from ._actor import REQUEST_BUFFER, WRITE_LANES, CommitHook, StoreActor
+from ._reads import Reads
+from ._replicas import REPLICA_WAIT
 from ._requests import (
     MAX_BATCH_BYTES,
     Request,
@@ -41,6 +44,9 @@ READ_POOL_SIZE = 4
 
 _COLUMNS = "sequence_number, event_id, event_type, payload, metadata, occurred_at"
 _E_COLUMNS = ", ".join(f"e.{name}" for name in _COLUMNS.split(", "))
+
+MAX_POSITION = 2**63 - 1
+"""The highest position there can be (positions are PostgreSQL bigints)."""
 
 RECONNECT_TIMEOUT = 10.0
 """Seconds the actor tries to reconnect, after losing its connection in the
@@ -163,8 +169,9 @@ def to_records(rows: Iterable[_db.Row]) -> list[EventRecord]:
 class EventStore:
     """The handle to an open event store (see :func:`open_event_store`).
 
-    ``append`` goes through the store actor; ``query`` and ``head`` use the
-    read pool. All methods may be called from many tasks at once.
+    ``append`` goes through the store actor; ``head`` uses the read pool;
+    ``query`` uses a hot standby when the store has some, else the read pool.
+    All methods may be called from many tasks at once.
     """
 
     def __init__(
@@ -174,9 +181,11 @@ class EventStore:
         actor: StoreActor,
         max_payload_bytes: int,
         max_batch_bytes: int = MAX_BATCH_BYTES,
+        reads: Reads | None = None,
     ) -> None:
         self._send = send
         self._pool = pool
+        self._reads = reads if reads is not None else Reads(pool, (), 1, REPLICA_WAIT)
         self._actor = actor
         self._max_payload_bytes = max_payload_bytes
         self._max_batch_bytes = max_batch_bytes
@@ -262,15 +271,26 @@ class EventStore:
         assert request.result is not None
         return request.result
 
-    async def query(self, query: EventFilter | Sequence[EventFilter] | EventQuery) -> QueryResult:
+    async def query(
+        self, query: EventFilter | Sequence[EventFilter] | EventQuery, *, min_position: int | None = None
+    ) -> QueryResult:
         """The events a filter, several filters (OR'd) or a query selects, in
         ascending position.
 
-        Blocks for one round trip on a pooled connection; never waits behind
-        appends. Cancellation abandons the query.
+        With hot standbys (``replica_dsns``) the query runs on one of them,
+        and may not show the latest appends. ``min_position=P`` makes the
+        result include every event up to position P (a position you have
+        seen, such as your own append's last record): on a standby that has
+        not replayed P yet the query waits for it, up to ``replica_wait``
+        seconds, and then runs on the primary instead. Without standbys every
+        query runs on the primary and includes every committed event.
+
+        Blocks for one round trip on a pooled connection, plus that wait;
+        never waits behind appends. Cancellation abandons the query.
 
         Raises:
-            InvalidFilter: ``query`` is none of these.
+            InvalidFilter: ``query`` is none of these, or ``min_position`` is
+                not None or a whole number >= 0.
             StoreUnavailable: the database could not be reached.
         """
         if isinstance(query, EventFilter):
@@ -279,15 +299,26 @@ class EventStore:
             query = EventQuery(query)
         elif not isinstance(query, EventQuery):
             raise InvalidFilter(f"query takes an EventFilter, a list of them or an EventQuery, not {query!r}")
-        return QueryResult(await self.fetch_records(query))
+        if min_position is not None and (type(min_position) is not int or not 0 <= min_position <= MAX_POSITION):
+            raise InvalidFilter(f"min_position must be None or a position (a whole number >= 0), not {min_position!r}")
+        return QueryResult(await self.fetch_records(query, min_position=min_position))
 
-    async def fetch_records(self, query: EventQuery, upto: int | None = None) -> list[EventRecord]:
-        """The records of ``query`` with positions up to ``upto`` (if given)."""
+    async def fetch_records(
+        self,
+        query: EventQuery,
+        upto: int | None = None,
+        *,
+        min_position: int | None = None,
+        from_primary: bool = False,
+    ) -> list[EventRecord]:
+        """The records of ``query`` with positions up to ``upto`` (if given),
+        from a snapshot that shows ``min_position`` (see :meth:`query`);
+        ``from_primary`` reads the primary whatever the standbys show."""
         if not query.filters or query.limit == 0:
             return []
         self._check_open()
         sql, args = query_sql(query, upto)
-        return to_records(await self._pool.fetch(sql, *args))
+        return to_records(await self._reads.fetch(sql, args, min_position=min_position, from_primary=from_primary))
 
     def _check_open(self) -> None:
         if self._closed:
@@ -324,12 +355,18 @@ class EventStore:
             mean_batch_appends=(counters.appends / batches) if batches else 0.0,
             p50_latency=percentile(latencies, 0.50),
             p99_latency=percentile(latencies, 0.99),
+            replicas=self._reads.statistics(),
         )
 
     @property
     def pool(self) -> _db.Pool:
-        """The read pool (for the library's own readers)."""
+        """The primary's read pool (for the library's own readers)."""
         return self._pool
+
+    @property
+    def reads(self) -> Reads:
+        """Where reads go: the standbys, then the primary (for the library's own readers)."""
+        return self._reads
 
     @property
     def origin(self) -> str:
@@ -346,6 +383,8 @@ async def run_event_store(
     reconnect_timeout: float = RECONNECT_TIMEOUT,
     write_connections: int = WRITE_LANES,
     max_batch_bytes: int = MAX_BATCH_BYTES,
+    replica_dsns: Sequence[str] | None = None,
+    replica_wait: float = REPLICA_WAIT,
     task_status: trio.TaskStatus[EventStore] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the store actor until cancelled; ``task_status.started`` gets the handle.
@@ -355,16 +394,20 @@ async def run_event_store(
     connection string (see :func:`open_event_store` for the embedded server).
     ``on_commit`` receives every committed batch's records, in order, before
     the appenders are answered; if it blocks, the actor (and so appends) wait.
+    ``replica_dsns`` and ``replica_wait``: see :func:`open_event_store`.
     """
     check_max_batch_bytes(max_batch_bytes)
+    replicas = replica_list(replica_dsns, replica_wait)
     send, receive = trio.open_memory_channel[Request](REQUEST_BUFFER)
     actor = StoreActor(dsn, receive, on_commit, reconnect_timeout, write_connections, max_batch_bytes)
     async with _db.open_loop():
         pool = await _db.create_pool(dsn, max_size=read_pool_size)
-        store = EventStore(send, pool, actor, max_payload_bytes, max_batch_bytes)
+        reads = Reads(pool, replicas, read_pool_size, replica_wait)
+        store = EventStore(send, pool, actor, max_payload_bytes, max_batch_bytes, reads)
         try:
             async with open_actor_nursery() as nursery:
                 await nursery.start(actor.run, _db.install_schema)
+                await nursery.start(reads.run)
                 task_status.started(store)
         finally:
             store._closed = True
@@ -382,6 +425,8 @@ async def open_event_store(
     reconnect_timeout: float = RECONNECT_TIMEOUT,
     write_connections: int = WRITE_LANES,
     max_batch_bytes: int = MAX_BATCH_BYTES,
+    replica_dsns: Sequence[str] | None = None,
+    replica_wait: float = REPLICA_WAIT,
 ) -> AsyncIterator[EventStore]:
     """Open the event store for the duration of the block.
 
@@ -400,15 +445,30 @@ async def open_event_store(
     append over it is refused with ``InvalidEvent``; at most
     ``BATCH_BYTES_CEILING``, under PostgreSQL's 1 GB message limit).
 
+    ``replica_dsns``: connection strings of hot standbys of the database
+    (PostgreSQL streaming replication). Queries, subscriptions' catch-up
+    reads and projection ``reader`` blocks then go to the standbys
+    (round-robin over those that are up); appends, the stream's live reads
+    and ``head`` stay on the primary. A standby that is down or far behind
+    is skipped (see ``statistics().replicas``) and comes back once it has
+    caught up; with none up the primary serves every read. A read with
+    ``min_position`` waits up to ``replica_wait`` seconds for a standby to
+    show that position, then reads the primary. None (the default): every
+    read goes to the primary. A standby that cannot be reached does not
+    stop the store from opening.
+
     Leaving the block stops the actor: appends still queued fail with
     ``ClosedError``; connections close, shielded from cancellation and bounded.
 
     Raises:
         InvalidEvent: ``max_batch_bytes`` is out of range.
+        InvalidOption: ``replica_dsns`` is not a list of connection strings,
+            or ``replica_wait`` is not a number >= 0.
         StoreUnavailable: the database could not be reached at open
             (``InvalidDSN``: its connection string cannot be read).
     """
     check_max_batch_bytes(max_batch_bytes)
+    replica_list(replica_dsns, replica_wait)  # refused before anything starts
     async with open_database(dsn) as resolved, _db.open_loop(), open_actor_nursery() as nursery:
         store: EventStore = await nursery.start(
             functools.partial(
@@ -420,9 +480,30 @@ async def open_event_store(
                 reconnect_timeout=reconnect_timeout,
                 write_connections=write_connections,
                 max_batch_bytes=max_batch_bytes,
+                replica_dsns=replica_dsns,
+                replica_wait=replica_wait,
             )
         )
         try:
             yield store
         finally:
             nursery.cancel_scope.cancel()
+
+
+def replica_list(replica_dsns: Sequence[str] | None, replica_wait: float) -> list[str]:
+    """The standbys' connection strings, checked.
+
+    Raises:
+        InvalidOption: not a list of non-empty strings, or a bad wait.
+    """
+    if isinstance(replica_wait, bool) or not isinstance(replica_wait, (int, float)) or not replica_wait >= 0:
+        raise InvalidOption(f"replica_wait must be a number of seconds >= 0, not {replica_wait!r}")
+    if replica_dsns is None:
+        return []
+    if isinstance(replica_dsns, (str, bytes)) or not isinstance(replica_dsns, Sequence):
+        raise InvalidOption("replica_dsns must be a list of connection strings, not a single string or other value")
+    dsns = list(replica_dsns)
+    for index, dsn in enumerate(dsns):
+        if not isinstance(dsn, str) or not dsn.strip():
+            raise InvalidOption(f"replica_dsns[{index}] must be a non-empty connection string")
+    return dsns

@@ -21,6 +21,7 @@ import trio
 
 from .._errors import InvalidEvent
 from .._values import Event, EventFilter, EventRecord, _json, _tags
+from ._replicas import ReplicaStatistics
 
 # ---------------------------------------------------------------- requests
 
@@ -286,6 +287,7 @@ class StoreStatistics:
         mean_batch_appends: average append requests per transaction.
         p50_latency / p99_latency: seconds from request to answer, over the
             latest answered appends.
+        replicas: each hot standby that serves reads (state, lag, reads).
     """
 
     connected: bool
@@ -300,6 +302,7 @@ class StoreStatistics:
     mean_batch_appends: float
     p50_latency: float
     p99_latency: float
+    replicas: tuple[ReplicaStatistics, ...] = ()
 
 
 def percentile(values: Sequence[float], q: float) -> float:

@@ -262,13 +262,24 @@ class EventStream:
             for delivery in list(self._all):
                 self.detach(delivery)
 
-    async def _read(self, after: int, upto: int | None, filter: Selector | None = None) -> list[EventRecord]:
-        """Records after a position, from the store, retrying while it is unavailable."""
+    async def _read(
+        self, after: int, upto: int | None, filter: Selector | None = None, *, live: bool = True
+    ) -> list[EventRecord]:
+        """Records after a position, from the store, retrying while it is unavailable.
+
+        ``live`` reads (what other processes appended, a gap before a local
+        batch) go to the primary: nothing waits for a standby on the way to
+        the subscribers. A catch-up's reads (``live=False``, with ``upto`` a
+        position the hub has reached) may go to a hot standby, in a snapshot
+        that shows ``upto``, or else to the primary.
+        """
         filters = [_EVERYTHING] if filter is None else filter.filters if isinstance(filter, AnyOf) else [filter]
         query = EventQuery(filters, after=after, limit=CATCH_UP_PAGE)
         while True:
             try:
-                return await self._store.fetch_records(query, upto)
+                if live:
+                    return await self._store.fetch_records(query, upto, from_primary=True)
+                return await self._store.fetch_records(query, upto, min_position=upto)
             except StoreUnavailable:
                 await trio.sleep(RETRY_DELAY)
 
@@ -433,7 +444,7 @@ class EventStream:
                         matched = delivery.filter.select(page)
                     else:
                         upto = self.position
-                        matched = await self._read(position, upto, delivery.filter)
+                        matched = await self._read(position, upto, delivery.filter, live=False)
                         scanned = matched[-1].sequence_number if len(matched) == CATCH_UP_PAGE else upto
                     for chunk in _chunks(matched, delivery.max_batch):
                         await delivery.put(chunk)

@@ -115,19 +115,19 @@ def test_the_same_seed_strikes_the_same_faults_at_the_same_moments() -> None:
 
 
 def test_faults_fall_in_the_window_in_order_and_every_kind_comes_up_in_the_first_deck() -> None:
-    faults = make_schedule(1, start=2, end=40, mean_interval=3, slots=2, server_restarts=True)
+    faults = make_schedule(1, start=2, end=40, mean_interval=3, slots=2, server_restarts=True, standby=True)
     moments = [fault.at for fault in faults]
     assert moments == sorted(moments)
     assert all(2 < at <= 40 for at in moments)
     assert all(later - earlier >= 1.5 - 0.1 for earlier, later in itertools.pairwise([2.0, *moments]))
-    assert {fault.kind for fault in faults[: len(DECK)]} == set(FaultKind) - set(FIRST_START_DECK)
+    assert {fault.kind for fault in faults[: len(DECK) + 1]} == set(FaultKind) - set(FIRST_START_DECK)
     assert {fault.slot for fault in faults if fault.kind is FaultKind.KILL} == {1}  # simulator 0 reports the whole run
 
 
 def test_first_starts_are_killed_only_when_asked_for_with_each_signal() -> None:
     asked = make_schedule(1, start=2, end=600, mean_interval=3, slots=2, server_restarts=False, first_starts=True)
     plain = make_schedule(1, start=2, end=600, mean_interval=3, slots=2, server_restarts=True)
-    assert {fault.kind for fault in asked[: len(DECK)]} == set(FaultKind) - OWN_SERVER
+    assert {fault.kind for fault in asked[: len(DECK)]} == set(FaultKind) - OWN_SERVER - {FaultKind.STANDBY}
     assert {fault.signal for fault in asked if fault.kind is FaultKind.FIRST_START} == set(FIRST_START_SIGNALS)
     assert FaultKind.FIRST_START not in {fault.kind for fault in plain}
 
@@ -136,6 +136,7 @@ def test_a_server_that_is_not_ours_is_never_restarted() -> None:
     faults = make_schedule(1, start=2, end=600, mean_interval=3, slots=2, server_restarts=False)
     assert faults
     assert not OWN_SERVER & {fault.kind for fault in faults}
+    assert FaultKind.STANDBY not in {fault.kind for fault in faults}  # nor a standby it has none of
 
 
 # ------------------------------------------------------------------ the store
@@ -183,6 +184,17 @@ def test_a_gap_filled_after_the_reader_passed_it_is_a_violation() -> None:
     saw = seen([records[0], records[1], records[3]])  # position 3 committed later
     check = _checks.no_gap_filled_later(saw, records)
     assert check.problems == ("position 3 was committed after the reader had passed it: a gap filled later",)
+
+
+def test_a_read_with_min_position_that_missed_it_is_a_violation() -> None:
+    replicas = [{"reads": 40, "fallbacks": 2}]
+    clean = {"at_position": {"reads": 42, "misses": [], "errors": 0}, "replicas": replicas}
+    assert _checks.min_position_reads_included(clean).ok
+    missed = {"at_position": {"reads": 42, "misses": ["a read with min_position=7 returned []"], "errors": 0},
+              "replicas": replicas}  # fmt: skip
+    check = _checks.min_position_reads_included(missed)
+    assert (check.count, check.problems) == (1, ("a read with min_position=7 returned []",))
+    assert "the standby served 40 reads in all and handed 2 to the primary" in check.detail
 
 
 def test_a_reader_that_saw_another_event_at_a_position_is_a_violation() -> None:
