@@ -100,4 +100,4 @@ def test_a_malformed_connection_string_stops_the_dashboard_before_it_starts(
 ) -> None:
     assert main(["dashboard", "--dsn", "garbage"]) == 2
     assert dashboard_runs == []
-    assert capsys.readouterr().err.startswith("error: the connection string is malformed: it is not a postgresql:// URL")
+    assert capsys.readouterr().err.startswith("error: the connection string is malformed: it is not a postgresql://")
