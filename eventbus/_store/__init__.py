@@ -7,10 +7,10 @@ from ._handle import (
     RECONNECT_TIMEOUT,
     EventStore,
     open_event_store,
-    query_sql,
     replica_list,
     run_event_store,
 )
+from ._queries import query_sql
 from ._reads import Reads
 from ._replicas import REPLICA_WAIT, ReplicaState, ReplicaStatistics
 from ._requests import BATCH_BYTES_CEILING, MAX_BATCH_BYTES, StoreStatistics, check_max_batch_bytes

@@ -13,9 +13,8 @@ pool and never wait behind appends; with hot standbys, to the standbys first
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
 
 import trio
 
@@ -23,8 +22,9 @@ from .. import _db, _telemetry
 from .._db import open_database
 from .._errors import ClosedError, InvalidEvent, InvalidFilter, InvalidOption
 from .._nursery import open_actor_nursery
-from .._values import Event, EventFilter, EventQuery, EventRecord, QueryResult, _json, _tags
+from .._values import Event, EventFilter, EventQuery, EventRecord, QueryResult, _json
 from ._actor import REQUEST_BUFFER, WRITE_LANES, CommitHook, StoreActor
+from ._queries import query_sql, to_records
 from ._reads import Reads
 from ._replicas import REPLICA_WAIT
 from ._requests import (
@@ -42,126 +42,12 @@ from ._requests import (
 READ_POOL_SIZE = 4
 """Connections in the read pool."""
 
-_COLUMNS = "sequence_number, event_id, event_type, payload, metadata, occurred_at"
-_E_COLUMNS = ", ".join(f"e.{name}" for name in _COLUMNS.split(", "))
-
 MAX_POSITION = 2**63 - 1
 """The highest position there can be (positions are PostgreSQL bigints)."""
 
 RECONNECT_TIMEOUT = 10.0
 """Seconds the actor tries to reconnect, after losing its connection in the
 middle of a batch, before telling those callers the outcome is unknown."""
-
-# ---------------------------------------------------------------- queries
-
-MAX_WALKS = 32
-"""The most tags (or types) a query walks one by one; with more (many
-predicates), their candidates are read as one set and sorted instead."""
-
-
-def _check_sql(filter: EventFilter, args: list[Any]) -> str:
-    """What makes the event ``e`` match ``filter``, exactly."""
-    clauses = []
-    if filter.event_types:
-        args.append(list(filter.event_types))
-        clauses.append(f"e.event_type = ANY(${len(args)}::text[])")
-    if filter.predicate_texts is not None:
-        args.append(list(filter.predicate_texts))
-        clauses.append(f"e.payload @> ANY(${len(args)}::text[]::jsonb[])")
-    return "(" + " AND ".join(clauses) + ")" if clauses else "TRUE"
-
-
-def _candidates(query: EventQuery) -> tuple[dict[int, None], dict[str, None]] | None:
-    """The tags and types whose index walks find every event ``query`` may
-    match, or None when any event may match a filter (no types, or a
-    predicate without a scalar leaf). A filter with predicates walks the tag
-    index for each predicate's tag (and the wide events); one without walks
-    the type index for each type."""
-    tags: dict[int, None] = {}
-    types: dict[str, None] = {}
-    for filter in query.filters:
-        if filter.predicate_tags is not None and None not in filter.predicate_tags:
-            tags.update(dict.fromkeys(filter.predicate_tags))  # type: ignore[arg-type]
-        elif filter.event_types:
-            types.update(dict.fromkeys(filter.event_types))
-        else:
-            return None
-    if tags:
-        tags[_tags.WIDE] = None
-    return tags, types
-
-
-def query_sql(query: EventQuery, upto: int | None = None) -> tuple[str, list[Any]]:
-    """SQL text and arguments for an EventQuery (``upto``: an upper position).
-
-    Each tag or type of ``_candidates`` is one walk of its index in position
-    order, each candidate looked up by position and checked exactly, and,
-    for a bounded query, stopped at the limit: the first ``limit`` matches of
-    the query are among the first ``limit`` of some walk. The walks' rows are
-    then merged in order. A bounded read so costs about ``limit`` index steps
-    per walk however long the entity's history, and an unbounded one what it
-    returns. A query that any event may match walks the events themselves.
-    """
-    args: list[Any] = [query.after]
-    bound = ""
-    if upto is not None:
-        args.append(upto)
-        bound = f" AND {{}}.sequence_number <= ${len(args)}"
-    check_args = list(args)
-    checks = [_check_sql(f, check_args) for f in query.filters]
-    if "TRUE" not in checks:  # else any event passes: no check, no arguments
-        args = check_args
-    # Written as CASE, the check is one the planner cannot estimate, so it
-    # assumes half the candidates pass; as plain @> it takes a flat guess of
-    # a few in a thousand, concludes that a limit reads every candidate
-    # anyway, and may as well sort them all as walk in order and stop.
-    check = "" if "TRUE" in checks else " AND CASE WHEN " + " OR ".join(checks) + " THEN TRUE END"
-    limit = ""
-    if query.limit is not None:
-        args.append(query.limit)
-        limit = f" LIMIT ${len(args)}"
-    found = _candidates(query)
-    if found is None:
-        sql = (f"SELECT {_E_COLUMNS} FROM eventbus.events e WHERE e.sequence_number > $1{bound.format('e')}{check} "
-               f"ORDER BY e.sequence_number{limit}")  # fmt: skip
-        return sql, args
-    tags, types = found
-    # Each candidate looked up by its position, one at a time (OFFSET 0 keeps
-    # the lookup a subquery: no merge or hash join reading all the events).
-    lookup = (f"CROSS JOIN LATERAL (SELECT {_E_COLUMNS} FROM eventbus.events e "
-              f"WHERE e.sequence_number = t.sequence_number{check} OFFSET 0) e")  # fmt: skip
-    walks: list[str] = []
-    if len(tags) > MAX_WALKS:
-        # Too many tags to walk one by one: their candidates as one set, sorted.
-        args.append(list(tags))
-        walks.append(f"SELECT e.* FROM (SELECT DISTINCT t.sequence_number FROM eventbus.event_tags t "
-                     f"WHERE t.tag = ANY(${len(args)}::bigint[]) AND t.sequence_number > $1{bound.format('t')}) t "
-                     f"{lookup} ORDER BY t.sequence_number{limit}")  # fmt: skip
-        tags = {}
-    for tag in tags:
-        args.append(tag)
-        walks.append(f"SELECT e.* FROM eventbus.event_tags t {lookup} WHERE t.tag = ${len(args)}::bigint "
-                     f"AND t.sequence_number > $1{bound.format('t')} ORDER BY t.sequence_number{limit}")  # fmt: skip
-    one_type = "= ${}::text"
-    if len(types) > MAX_WALKS:  # the same for types
-        types, one_type = {tuple(types): None}, "= ANY(${}::text[])"  # type: ignore[dict-item]
-    for kind in types:
-        args.append(list(kind) if isinstance(kind, tuple) else kind)
-        where = f"e.event_type {one_type.format(len(args))} AND e.sequence_number > $1{bound.format('e')}{check}"
-        walks.append(f"SELECT {_E_COLUMNS} FROM eventbus.events e WHERE {where} ORDER BY e.sequence_number{limit}")
-    if len(walks) == 1:
-        return walks[0], args
-    # An event has one type and, when wide, no other tag: only two tags, or
-    # a tag and a type, can find the same event; keep it once.
-    distinct = "DISTINCT ON (e.sequence_number) " if len(found[0]) > 2 or (found[0] and types) else ""
-    merged = " UNION ALL ".join(f"({walk})" for walk in walks)
-    return f"SELECT {distinct}* FROM ({merged}) e ORDER BY e.sequence_number{limit}", args
-
-
-def to_records(rows: Iterable[_db.Row]) -> list[EventRecord]:
-    """Records from rows of ``_COLUMNS``."""
-    return [EventRecord(*row) for row in rows]
-
 
 # ---------------------------------------------------------------- the handle
 
