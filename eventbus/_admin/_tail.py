@@ -8,6 +8,7 @@ never misses an event; ``--follow`` looks again every ``FOLLOW_POLL`` seconds.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -120,8 +121,8 @@ async def _start_of_last(conn: Any, event_filter: EventFilter, head: int, lines:
     if lines == 0:
         return head
     sql, args = query_sql(EventQuery([event_filter], after=0))
-    # The same selection, newest first: the last ``lines`` of it.
-    sql = sql.replace("ORDER BY sequence_number", "ORDER BY sequence_number DESC")
+    # The same selection, newest first (every walk of it): the last ``lines`` of it.
+    sql = re.sub(r"ORDER BY (\w+\.)?sequence_number\b", r"ORDER BY \1sequence_number DESC", sql)
     sql = f"SELECT min(sequence_number) - 1 FROM ({sql} LIMIT {int(lines)}) AS last"
     start = await conn.fetchval(sql, *args)
     return head if start is None else int(start)
