@@ -111,8 +111,11 @@ def test_the_example_wheel_holds_the_bank_and_the_dashboard_and_the_banking_comm
         assert "tui/dashboard.tcss" in archive.namelist()
         scripts = archive.read(f"eventbus_banking-{version}.dist-info/entry_points.txt").decode()
     assert "banking = tui.cli:main" in scripts.splitlines()
-    requirements = metadata(wheel).get_all("Requires-Dist") or []
-    assert {canonicalize_name(Requirement(text).name) for text in requirements} == {"eventbus", "textual", "psutil"}
+    requirements = [Requirement(text) for text in metadata(wheel).get_all("Requires-Dist") or []]
+    core = {canonicalize_name(r.name) for r in requirements if r.marker is None}
+    assert core == {"eventbus", "textual", "psutil"}
+    metrics = {canonicalize_name(r.name) for r in requirements if r.marker and r.marker.evaluate({"extra": "metrics"})}
+    assert metrics - core == {"opentelemetry-sdk", "opentelemetry-exporter-prometheus"}
 
 
 # ------------------------------------------------------------------ a clean venv
