@@ -53,6 +53,10 @@ Check = Callable[[str], Awaitable[_T]]
 """Turns an answer into a value, or raises ``BankingError`` (or ``ValueError``) saying what is wrong."""
 
 
+LINE_EDITING: Final = False
+"""Whether answers are read with readline's line editing on a terminal."""
+
+
 class Prompter:
     """Questions on ``out``, answers from ``stdin``, one line each.
 
@@ -64,7 +68,10 @@ class Prompter:
     def __init__(self, stdin: TextIO, out: TextIO) -> None:
         self._stdin = stdin
         self.out = out
-        self._editing = _is_terminal(stdin) and _is_terminal(out) and _load_readline()
+        # Line editing (readline in the worker thread that waits for a line)
+        # is off: Ctrl-C while it waits crashed the process (SIGSEGV) in about
+        # one run in three. Plain lines are read until it is made safe.
+        self._editing = LINE_EDITING and _is_terminal(stdin) and _is_terminal(out) and _load_readline()
 
     async def line(self, prompt: str) -> str:
         """Show ``prompt`` and wait for a line, without its end (read in a worker

