@@ -290,37 +290,42 @@ class StoreActor:
         return self._outcomes(batch, rows)
 
     def _outcomes(self, batch: list[Request], rows: Iterable[_db.Row | tuple[Any, ...]]) -> list[Outcome]:
-        stored: dict[uuid.UUID, tuple[int, Any]] = {}
-        found: dict[uuid.UUID, EventRecord] = {}  # a retry's events, as they are stored
+        # By the ids' ints: a UUID's own hash is computed in Python, each time.
+        stored: dict[int, tuple[int, Any, bool]] = {}  # id: position, commit time, whether new
+        found: dict[int, EventRecord] = {}  # a retry's events, as they are stored
         refused: dict[int, tuple[str, int | None]] = {}
-        new_ids: set[uuid.UUID] = set()
         for append_no, outcome, event_id, position, occurred_at, kind, payload, metadata in rows:
             if outcome == "ok":
-                stored[event_id] = (position, occurred_at)
-                new_ids.add(event_id)
+                stored[event_id.int] = (position, occurred_at, True)
             elif outcome == "duplicate":
-                stored[event_id] = (position, occurred_at)
-                found[event_id] = EventRecord(position, event_id, kind, payload, metadata, occurred_at)
+                stored[event_id.int] = (position, occurred_at, False)
+                found[event_id.int] = EventRecord(position, event_id, kind, payload, metadata, occurred_at)
             else:
                 refused[append_no] = (outcome, position)
         outcomes: list[Outcome] = []
         for number, request in enumerate(batch, 1):
-            if number in refused:
+            if refused and number in refused:
                 outcome, position = refused[number]
                 outcomes.append(Outcome(request, error=self._refusal(request, outcome, position)))
                 continue
-            if any(p.event_id not in stored for p in request.events):
-                error = DatabaseError("the store returned no position for this append")
-                outcomes.append(Outcome(request, error=error))
-                continue
-            records = []
+            records: list[EventRecord] = []
+            new = False  # as the first event was: stored by this append, or before
             for p in request.events:
-                record = found.get(p.event_id)
+                key = p.event_id.int
+                stored_as = stored.get(key)
+                if stored_as is None:
+                    error = DatabaseError("the store returned no position for this append")
+                    outcomes.append(Outcome(request, error=error))
+                    break
+                position, occurred_at, fresh = stored_as
+                if not records:
+                    new = fresh
+                record = found.get(key)
                 if record is None:
-                    position, occurred_at = stored[p.event_id]
                     record = EventRecord(position, p.event_id, p.event_type, p.payload, p.metadata, occurred_at)
                 records.append(record)
-            outcomes.append(Outcome(request, records, new=request.events[0].event_id in new_ids))
+            else:
+                outcomes.append(Outcome(request, records, new=new))
         return outcomes
 
     @staticmethod

@@ -8,6 +8,7 @@ text that is ready. Also the store's figures (``StoreStatistics``).
 from __future__ import annotations
 
 import collections
+import functools
 import json
 import math
 import os
@@ -39,6 +40,35 @@ class Prepared:
     tags: list[int]
 
 
+def _uuid_from_int(value: int) -> uuid.UUID:
+    # uuid.UUID(int=...) checks its arguments at length; a value made here
+    # needs none of it. Checked against the real constructor at import.
+    made: uuid.UUID = _new_object(uuid.UUID)
+    _set_attribute(made, "int", value)
+    _set_attribute(made, "is_safe", _UNKNOWN_SAFETY)
+    return made
+
+
+def _checked_uuid_from_int(value: int) -> uuid.UUID:
+    return uuid.UUID(int=value)
+
+
+def _made_like_uuid() -> bool:
+    probe = 0x0190_0000_0000_7ABC_8DEF_0123_4567_89AB
+    try:
+        made, real = _uuid_from_int(probe), uuid.UUID(int=probe)
+    except (TypeError, AttributeError):  # pragma: no cover - a uuid module unlike CPython's
+        return False
+    return made == real and str(made) == str(real) and hash(made) == hash(real)
+
+
+_new_object = object.__new__
+_set_attribute = object.__setattr__
+_UNKNOWN_SAFETY = uuid.SafeUUID.unknown  # (an enum member costs a lookup each time)
+if not _made_like_uuid():  # pragma: no cover
+    _uuid_from_int = _checked_uuid_from_int
+
+
 def new_event_id() -> uuid.UUID:
     """A fresh event id: a version-7 UUID (RFC 9562).
 
@@ -46,16 +76,14 @@ def new_event_id() -> uuid.UUID:
     sort close together, so the unique index on event ids takes new entries at
     its right edge instead of on random pages of a large index.
     """
-    millis = time.time_ns() // 1_000_000
     rand = int.from_bytes(os.urandom(10), "big")  # 80 bits; 74 are used
-    value = (
-        (millis & 0xFFFF_FFFF_FFFF) << 80
+    return _uuid_from_int(
+        ((time.time_ns() // 1_000_000) & 0xFFFF_FFFF_FFFF) << 80
         | 0x7 << 76  # version
         | ((rand >> 62) & 0xFFF) << 64  # rand_a
         | 0b10 << 62  # variant
         | (rand & ((1 << 62) - 1))  # rand_b
     )
-    return uuid.UUID(int=value)
 
 
 def prepare(events: Sequence[Event], max_bytes: int, trace: Mapping[str, str] | None = None) -> list[Prepared]:
@@ -63,7 +91,7 @@ def prepare(events: Sequence[Event], max_bytes: int, trace: Mapping[str, str] | 
 
     ``trace``: metadata to add to each event's (its own keys win), the appender's trace context.
     """
-    if isinstance(events, (Event, str, bytes)) or not isinstance(events, Iterable):
+    if type(events) is not list and (isinstance(events, (Event, str, bytes)) or not isinstance(events, Iterable)):
         raise InvalidEvent(f"append takes a list of Event, not {type(events).__name__}")
     prepared: list[Prepared] = []
     seen: set[uuid.UUID] = set()
@@ -71,11 +99,11 @@ def prepare(events: Sequence[Event], max_bytes: int, trace: Mapping[str, str] | 
         if not isinstance(event, Event):
             raise InvalidEvent(f"event {index}: must be an Event, not {type(event).__name__}")
         kind = event.event_type
-        if not isinstance(kind, str) or not kind:
+        if (type(kind) is not str and not isinstance(kind, str)) or not kind:
             raise InvalidEvent(f"event {index}: event_type must be a non-empty string, not {kind!r}")
-        where = f"event {index} ({kind!r})"
         try:
-            _json.check_event_type(kind, "event_type")
+            if not kind.isascii() or "\x00" in kind or len(kind) > _json.MAX_EVENT_TYPE_LENGTH:
+                _json.check_event_type(kind, "event_type")
             payload, payload_text = _json.encode(event.payload, "payload", max_bytes=max_bytes)
             metadata: dict[str, Any] = {}
             metadata_text = "{}"
@@ -85,15 +113,16 @@ def prepare(events: Sequence[Event], max_bytes: int, trace: Mapping[str, str] | 
             if given is not None:
                 metadata, metadata_text = _json.encode(given, "metadata", max_bytes=max_bytes)
         except _json.JSONRefused as exc:
-            raise InvalidEvent(f"{where}: {exc}") from None
+            raise InvalidEvent(f"event {index} ({kind!r}): {exc}") from None
         event_id = event.event_id
         if event_id is None:
             event_id = new_event_id()
         elif not isinstance(event_id, uuid.UUID):
-            raise InvalidEvent(f"{where}: event_id must be a uuid.UUID, not {event_id!r}")
-        if event_id in seen:
-            raise InvalidEvent(f"{where}: event_id {event_id} appears twice in one append")
-        seen.add(event_id)
+            raise InvalidEvent(f"event {index} ({kind!r}): event_id must be a uuid.UUID, not {event_id!r}")
+        elif event_id in seen:
+            raise InvalidEvent(f"event {index} ({kind!r}): event_id {event_id} appears twice in one append")
+        else:
+            seen.add(event_id)
         tags = _tags.event_tags(payload)
         prepared.append(Prepared(event_id, kind, payload, payload_text, metadata, metadata_text, tags))
     return prepared
@@ -164,13 +193,17 @@ def condition_filters(filter: Condition | None) -> tuple[EventFilter, ...] | Non
     return filters
 
 
-def _condition_item(filter: EventFilter, expected: int) -> str:
+@functools.lru_cache(maxsize=4096)
+def _condition_prefix(filter: EventFilter) -> str:
+    """A condition item as ``append_batch`` reads it, up to its position:
+    the same for every append on the same boundary, so written once (equal
+    filters write the same text)."""
     if filter.predicate_texts is None or filter.predicate_tags is None:
         preds = tags = "null"
     else:
         preds = "[" + ",".join(filter.predicate_texts) + "]"
         tags = json.dumps(filter.predicate_tags)
-    return f'{{"t":{json.dumps(filter.event_types)},"p":{preds},"k":{tags},"a":{expected}}}'
+    return f'{{"t":{json.dumps(filter.event_types)},"p":{preds},"k":{tags},"a":'
 
 
 def condition(filters: tuple[EventFilter, ...] | None, expected: int | None) -> str | None:
@@ -185,8 +218,8 @@ def condition(filters: tuple[EventFilter, ...] | None, expected: int | None) -> 
     if type(expected) is not int or expected < 0:
         raise InvalidEvent(f"expected_max_sequence_number must be a whole number >= 0, not {expected!r}")
     if len(filters) == 1:
-        return _condition_item(filters[0], expected)
-    return "[" + ",".join(_condition_item(f, expected) for f in filters) + "]"
+        return f"{_condition_prefix(filters[0])}{expected}}}"
+    return "[" + ",".join(f"{_condition_prefix(f)}{expected}}}" for f in filters) + "]"
 
 
 @attrs.define(eq=False)
@@ -238,32 +271,35 @@ def dependencies(batch: list[Request]) -> tuple[list[int], list[int]]:
     """
     dep_of: list[int] = []
     dep_on: list[int] = []
-    by_tag: dict[int, list[tuple[int, Prepared]]] = collections.defaultdict(list)
-    by_type: dict[str, list[tuple[int, Prepared]]] = collections.defaultdict(list)
+    by_tag: dict[int, list[tuple[int, Prepared]]] = {}
+    by_type: dict[str, list[tuple[int, Prepared]]] = {}
     everything: list[tuple[int, Prepared]] = []
+    none: list[tuple[int, Prepared]] = []
     for number, request in enumerate(batch, 1):
         filters = request.filters
         if filters is not None and everything:
             found: set[int] = set()
             for filter in filters:
                 if filter.predicate_tags is not None and None not in filter.predicate_tags:
-                    candidates = by_tag[_tags.WIDE].copy()
+                    candidates = by_tag.get(_tags.WIDE, none)
                     for tag in filter.predicate_tags:
-                        candidates += by_tag[tag]  # type: ignore[index]
+                        candidates = candidates + by_tag.get(tag, none)  # type: ignore[arg-type]
                 elif filter.event_types:
-                    candidates = [c for kind in filter.event_types for c in by_type[kind]]
+                    candidates = [c for kind in filter.event_types for c in by_type.get(kind, none)]
                 else:
                     candidates = everything
-                found.update(i for i, prepared in candidates if i not in found and filter.matches(prepared))
-            matched = sorted(found)
-            dep_of += [number] * len(matched)
-            dep_on += matched
+                if candidates:
+                    found.update(i for i, prepared in candidates if i not in found and filter.matches(prepared))
+            if found:
+                matched = sorted(found)
+                dep_of += [number] * len(matched)
+                dep_on += matched
         for prepared in request.events:
             entry = (number, prepared)
             everything.append(entry)
-            by_type[prepared.event_type].append(entry)
+            by_type.setdefault(prepared.event_type, []).append(entry)
             for tag in prepared.tags:
-                by_tag[tag].append(entry)
+                by_tag.setdefault(tag, []).append(entry)
     return dep_of, dep_on
 
 

@@ -27,10 +27,17 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, TypeAlias
+
+_orjson_encode: Callable[[Any], bytes] | None
+try:  # the optional fast encoder (the "fast" extra); the standard library's otherwise
+    from orjson import dumps as _orjson_encode
+except ImportError:  # pragma: no cover - depends on what is installed
+    _orjson_encode = None
 
 MAX_DEPTH = 256
 """The deepest nesting of objects and arrays accepted."""
@@ -185,6 +192,8 @@ def normalize(value: object, path: str = "payload") -> JSONValue:
 
 def normalize_object(value: object, path: str) -> dict[str, JSONValue]:
     """Like :func:`normalize`, but the value must be a mapping."""
+    if type(value) is dict:  # the common case, without the ABC check
+        return _normalize_mapping(value, path, 1)
     if not isinstance(value, Mapping):
         raise JSONRefused(path, f"must be a mapping, not of type {type(value).__name__}")
     result = _normalize(value, path, 0)
@@ -192,9 +201,29 @@ def normalize_object(value: object, path: str) -> dict[str, JSONValue]:
     return result
 
 
+def _stdlib_dumps(value: JSONValue) -> str:
+    return _ENCODER.encode(value)
+
+
+def _orjson_dumps(value: JSONValue) -> str:
+    # orjson writes the same text for normalized values, but for the
+    # exponent of small floats (1e-7, not 1e-07), which PostgreSQL reads as
+    # the same numeric; it refuses ints beyond 64 bits, which the standard
+    # library writes instead.
+    assert _orjson_encode is not None
+    try:
+        return _orjson_encode(value).decode()
+    except TypeError:
+        return _ENCODER.encode(value)
+
+
 def dumps(value: JSONValue) -> str:
     """Compact JSON text of an already normalized value."""
-    return _ENCODER.encode(value)
+    return _dumps(value)
+
+
+# EVENTBUS_ORJSON=0 keeps the standard library's encoder even where orjson is installed.
+_dumps = _stdlib_dumps if _orjson_encode is None or os.environ.get("EVENTBUS_ORJSON") == "0" else _orjson_dumps
 
 
 def encode(value: object, path: str, *, max_bytes: int) -> tuple[dict[str, JSONValue], str]:

@@ -38,6 +38,18 @@ def _hash(data: bytes) -> int:
     return value if value != WIDE else 1
 
 
+_CACHE_SIZE = 1 << 16
+"""Top-level leaves whose tags are remembered: most payloads repeat most of
+their leaves (the entity's id, a currency, a kind), and writing a leaf and
+hashing it costs several times a lookup. Cleared whole when full."""
+
+_CACHED_STRING = 200
+"""Only strings up to this length (and ints of up to 64 bits) are remembered,
+so the memory stays small."""
+
+_known: dict[tuple[str, type, Any], int] = {}
+
+
 def _number(value: int | float) -> bytes:
     """A canonical form of a number's exact decimal value, as jsonb compares it.
 
@@ -77,9 +89,9 @@ def _scalar(value: Any) -> bytes:
     return _number(value)
 
 
-def _leaves(value: Any) -> Iterator[tuple[bytes, bytes]]:
+def _leaves(value: Any, path: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
     """The path and the typed scalar of every scalar leaf of ``value``."""
-    stack: list[tuple[Any, bytes]] = [(value, b"")]
+    stack: list[tuple[Any, bytes]] = [(value, path)]
     while stack:
         value, path = stack.pop()
         if isinstance(value, dict):
@@ -98,8 +110,28 @@ def _tag(path: bytes, scalar: bytes) -> int:
 def event_tags(payload: dict[str, Any]) -> list[int]:
     """The tags to store for a normalized payload (``[WIDE]`` if too many)."""
     out: set[int] = set()
-    for path, scalar in _leaves(payload):
-        out.add(_tag(path, scalar))
+    # The common payload is flat: its leaves are written here directly, the
+    # same bytes as _leaves and _scalar write, without a generator or a stack.
+    for key, value in payload.items():
+        kind = type(value)
+        if kind is dict or kind is list:
+            prefix = _PATH_SEP + key.encode("utf-8", "surrogatepass")
+            for path, scalar in _leaves(value, prefix):
+                out.add(_tag(path, scalar))
+                if len(out) > MAX_TAGS:
+                    return [WIDE]
+            continue
+        # (the type is part of the key: 1, 1.0 and True are different leaves)
+        leaf = (key, kind, value)
+        tag = _known.get(leaf)
+        if tag is None:
+            scalar = b"s" + value.encode("utf-8", "surrogatepass") if kind is str else _scalar(value)
+            tag = _hash(_PATH_SEP + key.encode("utf-8", "surrogatepass") + _VALUE_SEP + scalar)
+            if len(value) <= _CACHED_STRING if kind is str else kind is not int or value.bit_length() <= 64:
+                if len(_known) >= _CACHE_SIZE:
+                    _known.clear()
+                _known[leaf] = tag
+        out.add(tag)
         if len(out) > MAX_TAGS:
             return [WIDE]
     return sorted(out)

@@ -459,3 +459,29 @@ async def test_a_payload_is_refused_or_comes_back_as_normalized(
             selected = (await store.query(EventQuery([create_filter([], [pattern])], after=head))).events
             wanted = create_filter([], [pattern])
             assert [r.event_id for r in selected] == [r.event_id for r in found if wanted.matches(r)]
+
+
+@settings(SETTINGS, max_examples=60)
+@example(docs=[{"a": 1e-05}, {"a": 1e-07}, {"a": 2**64}, {"a": -(2**63)}, {"a": 5e-324}, {"a": "\u2028\x7f\x1f"}])
+@given(docs=st.lists(OBJECTS, min_size=1, max_size=20))
+async def test_the_fast_encoder_and_the_standard_one_write_the_same_jsonb(
+    admin_dsn: str, docs: list[dict[str, Any]]
+) -> None:
+    """orjson (the "fast" extra) writes some numbers otherwise (1e-7 for
+    1e-07) and refuses ints past 64 bits, which the standard library then
+    writes: PostgreSQL reads every text as the same jsonb, to the digit."""
+    normalized = [_json.normalize(doc) for doc in docs]
+    fast = [_json._orjson_dumps(doc) for doc in normalized]
+    standard = [_json._stdlib_dumps(doc) for doc in normalized]
+    async with testing.open_loop():
+        conn = await testing.connect(admin_dsn)
+        try:
+            rows = await conn.fetch(
+                "SELECT f::jsonb::text AS f, s::jsonb::text AS s FROM unnest($1::text[], $2::text[]) AS t(f, s)",
+                fast,
+                standard,
+            )
+        finally:
+            await conn.close()
+    assert [row["f"] for row in rows] == [row["s"] for row in rows]
+    assert [_json.loads(text) for text in fast] == normalized
