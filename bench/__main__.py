@@ -1,11 +1,11 @@
-"""`python -m bench [store|stream|projections|scale|replicas ...]`: run benchmarks (all by default)."""
+"""`python -m bench [store|stream|projections|scale|replicas|volume ...]`: run benchmarks (all by default)."""
 
 from __future__ import annotations
 
 import importlib
 import sys
 
-SUITES = ["store", "stream", "projections", "scale", "replicas"]
+SUITES = ["store", "stream", "projections", "scale", "replicas", "volume"]
 
 
 def main(argv: list[str]) -> int:
