@@ -305,7 +305,7 @@ async def sequential(report: Report, admin: str, preloaded: str, peer_db: str) -
                              "peer": _peer("sequential", dsn=peer_db, account=500, count=500, warmup=50)})  # fmt: skip
     added = (got["plain"]["p50"] - got["raw"]["p50"]) * 1e6
     report.row("sequential append p50 (vs raw single-row commit)", f"{got['plain']['p50'] * 1e6:,.0f} us",
-               f"{got['raw']['p50'] * 1e6:,.0f} us", f"+{added:,.0f} us",
+               f"{got['raw']['p50'] * 1e6:,.0f} us", f"{added:+,.0f} us",
                f"<= +150 us {'met' if added <= 150 else 'MISSED'}")  # fmt: skip
     cond, peer = got["cond"], got["peer"]
     ratio = cond["p50"] / peer["p50"]
