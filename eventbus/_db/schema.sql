@@ -458,3 +458,13 @@ BEGIN
     END IF;
 END
 $$;
+
+-- A rebuild of a partitioned projection (eventbus/_projections/_partitioned_rebuild.py):
+-- the one process that builds its copy, while it renews this row. Another
+-- rebuild waits for the row to expire (its builder killed) before it drops
+-- the copy left behind and builds its own.
+CREATE TABLE IF NOT EXISTS eventbus.projection_rebuilds (
+    projection text PRIMARY KEY,
+    owner text NOT NULL,
+    expires_at timestamptz NOT NULL
+);

@@ -38,7 +38,7 @@ FENCED = "EB001"
 """The SQLSTATE of a commit refused because its lease is lost."""
 
 
-def _lock_key(name: str) -> int:
+def lock_key(name: str) -> int:
     """The transaction advisory lock that puts one projection's heartbeats in a row."""
     digest = hashlib.blake2b(f"eventbus partitions {name}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big", signed=True)
@@ -107,7 +107,7 @@ async def heartbeat(conn: _db.Connection, name: str, me: str, partitions: int, *
     """
     await conn.execute("BEGIN")
     try:
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", _lock_key(name))
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", lock_key(name))
         await conn.execute(
             "INSERT INTO eventbus.projection_leases (projection, partition)"
             " SELECT $1, k FROM generate_series(0, $2 - 1) AS k ON CONFLICT DO NOTHING",
@@ -197,7 +197,7 @@ async def leave(conn: _db.Connection, name: str, me: str) -> None:
     the other members take the partitions at their next heartbeat."""
     await conn.execute("BEGIN")
     try:
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", _lock_key(name))
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", lock_key(name))
         await conn.execute("DELETE FROM eventbus.projection_members WHERE projection = $1 AND member = $2", name, me)
         await conn.execute(
             "UPDATE eventbus.projection_leases SET owner = NULL, expires_at = '-infinity'"

@@ -35,6 +35,7 @@ from ._definition import (
 )
 from ._operations import Operations
 from ._partitioned import PartitionedRunner
+from ._partitioned_rebuild import PartitionedRebuild
 from ._rebuild import Progress, Rebuild
 from ._runner import Runner
 
@@ -134,17 +135,14 @@ class ProjectionManager:
         ``skip_poison``, the event it failed on goes to the dead letters if it
         fails again (as under ``on_error="skip"``), and the projection moves on.
 
+        A partitioned projection fails as a whole in this process (it lets
+        go of its partitions); with ``skip_poison`` the event is skipped by
+        its partition once this process holds it again.
+
         Raises:
-            ProjectionError: no projection of that name was started here, or
-                ``skip_poison`` for a partitioned one (not supported yet).
+            ProjectionError: no projection of that name was started here.
         """
-        runner = self._runner(name)
-        if isinstance(runner, PartitionedRunner):
-            if skip_poison:
-                raise ProjectionError(f"projection {name!r} is partitioned: skip_poison is not supported yet")
-            runner.restart()
-        else:
-            runner.restart(skip_poison=skip_poison)
+        self._runner(name).restart(skip_poison=skip_poison)
 
     def status(self) -> dict[str, ProjectionStatus]:
         """Every projection started here, by name; never blocks."""
@@ -254,19 +252,34 @@ class ProjectionManager:
         shadow schema is dropped (shielded and bounded; by the leader once
         the copy is handed over), and the live read model goes on untouched.
 
+        A partitioned projection is rebuilt by any process that runs it,
+        whether it holds partitions or not (``_partitioned_rebuild.py``): the
+        copy is built here, in position order, while the owners of the
+        partitions (here and in other processes) go on; once it has caught
+        up, one transaction swaps it in and sets every partition's
+        checkpoint to its position under a new epoch. The owners hold still
+        only for that transaction (their batches under way finish first,
+        those that start wait), and take their partitions up again on the
+        new tables from the copy's position within a heartbeat. One rebuild
+        at a time across all processes; one whose process is killed leaves
+        the live model as it was, and the next rebuild (after ``CLAIM_TTL``
+        seconds) drops what it left. Cancelled in its swap's transaction, it
+        may have swapped all the same.
+
         Raises:
-            ProjectionError: unknown name, a partitioned projection (not
-                supported yet), a rebuild already running, this
-                process does not lead the projection (or stops leading it, or
-                the projection is stopped, before the swap), or the swap could
+            ProjectionError: unknown name, a rebuild already running (of a
+                partitioned projection: in any process), this process does
+                not lead the projection (or stops leading it, or the
+                projection is stopped, before the swap), or the swap could
                 not get its locks. The shadow copy is dropped.
             HandlerFailed: a handler failed on the copy (the live model stays).
         """
         runner = self._runner(name)
-        if isinstance(runner, PartitionedRunner):
-            raise ProjectionError(f"projection {name!r} is partitioned: its rebuild is not supported yet")
         if name in self._rebuilding:
             raise ProjectionError(f"projection {name!r} is being rebuilt already")
+        if isinstance(runner, PartitionedRunner):
+            await self._rebuild_partitioned(runner, progress)
+            return
         if not runner.leader:
             raise ProjectionError(f"projection {name!r} is led by another process (or not yet): rebuild it there")
         self._rebuilding.add(name)
@@ -283,6 +296,31 @@ class ProjectionManager:
         finally:
             self._rebuilding.discard(name)
             runner.interrupt()  # its state is worked out again
+
+    async def _rebuild_partitioned(self, runner: PartitionedRunner, progress: Progress | None) -> None:
+        name = runner.projection.name
+        self._rebuilding.add(name)
+        _log.info("projection %s: rebuild started", name)
+        try:
+            rebuild = PartitionedRebuild(
+                runner.projection,
+                runner.member,
+                lambda: self._runners.get(name) is runner,
+                self.dsn,
+                self.store,
+                self.stream,
+                progress,
+            )
+            position = await rebuild.run()
+            _log.info("projection %s: rebuild swapped in at position %d", name, position)
+        except Exception as exc:
+            _log.error("projection %s: rebuild failed: %s", name, exc, exc_info=exc)
+            raise
+        except BaseException:
+            _log.info("projection %s: rebuild abandoned", name)
+            raise
+        finally:
+            self._rebuilding.discard(name)
 
 
 # ------------------------------------------------------------------ the original's style

@@ -137,7 +137,7 @@ class Operations:
 
     async def _publish(self) -> None:
         rows = [
-            (name, str(r.state), r.leader, r.restarts, r.last_error, getattr(r, "poison", None))
+            (name, str(r.state), r.leader, r.restarts, r.last_error, r.poison)
             for name, r in sorted(self._runners().items())
         ]
         now = trio.current_time()
@@ -177,8 +177,6 @@ class Operations:
 
     async def _do_rebuild(self, request: int, name: str) -> str:
         runner = self._runner(name)
-        if not isinstance(runner, Runner):
-            raise ProjectionError(f"projection {name!r} is partitioned: its rebuild is not supported yet")
         progress: list[int] = [0, 0]
 
         def note(done: int, total: int) -> None:
@@ -197,20 +195,14 @@ class Operations:
             nursery.start_soon(report)
             await self._rebuild(name, note)
             nursery.cancel_scope.cancel()
-        return f"rebuilt {name}; swapped in at position {runner.applied}"
+        return f"rebuilt {name}; swapped in at position {runner.position()}"
 
     async def _do_resume(self, name: str, skip_poison: bool) -> str:
         runner = self._runner(name)
         if runner.state != ProjectionState.FAILED:
             return f"{name} is not failed here ({runner.state}): nothing to resume"
-        if isinstance(runner, PartitionedRunner):
-            if skip_poison:
-                raise ProjectionError(f"projection {name!r} is partitioned: --skip-poison is not supported yet")
-            poison = None
-            runner.restart()
-        else:
-            poison = runner.poison
-            runner.restart(skip_poison=skip_poison)
+        poison = runner.poison
+        runner.restart(skip_poison=skip_poison)
         with trio.move_on_after(RESUME_WAIT):
             while True:
                 if runner.state == ProjectionState.FAILED:

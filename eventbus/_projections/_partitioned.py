@@ -15,6 +15,13 @@ checkpoint; the records of partitions past theirs are passed over.
 A record the key function raises on goes to a partition chosen by its event
 id, whose handlers then fail on it: under ``on_error="skip"`` it is a dead
 letter, under ``retry`` the projection restarts as after any handler failure.
+
+A handler failure under ``retry`` fails the runner as a whole: it lets go of
+all its partitions, restarts with the projection's backoff and, past its
+limit, is ``failed``; the other processes take its partitions meanwhile (and
+fail on the same event in turn). Resumed with ``skip_poison``, the event it
+failed on (``poison``) goes to the dead letters if it fails again, once this
+process holds its partition (``_skip.py``).
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ import trio
 
 from .. import _db
 from .._errors import DatabaseError, HandlerFailed, ProjectionError, StoreUnavailable
+from .._nursery import open_actor_nursery
 from .._stream import EventStream, Subscription
 from .._values import EventRecord
 from . import _leases
@@ -45,6 +53,7 @@ from ._definition import (
     ProjectionStatus,
     Transaction,
 )
+from ._skip import apply_skipping
 
 IDLE_CHECKPOINT = 0.5
 """Seconds without events after which the held partitions' checkpoints move to the stream's position."""
@@ -79,8 +88,9 @@ class PartitionedRunner:
     """One partitioned projection in this process: its share of partitions.
 
     The manager uses it as it does a :class:`Runner` (``state``, ``leader``,
-    ``position``, ``status``, ``stop``, ``restart``); a rebuild is not
-    supported yet.
+    ``position``, ``status``, ``stop``, ``restart``); a rebuild is
+    ``_partitioned_rebuild.py``'s, which this runner knows nothing of: a
+    swap shows here as leases lost and taken again under a new epoch.
     """
 
     def __init__(self, projection: Projection, *, dsn: str, stream: EventStream) -> None:
@@ -92,6 +102,8 @@ class PartitionedRunner:
         self.restarts = 0
         self.dead_letters = 0
         self.last_error: str | None = None
+        self.poison: int | None = None  # the position of the event the latest failure was in
+        self._skip: int | None = None  # that event goes to the dead letters if it fails again
         self._failures = 0
         self._held: dict[int, _Held] = {}  # applied by the loop
         self._taken: dict[int, _Held] = {}  # taken by the heartbeat, for the loop to adopt between batches
@@ -169,10 +181,14 @@ class PartitionedRunner:
         self._scope.cancel()
         self.state = ProjectionState.STOPPED
 
-    def restart(self) -> None:
-        """Let a ``failed`` runner try again; nothing otherwise."""
+    def restart(self, *, skip_poison: bool = False) -> None:
+        """Let a ``failed`` runner try again; nothing otherwise. With
+        ``skip_poison``, the event it failed on goes to the dead letters if
+        it fails again (once this process holds its partition)."""
         if self.state != ProjectionState.FAILED:
             return
+        if skip_poison:
+            self._skip = self.poison
         self._mark_restarting()
         self._resume.set()
 
@@ -205,6 +221,8 @@ class PartitionedRunner:
                     await trio.sleep(policy.delay(min(self._failures + 1, 4)))
                 except Exception as exc:
                     self.last_error = str(exc) if isinstance(exc, HandlerFailed) else f"{type(exc).__name__}: {exc}"
+                    record = exc.record if isinstance(exc, HandlerFailed) else None
+                    self.poison = record.sequence_number if isinstance(record, EventRecord) else None
                     self._failures += 1
                     if policy.gives_up(self._failures):
                         self.state = ProjectionState.FAILED
@@ -236,7 +254,7 @@ class PartitionedRunner:
                     f"projection {name}: its tables {', '.join(vanished)} are gone while its partitions have applied"
                     " events: it will not carry on over an empty read model"
                 )
-            async with trio.open_nursery() as nursery:
+            async with open_actor_nursery() as nursery:  # a handler's failure comes out as itself
                 nursery.start_soon(self._heartbeats, leases)
                 await self._apply_loop(conn)
         finally:
@@ -397,14 +415,22 @@ class PartitionedRunner:
                 return _leases.fence_sql(name, k, self.member, epoch, old, new)
 
             self._batch_started = trio.current_time()
+            skip = self._skip
             try:
-                position = await apply_in_time(
-                    conn, self._applying, records, held.checkpoint, self._count_dead_letter, fence=fence
-                )
+                if skip is not None and any(record.sequence_number == skip for record in records):
+                    position = await apply_skipping(
+                        conn, self._applying, records, held.checkpoint, skip, self._count_dead_letter, fence=fence
+                    )
+                    self._skip = None
+                else:
+                    position = await apply_in_time(
+                        conn, self._applying, records, held.checkpoint, self._count_dead_letter, fence=fence
+                    )
             except HandlerFailed as exc:
                 if not _leases.is_fenced(exc):
                     raise
-                _log.warning("projection %s: partition %d was taken by another process: its batch rolled back", name, k)
+                _log.warning("projection %s: partition %d was taken by another process (or its read model swapped by"
+                             " a rebuild): its batch rolled back", name, k)  # fmt: skip
                 if self._held.get(k) is held:
                     del self._held[k]
                 continue

@@ -16,7 +16,7 @@ import attrs
 
 from .. import _db
 from .._values import EventRecord
-from ._apply import apply_in_time
+from ._apply import Fence, apply_in_time
 from ._definition import Projection
 
 
@@ -27,18 +27,21 @@ async def apply_skipping(
     checkpoint: int,
     position: int,
     on_dead_letter: Callable[[], object] | None,
+    *,
+    fence: Fence | None = None,
 ) -> int:
     """Apply ``batch`` from ``checkpoint``, the event at ``position`` under
     ``on_error="skip"``; return the new checkpoint (one transaction per part,
-    each within the projection's ``handler_timeout``)."""
+    each within the projection's ``handler_timeout``; ``fence``: a
+    partition's checkpoint, see :func:`apply_batch`)."""
     before = [r for r in batch if r.sequence_number < position]
     poison = [r for r in batch if r.sequence_number == position]
     after = [r for r in batch if r.sequence_number > position]
     if before:
-        checkpoint = await apply_in_time(conn, projection, before, checkpoint, on_dead_letter)
+        checkpoint = await apply_in_time(conn, projection, before, checkpoint, on_dead_letter, fence=fence)
     if poison:
         skipping = attrs.evolve(projection, on_error="skip")
-        checkpoint = await apply_in_time(conn, skipping, poison, checkpoint, on_dead_letter)
+        checkpoint = await apply_in_time(conn, skipping, poison, checkpoint, on_dead_letter, fence=fence)
     if after:
-        checkpoint = await apply_in_time(conn, projection, after, checkpoint, on_dead_letter)
+        checkpoint = await apply_in_time(conn, projection, after, checkpoint, on_dead_letter, fence=fence)
     return checkpoint

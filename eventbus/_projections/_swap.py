@@ -30,7 +30,7 @@ SWAP_LOCK_TIMEOUT = 1.0
 SWAP_ATTEMPTS = 10
 """How many times a swap that gave way (a lock timeout, a deadlock) is tried."""
 
-_LOCK_CONFLICTS = frozenset({"40P01", "55P03"})  # deadlock_detected, lock_not_available
+LOCK_CONFLICTS = frozenset({"40P01", "55P03"})  # deadlock_detected, lock_not_available
 
 _log = logging.getLogger("eventbus.projections")
 
@@ -172,7 +172,7 @@ async def _swap_schemas(conn: _db.Connection, projection: Projection, checkpoint
             if exc.sqlstate == NOT_THE_COPY:  # the rebuild fails; the live model goes on
                 swap.fail(ProjectionError(str(exc)))
                 return False
-            if exc.sqlstate not in _LOCK_CONFLICTS:
+            if exc.sqlstate not in LOCK_CONFLICTS:
                 swap.fail(exc)
                 raise
             if attempt == SWAP_ATTEMPTS:  # the rebuild fails; the live model goes on

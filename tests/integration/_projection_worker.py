@@ -12,7 +12,9 @@ the same, each event taking ``SLOW_EVENT`` seconds, in batches of
 * ``error``: prints ``error LAST_ERROR``;
 * ``caught_up``: waits until the projection reflects every stored event,
   then prints ``caught_up``;
-* ``held``: prints ``held K,K,...``, the partitions this process holds.
+* ``held``: prints ``held K,K,...``, the partitions this process holds;
+* ``rebuild``: rebuilds the projection, then prints ``rebuilt`` (or
+  ``rebuild_failed ERROR``).
 
 End of input ends the worker.
 
@@ -22,7 +24,9 @@ The read model, in schema ``projection_<name>``:
   of its events applied;
 * ``tallies(name, events)``: per table, the number of events applied to it;
 * ``appliers(pid, events, first_position, last_position)``: per process that
-  applied events, how many and which range, to tell who applied what.
+  applied events, how many and which range, to tell who applied what;
+* ``applications(position, times)``: per event, how many times it was
+  applied (by the partitioned styles only).
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from typing import Any
 import attrs
 import trio
 
-from eventbus import Event, EventRecord, Projection, RestartPolicy, Transaction, open_bus
+from eventbus import Event, EventRecord, Projection, ProjectionError, RestartPolicy, Transaction, open_bus
 from tests.helpers import LineReader, say
 
 OPENED = "AccountOpened"
@@ -58,7 +62,8 @@ CREATE TABLE IF NOT EXISTS accounts (id text PRIMARY KEY, balance bigint NOT NUL
 CREATE TABLE IF NOT EXISTS tallies (name text PRIMARY KEY, events bigint NOT NULL);
 CREATE TABLE IF NOT EXISTS appliers (
     pid int PRIMARY KEY, events bigint NOT NULL, first_position bigint NOT NULL, last_position bigint NOT NULL
-)
+);
+CREATE TABLE IF NOT EXISTS applications (position bigint PRIMARY KEY, times int NOT NULL)
 """
 
 # One statement per event, so that 100k events project in seconds.
@@ -75,6 +80,13 @@ WITH account AS (
 INSERT INTO tallies AS t (name, events) VALUES ('accounts', 1)
 ON CONFLICT (name) DO UPDATE SET events = t.events + 1
 """
+
+
+# APPLY_SQL that also counts the applications of each event.
+COUNTED_APPLY_SQL = (
+    "WITH applied AS (INSERT INTO applications AS c (position, times) VALUES ($4, 1)"
+    " ON CONFLICT (position) DO UPDATE SET times = c.times + 1), " + APPLY_SQL.strip().removeprefix("WITH ")
+)
 
 
 async def create_tables(tx: Transaction) -> None:
@@ -129,9 +141,15 @@ async def apply_events(tx: Transaction, records: list[EventRecord]) -> None:
     )
 
 
+async def apply_event_counted(tx: Transaction, record: EventRecord) -> None:
+    await tx.execute(
+        COUNTED_APPLY_SQL, record.payload["account"], amount_of(record), os.getpid(), record.sequence_number
+    )
+
+
 async def apply_event_slowly(tx: Transaction, record: EventRecord) -> None:
     await trio.sleep(SLOW_EVENT)
-    await apply_event(tx, record)
+    await apply_event_counted(tx, record)
 
 
 def account_of(record: EventRecord) -> Any:
@@ -140,7 +158,7 @@ def account_of(record: EventRecord) -> Any:
 
 def partitioned_projection(name: str = "accounts", *, slow: bool = False, **options: Any) -> Projection:
     """The accounts read model in ``PARTITIONS`` partitions by account."""
-    handler = apply_event_slowly if slow else apply_event
+    handler = apply_event_slowly if slow else apply_event_counted
     return Projection(
         name,
         dict.fromkeys(TYPES, handler),
@@ -212,6 +230,11 @@ async def read_model(tx: Transaction) -> Model:
     return Model({row["id"]: (row["balance"], row["events"]) for row in rows}, tally or 0)
 
 
+async def read_applications(tx: Transaction) -> dict[int, int]:
+    """Per position, how many times its event was applied."""
+    return {row["position"]: row["times"] for row in await tx.fetch("SELECT position, times FROM applications")}
+
+
 async def read_appliers(tx: Transaction) -> dict[int, tuple[int, int, int]]:
     """Per process id: (events applied, first position, last position)."""
     rows = await tx.fetch("SELECT pid, events, first_position, last_position FROM appliers")
@@ -245,6 +268,13 @@ async def main(dsn: str, style: str) -> None:
                 owners = bus.projections.status()[projection.name].partitions
                 mine = [k for owner, ks in owners.items() if owner.split(":")[-2] == str(os.getpid()) for k in ks]
                 say("held " + ",".join(map(str, sorted(mine))))
+            elif line == "rebuild":
+                try:
+                    await bus.projections.rebuild(projection.name)
+                except ProjectionError as exc:
+                    say(f"rebuild_failed {exc}")
+                else:
+                    say("rebuilt")
             elif line == "caught_up":
                 await bus.projections.wait_until_caught_up(projection.name, timeout=CAUGHT_UP_TIMEOUT)
                 say("caught_up")
