@@ -247,8 +247,7 @@ async def _swap_in(conn: _db.Connection, projection: Projection, shadow: Shadow,
             f"{int(position)} WHERE projection = {literal(name)};"
             " INSERT INTO eventbus.projection_leases (projection, partition, checkpoint)"
             f" SELECT {literal(name)}, k, {int(position)} FROM generate_series(0, {int(projection.partitions)} - 1) k"
-            " ON CONFLICT DO NOTHING;"
-            f" DELETE FROM eventbus.projection_rebuilds WHERE projection = {literal(name)}; COMMIT"
+            " ON CONFLICT DO NOTHING; COMMIT"  # the claim goes after, once the renewals have stopped
         )
     except DatabaseError as exc:
         await rollback(conn)
