@@ -117,6 +117,13 @@ class PartitionedRebuild:
     async def run(self) -> int:
         """Claim, build the copy, swap it in; the position it was swapped in at.
 
+        Blocks while the copy is built (one transaction per batch on a
+        connection of its own; its subscription buffers up to
+        ``SUBSCRIPTION_BATCHES`` batches) and for the swap (up to
+        ``SWAP_ATTEMPTS`` tries of ``SWAP_LOCK_TIMEOUT`` seconds each).
+        Cancelled, it drops the copy and the claim (shielded, bounded); if
+        the swap's transaction had committed, the copy stays swapped in.
+
         Raises:
             ProjectionError: another rebuild of the projection is under way
                 (here or in another process), the claim was lost, the copy's
@@ -229,10 +236,10 @@ async def _swap_in(conn: _db.Connection, projection: Projection, shadow: Shadow,
     """
     name, schema = projection.name, projection.schema
     live, copy = quote(schema), quote(shadow.schema)
-    claim_check = (
-        "DO $eventbus$ BEGIN IF NOT EXISTS (SELECT FROM eventbus.projection_rebuilds"
-        f" WHERE projection = {literal(name)} AND owner = {literal(member)}) THEN"
-        " RAISE EXCEPTION 'the rebuild''s claim is lost' USING ERRCODE = 'EB002'; END IF; END $eventbus$"
+    claim_check = (  # locked: no other rebuild takes the claim (expired or not) before this one commits
+        "DO $eventbus$ BEGIN PERFORM FROM eventbus.projection_rebuilds"
+        f" WHERE projection = {literal(name)} AND owner = {literal(member)} FOR UPDATE; IF NOT FOUND THEN"
+        f" RAISE EXCEPTION 'the rebuild''s claim is lost' USING ERRCODE = '{NOT_CLAIMED}'; END IF; END $eventbus$"
     )
     try:
         # The live tables first, as readers and batches lock them; then the
