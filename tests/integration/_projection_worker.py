@@ -62,9 +62,10 @@ CREATE TABLE IF NOT EXISTS accounts (id text PRIMARY KEY, balance bigint NOT NUL
 CREATE TABLE IF NOT EXISTS tallies (name text PRIMARY KEY, events bigint NOT NULL);
 CREATE TABLE IF NOT EXISTS appliers (
     pid int PRIMARY KEY, events bigint NOT NULL, first_position bigint NOT NULL, last_position bigint NOT NULL
-);
-CREATE TABLE IF NOT EXISTS applications (position bigint PRIMARY KEY, times int NOT NULL)
+)
 """
+
+COUNTS_SQL = "CREATE TABLE IF NOT EXISTS applications (position bigint PRIMARY KEY, times int NOT NULL)"
 
 # One statement per event, so that 100k events project in seconds.
 APPLY_SQL = """
@@ -141,6 +142,12 @@ async def apply_events(tx: Transaction, records: list[EventRecord]) -> None:
     )
 
 
+async def create_counted_tables(tx: Transaction) -> None:
+    """The tables, and ``applications`` (the partitioned styles count each event's applications)."""
+    await create_tables(tx)
+    await tx.execute(COUNTS_SQL)
+
+
 async def apply_event_counted(tx: Transaction, record: EventRecord) -> None:
     await tx.execute(
         COUNTED_APPLY_SQL, record.payload["account"], amount_of(record), os.getpid(), record.sequence_number
@@ -162,7 +169,7 @@ def partitioned_projection(name: str = "accounts", *, slow: bool = False, **opti
     return Projection(
         name,
         dict.fromkeys(TYPES, handler),
-        create_tables,
+        create_counted_tables,
         SLOW_BATCH if slow else 500,
         partitions=PARTITIONS,
         partition_key=account_of,

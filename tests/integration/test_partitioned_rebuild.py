@@ -31,10 +31,10 @@ from eventbus._projections._partitioned_rebuild import CLAIM_TTL
 
 from ._projection_worker import (
     PARTITIONS,
-    SETUP_SQL,
     TYPES,
     account_events,
     apply_event_counted,
+    create_counted_tables,
     partitioned_projection,
     read_applications,
     read_model,
@@ -221,15 +221,10 @@ async def poisoned(tx: Transaction, record: EventRecord) -> None:
 
 
 def poisoned_projection() -> Projection:
-    async def setup(tx: Transaction) -> None:
-        for statement in SETUP_SQL.split(";"):
-            if statement.strip():
-                await tx.execute(statement)
-
     return Projection(
         "accounts",
         dict.fromkeys(TYPES, poisoned),
-        setup,
+        create_counted_tables,
         100,
         restart=RestartPolicy(max_restarts=1, initial=0.05, maximum=0.05),
         partitions=4,
