@@ -9,7 +9,8 @@ second rebuild, here or elsewhere, is refused while it lives, and once it
 has expired (its builder was killed) the next rebuild drops the copy left
 behind and builds its own.
 
-Once the copy has caught up with the stream, at position P, ONE transaction
+Once the copy has caught up with the stream (or with the slowest partition,
+when writes outrun the handlers), at position P, ONE transaction
 swaps it in, with every owner held at a consistent point by PostgreSQL
 itself: it takes the live tables' locks (waiting for the batches under way
 to commit; the batches that start later wait for it), then the lease
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from collections.abc import Callable
 
 import attrs
@@ -188,10 +190,22 @@ class PartitionedRebuild:
         finally:
             await conn.close()
 
+    async def _slowest(self) -> int:
+        """The slowest partition's committed checkpoint (0 before any)."""
+        value = await self.store.pool.fetchval(
+            "SELECT min(checkpoint) FROM eventbus.projection_leases WHERE projection = $1 AND partition < $2",
+            self.projection.name,
+            self.projection.partitions,
+        )
+        return int(value or 0)
+
     async def _replay(self, conn: _db.Connection, projection: Projection, shadow: Shadow, total: int) -> int:
-        """Apply every event to the copy; swap once it has caught up."""
+        """Apply every event to the copy; swap once it has caught up with
+        the stream or with the slowest partition (which may lag the stream
+        as far as the copy does, under writes faster than the handlers)."""
         position = 0
         attempt = 0
+        looked = -math.inf  # when the slowest partition was last looked at
         sub = self.stream.subscribe(
             projection.filter,
             after=0,
@@ -203,8 +217,13 @@ class PartitionedRebuild:
             while True:
                 if not self.running():
                     raise ProjectionError("the projection was stopped in this process")
-                if sub.state == "live" and sub.buffered == 0:
+                caught_up = sub.state == "live" and sub.buffered == 0
+                if caught_up:
                     position = max(position, sub.position)
+                elif position and trio.current_time() - looked >= IDLE_WAIT:
+                    looked = trio.current_time()
+                    caught_up = position >= await self._slowest()
+                if caught_up:
                     attempt += 1
                     if await _swap_in(conn, projection, shadow, self.member, position, attempt):
                         return position
