@@ -161,8 +161,9 @@ class LineTable(ScrollView, can_focus=True):
 
     def _refresh_changed(self, before: list[tuple[Hashable, tuple[Cell, ...], bool]],
                          after: list[tuple[Hashable, tuple[Cell, ...], bool]]) -> None:  # fmt: skip
-        """Repaint only the lines whose row changed (a row is a line, below the header)."""
-        width = self.size.width
+        """Repaint only the lines whose row changed (a row is a line, below the header),
+        and not the scroll bar beside them."""
+        width = self.scrollable_content_region.width
         for line in range(max(len(before), len(after))):
             if line >= len(before) or line >= len(after) or before[line] != after[line]:
                 self.refresh(Region(0, line + 1, width, 1))

@@ -10,6 +10,8 @@ drawn again only when it changed, and cells are plain text, never markup. On a s
 from __future__ import annotations
 
 import collections
+import math
+import time
 from collections.abc import Collection, Hashable
 from typing import Any
 
@@ -24,6 +26,11 @@ from eventbus import ProjectionStatus
 from .keys import PALETTE, Key
 from .state import RATE_WINDOW, DashboardState
 from .table import Cell, Column, LineTable, cell
+
+BUSY_INTERVAL = 1.0
+"""Seconds between redraws, at most, of what changes with every event (the log,
+the selected account's history, counts in captions): a frame costs the bus's
+appends the time it takes to draw, since both share one thread."""
 
 _STATE_STYLES = {"failed": "bold red", "restarting": "yellow", "catching_up": "yellow", "live": "green",
                  "rebuilding": "cyan", "standby": "blue"}  # fmt: skip
@@ -79,6 +86,7 @@ class LivePanel(Vertical):
         self.border_title = title
         self.state = state
         self._summary = Line(fixed=True, classes="summary")
+        self._last_due = -math.inf
 
     def on_mount(self) -> None:
         """Put the summary line first."""
@@ -101,11 +109,24 @@ class LivePanel(Vertical):
         return self._summary.text
 
     def caption(self, *, title: str | None = None, subtitle: str | None = None) -> None:
-        """Set the border's title or subtitle (plain text), repainting only if it changed."""
+        """Set the border's title or subtitle (plain text), repainting only if it changed.
+
+        A new caption repaints the whole panel, so redraws that change one at
+        every tick (a count of events) go through :meth:`due` first.
+        """
         if title is not None and Text(title).markup != self.border_title:
             self.border_title = Text(title)
         if subtitle is not None and Text(subtitle).markup != self.border_subtitle:
             self.border_subtitle = Text(subtitle)
+
+    def due(self, interval: float = BUSY_INTERVAL) -> bool:
+        """Whether ``interval`` seconds passed since this returned True last: for
+        the parts of a panel that change with every event, redrawn at most that often."""
+        now = time.monotonic()
+        if now - self._last_due < interval:
+            return False
+        self._last_due = now
+        return True
 
 
 class HealthBar(Line):
