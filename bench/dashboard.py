@@ -7,11 +7,15 @@ process (from an append's return to the subscriber's receipt of it). Rounds
 without and with the dashboard alternate on fresh databases, so that what the
 machine does meanwhile falls on both; the dashboard runs headless at 120x40,
 as it runs for a person: on an asyncio loop in a thread of its own
-(``tui/bridge.py``). Target: the dashboard adds at most 1 ms to the p99.
+(``tui/bridge.py``). The server (embedded, unless ``EVENTBUS_DSN`` names one)
+runs with ``fsync`` off: what the dashboard costs is processor time, and the
+disk's flushes would only add noise to both sides. Target: the dashboard adds
+at most 1 ms to the p99.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import time
 from typing import Any
@@ -19,8 +23,9 @@ from typing import Any
 import trio
 
 from apps.banking.app import Bank, open_bank
-from bench._common import Report, database_dsn, median, percentile, server
+from bench._common import BENCH_DIR, Report, database_dsn, median, percentile, server
 from eventbus import Event, create_filter, open_loop, testing
+from eventbus.testing import EmbeddedServer, dsn_from_environment
 from tui.bridge import run_app_in_thread
 from tui.run import open_dashboard
 
@@ -104,8 +109,17 @@ def _ms(values: list[float], q: float) -> float:
     return percentile(values, q) * 1e3
 
 
+def _server() -> str:
+    if dsn_from_environment():
+        return server()[0]
+    embedded = EmbeddedServer(BENCH_DIR / "dashboard-server", settings={"fsync": "off"})
+    embedded.start()
+    atexit.register(embedded.stop)
+    return embedded.dsn()
+
+
 async def _main() -> Report:
-    admin, _ = server()
+    admin = _server()
     rounds: dict[bool, list[dict[str, list[float]]]] = {False: [], True: []}
     for number in range(ROUNDS):
         for dashboard in (False, True):

@@ -142,7 +142,10 @@ class LineTable(ScrollView, can_focus=True):
         # view's own while every row fits (no scroll bar then).
         needed = len(self._keys) + 1
         view = self.scrollable_content_region.height
-        height = view if needed <= view else -(-needed // HEIGHT_STEP) * HEIGHT_STEP
+        if self.styles.height is not None and self.styles.height.is_auto:
+            height = needed  # a small table as tall as its rows (up to its max-height)
+        else:
+            height = view if needed <= view else -(-needed // HEIGHT_STEP) * HEIGHT_STEP
         if self.virtual_size.height != height:
             self.virtual_size = Size(self.size.width, height)
 

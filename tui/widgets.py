@@ -158,13 +158,15 @@ class HealthBar(Line):
             and state.listener_connected
             and all(status.state != "failed" for status in state.projections.values())
         )
-        line = self.line(short=False)
-        if width and line.cell_len > width:
-            line = self.line(short=True)
+        for short, where in ((False, True), (False, False), (True, False)):
+            line = self.line(short=short, where=where)
+            if not width or line.cell_len <= width:
+                break
         self.show(line)
 
-    def line(self, *, short: bool) -> Text:
-        """The health in words (``short``: in as few as say it)."""
+    def line(self, *, short: bool, where: bool = True) -> Text:
+        """The health in words (``short``: in as few as say it; without ``where``
+        the database is named without where it is)."""
         state = self.state
         store = state.store
         parts: list[Text | str] = [Text("bank  " if not short else "", "bold")]
@@ -188,7 +190,7 @@ class HealthBar(Line):
             parts.append(Text(f"{'simulating' if not short else 'sim'} {simulation.rate:,.0f}/s", "bold cyan"))
         else:
             parts.append(Text.assemble("simulator " if not short else "sim ", ("off", "dim")))
-        database = state.database if not short else state.database.split(" (")[0]
+        database = state.database if where else state.database.split(" (")[0]
         parts.append(Text(f"  db {database}", "dim"))
         return Text.assemble(*parts)
 
