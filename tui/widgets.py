@@ -223,7 +223,7 @@ class KeyBar(Static):
     KeyBar { dock: bottom; height: 1; background: $footer-background; color: $footer-foreground; padding: 0 1; }
     """
 
-    DROP_ORDER = ("filter", "pause", "rebuild", "simulator", "transfer", "withdraw", "deposit", "open_account",
+    DROP_ORDER = ("filter", "pause_log", "rebuild", "simulator", "transfer", "withdraw", "deposit", "open_account",
                   "resume", "quit")  # fmt: skip
     """The actions whose words go first when the line is short."""
 

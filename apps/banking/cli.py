@@ -311,10 +311,8 @@ def _plan(args: argparse.Namespace, extra: Sequence[Subcommand]) -> Plan:
             return functools.partial(run_simulation, args)
         case "reset":
             return functools.partial(_reset, dsn, confirmed=args.yes)
-        case _:
-            from .menu import run_menu
-
-            run = functools.partial(run_menu, stdin=sys.stdin, out=out)
+        case _:  # the menu: main() runs it itself, in the main thread (menu.run_menu_in_main_thread)
+            raise UsageError(f"{args.action or 'the menu'} is not run in Trio")
     return functools.partial(_with_bank, dsn, run, projections=True)
 
 
@@ -364,6 +362,10 @@ def main(argv: Sequence[str] | None = None, *, extra: Sequence[Subcommand] = ())
         operations.start(args)
         if runs_itself is not None:
             runs_itself(args)
+        elif args.action in (None, "menu"):
+            from .menu import run_menu_in_main_thread
+
+            run_menu_in_main_thread(args.dsn)  # it reads the person's answers in this thread
         else:
             trio.run(_plan(args, extra))
     except (UsageError, database.MalformedDsn) as exc:
