@@ -112,7 +112,7 @@ HANGUP_CHECK = 0.5
 
 async def run_until_quit(app: DashboardApp) -> None:
     """Run ``app`` on this thread's loop, with the terminal, until the person
-    quits, SIGHUP or SIGTERM comes, or the terminal hangs up.
+    quits, SIGHUP, SIGTERM or SIGINT comes, or the terminal hangs up.
 
     A terminal can vanish without a signal reaching this process (a killed
     tmux server, with ``just`` between it and the pane): Textual's input
@@ -120,15 +120,19 @@ async def run_until_quit(app: DashboardApp) -> None:
     is polled for a hang-up too. Must run in the main thread (signals).
     """
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGHUP, signal.SIGTERM):
+    for signum in QUIT_SIGNALS:
         loop.add_signal_handler(signum, app.exit)
     watch = loop.create_task(_exit_on_hangup(app))
     try:
         await app.run_async()
     finally:
         watch.cancel()
-        for signum in (signal.SIGHUP, signal.SIGTERM):
+        for signum in QUIT_SIGNALS:
             loop.remove_signal_handler(signum)
+
+
+QUIT_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
+"""Signals that quit the dashboard as ``q`` does (the terminal is put back, the bus closed)."""
 
 
 async def _exit_on_hangup(app: DashboardApp) -> None:
