@@ -25,6 +25,7 @@ import logging
 import os
 import secrets
 import socket
+from json.encoder import encode_basestring
 from typing import Any
 
 import attrs
@@ -52,6 +53,11 @@ IDLE_CHECKPOINT = 0.5
 LEAVE_TIMEOUT = 2.0
 """Seconds a stopping process tries to hand its leases back before leaving them to expire."""
 
+ROUTES_REMEMBERED = 65_536
+"""String keys whose partition a process remembers (then it forgets them all
+and starts again): it reads every event of the projection, whatever it
+holds, and would otherwise hash the key of each one."""
+
 _log = logging.getLogger("eventbus.projections")
 
 
@@ -62,7 +68,10 @@ def partition_of(key: Any, partitions: int) -> int:
     Raises:
         TypeError, ValueError: ``key`` is not a JSON value.
     """
-    text = json.dumps(key, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    if type(key) is str:  # the same text as json.dumps gives, without building an encoder
+        text = encode_basestring(key)
+    else:
+        text = json.dumps(key, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     digest = hashlib.blake2b(text.encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") % partitions
 
@@ -106,6 +115,7 @@ class PartitionedRunner:
         self._resume = trio.Event()
         self._batch_started: float | None = None
         self._unkeyed: dict[Any, str] = {}  # event id -> why the key function failed on it
+        self._routes: dict[str, int] = {}  # string key -> its partition (see ROUTES_REMEMBERED)
         self._applying = attrs.evolve(
             projection,
             handlers={t: self._guard(h) for t, h in projection.handlers.items()},
@@ -368,7 +378,15 @@ class PartitionedRunner:
         projection = self.projection
         assert projection.partition_key is not None
         try:
-            return partition_of(projection.partition_key(record), projection.partitions)
+            key = projection.partition_key(record)
+            if type(key) is not str:
+                return partition_of(key, projection.partitions)
+            k = self._routes.get(key)
+            if k is None:
+                if len(self._routes) >= ROUTES_REMEMBERED:
+                    self._routes.clear()
+                k = self._routes[key] = partition_of(key, projection.partitions)
+            return k
         except Exception as exc:
             # Stable for every process: the event id picks the partition that fails on it.
             self._unkeyed[record.event_id] = f"partition_key raised {type(exc).__name__}: {exc}"
