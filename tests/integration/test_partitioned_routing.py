@@ -61,3 +61,25 @@ async def test_a_process_hashes_each_string_key_once(dsn: str, monkeypatch: pyte
         await bus.projections.wait_until_caught_up("routed", timeout=30)
     assert sorted(applied) == [record.sequence_number for record in records]  # each once
     assert sorted(hashed) == [f"k-{i}" for i in range(5)]  # each key once, not each of the 400 events
+
+
+async def test_a_process_that_meets_more_keys_than_it_remembers_still_routes_each_event_right(
+    dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_partitioned, "ROUTES_REMEMBERED", 3)
+    seen: dict[int, set[str]] = {}
+
+    async def apply(tx: Transaction, records: list[EventRecord]) -> None:
+        keys = {record.payload["key"] for record in records}
+        (partition,) = {partition_of(key, 4) for key in keys}  # a batch is one partition's
+        seen.setdefault(partition, set()).update(keys)
+
+    projection = Projection(
+        "forgetful", batch_size=7, batch_handler=apply, event_types=["Ping"], partitions=4,
+        partition_key=lambda record: record.payload["key"],
+    )  # fmt: skip
+    async with open_bus(dsn) as bus:
+        await bus.store.append([Event("Ping", {"key": f"k-{i % 11}"}) for i in range(200)])
+        await bus.projections.start(projection)
+        await bus.projections.wait_until_caught_up("forgetful", timeout=30)
+    assert sorted(key for keys in seen.values() for key in keys) == sorted(f"k-{i}" for i in range(11))
