@@ -56,7 +56,11 @@ LEAVE_TIMEOUT = 2.0
 ROUTES_REMEMBERED = 65_536
 """String keys whose partition a process remembers (then it forgets them all
 and starts again): it reads every event of the projection, whatever it
-holds, and would otherwise hash the key of each one."""
+holds, and would otherwise hash the key of each one. Only keys of up to
+``ROUTED_KEY_CHARS`` characters are remembered, so that memory stays bounded."""
+
+ROUTED_KEY_CHARS = 256
+"""The longest string key whose partition a process remembers; longer ones are hashed each time."""
 
 _log = logging.getLogger("eventbus.projections")
 
@@ -116,6 +120,7 @@ class PartitionedRunner:
         self._batch_started: float | None = None
         self._unkeyed: dict[Any, str] = {}  # event id -> why the key function failed on it
         self._routes: dict[str, int] = {}  # string key -> its partition (see ROUTES_REMEMBERED)
+        self._routed_over = projection.partitions  # the partitions self._routes was made for
         self._applying = attrs.evolve(
             projection,
             handlers={t: self._guard(h) for t, h in projection.handlers.items()},
@@ -379,8 +384,11 @@ class PartitionedRunner:
         assert projection.partition_key is not None
         try:
             key = projection.partition_key(record)
-            if type(key) is not str:
+            if type(key) is not str or len(key) > ROUTED_KEY_CHARS:
                 return partition_of(key, projection.partitions)
+            if self._routed_over != projection.partitions:
+                self._routes.clear()
+                self._routed_over = projection.partitions
             k = self._routes.get(key)
             if k is None:
                 if len(self._routes) >= ROUTES_REMEMBERED:
