@@ -155,13 +155,14 @@ class _Faults:
         return f"projector {index}" + ("" if leaders else " (none led at that moment)")
 
     async def _kill_projector(self) -> str:
-        """SIGKILL the projector that holds the most partitions (one whose handler
-        does not hang, if any) and start it again; what happened."""
+        """SIGKILL a projector that holds partitions (one whose handler does not
+        hang, if any; of those, the one killed least often) and start it again;
+        what happened."""
         holding = [(seen.partitions, not hang_path(self.folder, p.index).exists(), p)
                    for p in self.projectors if (seen := p.seen()) is not None and seen.partitions]  # fmt: skip
         if not holding:
             return "no projector held a partition at that moment, nothing killed"
-        held, _, victim = max(holding, key=lambda item: (item[1], item[0]))
+        held, _, victim = max(holding, key=lambda item: (item[1], -item[2].kills, item[0]))
         pid = await victim.kill_and_start()
         if pid is None:
             return f"projector {victim.index} was not running"

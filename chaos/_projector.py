@@ -298,6 +298,7 @@ class ProjectorProcess:
         self._lifetime = lifetime
         self._process: trio.Process | None = None
         self.problem: str | None = None
+        self.kills = 0
 
     def seen(self) -> Seen | None:
         """What it noted last, if anything."""
@@ -310,6 +311,7 @@ class ProjectorProcess:
         if process is None or process.returncode is not None:
             return None
         process.kill()
+        self.kills += 1
         with trio.move_on_after(10.0):
             await process.wait()
         if process.stdout is not None:
