@@ -2,15 +2,17 @@
 
 Opens a bus, starts the partitioned projection of :func:`scale_projection`,
 prints ``ready`` and runs until its standard input ends; then prints
-``done <cpu seconds> <batches>``: the CPU time (user and system) the process
-used since it was ready, and how many batches its handler applied (each
-waited once on the external call).
+``done <cpu seconds> <batches> <waited seconds>``: the CPU time (user and
+system) the process used since it was ready, how many batches its handler
+applied, and how long their external calls took in all (each should take
+``EXTERNAL_CALL``; longer means the process waited for a core to wake it).
 """
 
 from __future__ import annotations
 
 import resource
 import sys
+import time
 
 import trio
 
@@ -33,12 +35,15 @@ async def _setup(tx: Transaction) -> None:
 
 
 _batches = 0
+_waited = 0.0
 
 
 async def _apply(tx: Transaction, records: list[EventRecord]) -> None:
-    global _batches
+    global _batches, _waited
     _batches += 1
+    began = time.perf_counter()
     await trio.sleep(EXTERNAL_CALL)
+    _waited += time.perf_counter() - began
     await tx.execute(UPSERT_SQL, [record.payload["account"] for record in records])
 
 
@@ -67,7 +72,7 @@ async def main(dsn: str) -> None:
         stdin = trio.lowlevel.FdStream(0)
         while await stdin.receive_some():
             pass
-    print(f"done {_cpu() - ready:.3f} {_batches}", flush=True)
+    print(f"done {_cpu() - ready:.3f} {_batches} {_waited:.3f}", flush=True)
 
 
 def _cpu() -> float:

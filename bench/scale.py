@@ -46,10 +46,12 @@ def start_worker(dsn: str) -> subprocess.Popen[bytes]:
 
 @attrs.frozen
 class Done:
-    """What a worker said when it stopped: CPU seconds since it was ready, batches applied."""
+    """What a worker said when it stopped: CPU seconds since it was ready,
+    batches applied, seconds their external calls took in all."""
 
     cpu: float
     batches: int
+    waited: float
 
 
 def stop(process: subprocess.Popen[bytes]) -> Done | None:
@@ -65,8 +67,8 @@ def stop(process: subprocess.Popen[bytes]) -> Done | None:
         process.kill()
         process.wait()
         return None
-    if len(said) == 3 and said[0] == b"done":
-        return Done(float(said[1]), int(said[2]))
+    if len(said) == 4 and said[0] == b"done":
+        return Done(float(said[1]), int(said[2]), float(said[3]))
     return None
 
 
@@ -178,11 +180,13 @@ async def run() -> None:
         batches = sum(done.batches for done in run.done)
         waits = batches * EXTERNAL_CALL / workers / run.elapsed
         per_batch = run.elapsed * workers / batches * 1000 if batches else float("nan")
+        call = sum(done.waited for done in run.done) / batches * 1000 if batches else float("nan")
         report.note(
             f"{workers} worker(s): {run.elapsed:.1f} s; CPU s per worker {cpu} (of {run.elapsed:.1f} s x"
             f" {os.cpu_count()} cores); {batches:,} batches, {per_batch:.0f} ms each in its worker"
-            f" ({EXTERNAL_CALL * 1000:g} ms of it the external call: {waits:.0%} of each worker's time);"
-            f" load average {run.load[0]:.1f} before, {run.load[1]:.1f} after"
+            f" ({EXTERNAL_CALL * 1000:g} ms of it the external call: {waits:.0%} of each worker's time; that"
+            f" call took {call:.1f} ms on average: past {EXTERNAL_CALL * 1000:g} ms, the process waited for a"
+            f" core); load average {run.load[0]:.1f} before, {run.load[1]:.1f} after"
         )
     times = await rebalance(await fresh_database(admin, "bench_scale_kill"))
     p50, worst = percentile(times, 0.5), max(times)
