@@ -86,3 +86,29 @@ async def test_a_process_that_meets_more_keys_than_it_remembers_still_routes_eac
         await bus.projections.start(projection)
         await bus.projections.wait_until_caught_up("forgetful", timeout=30)
     assert sorted(key for keys in seen.values() for key in keys) == sorted(f"k-{i}" for i in range(11))
+
+
+async def test_a_string_key_that_is_not_text_fails_its_event_every_time_it_comes(dsn: str) -> None:
+    applied: list[str] = []
+
+    async def apply(tx: Transaction, records: list[EventRecord]) -> None:
+        applied.extend(record.payload["key"] for record in records)
+
+    def key(record: EventRecord) -> str:
+        text: str = record.payload["key"]
+        return "\ud800" if text == "bad" else text  # a lone surrogate: no UTF-8, no partition
+
+    projection = Projection(
+        "unkeyable", batch_size=10, batch_handler=apply, event_types=["Ping"], partitions=4, partition_key=key,
+        on_error="skip",
+    )  # fmt: skip
+    async with open_bus(dsn) as bus:
+        keys = ["a", "bad", "b", "bad", "bad", "c"]
+        await bus.store.append([Event("Ping", {"key": k}) for k in keys])
+        await bus.projections.start(projection)
+        await bus.projections.wait_until_caught_up("unkeyable", timeout=30)
+        dead = await bus.store.pool.fetchval(
+            "SELECT count(*) FROM eventbus.dead_letters WHERE projection = $1", "unkeyable"
+        )
+    assert sorted(applied) == ["a", "b", "c"]
+    assert dead == 3  # each of the three, not only the first
