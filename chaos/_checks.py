@@ -428,11 +428,13 @@ def partitions_applied_once(
 
 
 def hangs_cut_off(projectors: Sequence[tuple[int, Any, str | None]], *, deadline: float, slack: float) -> Check:
-    """No ledger batch ran much past its deadline, a projector whose
-    projection failed let go of the lead, and every projector ran to the end.
+    """No ledger batch ran much past its deadline, a projector whose handler
+    hung saw a deadline failure (unless another fault ended the hang first: a
+    lost connection), a projector whose projection failed let go of the lead,
+    and every projector ran to the end.
     ``projectors``: (index, what it saw (a ``chaos._projector.Seen``) or None, its problem)."""
     problems = _Problems()
-    hung = failed = deadline_failures = 0
+    hung = failed = deadline_failures = interrupted = 0
     for index, seen, problem in projectors:
         if problem is not None:
             problems.add(problem)
@@ -443,15 +445,17 @@ def hangs_cut_off(projectors: Sequence[tuple[int, Any, str | None]], *, deadline
         hung += seen.hangs
         failed += seen.failed
         deadline_failures += seen.deadline_failures
+        interrupted += seen.hangs_interrupted
         if seen.longest_batch > deadline + slack:
             problems.add(f"projector {index} ran a batch for {seen.longest_batch:.1f} s (deadline {deadline:g} s)")
-        if seen.hangs and not seen.deadline_failures:
+        if seen.hangs and not seen.deadline_failures and not seen.hangs_interrupted:
             problems.add(f"projector {index}'s handler hung {seen.hangs} times and no deadline failure was seen")
         if seen.failed_holding_lead:
             problems.add(f"projector {index}'s projection failed {seen.failed_holding_lead} times keeping the lead")
     return problems.check(
         "a hung handler is cut off at its deadline and lets go of the lead",
-        f"{_n(hung)} batches hung, {_n(deadline_failures)} deadline failures seen, failed {_n(failed)} times",
+        f"{_n(hung)} batches hung, {_n(deadline_failures)} deadline failures seen, {_n(interrupted)} hangs ended by"
+        f" another fault first, failed {_n(failed)} times",
     )
 
 

@@ -114,6 +114,7 @@ class Seen:
     hangs: int = 0
     longest_batch: float = 0.0
     deadline_failures: int = 0
+    hangs_interrupted: int = 0
     failed: int = 0
     failed_holding_lead: int = 0
     restarts_asked: int = 0
@@ -230,11 +231,17 @@ async def project(index: int, folder: Path, lifetime: float) -> None:
         await bus.projections.start(parts_projection())
         print("ready", flush=True)
         last_error: str | None = None
+        hangs_before = seen.hangs
         while not stopped.is_set():
             status = bus.projections.status()[LEDGER]
             seen.longest_batch = max(seen.longest_batch, status.batch_running or 0.0)
-            if status.last_error != last_error and "passed its deadline" in (status.last_error or ""):
-                seen.deadline_failures += 1
+            if status.last_error != last_error:
+                if "passed its deadline" in (status.last_error or ""):
+                    seen.deadline_failures += 1
+                elif status.last_error and seen.hangs > hangs_before:
+                    # A hang ended by another fault first (its connection ended, the server crashed).
+                    seen.hangs_interrupted += 1
+                hangs_before = seen.hangs
             last_error = status.last_error
             if status.state == "failed" and seen.state != "failed":
                 seen.failed += 1

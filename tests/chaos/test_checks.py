@@ -316,6 +316,8 @@ def test_a_ledger_that_applied_an_event_twice_missed_one_or_trails_the_head_is_a
 def test_a_batch_past_its_deadline_a_failure_that_kept_the_lead_or_a_silent_projector_is_a_violation() -> None:
     fine = Seen(0, hangs=3, longest_batch=1.6, deadline_failures=3, failed=1, done=True)
     assert _checks.hangs_cut_off([(0, fine, None), (1, Seen(1, done=True), None)], deadline=1.5, slack=3.0).ok
+    interrupted = Seen(0, hangs=1, longest_batch=1.3, hangs_interrupted=1, done=True)  # its connection ended first
+    assert _checks.hangs_cut_off([(0, interrupted, None)], deadline=1.5, slack=3.0).ok
     long = Seen(0, hangs=2, longest_batch=9.0, deadline_failures=0, failed=1, failed_holding_lead=1, done=True)
     check = _checks.hangs_cut_off(
         [(0, long, None), (1, Seen(1), "projector 1 ended with status 1"), (2, None, None)], deadline=1.5, slack=3.0
