@@ -1,11 +1,11 @@
-"""`python -m bench [store|stream|projections|scale|replicas|volume ...]`: run benchmarks (all by default)."""
+"""`python -m bench [store|stream|projections|scale|replicas|volume|dashboard ...]`: run benchmarks (all by default)."""
 
 from __future__ import annotations
 
 import importlib
 import sys
 
-SUITES = ["store", "stream", "projections", "scale", "replicas", "volume"]
+SUITES = ["store", "stream", "projections", "scale", "replicas", "volume", "dashboard"]
 
 
 def main(argv: list[str]) -> int:

@@ -1,12 +1,18 @@
 """A worker process of `just bench scale`: ``python -m bench._scale_worker DSN``.
 
 Opens a bus, starts the partitioned projection of :func:`scale_projection`,
-prints ``ready`` and runs until its standard input ends.
+prints ``ready`` and runs until its standard input ends; then prints
+``done <cpu seconds> <batches> <waited seconds>``: the CPU time (user and
+system) the process used since it was ready, how many batches its handler
+applied, and how long their external calls took in all (each should take
+``EXTERNAL_CALL``; longer means the process waited for a core to wake it).
 """
 
 from __future__ import annotations
 
+import resource
 import sys
+import time
 
 import trio
 
@@ -28,8 +34,16 @@ async def _setup(tx: Transaction) -> None:
     await tx.execute(SETUP_SQL)
 
 
+_batches = 0
+_waited = 0.0
+
+
 async def _apply(tx: Transaction, records: list[EventRecord]) -> None:
+    global _batches, _waited
+    _batches += 1
+    began = time.perf_counter()
     await trio.sleep(EXTERNAL_CALL)
+    _waited += time.perf_counter() - began
     await tx.execute(UPSERT_SQL, [record.payload["account"] for record in records])
 
 
@@ -53,10 +67,17 @@ def scale_projection() -> Projection:
 async def main(dsn: str) -> None:
     async with open_bus(dsn, poll_interval=0.1) as bus:
         await bus.projections.start(scale_projection())
+        ready = _cpu()
         print("ready", flush=True)
         stdin = trio.lowlevel.FdStream(0)
         while await stdin.receive_some():
             pass
+    print(f"done {_cpu() - ready:.3f} {_batches} {_waited:.3f}", flush=True)
+
+
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 if __name__ == "__main__":

@@ -39,8 +39,10 @@ from apps.banking.features.list_accounts.core import fold_accounts
 from apps.banking.features.list_accounts.types import AccountRow, CurrencyTotal
 from apps.banking.journal import unstored
 from eventbus import EventRecord
+from eventbus.testing import partition_of
 
 from ._processes import Incarnation, Outcome
+from ._projector import PARTITIONS, account_key
 
 MAX_SHOWN: Final = 10
 """Problems a check lists, at most; the rest are counted."""
@@ -370,12 +372,69 @@ def ledger_applied_once(
     )
 
 
+def partitions_applied_once(
+    rows: Sequence[Any], checkpoints: Mapping[int, int], records: Sequence[EventRecord], head: int
+) -> Check:
+    """The partitioned ledger (``chaos_parts``, shared by projectors killed and
+    started again) equals a replay: every stored event once, in the partition
+    its key gives, committed under one lease at a time, every partition's
+    checkpoint past its last event. ``rows``: its ``chaos._projector.PartsRow``s."""
+    problems = _Problems()
+    counts = collections.Counter(row.position for row in rows)
+    for position, count in sorted(counts.items()):
+        if count > 1:
+            problems.add(f"chaos_parts applied position {position} {count} times")
+    applied = {row.position: row for row in rows}
+    for record in records:
+        row = applied.get(record.sequence_number)
+        if row is None:
+            problems.add(f"chaos_parts never applied position {record.sequence_number}")
+        elif row.event_id != str(record.event_id):
+            problems.add(f"chaos_parts holds event {row.event_id} at position {record.sequence_number}; "
+                         f"the store holds {record.event_id}")  # fmt: skip
+        elif row.partition != (expected := partition_of(account_key(record), PARTITIONS)):
+            problems.add(f"chaos_parts applied position {record.sequence_number} in partition {row.partition}; "
+                         f"its key goes to {expected}")  # fmt: skip
+    stored = {record.sequence_number for record in records}
+    for position in sorted(set(applied) - stored):
+        problems.add(f"chaos_parts applied position {position}, which the store does not hold")
+    # One holder at a time: in position order, a partition's epochs never go
+    # back, and an epoch belongs to one owner.
+    owners: dict[tuple[int, int], str] = {}
+    last: dict[int, int] = {}
+    for row in sorted(rows, key=lambda row: row.position):
+        if owners.setdefault((row.partition, row.epoch), row.owner) != row.owner:
+            first = owners[row.partition, row.epoch]
+            problems.add(f"partition {row.partition}, epoch {row.epoch}: committed by {first} and by {row.owner}")
+        if row.epoch < last.get(row.partition, 0):
+            problems.add(f"partition {row.partition}: position {row.position} committed under epoch {row.epoch}, "
+                         f"after epoch {last[row.partition]}")  # fmt: skip
+        last[row.partition] = max(row.epoch, last.get(row.partition, 0))
+    if sorted(checkpoints) != list(range(PARTITIONS)):
+        problems.add(f"chaos_parts has checkpoints for partitions {sorted(checkpoints)}; it has {PARTITIONS}")
+    # A partition's checkpoint passes its own last event; it reaches the head
+    # only after the stream has been idle a while (IDLE_CHECKPOINT).
+    lasts = {partition_of(account_key(record), PARTITIONS): record.sequence_number for record in records}
+    for partition, checkpoint in sorted(checkpoints.items()):
+        if not lasts.get(partition, 0) <= checkpoint <= head:
+            problems.add(f"chaos_parts partition {partition}'s checkpoint is at {checkpoint}; its last event is at "
+                         f"{lasts.get(partition, 0)}, the head at {head}")  # fmt: skip
+    holders = len({row.owner for row in rows})
+    epochs = len(owners)
+    return problems.check(
+        "the partitioned ledger applied every event once, one holder per partition at a time",
+        f"{_n(len(rows))} rows, {PARTITIONS} partitions, {_n(epochs)} leases by {_n(holders)} processes",
+    )
+
+
 def hangs_cut_off(projectors: Sequence[tuple[int, Any, str | None]], *, deadline: float, slack: float) -> Check:
-    """No ledger batch ran much past its deadline, a projector whose
-    projection failed let go of the lead, and every projector ran to the end.
+    """No ledger batch ran much past its deadline, a projector whose handler
+    hung saw a deadline failure (unless another fault ended the hang first: a
+    lost connection), a projector whose projection failed let go of the lead,
+    and every projector ran to the end.
     ``projectors``: (index, what it saw (a ``chaos._projector.Seen``) or None, its problem)."""
     problems = _Problems()
-    hung = failed = deadline_failures = 0
+    hung = failed = deadline_failures = interrupted = 0
     for index, seen, problem in projectors:
         if problem is not None:
             problems.add(problem)
@@ -386,15 +445,17 @@ def hangs_cut_off(projectors: Sequence[tuple[int, Any, str | None]], *, deadline
         hung += seen.hangs
         failed += seen.failed
         deadline_failures += seen.deadline_failures
+        interrupted += seen.hangs_interrupted
         if seen.longest_batch > deadline + slack:
             problems.add(f"projector {index} ran a batch for {seen.longest_batch:.1f} s (deadline {deadline:g} s)")
-        if seen.hangs and not seen.deadline_failures:
+        if seen.hangs and not seen.deadline_failures and not seen.hangs_interrupted:
             problems.add(f"projector {index}'s handler hung {seen.hangs} times and no deadline failure was seen")
         if seen.failed_holding_lead:
             problems.add(f"projector {index}'s projection failed {seen.failed_holding_lead} times keeping the lead")
     return problems.check(
         "a hung handler is cut off at its deadline and lets go of the lead",
-        f"{_n(hung)} batches hung, {_n(deadline_failures)} deadline failures seen, failed {_n(failed)} times",
+        f"{_n(hung)} batches hung, {_n(deadline_failures)} deadline failures seen, {_n(interrupted)} hangs ended by"
+        f" another fault first, failed {_n(failed)} times",
     )
 
 

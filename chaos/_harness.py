@@ -7,7 +7,9 @@
 3. Faults strike at the moments of the seeded schedule (see ``_schedule``):
    a simulator is killed with SIGKILL, the server crashes and restarts, the
    bus's connections are terminated, the handler of the ledger projection
-   hangs in the projector process that leads it (see ``_projector``), the
+   hangs in the projector process that leads it (see ``_projector``), a
+   projector that holds partitions of ``chaos_parts`` is killed with SIGKILL
+   and started again, the
    server's postmaster is killed with SIGKILL and started again, the hot
    standby the reader reads through (on a server of the run's own) crashes
    and restarts; with
@@ -42,7 +44,17 @@ from ._database import ChaosDatabase, open_chaos_database
 from ._first_start import first_start_killed
 from ._inspect import StoreState, inspect
 from ._processes import LIFETIME_MARGIN, ReaderProcess, ReaderResult, SimulatorSlot
-from ._projector import HANG_DEADLINE, HANG_SECONDS, PROJECTORS, SLACK, ProjectorProcess, hang_path, read_ledger
+from ._projector import (
+    HANG_DEADLINE,
+    HANG_SECONDS,
+    PROJECTORS,
+    SLACK,
+    PartsRow,
+    ProjectorProcess,
+    hang_path,
+    read_ledger,
+    read_parts,
+)
 from ._report import FaultCounts, Figures, format_summary
 from ._schedule import CONNECTION_GROUPS, Fault, FaultKind, make_schedule
 
@@ -104,6 +116,7 @@ class _Faults:
     folder: Path
     log: _Log
     kills: int = 0
+    projector_kills: int = 0
     hangs: int = 0
     first_starts: int = 0
     problems: list[str] = attrs.Factory(list)
@@ -141,6 +154,23 @@ class _Faults:
         nursery.start_soon(lift)
         return f"projector {index}" + ("" if leaders else " (none led at that moment)")
 
+    async def _kill_projector(self) -> str:
+        """SIGKILL a projector that holds partitions (one whose handler does not
+        hang, if any; of those, the one killed least often) and start it again;
+        what happened."""
+        holding = [(seen.partitions, not hang_path(self.folder, p.index).exists(), p)
+                   for p in self.projectors if (seen := p.seen()) is not None and seen.partitions]  # fmt: skip
+        if not holding:
+            return "no projector held a partition at that moment, nothing killed"
+        held, _, victim = max(holding, key=lambda item: (item[1], -item[2].kills, item[0]))
+        pid = await victim.kill_and_start()
+        if pid is None:
+            return f"projector {victim.index} was not running"
+        self.projector_kills += 1
+        if victim.problem is not None:
+            self.problems.append(victim.problem)
+        return f"SIGKILL to projector {victim.index} (pid {pid}, holding {held} partitions); started again"
+
     async def _one(self, fault: Fault, nursery: trio.Nursery) -> None:
         match fault.kind:
             case FaultKind.KILL:
@@ -168,6 +198,8 @@ class _Faults:
                     self.problems.append(f"could not reach the server to terminate connections: {exc}")
                     return
                 self.log(f"{fault.describe()}: {ended} connections ended")
+            case FaultKind.KILL_PROJECTOR:
+                self.log(f"{fault.describe()}: {await self._kill_projector()}")
             case FaultKind.HANG:
                 who = await self._hang(nursery)
                 self.log(f"{fault.describe()}: {who}, for {HANG_SECONDS:.0f} s (its deadline: {HANG_DEADLINE:g} s)")
@@ -194,6 +226,7 @@ class _Faults:
 def _counts(database: ChaosDatabase, faults: _Faults) -> FaultCounts:
     return FaultCounts(
         kills=faults.kills,
+        projector_kills=faults.projector_kills,
         hangs=faults.hangs,
         postmaster_kills=database.postmaster_kills,
         first_starts=faults.first_starts,
@@ -212,6 +245,7 @@ def _checks_of(
     faults: _Faults,
     folder: Path,
     ledger: tuple[list[tuple[int, str]], int | None],
+    parts: tuple[list[PartsRow], dict[int, int]],
 ) -> list[Check]:
     incarnations = [incarnation for slot in slots for incarnation in slot.incarnations]
     lines = [line for incarnation in incarnations for line in incarnation.journal_lines()]
@@ -240,6 +274,7 @@ def _checks_of(
         _checks.analytics_model_matches(state.figures, records),
         _checks.checkpoints_at_head(state.checkpoints, state.head, state.not_caught_up),
         _checks.ledger_applied_once(ledger[0], ledger[1], records, state.head),
+        _checks.partitions_applied_once(parts[0], parts[1], records, state.head),
         _checks.hangs_cut_off(
             [(p.index, p.seen(), p.problem) for p in faults.projectors], deadline=HANG_DEADLINE, slack=SLACK
         ),
@@ -329,7 +364,7 @@ async def run_chaos(config: ChaosConfig, *, out: TextIO) -> ChaosResult:
             await reader.start()
             for projector in projectors:
                 await projector.start()
-            log(f"reader watching the store; {PROJECTORS} projectors running the ledger projection")
+            log(f"reader watching the store; {PROJECTORS} projectors running the ledger and chaos_parts projections")
             slots, faults = await _load(config, database, folder, log, projectors)
             log("asking the reader and the projectors to stop")
             seen = await reader.finish()
@@ -344,7 +379,8 @@ async def run_chaos(config: ChaosConfig, *, out: TextIO) -> ChaosResult:
         state = await inspect(database.dsn)
         async with open_event_store(database.dsn) as store:
             ledger = await read_ledger(store)
-        checks = _checks_of(slots, seen, state, database, faults, folder, ledger)
+            parts = await read_parts(store)
+        checks = _checks_of(slots, seen, state, database, faults, folder, ledger, parts)
         kept = config.keep or any(not check.ok for check in checks)
         database.keep = kept
         figures = Figures(

@@ -1,10 +1,18 @@
-"""The projectors: processes that run the ledger projection, whose handler hangs on demand.
+"""The projectors: processes that run the ledger projection, whose handler hangs on demand,
+and a partitioned projection whose partitions they share.
 
 ``python -m chaos._projector --index K --folder DIR --lifetime SECONDS`` (the
 database from ``EVENTBUS_DSN``) opens a bus and starts the ledger projection:
 a row per event applied (``projection_chaos_ledger.applied``, no key, so an
 event applied twice shows as two rows). Two projectors run it at once: one
 leads, the other stands by.
+
+They also run ``chaos_parts``, the same kind of ledger in ``PARTS``
+partitions by account: each row also says the partition, and the owner and
+epoch of the lease it was committed under (read in the batch's transaction),
+so the checks see an event applied twice, a partition routed differently by
+two processes, and a partition applied by two owners at once. The harness
+kills projectors that hold partitions (SIGKILL) and starts them again.
 
 While the file ``DIR/hang-K`` exists, projector K's handler never returns:
 its batches pass their deadline (``HANG_DEADLINE``), are cancelled, rolled
@@ -36,6 +44,7 @@ import trio
 
 from apps.banking.domain import ACCOUNT_EVENT_TYPES
 from eventbus import (
+    Bus,
     EventBusError,
     EventRecord,
     EventStore,
@@ -45,6 +54,7 @@ from eventbus import (
     Transaction,
     open_bus,
 )
+from eventbus.testing import partition_of
 
 ROOT: Final = Path(__file__).resolve().parent.parent
 """The project's folder: the projectors run from there."""
@@ -80,8 +90,18 @@ READY_TIMEOUT: Final = 60.0
 STOP_TIMEOUT: Final = FINISH_TIMEOUT + 30.0
 """Seconds a projector has to stop after SIGTERM."""
 
+PARTS: Final = "chaos_parts"
+"""The partitioned projection's name."""
+
+PARTITIONS: Final = 8
+"""Its partitions."""
+
 _SETUP = "CREATE TABLE IF NOT EXISTS applied (position bigint NOT NULL, event_id uuid NOT NULL)"
 _INSERT = "INSERT INTO applied SELECT * FROM unnest($1::bigint[], $2::uuid[])"
+_PARTS_SETUP = """CREATE TABLE IF NOT EXISTS applied (position bigint NOT NULL, event_id uuid NOT NULL,
+    partition int NOT NULL, owner text NOT NULL, epoch bigint NOT NULL)"""
+_PARTS_INSERT = "INSERT INTO applied SELECT p, e, $3, $4, $5 FROM unnest($1::bigint[], $2::uuid[]) AS u (p, e)"
+_LEASE = "SELECT owner, epoch FROM eventbus.projection_leases WHERE projection = $1 AND partition = $2"
 
 
 @attrs.define
@@ -94,10 +114,13 @@ class Seen:
     hangs: int = 0
     longest_batch: float = 0.0
     deadline_failures: int = 0
+    hangs_interrupted: int = 0
     failed: int = 0
     failed_holding_lead: int = 0
     restarts_asked: int = 0
     done: bool = False
+    partitions: int = 0
+    incarnations: int = 0
 
     def write(self, folder: Path) -> None:
         """Write (atomically) ``projector-K.json``."""
@@ -105,6 +128,13 @@ class Seen:
         temporary = out.with_suffix(".tmp")
         temporary.write_text(json.dumps(attrs.asdict(self)))
         os.replace(temporary, out)
+
+
+def _previous(folder: Path, index: int) -> Seen | None:
+    try:
+        return Seen(**json.loads(status_path(folder, index).read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
 
 
 def status_path(folder: Path, index: int) -> Path:
@@ -139,6 +169,40 @@ def ledger_projection(apply: Any) -> Projection:
                       restart=RESTART, handler_timeout=HANG_DEADLINE)  # fmt: skip
 
 
+def account_key(record: EventRecord) -> str:
+    """The partition key of ``chaos_parts``: the account an event is about (its
+    id for an event without one, which the simulators do not write)."""
+    payload = record.payload
+    key = payload.get("accountId") or payload.get("fromAccountId")
+    return key if isinstance(key, str) else str(record.event_id)
+
+
+async def _apply_parts(tx: Transaction, records: list[EventRecord]) -> None:
+    partition = partition_of(account_key(records[0]), PARTITIONS)  # one partition per batch
+    lease = await tx.fetchrow(_LEASE, PARTS, partition)
+    assert lease is not None  # the runner made it before it took the partition
+    await tx.execute(_PARTS_INSERT, [r.sequence_number for r in records], [r.event_id for r in records],
+                     partition, lease["owner"], lease["epoch"])  # fmt: skip
+
+
+async def _parts_setup(tx: Transaction) -> None:
+    await tx.execute(_PARTS_SETUP)
+
+
+def parts_projection() -> Projection:
+    """``chaos_parts``: a ledger in ``PARTITIONS`` partitions by account."""
+    return Projection(PARTS, {}, _parts_setup, batch_size=200, batch_handler=_apply_parts,
+                      event_types=ACCOUNT_EVENT_TYPES, restart=RESTART, partitions=PARTITIONS,
+                      partition_key=account_key)  # fmt: skip
+
+
+async def _caught_up(bus: Bus, name: str) -> None:
+    try:
+        await bus.projections.wait_until_caught_up(name, timeout=FINISH_TIMEOUT)
+    except (TimeoutError, EventBusError) as exc:
+        print(f"{name} did not catch up: {exc}", file=sys.stderr)
+
+
 async def _until_stopped(
     lifetime: float, stopped: trio.Event, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
 ) -> None:
@@ -156,19 +220,28 @@ async def project(index: int, folder: Path, lifetime: float) -> None:
     Raises:
         StoreUnavailable: the database could not be reached at the start.
     """
-    seen = Seen(index)
+    seen = _previous(folder, index) or Seen(index)  # a projector started again goes on counting
+    seen.incarnations += 1
+    seen.leader, seen.state, seen.partitions, seen.done = False, "starting", 0, False
     hang_file = hang_path(folder, index)
     stopped = trio.Event()
     async with open_bus() as bus, trio.open_nursery() as nursery:
         await nursery.start(_until_stopped, lifetime, stopped)
         await bus.projections.start(ledger_projection(_Ledger(hang_file, seen).apply))
+        await bus.projections.start(parts_projection())
         print("ready", flush=True)
         last_error: str | None = None
+        hangs_before = seen.hangs
         while not stopped.is_set():
             status = bus.projections.status()[LEDGER]
             seen.longest_batch = max(seen.longest_batch, status.batch_running or 0.0)
-            if status.last_error != last_error and "passed its deadline" in (status.last_error or ""):
-                seen.deadline_failures += 1
+            if status.last_error != last_error:
+                if "passed its deadline" in (status.last_error or ""):
+                    seen.deadline_failures += 1
+                elif status.last_error and seen.hangs > hangs_before:
+                    # A hang ended by another fault first (its connection ended, the server crashed).
+                    seen.hangs_interrupted += 1
+                hangs_before = seen.hangs
             last_error = status.last_error
             if status.state == "failed" and seen.state != "failed":
                 seen.failed += 1
@@ -177,16 +250,41 @@ async def project(index: int, folder: Path, lifetime: float) -> None:
                 bus.projections.restart(LEDGER)
                 seen.restarts_asked += 1
             seen.leader, seen.state = status.leader, str(status.state)
+            parts = bus.projections.status()[PARTS]
+            seen.partitions = sum(len(held) for owner, held in (parts.partitions or {}).items()
+                                  if owner.split(":")[-2] == str(os.getpid()))  # fmt: skip
             seen.write(folder)
             with trio.move_on_after(SAMPLE_INTERVAL):
                 await stopped.wait()
-        try:
-            await bus.projections.wait_until_caught_up(LEDGER, timeout=FINISH_TIMEOUT)
-        except (TimeoutError, EventBusError) as exc:
-            print(f"the ledger did not catch up: {exc}", file=sys.stderr)
+        async with trio.open_nursery() as catching_up:
+            catching_up.start_soon(_caught_up, bus, LEDGER)
+            catching_up.start_soon(_caught_up, bus, PARTS)
         seen.done = True
         seen.write(folder)
         nursery.cancel_scope.cancel()
+
+
+@attrs.frozen
+class PartsRow:
+    """A row of ``chaos_parts``: an event applied, under which lease."""
+
+    position: int
+    event_id: str
+    partition: int
+    owner: str
+    epoch: int
+
+
+async def read_parts(store: EventStore) -> tuple[list[PartsRow], dict[int, int]]:
+    """The rows of ``chaos_parts``, and each partition's stored checkpoint."""
+    rows = await store.pool.fetch("SELECT * FROM projection_chaos_parts.applied ORDER BY position")
+    leases = await store.pool.fetch(
+        "SELECT partition, checkpoint FROM eventbus.projection_leases WHERE projection = $1", PARTS
+    )
+    return (
+        [PartsRow(int(r["position"]), str(r["event_id"]), r["partition"], r["owner"], int(r["epoch"])) for r in rows],
+        {row["partition"]: int(row["checkpoint"]) for row in leases},
+    )
 
 
 async def read_ledger(store: EventStore) -> tuple[list[tuple[int, str]], int | None]:
@@ -207,13 +305,26 @@ class ProjectorProcess:
         self._lifetime = lifetime
         self._process: trio.Process | None = None
         self.problem: str | None = None
+        self.kills = 0
 
     def seen(self) -> Seen | None:
         """What it noted last, if anything."""
-        try:
-            return Seen(**json.loads(status_path(self._folder, self.index).read_text()))
-        except (OSError, ValueError, TypeError):
+        return _previous(self._folder, self.index)
+
+    async def kill_and_start(self) -> int | None:
+        """SIGKILL it (what it had noted last stays), wait for it, start it again;
+        the process id killed, or None if it was not running."""
+        process = self._process
+        if process is None or process.returncode is not None:
             return None
+        process.kill()
+        self.kills += 1
+        with trio.move_on_after(10.0):
+            await process.wait()
+        if process.stdout is not None:
+            await process.stdout.aclose()
+        await self.start()
+        return process.pid
 
     async def start(self) -> None:
         """Start it and wait (at most ``READY_TIMEOUT``) until its bus is open; a

@@ -23,6 +23,7 @@ class FaultCounts:
     """The faults that struck."""
 
     kills: int = 0
+    projector_kills: int = 0
     hangs: int = 0
     postmaster_kills: int = 0
     first_starts: int = 0
@@ -105,6 +106,7 @@ def format_summary(figures: Figures, checks: Sequence[Check]) -> str:
         "",
         "Faults",
         f"  {'process kills (SIGKILL, then started again)':<46}{_n(faults.kills):>10}",
+        f"  {'projectors holding partitions killed (SIGKILL)':<46}{_n(faults.projector_kills):>10}",
         f"  {'server restarts (immediate mode: a crash)':<46}{_n(faults.restarts):>10}",
         f"  {'connection terminations (pg_terminate_backend)':<46}{_n(faults.terminations):>10}"
         f"   ({_n(faults.terminated)} connections ended)",

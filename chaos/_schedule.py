@@ -57,11 +57,17 @@ class FaultKind(enum.StrEnum):
     runs (SIGKILL or SIGTERM), start again, and check the server it makes."""
     STANDBY = "standby"
     """Crash the hot standby (immediate mode) and start it again: its reads go to the primary meanwhile."""
+    KILL_PROJECTOR = "kill_projector"
+    """SIGKILL a projector that holds partitions of ``chaos_parts`` (one that may
+    lead the ledger too), then start it again: the other takes its partitions
+    once their leases expire, and gives them back when it returns."""
 
 
 DECK: Final = (
     FaultKind.KILL,
     FaultKind.KILL,
+    FaultKind.KILL_PROJECTOR,
+    FaultKind.KILL_PROJECTOR,
     FaultKind.TERMINATE,
     FaultKind.TERMINATE,
     FaultKind.RESTART,
@@ -116,6 +122,8 @@ class Fault:
                 return f"kill a first start during initdb ({self.signal})"
             case FaultKind.STANDBY:
                 return "restart the hot standby (immediate mode)"
+            case FaultKind.KILL_PROJECTOR:
+                return "kill a projector that holds partitions"
 
 
 def make_schedule(

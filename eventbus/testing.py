@@ -14,6 +14,8 @@ that only append, subscribe and project:
 * :func:`install_schema`, :func:`schema_sql`: the schema eventbus installs.
 * :func:`query_sql`, :func:`event_tags`: the SQL a query runs and the tags an
   event's payload is indexed under, for baselines that must do the same work.
+* :func:`partition_of`: the partition a key goes to in a partitioned
+  projection, for checks that must agree with every process.
 """
 
 from ._db import (
@@ -30,6 +32,7 @@ from ._db import (
     schema_sql,
     start_standby,
 )
+from ._projections._partitioned import partition_of
 from ._store import query_sql
 from ._values._tags import event_tags
 
@@ -44,6 +47,7 @@ __all__ = [
     "event_tags",
     "install_schema",
     "open_loop",
+    "partition_of",
     "query_sql",
     "redact_dsn",
     "schema_sql",

@@ -76,6 +76,7 @@ class AccountsTable(LivePanel):
     def __init__(self, state: Any, **kwargs: Any) -> None:
         super().__init__(state, "Accounts", **kwargs)
         self._shown = -1
+        self._caption_stale = False
 
     def compose(self) -> ComposeResult:
         """The panel's widgets."""
@@ -84,9 +85,12 @@ class AccountsTable(LivePanel):
     def redraw(self) -> None:
         """Show the accounts, if the read model was read again."""
         state = self.state
+        if self._caption_stale:
+            self._caption_stale = not self._caption()
         if state.accounts_version == self._shown:
             return
         self._shown = state.accounts_version
+        self._caption_stale = not self._caption()
         table = self.query_one("#accounts-table", LineTable)
         rows: dict[Hashable, tuple[Cell, ...]] = {row.account_id: account_cells(row) for row in state.accounts}
         table.show(rows)
@@ -97,15 +101,22 @@ class AccountsTable(LivePanel):
             # Nothing selected yet: the row under the cursor. (A selection not in
             # the table yet, an account just opened, is kept until it shows.)
             self.post_message(self.Selected(str(table.cursor_key)))
+
+    def _caption(self) -> bool:
+        """Show the count and the totals under the table; False if it is not due yet."""
+        state = self.state
         count = sum(total.accounts for total in state.totals)
         held = "  ".join(f"{total.currency} {total.balance:,.2f}" for total in state.totals)
-        more = f" (latest {ACCOUNTS_SHOWN:,} shown)" if count > len(rows) else ""
+        more = f" (latest {ACCOUNTS_SHOWN:,} shown)" if count > len(state.accounts) else ""
         subtitle = f"{count:,} account{'' if count == 1 else 's'}{more}  {held}"
         if state.accounts_starting:
             subtitle = "starting: the accounts read model is being made"
         elif state.accounts_error:
             subtitle = f"cannot read the accounts: {state.accounts_error[:80]}"
+        elif self.border_subtitle and not self.due():
+            return False  # the totals move with every event: at most once a BUSY_INTERVAL
         self.caption(subtitle=subtitle)
+        return True
 
     @on(LineTable.Highlighted, "#accounts-table")
     def _highlighted(self, event: LineTable.Highlighted) -> None:
@@ -137,6 +148,7 @@ class AccountDetail(LivePanel):
     def __init__(self, state: Any, **kwargs: Any) -> None:
         super().__init__(state, "Account", **kwargs)
         self._shown = -1
+        self._account: str | None = None
 
     def compose(self) -> ComposeResult:
         """The panel's widgets."""
@@ -148,8 +160,12 @@ class AccountDetail(LivePanel):
         state = self.state
         if state.account_version == self._shown:
             return
-        self._shown = state.account_version
         trail = state.account
+        same = trail is not None and trail.view.account_id == self._account
+        if same and not self.due():  # more entries of the same account: at most once a BUSY_INTERVAL
+            return
+        self._shown = state.account_version
+        self._account = None if trail is None else trail.view.account_id
         summary = self.query_one("#account-summary", Line)
         table = self.query_one("#history-table", LineTable)
         self.show_summary()

@@ -1,20 +1,18 @@
 """The dashboard: a Textual app over a running bank and bus.
 
-The app never awaits the bus on its own loop: it reads :class:`DashboardState`
-on one timer (``REFRESH``), which Trio tasks keep current, and it hands what
-the person asks for to the :class:`Controller` through ``eventbus.call_trio``.
-Run it with :func:`tui.run.run_dashboard`.
+The app runs on an asyncio loop and a thread of its own (``tui/bridge.py``):
+it reads :class:`DashboardState` on one timer (``REFRESH``), which Trio tasks
+in the bus's thread keep current, and it hands what the person asks for to
+the :class:`Controller` through its :class:`~tui.bridge.Bridge`. Run it with
+:func:`tui.run.run_dashboard`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
-import signal
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from textual import on
 from textual.app import App, ComposeResult, SystemCommand
@@ -23,9 +21,8 @@ from textual.containers import Horizontal, Vertical
 from textual.css.query import NoMatches
 from textual.screen import Screen
 
-from eventbus import call_trio
-
 from .accounts import AccountDetail, AccountsTable
+from .bridge import Bridge
 from .control import Controller
 from .forms import DepositForm, Form, OpenAccountForm, RebuildForm, SimulatorForm, TransferForm, WithdrawForm
 from .keys import KEYS
@@ -42,28 +39,6 @@ WIDE = 110
 
 TALL = 32
 """Rows from which the side panels show in full (below: a line each)."""
-
-
-def _run_deferred(loop: asyncio.AbstractEventLoop, handler: Callable[[int, Any], Any], signum: int, _: Any) -> None:
-    with contextlib.suppress(RuntimeError):  # the loop is closed: the app is gone
-        loop.call_soon_threadsafe(handler, signum, None)
-
-
-def _defer_terminal_signals(app: App[Any]) -> None:
-    """Run Textual's SIGTSTP and SIGCONT handlers on the asyncio loop, not where the signal lands.
-
-    Under trio-asyncio a Python signal handler runs in Trio's context, where
-    Textual's (which ask for the running asyncio loop) raise and end the whole
-    program without closing anything; a SIGCONT arrives, for one, when the
-    terminal closes under ``just``. Call from the app's loop.
-    """
-    if app.is_headless:
-        return
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTSTP, signal.SIGCONT):
-        handler = signal.getsignal(signum)
-        if callable(handler):
-            signal.signal(signum, functools.partial(_run_deferred, loop, handler))
 
 
 class DashboardApp(App[None]):
@@ -88,10 +63,11 @@ class DashboardApp(App[None]):
     VERTICAL_BREAKPOINTS = [(0, "-short"), (TALL, "-tall")]  # noqa: RUF012 - Textual's own declaration
     """Below ``TALL`` rows the side panels collapse to a line each."""
 
-    def __init__(self, state: DashboardState, controller: Controller) -> None:
+    def __init__(self, state: DashboardState, controller: Controller, bridge: Bridge) -> None:
         super().__init__()
         self.state = state
         self.controller = controller
+        self.bridge = bridge
         self.sub_title = state.database
         self._redrawn: asyncio.Event = asyncio.Event()
         self._failed: frozenset[str] = frozenset()
@@ -112,7 +88,6 @@ class DashboardApp(App[None]):
 
     def on_mount(self) -> None:
         """Start the redraw timer and focus the accounts."""
-        _defer_terminal_signals(self)
         self.redraw()
         self.set_interval(REFRESH, self.redraw)
         self.query_one("#accounts-table", LineTable).focus()
@@ -151,7 +126,7 @@ class DashboardApp(App[None]):
 
     @on(AccountsTable.Selected)
     async def _selected(self, message: AccountsTable.Selected) -> None:
-        await call_trio(self.controller.select, message.account_id)
+        await self.bridge.call(self.controller.select, message.account_id)
 
     # ------------------------------------------------------------ actions
 
@@ -164,35 +139,35 @@ class DashboardApp(App[None]):
 
     def action_open_account(self) -> None:
         """Open an account (a form)."""
-        self._form(OpenAccountForm(self.controller))
+        self._form(OpenAccountForm(self.controller, self.bridge))
 
     def action_deposit(self) -> None:
         """Deposit into the selected account (a form)."""
-        self._form(DepositForm(self.controller, self.state.selected or ""))
+        self._form(DepositForm(self.controller, self.bridge, self.state.selected or ""))
 
     def action_withdraw(self) -> None:
         """Withdraw from the selected account (a form)."""
-        self._form(WithdrawForm(self.controller, self.state.selected or ""))
+        self._form(WithdrawForm(self.controller, self.bridge, self.state.selected or ""))
 
     def action_transfer(self) -> None:
         """Transfer from the selected account (a form)."""
-        self._form(TransferForm(self.controller, self.state.selected or ""))
+        self._form(TransferForm(self.controller, self.bridge, self.state.selected or ""))
 
     async def action_simulator(self) -> None:
         """Start the load simulator (a form), or stop it when it runs."""
         if self.controller.simulating:
-            await call_trio(self.controller.stop_simulation)
+            await self.bridge.call(self.controller.stop_simulation)
             self.notify("Stopping the simulator: it answers the commands under way first.")
         else:
-            self._form(SimulatorForm(self.controller))
+            self._form(SimulatorForm(self.controller, self.bridge))
 
     def action_rebuild(self) -> None:
         """Rebuild a read model (a form to choose which)."""
-        self._form(RebuildForm(self.controller))
+        self._form(RebuildForm(self.controller, self.bridge))
 
     async def action_resume(self) -> None:
         """Let the read models that failed try again."""
-        names = await call_trio(self.controller.resume)
+        names = await self.bridge.call(self.controller.resume)
         if names:
             self.notify(f"Resuming {', '.join(names)}: it starts again from its checkpoint.", markup=False)
 

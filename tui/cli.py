@@ -8,7 +8,6 @@ way: ``tui`` imports ``apps``, never the reverse.
 from __future__ import annotations
 
 import argparse
-import functools
 from collections.abc import Sequence
 
 from apps.banking import cli
@@ -16,17 +15,17 @@ from apps.banking import cli
 from .keys import help_text
 
 
-def _plan_dashboard(args: argparse.Namespace) -> cli.Plan:
+def _run_dashboard(args: argparse.Namespace) -> None:
     # Textual loads only for the dashboard: ``banking list`` starts as fast as before.
-    from .run import run_dashboard
+    from . import run
 
-    return functools.partial(run_dashboard, args.dsn)
+    run.run_dashboard(args.dsn)
 
 
 DASHBOARD = cli.Subcommand(
     name="dashboard",
     help="the live dashboard: events, accounts, projections; forms to act",
-    plan=_plan_dashboard,
+    run=_run_dashboard,
     metrics=True,
     epilog=help_text() + "\n\nScreenshots (Ctrl-P, then Screenshot) are saved in the working directory.",
 )

@@ -1,6 +1,7 @@
 """What the person does from the dashboard, on the Trio side.
 
-The app's handlers call these methods through ``eventbus.call_trio``. Long
+The app's handlers call these methods through its ``Bridge``, from its own
+thread; they run in the bus's Trio run. Long
 work (the simulator, a rebuild) runs as a task in the dashboard's nursery and
 reports through :class:`DashboardState`, so a handler returns at once and the
 screen stays live.
@@ -166,7 +167,7 @@ class Controller:
         await trio.lowlevel.checkpoint()
         if name in self.state.rebuilds:
             return
-        self.state.rebuilds[name] = RebuildProgress()
+        self.state.rebuilds = {**self.state.rebuilds, name: RebuildProgress()}  # a new dict: the app reads it
         self.state.control_changed()
         self._nursery.start_soon(self._rebuild, name)
 
@@ -174,7 +175,7 @@ class Controller:
         state = self.state
 
         def progress(done: int, total: int) -> None:
-            state.rebuilds[name] = RebuildProgress(done, total)
+            state.rebuilds = {**state.rebuilds, name: RebuildProgress(done, total)}
             state.control_changed()
 
         started = time.monotonic()
@@ -184,7 +185,7 @@ class Controller:
         except (BankingError, EventBusError) as exc:
             state.notice(f"Rebuild of {name} failed: {exc}", "error")
         finally:
-            state.rebuilds.pop(name, None)
+            state.rebuilds = {other: progress for other, progress in state.rebuilds.items() if other != name}
             state.control_changed()
             self._refresher.poke()
 

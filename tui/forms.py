@@ -37,8 +37,9 @@ from apps.banking.domain import (
 )
 from apps.banking.features.open_account.types import parse_owner
 from apps.banking.simulate import MAX_RATE
-from eventbus import EventBusError, call_trio
+from eventbus import EventBusError
 
+from .bridge import Bridge
 from .control import DEFAULT_ACCOUNTS, DEFAULT_RATE, Controller
 
 
@@ -111,9 +112,10 @@ class Form(ModalScreen[str | None]):
     TITLE = "Form"
     HELP = ""
 
-    def __init__(self, controller: Controller, fields: tuple[Field, ...]) -> None:
+    def __init__(self, controller: Controller, bridge: Bridge, fields: tuple[Field, ...]) -> None:
         super().__init__()
         self.controller = controller
+        self.bridge = bridge
         self.fields = fields
         self._command: tuple[dict[str, str], uuid.UUID] | None = None
 
@@ -263,8 +265,8 @@ class OpenAccountForm(Form):
 
     TITLE = "Open an account"
 
-    def __init__(self, controller: Controller) -> None:
-        super().__init__(controller, (
+    def __init__(self, controller: Controller, bridge: Bridge) -> None:
+        super().__init__(controller, bridge, (
             Field("owner", "Owner", placeholder="Ada Lovelace", check=parse_owner),
             Field("type", "Type", choices=tuple(AccountType)),
             Field("currency", "Currency", choices=tuple(Currency)),
@@ -275,8 +277,8 @@ class OpenAccountForm(Form):
         """Open the account."""
         command = actions.make_open(values["owner"], values["type"], values["currency"], values["initial"] or None,
                                     command_id=self.command_id(values))  # fmt: skip
-        done = await call_trio(self.controller.execute, command)
-        await call_trio(self.controller.select, done.receipt.account_id)  # the new account, once it shows
+        done = await self.bridge.call(self.controller.execute, command)
+        await self.bridge.call(self.controller.select, done.receipt.account_id)  # the new account, once it shows
         return done.message
 
 
@@ -285,13 +287,13 @@ class DepositForm(Form):
 
     TITLE = "Deposit"
 
-    def __init__(self, controller: Controller, account_id: str = "") -> None:
-        super().__init__(controller, (_account(controller, account_id), _amount()))
+    def __init__(self, controller: Controller, bridge: Bridge, account_id: str = "") -> None:
+        super().__init__(controller, bridge, (_account(controller, account_id), _amount()))
 
     async def run(self, values: Mapping[str, str]) -> str:
         """Make the deposit."""
         command = actions.make_deposit(values["account"], values["amount"], command_id=self.command_id(values))
-        return (await call_trio(self.controller.execute, command)).message
+        return (await self.bridge.call(self.controller.execute, command)).message
 
 
 class WithdrawForm(Form):
@@ -300,13 +302,13 @@ class WithdrawForm(Form):
     TITLE = "Withdraw"
     HELP = "Never below zero: the bank refuses an overdraft."
 
-    def __init__(self, controller: Controller, account_id: str = "") -> None:
-        super().__init__(controller, (_account(controller, account_id), _amount()))
+    def __init__(self, controller: Controller, bridge: Bridge, account_id: str = "") -> None:
+        super().__init__(controller, bridge, (_account(controller, account_id), _amount()))
 
     async def run(self, values: Mapping[str, str]) -> str:
         """Make the withdrawal."""
         command = actions.make_withdraw(values["account"], values["amount"], command_id=self.command_id(values))
-        return (await call_trio(self.controller.execute, command)).message
+        return (await self.bridge.call(self.controller.execute, command)).message
 
 
 class TransferForm(Form):
@@ -315,15 +317,15 @@ class TransferForm(Form):
     TITLE = "Transfer"
     HELP = "Between two open accounts of the same currency."
 
-    def __init__(self, controller: Controller, account_id: str = "") -> None:
+    def __init__(self, controller: Controller, bridge: Bridge, account_id: str = "") -> None:
         source = _account(controller, account_id, "From", "source")
-        super().__init__(controller, (source, _account(controller, "", "To", "target"), _amount()))
+        super().__init__(controller, bridge, (source, _account(controller, "", "To", "target"), _amount()))
 
     async def run(self, values: Mapping[str, str]) -> str:
         """Make the transfer."""
         command = actions.make_transfer(values["source"], values["target"], values["amount"],
                                         command_id=self.command_id(values))  # fmt: skip
-        return (await call_trio(self.controller.execute, command)).message
+        return (await self.bridge.call(self.controller.execute, command)).message
 
 
 class SimulatorForm(Form):
@@ -332,8 +334,8 @@ class SimulatorForm(Form):
     TITLE = "Start the load simulator"
     HELP = "Deposits, withdrawals (some refused), transfers, new and closed accounts; s stops it."
 
-    def __init__(self, controller: Controller) -> None:
-        super().__init__(controller, (
+    def __init__(self, controller: Controller, bridge: Bridge) -> None:
+        super().__init__(controller, bridge, (
             Field("rate", "Commands per second", f"{DEFAULT_RATE:.0f}", check=check_rate),
             Field("accounts", "Accounts to open first", str(DEFAULT_ACCOUNTS), check=check_count),
         ))  # fmt: skip
@@ -345,7 +347,7 @@ class SimulatorForm(Form):
     async def run(self, values: Mapping[str, str]) -> str:
         """Start the simulator."""
         rate = check_rate(values["rate"])
-        await call_trio(self.controller.start_simulation, rate, check_count(values["accounts"]))
+        await self.bridge.call(self.controller.start_simulation, rate, check_count(values["accounts"]))
         return f"Simulator started at {rate:,.0f} commands/s; s stops it."
 
 
@@ -355,8 +357,8 @@ class RebuildForm(Form):
     TITLE = "Rebuild a read model"
     HELP = "A fresh copy is built from the events; the old one serves until it is ready."
 
-    def __init__(self, controller: Controller) -> None:
-        super().__init__(controller, (Field("name", "Read model", choices=tuple(PROJECTIONS)),))
+    def __init__(self, controller: Controller, bridge: Bridge) -> None:
+        super().__init__(controller, bridge, (Field("name", "Read model", choices=tuple(PROJECTIONS)),))
 
     def on_mount(self) -> None:
         """Focus where typing starts."""
@@ -365,5 +367,5 @@ class RebuildForm(Form):
     async def run(self, values: Mapping[str, str]) -> str:
         """Start the rebuild; its bar shows in the projections panel, and one
         notification says how it ended (no "rebuilding" one to outlive it)."""
-        await call_trio(self.controller.rebuild, values["name"])
+        await self.bridge.call(self.controller.rebuild, values["name"])
         return ""

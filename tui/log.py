@@ -104,17 +104,19 @@ class EventLog(LivePanel):
             return
         key = (self.state.events_version, kind, account)
         if key == self._shown:
-            self.caption(subtitle=seen)
+            return
+        if key[1:] == self._shown[1:] and not self.due():  # new events only: at most once a BUSY_INTERVAL
             return
         self._shown = key
-        self.query_one(LineTable).show(dict(_matching(list(self.state.events), kind, account)))
+        self.query_one(LineTable).show(dict(_matching(self.state.latest_events(), kind, account)))
         self.caption(subtitle=seen)
 
     def summary(self) -> str:
         """One line for a small screen: the newest event."""
-        newest = self.state.events[0] if self.state.events else None
-        if newest is None:
+        events = self.state.latest_events()
+        if not events:
             return "events: none yet"
+        newest = events[0]
         return f"events: {newest.sequence_number:,} {newest.event_type} {summarize(newest)}"
 
     @property

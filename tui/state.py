@@ -10,6 +10,7 @@ redraw per tick, never a message per event.
 from __future__ import annotations
 
 import collections
+import threading
 from collections.abc import Callable
 from typing import Literal
 
@@ -93,7 +94,16 @@ class RebuildProgress:
 
 @attrs.define
 class DashboardState:
-    """The shared state. Fields are replaced or appended, never shared out.
+    """The shared state: written by Trio tasks in the bus's thread, read by the
+    app in its own (see ``tui/bridge.py``).
+
+    What makes that safe: every field but ``events`` is replaced whole, never
+    changed in place (``rebuilds`` and ``projections`` are new dicts, rows new
+    lists, values frozen), so a reader sees the old value or the new one; the
+    deques the app reads are copied with ``list()``, which the interpreter does
+    at once; ``events`` changes in place and is read through
+    :meth:`latest_events`, under ``lock``; ``notices`` is a deque, taken from
+    one end and added to at the other.
 
     Each area has a version, bumped by its writer; a widget redraws when the
     version it last showed differs.
@@ -132,16 +142,23 @@ class DashboardState:
     control_version: int = 0
     notices: collections.deque[Notice] = attrs.field(factory=lambda: collections.deque(maxlen=NOTICES))
     database: str = ""
+    lock: threading.Lock = attrs.field(factory=threading.Lock, repr=False)
     _changed: trio.Event = attrs.field(factory=trio.Event, repr=False)
 
     def add_events(self, records: list[EventRecord]) -> None:
-        """Append a batch to the log (newest first); never blocks."""
-        self.events.extendleft(records)
+        """Append a batch to the log (newest first); blocks only for ``lock``."""
+        with self.lock:
+            self.events.extendleft(records)
         self.events_seen += len(records)
         if records:
             self.store_head = max(self.store_head, records[-1].sequence_number)
         self.events_version += 1
         self.touch()
+
+    def latest_events(self) -> list[EventRecord]:
+        """The log's events, newest first: a copy, safe to read from any thread."""
+        with self.lock:
+            return list(self.events)
 
     def notice(self, text: str, severity: Severity = "information") -> None:
         """Leave a message for the person, shown at the next redraw."""

@@ -142,7 +142,10 @@ class LineTable(ScrollView, can_focus=True):
         # view's own while every row fits (no scroll bar then).
         needed = len(self._keys) + 1
         view = self.scrollable_content_region.height
-        height = view if needed <= view else -(-needed // HEIGHT_STEP) * HEIGHT_STEP
+        if self.styles.height is not None and self.styles.height.is_auto:
+            height = needed  # a small table as tall as its rows (up to its max-height)
+        else:
+            height = view if needed <= view else -(-needed // HEIGHT_STEP) * HEIGHT_STEP
         if self.virtual_size.height != height:
             self.virtual_size = Size(self.size.width, height)
 
@@ -161,8 +164,9 @@ class LineTable(ScrollView, can_focus=True):
 
     def _refresh_changed(self, before: list[tuple[Hashable, tuple[Cell, ...], bool]],
                          after: list[tuple[Hashable, tuple[Cell, ...], bool]]) -> None:  # fmt: skip
-        """Repaint only the lines whose row changed (a row is a line, below the header)."""
-        width = self.size.width
+        """Repaint only the lines whose row changed (a row is a line, below the header),
+        and not the scroll bar beside them."""
+        width = self.scrollable_content_region.width
         for line in range(max(len(before), len(after))):
             if line >= len(before) or line >= len(after) or before[line] != after[line]:
                 self.refresh(Region(0, line + 1, width, 1))

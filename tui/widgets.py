@@ -10,6 +10,8 @@ drawn again only when it changed, and cells are plain text, never markup. On a s
 from __future__ import annotations
 
 import collections
+import math
+import time
 from collections.abc import Collection, Hashable
 from typing import Any
 
@@ -24,6 +26,11 @@ from eventbus import ProjectionStatus
 from .keys import PALETTE, Key
 from .state import RATE_WINDOW, DashboardState
 from .table import Cell, Column, LineTable, cell
+
+BUSY_INTERVAL = 1.0
+"""Seconds between redraws, at most, of what changes with every event (the log,
+the selected account's history, counts in captions): a frame costs the bus's
+appends the time it takes to draw, since both share one thread."""
 
 _STATE_STYLES = {"failed": "bold red", "restarting": "yellow", "catching_up": "yellow", "live": "green",
                  "rebuilding": "cyan", "standby": "blue"}  # fmt: skip
@@ -79,6 +86,7 @@ class LivePanel(Vertical):
         self.border_title = title
         self.state = state
         self._summary = Line(fixed=True, classes="summary")
+        self._last_due = -math.inf
 
     def on_mount(self) -> None:
         """Put the summary line first."""
@@ -101,11 +109,24 @@ class LivePanel(Vertical):
         return self._summary.text
 
     def caption(self, *, title: str | None = None, subtitle: str | None = None) -> None:
-        """Set the border's title or subtitle (plain text), repainting only if it changed."""
+        """Set the border's title or subtitle (plain text), repainting only if it changed.
+
+        A new caption repaints the whole panel, so redraws that change one at
+        every tick (a count of events) go through :meth:`due` first.
+        """
         if title is not None and Text(title).markup != self.border_title:
             self.border_title = Text(title)
         if subtitle is not None and Text(subtitle).markup != self.border_subtitle:
             self.border_subtitle = Text(subtitle)
+
+    def due(self, interval: float = BUSY_INTERVAL) -> bool:
+        """Whether ``interval`` seconds passed since this returned True last: for
+        the parts of a panel that change with every event, redrawn at most that often."""
+        now = time.monotonic()
+        if now - self._last_due < interval:
+            return False
+        self._last_due = now
+        return True
 
 
 class HealthBar(Line):
@@ -137,13 +158,15 @@ class HealthBar(Line):
             and state.listener_connected
             and all(status.state != "failed" for status in state.projections.values())
         )
-        line = self.line(short=False)
-        if width and line.cell_len > width:
-            line = self.line(short=True)
+        for short, where in ((False, True), (False, False), (True, False)):
+            line = self.line(short=short, where=where)
+            if not width or line.cell_len <= width:
+                break
         self.show(line)
 
-    def line(self, *, short: bool) -> Text:
-        """The health in words (``short``: in as few as say it)."""
+    def line(self, *, short: bool, where: bool = True) -> Text:
+        """The health in words (``short``: in as few as say it; without ``where``
+        the database is named without where it is)."""
         state = self.state
         store = state.store
         parts: list[Text | str] = [Text("bank  " if not short else "", "bold")]
@@ -167,7 +190,7 @@ class HealthBar(Line):
             parts.append(Text(f"{'simulating' if not short else 'sim'} {simulation.rate:,.0f}/s", "bold cyan"))
         else:
             parts.append(Text.assemble("simulator " if not short else "sim ", ("off", "dim")))
-        database = state.database if not short else state.database.split(" (")[0]
+        database = state.database if where else state.database.split(" (")[0]
         parts.append(Text(f"  db {database}", "dim"))
         return Text.assemble(*parts)
 
@@ -200,7 +223,7 @@ class KeyBar(Static):
     KeyBar { dock: bottom; height: 1; background: $footer-background; color: $footer-foreground; padding: 0 1; }
     """
 
-    DROP_ORDER = ("filter", "pause", "rebuild", "simulator", "transfer", "withdraw", "deposit", "open_account",
+    DROP_ORDER = ("filter", "pause_log", "rebuild", "simulator", "transfer", "withdraw", "deposit", "open_account",
                   "resume", "quit")  # fmt: skip
     """The actions whose words go first when the line is short."""
 

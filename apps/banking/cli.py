@@ -79,12 +79,16 @@ class Subcommand:
 
     name: str
     help: str
-    plan: Callable[[argparse.Namespace], Plan]
-    """What to run for the parsed arguments (``args.dsn`` among them); it checks input before any I/O."""
+    plan: Callable[[argparse.Namespace], Plan] | None = None
+    """What to run in Trio for the parsed arguments (``args.dsn`` among them); it checks input before any I/O."""
     metrics: bool = False
     """Whether it runs long enough to take ``--metrics-port``."""
     epilog: str = ""
     """Shown after the options in the subcommand's ``--help`` (its keys, say)."""
+    run: Callable[[argparse.Namespace], None] | None = None
+    """Instead of ``plan``: runs the subcommand itself, blocking the main
+    thread, outside Trio (a terminal UI that must own the main thread); it
+    raises the errors a plan would."""
 
 
 class UsageError(Exception):
@@ -282,7 +286,7 @@ async def _with_bank(dsn: str | None, fn: Callable[[Bank], Awaitable[None]], *, 
 def _plan(args: argparse.Namespace, extra: Sequence[Subcommand]) -> Plan:
     """What to run for the parsed arguments; input is checked here, before any I/O."""
     for subcommand in extra:
-        if args.action == subcommand.name:
+        if args.action == subcommand.name and subcommand.plan is not None:
             return subcommand.plan(args)
     out = sys.stdout
     dsn: str | None = args.dsn
@@ -307,10 +311,8 @@ def _plan(args: argparse.Namespace, extra: Sequence[Subcommand]) -> Plan:
             return functools.partial(run_simulation, args)
         case "reset":
             return functools.partial(_reset, dsn, confirmed=args.yes)
-        case _:
-            from .menu import run_menu
-
-            run = functools.partial(run_menu, stdin=sys.stdin, out=out)
+        case _:  # the menu: main() runs it itself, in the main thread (menu.run_menu_in_main_thread)
+            raise UsageError(f"{args.action or 'the menu'} is not run in Trio")
     return functools.partial(_with_bank, dsn, run, projections=True)
 
 
@@ -356,9 +358,16 @@ def main(argv: Sequence[str] | None = None, *, extra: Sequence[Subcommand] = ())
     try:
         args = build_parser(extra=extra).parse_args(argv)
         database.check_dsn(database.named_dsn(args.dsn))
-        plan = _plan(args, extra)
+        runs_itself = next((sub.run for sub in extra if sub.name == args.action and sub.run is not None), None)
         operations.start(args)
-        trio.run(plan)
+        if runs_itself is not None:
+            runs_itself(args)
+        elif args.action in (None, "menu"):
+            from .menu import run_menu_in_main_thread
+
+            run_menu_in_main_thread(args.dsn)  # it reads the person's answers in this thread
+        else:
+            trio.run(_plan(args, extra))
     except (UsageError, database.MalformedDsn) as exc:
         return _fail(str(exc), EXIT_USAGE)
     except BankingError as exc:

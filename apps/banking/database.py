@@ -62,9 +62,10 @@ def check_dsn(dsn: str | None) -> None:
     try:
         parts = urlsplit(dsn.strip())
         parts.port  # noqa: B018 - raises ValueError for a port that is not a number
-    except ValueError:  # its message quotes the text, which may be part of a password
+    except ValueError:
+        # Not the error's own words: without its "@host", a URL's password reads as its port.
         raise MalformedDsn(
-            f"the connection string is malformed (its port is not a number): write it like {_EXAMPLE}"
+            f"the connection string is malformed: its host or port cannot be read; write it like {_EXAMPLE}"
         ) from None
     if parts.scheme not in _SCHEMES:
         raise MalformedDsn(

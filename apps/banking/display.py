@@ -53,6 +53,10 @@ def _cells(rows: Iterable[Iterable[object]]) -> tuple[tuple[str, ...], ...]:
     return tuple(_strings(row) for row in rows)
 
 
+def _order(indexes: Iterable[int]) -> tuple[int, ...]:
+    return tuple(indexes)
+
+
 def _indexes(indexes: Iterable[int]) -> frozenset[int]:
     return frozenset(indexes)
 
@@ -67,12 +71,16 @@ class Table:
         right: the indexes of the right-aligned columns.
         wrap: the column that may wrap on a narrow terminal (the others stay
             on one line and are cut short if they must).
+        optional: the columns left out, in this order, while the table is
+            wider than the terminal: the ones that matter least first, so that
+            those that matter are not cut short. A caption names them.
     """
 
     headers: tuple[str, ...] = attrs.field(converter=_strings)
     rows: tuple[tuple[str, ...], ...] = attrs.field(converter=_cells)
     right: frozenset[int] = attrs.field(default=frozenset(), converter=_indexes)
     wrap: int | None = None
+    optional: tuple[int, ...] = attrs.field(default=(), converter=_order)
 
     def plain(self) -> str:
         """The table as aligned lines, two spaces between columns."""
@@ -87,18 +95,36 @@ class Table:
 
         return "\n".join([line(self.headers), line(["-" * w for w in widths]), *(line(row) for row in self.rows)])
 
-    def rich(self) -> RichTable:
-        """The table for a terminal."""
-        grid = RichTable(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
-        for index, header in enumerate(self.headers):
+    def rich(self, width: int | None = None) -> RichTable:
+        """The table for a terminal ``width`` cells wide (None: as wide as it needs)."""
+        shown = self._columns(width)
+        left_out = [self.headers[i] for i in range(len(self.headers)) if i not in shown]
+        caption = f"({', '.join(left_out)} left out: the terminal is too narrow)" if left_out else None
+        grid = RichTable(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, caption=caption)
+        for index in shown:
             justify: JustifyMethod = "right" if index in self.right else "left"
-            grid.add_column(header, justify=justify, no_wrap=index != self.wrap)
+            grid.add_column(self.headers[index], justify=justify, no_wrap=index != self.wrap)
         for row in self.rows:
-            grid.add_row(*(Text(cell) for cell in row))  # text, never markup
+            grid.add_row(*(Text(row[i]) for i in shown))  # text, never markup
         return grid
+
+    def _columns(self, width: int | None) -> list[int]:
+        """The columns to show in ``width`` cells: all, less the optional ones
+        that must go so that the others fit uncut."""
+        widths = [max([cell_len(h)] + [cell_len(row[i]) for row in self.rows]) for i, h in enumerate(self.headers)]
+        shown = list(range(len(self.headers)))
+        for index in self.optional:
+            if width is None or sum(widths[i] for i in shown) + _GAP * (len(shown) - 1) <= width:
+                break
+            shown.remove(index)
+        return shown
 
     def __str__(self) -> str:
         return self.plain()
+
+
+_GAP: Final = 2
+"""Cells between two columns of a rich table (its padding)."""
 
 
 def _pad(cell: str, width: int, *, right: bool) -> str:
@@ -119,7 +145,7 @@ def write(out: TextIO, *parts: Table | str) -> None:
         if console is None:
             print(part, file=out)
         elif isinstance(part, Table):
-            console.print(part.rich())
+            console.print(part.rich(console.width))
         else:
             console.print(Text(part))
 
@@ -145,6 +171,7 @@ def accounts_table(rows: Sequence[AccountRow]) -> Table | str:
         ],
         {4},
         wrap=1,
+        optional=(7, 6, 2),
     )
 
 
@@ -185,6 +212,7 @@ def account_details(view: AccountView) -> tuple[str, Table]:
             for entry in view.history
         ],
         {0, 3, 4},
+        optional=(1,),
     )
     return "\n".join(header), history
 

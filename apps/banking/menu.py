@@ -8,24 +8,30 @@ blank answer to a question without a default goes back to the menu. A command
 the bank refuses prints one line on stderr and the menu goes on; end of input
 or ``0`` leaves.
 
-On a terminal, answers are read with line editing and history (``readline``:
-arrow keys, ``Ctrl-R``); the terminal's settings are restored however the
-menu ends, Ctrl-C included.
+For a person (:func:`run_menu_in_main_thread`, what ``banking`` runs) the
+answers are read in the main thread, with line editing and history on a
+terminal (``readline``: arrow keys, ``Ctrl-R``), while the bank runs on Trio
+in another thread; the terminal's settings are restored however the menu
+ends, Ctrl-C included.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import queue
+import signal
 import sys
+import threading
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Final, TextIO, TypeVar
+from typing import Any, Final, Protocol, TextIO, TypeVar
 
 import trio
 
 from eventbus import EventBusError
 
 from . import actions
-from .app import Bank
+from .app import Bank, open_bank
 from .domain import (
     AccountStatus,
     BankingError,
@@ -53,46 +59,88 @@ Check = Callable[[str], Awaitable[_T]]
 """Turns an answer into a value, or raises ``BankingError`` (or ``ValueError``) saying what is wrong."""
 
 
-LINE_EDITING: Final = False
-"""Whether answers are read with readline's line editing on a terminal."""
+class LineSource(Protocol):
+    """Where the menu's answers come from."""
+
+    async def read(self, prompt: str) -> str | None:
+        """Show ``prompt``, wait for a line; return it without its end, or None at the end of input."""
+        ...
 
 
-class Prompter:
-    """Questions on ``out``, answers from ``stdin``, one line each.
-
-    On a terminal the answers are read with ``input()`` and ``readline``
-    (line editing, history); else plain lines are read, so that answers can
-    be piped in.
-    """
+class StreamLines:
+    """Lines read from a stream in a worker thread (no line editing): for
+    answers piped in, and for callers that own no main thread."""
 
     def __init__(self, stdin: TextIO, out: TextIO) -> None:
         self._stdin = stdin
+        self._out = out
+
+    async def read(self, prompt: str) -> str | None:
+        """Show ``prompt`` and read a line in a worker thread (cancellation abandons the read)."""
+        self._out.write(prompt)
+        self._out.flush()
+        line = await trio.to_thread.run_sync(self._stdin.readline, abandon_on_cancel=True)
+        return line.rstrip("\r\n") if line else None
+
+
+class MainThreadLines:
+    """Lines that the main thread reads with ``input()``, for Trio code in
+    another: on a terminal, ``readline`` gives them line editing and history.
+
+    ``readline`` belongs in the main thread: there Ctrl-C interrupts it
+    cleanly and the terminal's settings are put back; in a worker thread it
+    crashed the interpreter on Ctrl-C.
+    """
+
+    POLL = 0.05
+    """Seconds between the main thread's looks at whether the Trio side ended."""
+
+    def __init__(self) -> None:
+        self._requests: queue.Queue[tuple[str, queue.Queue[str | None]]] = queue.Queue()
+
+    async def read(self, prompt: str) -> str | None:
+        """From Trio: ask the main thread for a line (cancellation abandons the wait)."""
+        reply: queue.Queue[str | None] = queue.Queue(maxsize=1)
+        self._requests.put((prompt, reply))
+        return await trio.to_thread.run_sync(reply.get, abandon_on_cancel=True)
+
+    def serve(self, until: threading.Event) -> None:
+        """In the main thread: read the lines asked for, until ``until`` is set.
+
+        Raises:
+            KeyboardInterrupt: Ctrl-C.
+        """
+        if sys.stdin.isatty() and sys.stdout.isatty():
+            _load_readline()
+        while not until.is_set():
+            try:
+                prompt, reply = self._requests.get(timeout=self.POLL)
+            except queue.Empty:
+                continue
+            try:
+                reply.put(input(prompt))
+            except EOFError:
+                reply.put(None)
+
+
+class Prompter:
+    """Questions on ``out``, answers from a :class:`LineSource`, one line each."""
+
+    def __init__(self, lines: LineSource, out: TextIO) -> None:
+        self._lines = lines
         self.out = out
-        # Line editing (readline in the worker thread that waits for a line)
-        # is off: Ctrl-C while it waits crashed the process (SIGSEGV) in about
-        # one run in three. Plain lines are read until it is made safe.
-        self._editing = LINE_EDITING and _is_terminal(stdin) and _is_terminal(out) and _load_readline()
 
     async def line(self, prompt: str) -> str:
-        """Show ``prompt`` and wait for a line, without its end (read in a worker
-        thread; cancellation abandons the read).
+        """Show ``prompt`` and wait for a line, without its end.
 
         Raises:
             EndOfInput: standard input ended.
         """
-        if self._editing:
-            try:
-                return await trio.to_thread.run_sync(input, prompt, abandon_on_cancel=True)
-            except EOFError:
-                self.out.write("\n")
-                raise EndOfInput from None
-        self.out.write(prompt)
-        self.out.flush()
-        line = await trio.to_thread.run_sync(self._stdin.readline, abandon_on_cancel=True)
-        if not line:
+        line = await self._lines.read(prompt)
+        if line is None:
             self.out.write("\n")
             raise EndOfInput
-        return line.rstrip("\r\n")
+        return line
 
     async def ask(self, question: str, check: Check[_T], default: str | None = None) -> _T:
         """Ask until the answer passes ``check``; return what ``check`` made of it.
@@ -284,31 +332,131 @@ def choose(answer: str) -> tuple[str, str, str, Action | None] | None:
     return None
 
 
-async def run_menu(bank: Bank, *, stdin: TextIO, out: TextIO) -> None:
+async def run_menu(bank: Bank, *, stdin: TextIO, out: TextIO, lines: LineSource | None = None) -> None:
     """Show the menu and run what is picked, until ``0`` or the end of input.
 
-    Refusals and database errors are printed (``error: ...`` on stderr) and
-    the menu goes on.
+    Answers come from ``lines`` (by default ``stdin``, read in a worker
+    thread). Refusals and database errors are printed (``error: ...`` on
+    stderr) and the menu goes on.
     """
-    io = Prompter(stdin, out)
-    with terminal_restored(stdin):
-        print("A bank on eventbus. Amounts are like 100.00; account ids like acc-0123456789abcdef.", file=out)
-        print("A blank answer goes back to the menu; Ctrl-D or 0 leaves.", file=out)
-        while True:
-            print(_menu_text(), file=out)
-            try:
-                entry = choose(await io.line("Choose: "))
-                if entry is None:
-                    io.complain(f"choose one of {', '.join(key for key, *_ in MENU)}")
-                    continue
-                action = entry[3]
-                if action is None:
-                    break
-                await action(bank, io)
-            except EndOfInput:
+    io = Prompter(lines or StreamLines(stdin, out), out)
+    print("A bank on eventbus. Amounts are like 100.00; account ids like acc-0123456789abcdef.", file=out)
+    print("A blank answer goes back to the menu; Ctrl-D or 0 leaves.", file=out)
+    while True:
+        print(_menu_text(), file=out)
+        try:
+            entry = choose(await io.line("Choose: "))
+            if entry is None:
+                io.complain(f"choose one of {', '.join(key for key, *_ in MENU)}")
+                continue
+            action = entry[3]
+            if action is None:
                 break
-            except Cancelled:
-                print("(back to the menu)", file=out)
-            except (BankingError, EventBusError) as exc:
-                io.complain(str(exc))
-        print("Goodbye.", file=out)
+            await action(bank, io)
+        except EndOfInput:
+            break
+        except Cancelled:
+            print("(back to the menu)", file=out)
+        except (BankingError, EventBusError) as exc:
+            io.complain(str(exc))
+    print("Goodbye.", file=out)
+
+
+CLOSE_TIMEOUT = 5.0
+"""Seconds the main thread waits, after Ctrl-C, for the bank to close."""
+
+CTRL_C_RETRY = 0.2
+"""Seconds after a Ctrl-C that the main thread has not acted on before it is sent again."""
+
+
+@contextlib.contextmanager
+def _ctrl_c_reaches_readline() -> Iterator[threading.Event]:
+    """Make every Ctrl-C interrupt ``input()`` in the main thread; yield the
+    event that the main thread sets once it has acted on one.
+
+    readline waits in ``select()`` and looks for signals only when that call
+    is interrupted: a Ctrl-C that lands between its prompt and the call is
+    noted and then waits for the next key. A watcher thread hears of each
+    SIGINT (the interpreter's wakeup descriptor) and sends it to the main
+    thread again until the main thread has acted on it.
+    """
+    interrupted = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield interrupted
+        return
+    read, write = os.pipe()
+    os.set_blocking(write, False)
+    previous = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+    main = threading.main_thread().ident
+    assert main is not None
+
+    def watch() -> None:
+        while data := os.read(read, 64):
+            if signal.SIGINT in data:
+                while not interrupted.wait(CTRL_C_RETRY):
+                    signal.pthread_kill(main, signal.SIGINT)
+
+    watcher = threading.Thread(target=watch, name="Ctrl-C", daemon=True)
+    watcher.start()
+    try:
+        yield interrupted
+    finally:
+        signal.set_wakeup_fd(previous)
+        interrupted.set()
+        os.close(write)  # the watcher reads the end and leaves
+        watcher.join(1.0)
+        os.close(read)
+
+
+def run_menu_in_main_thread(dsn: str | None, out: TextIO | None = None) -> None:
+    """Run the menu for a person: the answers read in this (the main) thread,
+    with line editing on a terminal, the bank on Trio in another thread.
+
+    Blocks until ``0`` or the end of input; the terminal's settings are put
+    back however it ends.
+
+    Raises:
+        KeyboardInterrupt: Ctrl-C (the bank is closed first, for at most
+            ``CLOSE_TIMEOUT`` seconds).
+        StoreUnavailable, BankingError: as the bank raises them.
+    """
+    out = sys.stdout if out is None else out
+    lines = MainThreadLines()
+    ended = threading.Event()
+    box: dict[str, Any] = {}
+
+    async def bank_side() -> None:
+        box["token"] = trio.lowlevel.current_trio_token()
+        with trio.CancelScope() as box["scope"]:
+            async with open_bank(dsn) as bank:
+                await run_menu(bank, stdin=sys.stdin, out=out, lines=lines)
+
+    def bank_thread() -> None:
+        # Ctrl-C must reach the main thread: readline waits there in select(), which only
+        # a signal delivered to that very thread interrupts. Threads started from here
+        # (Trio's workers) inherit the mask.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            trio.run(bank_side)
+        except BaseException as exc:
+            box["error"] = exc
+        finally:
+            ended.set()
+
+    thread = threading.Thread(target=bank_thread, name="the bank", daemon=True)
+    with terminal_restored(sys.stdin), _ctrl_c_reaches_readline() as interrupted:
+        thread.start()
+        try:
+            lines.serve(ended)
+        except KeyboardInterrupt:
+            interrupted.set()
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C while closing changes nothing
+            scope, token = box.get("scope"), box.get("token")
+            if scope is not None and token is not None:
+                with contextlib.suppress(trio.RunFinishedError):
+                    trio.from_thread.run_sync(scope.cancel, trio_token=token)
+            thread.join(CLOSE_TIMEOUT)
+            raise
+    thread.join()
+    if "error" in box:
+        raise box["error"]

@@ -8,7 +8,7 @@ trio-asyncio's loop and uses its private attributes, so it is applied only
 when the library's method is exactly the one it was written against (compared
 by the digest of its syntax tree, see ``KNOWN_MAIN_LOOPS``); otherwise the
 loop runs unpatched, a warning says why, and the test suite fails
-(``tests/unit/test_loop_patch.py``). Set ``EVENTBUS_LOOP_PATCH=0`` to turn it
+(``tests/unit/db/test_loop_patch.py``). Set ``EVENTBUS_LOOP_PATCH=0`` to turn it
 off.
 """
 

@@ -32,6 +32,7 @@ import logging
 import os
 import secrets
 import socket
+from json.encoder import encode_basestring
 from typing import Any
 
 import attrs
@@ -61,6 +62,15 @@ IDLE_CHECKPOINT = 0.5
 LEAVE_TIMEOUT = 2.0
 """Seconds a stopping process tries to hand its leases back before leaving them to expire."""
 
+ROUTES_REMEMBERED = 65_536
+"""String keys whose partition a process remembers (then it forgets them all
+and starts again): it reads every event of the projection, whatever it
+holds, and would otherwise hash the key of each one. Only keys of up to
+``ROUTED_KEY_CHARS`` characters are remembered, so that memory stays bounded."""
+
+ROUTED_KEY_CHARS = 256
+"""The longest string key whose partition a process remembers; longer ones are hashed each time."""
+
 _log = logging.getLogger("eventbus.projections")
 
 
@@ -71,7 +81,10 @@ def partition_of(key: Any, partitions: int) -> int:
     Raises:
         TypeError, ValueError: ``key`` is not a JSON value.
     """
-    text = json.dumps(key, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    if type(key) is str:  # the same text as json.dumps gives, without building an encoder
+        text = encode_basestring(key)
+    else:
+        text = json.dumps(key, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     digest = hashlib.blake2b(text.encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") % partitions
 
@@ -118,6 +131,8 @@ class PartitionedRunner:
         self._resume = trio.Event()
         self._batch_started: float | None = None
         self._unkeyed: dict[Any, str] = {}  # event id -> why the key function failed on it
+        self._routes: dict[str, int] = {}  # string key -> its partition (see ROUTES_REMEMBERED)
+        self._routed_over = projection.partitions  # the partitions self._routes was made for
         self._applying = attrs.evolve(
             projection,
             handlers={t: self._guard(h) for t, h in projection.handlers.items()},
@@ -386,7 +401,18 @@ class PartitionedRunner:
         projection = self.projection
         assert projection.partition_key is not None
         try:
-            return partition_of(projection.partition_key(record), projection.partitions)
+            key = projection.partition_key(record)
+            if type(key) is not str or len(key) > ROUTED_KEY_CHARS:
+                return partition_of(key, projection.partitions)
+            if self._routed_over != projection.partitions:
+                self._routes.clear()
+                self._routed_over = projection.partitions
+            k = self._routes.get(key)
+            if k is None:
+                if len(self._routes) >= ROUTES_REMEMBERED:
+                    self._routes.clear()
+                k = self._routes[key] = partition_of(key, projection.partitions)
+            return k
         except Exception as exc:
             # Stable for every process: the event id picks the partition that fails on it.
             self._unkeyed[record.event_id] = f"partition_key raised {type(exc).__name__}: {exc}"

@@ -5,8 +5,9 @@ run's own while, at the moments seed 2024 fixes, simulators are killed with
 SIGKILL and started again, the server crashes and restarts, its postmaster
 is killed with SIGKILL and it is started again, the bus's connections are
 terminated, the handler of a projection hangs in the process that leads
-it, and the hot standby a reader reads through crashes and restarts. The
-last 10 s are quiet, so no fault can race the
+it, a process that holds partitions of a partitioned projection is killed
+with SIGKILL and started again, and the hot standby a reader reads through
+crashes and restarts. The last 10 s are quiet, so no fault can race the
 stop or the checks. About a minute.
 """
 
@@ -55,6 +56,8 @@ def test_the_short_chaos_run_survives_kills_crashes_terminated_connections_and_h
     assert count("connection terminations (pg_terminate_backend)", output) >= 1
     assert count("postmasters killed (SIGKILL, then started)", output) >= 1
     assert count("handler hangs (the leading projector)", output) >= 1
+    assert count("projectors holding partitions killed (SIGKILL)", output) >= 1
+    assert re.search(r"^the partitioned ledger applied every event once.*\bok\b", output, re.MULTILINE)
     assert count("hot standby restarts (immediate mode)", output) >= 1
     assert re.search(r"^reads with min_position include it .*\bok\b", output, re.MULTILINE)
     assert count("total", output) > 300  # acknowledged commands: the run did real work, also on a loaded machine

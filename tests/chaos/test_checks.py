@@ -28,9 +28,10 @@ from apps.banking.features.transfer.types import money_transferred
 from apps.banking.features.withdraw.types import money_withdrawn
 from chaos import _checks
 from chaos._processes import Incarnation, Outcome
-from chaos._projector import Seen
+from chaos._projector import PARTITIONS, PartsRow, Seen, account_key
 from chaos._schedule import DECK, FIRST_START_DECK, FIRST_START_SIGNALS, OWN_SERVER, FaultKind, make_schedule
 from eventbus import Event, EventRecord
+from eventbus.testing import partition_of
 
 EUR, USD = Currency.EUR, Currency.USD
 T0 = datetime(2025, 3, 1, tzinfo=UTC)
@@ -315,6 +316,8 @@ def test_a_ledger_that_applied_an_event_twice_missed_one_or_trails_the_head_is_a
 def test_a_batch_past_its_deadline_a_failure_that_kept_the_lead_or_a_silent_projector_is_a_violation() -> None:
     fine = Seen(0, hangs=3, longest_batch=1.6, deadline_failures=3, failed=1, done=True)
     assert _checks.hangs_cut_off([(0, fine, None), (1, Seen(1, done=True), None)], deadline=1.5, slack=3.0).ok
+    interrupted = Seen(0, hangs=1, longest_batch=1.3, hangs_interrupted=1, done=True)  # its connection ended first
+    assert _checks.hangs_cut_off([(0, interrupted, None)], deadline=1.5, slack=3.0).ok
     long = Seen(0, hangs=2, longest_batch=9.0, deadline_failures=0, failed=1, failed_holding_lead=1, done=True)
     check = _checks.hangs_cut_off(
         [(0, long, None), (1, Seen(1), "projector 1 ended with status 1"), (2, None, None)], deadline=1.5, slack=3.0
@@ -381,3 +384,37 @@ def test_the_password_in_any_log_plain_or_url_quoted_is_a_violation(tmp_path: Pa
     (tmp_path / "quoted.log").write_text("postgresql://postgres:s3cr3t%2Fpa%20ss@/chaos")
     check = _checks.secret_never_shown(sorted(tmp_path.glob("*.log")), secret)
     assert check.problems == ("plain.log shows the database password", "quoted.log shows the database password")
+
+
+def parts_rows(records: list[EventRecord]) -> list[PartsRow]:
+    """The partitioned ledger of a clean run: partition 0's lease moved from process a to b at position 5."""
+    return [
+        PartsRow(r.sequence_number, str(r.event_id), partition_of(account_key(r), PARTITIONS),
+                 "a" if r.sequence_number < 5 else "b", 1 if r.sequence_number < 5 else 2)
+        for r in records
+    ]  # fmt: skip
+
+
+def test_a_partitioned_ledger_applied_twice_misrouted_or_committed_by_two_holders_is_a_violation() -> None:
+    records = clean_history()
+    rows = parts_rows(records)
+    at_head = dict.fromkeys(range(PARTITIONS), 8)
+    assert _checks.partitions_applied_once(rows, at_head, records, 8).ok
+    k = rows[2].partition
+    broken = [rows[0], rows[0], *rows[2:], PartsRow(9, str(uuid.UUID(int=0)), 0, "b", 2)]
+    broken[2] = attrs.evolve(broken[2], partition=(k + 1) % PARTITIONS)  # position 3 elsewhere
+    broken[3] = attrs.evolve(broken[3], event_id="other", owner="c")  # position 4: epoch 1 by a second owner
+    broken[5] = attrs.evolve(broken[5], owner="a", epoch=1)  # position 6: back to epoch 1 after epoch 2
+    assert _checks.partitions_applied_once(rows, {**at_head, 0: 6, 3: 0}, records, 8).ok  # each past its last
+    check = _checks.partitions_applied_once(broken, {**at_head, 0: 5, 3: 9}, records, 8)
+    assert check.problems == (
+        "chaos_parts applied position 1 2 times",
+        "chaos_parts never applied position 2",
+        f"chaos_parts applied position 3 in partition {(k + 1) % PARTITIONS}; its key goes to {k}",
+        f"chaos_parts holds event other at position 4; the store holds {records[3].event_id}",
+        "chaos_parts applied position 9, which the store does not hold",
+        "partition 0, epoch 1: committed by a and by c",
+        "partition 0: position 6 committed under epoch 1, after epoch 2",
+        "chaos_parts partition 0's checkpoint is at 5; its last event is at 6, the head at 8",
+        "chaos_parts partition 3's checkpoint is at 9; its last event is at 0, the head at 8",
+    )

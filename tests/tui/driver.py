@@ -1,15 +1,18 @@
 """Drive the dashboard in tests: a real bank and bus in Trio, the app through ``run_test()``.
 
-A test writes its body as an asyncio coroutine ``script(app, pilot)``; Trio
-work inside it goes through ``call_trio``. Waiting is on the state (woken by
-every change), then on the app's next redraw: never a fixed sleep.
+The app runs as it does for a person: on an asyncio loop in a thread of its
+own (``tui/bridge.py``). A test writes its body as an asyncio coroutine
+``script(app, pilot)``; Trio work inside it goes through :func:`call_trio`.
+Waiting is on the state (woken by every change), then on the app's next
+redraw: never a fixed sleep.
 """
 
 from __future__ import annotations
 
+import contextvars
 import io
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 from rich.cells import cell_len
@@ -18,10 +21,13 @@ from textual.pilot import Pilot
 from textual.widget import Widget
 
 from apps.banking.app import Bank, open_bank
-from eventbus import call_asyncio, call_trio, open_loop
+from eventbus import open_loop
 from tui.app import DashboardApp
+from tui.bridge import run_app_in_thread
 from tui.run import open_dashboard
 from tui.state import DashboardState
+
+T = TypeVar("T")
 
 SIZE = (120, 40)
 WAIT = 15.0
@@ -48,9 +54,21 @@ async def drive(
 
             async def go() -> None:
                 async with app.run_test(size=size) as pilot:
-                    await script(app, pilot)
+                    token = _app.set(app)
+                    try:
+                        await script(app, pilot)
+                    finally:
+                        _app.reset(token)
 
-            await call_asyncio(go)
+            await run_app_in_thread(go)
+
+
+_app: contextvars.ContextVar[DashboardApp] = contextvars.ContextVar("app")
+
+
+async def call_trio(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+    """From a test's script: run ``await fn(*args)`` in the bus's Trio run, through the app's bridge."""
+    return await _app.get().bridge.call(fn, *args)
 
 
 def screen_text(app: DashboardApp) -> str:

@@ -13,14 +13,14 @@ from textual.pilot import Pilot
 
 from apps.banking.app import Bank
 from apps.banking.features.list_accounts.shell import PROJECTION as ACCOUNTS
-from eventbus import Event, EventRecord, RestartPolicy, Transaction, call_trio
+from eventbus import Event, EventRecord, RestartPolicy, Transaction
 from tui.accounts import AccountsTable
 from tui.app import DashboardApp
 from tui.log import EventLog
 from tui.state import RateWindow
 from tui.widgets import KeyBar
 
-from .driver import drive, region_text, screen_text, type_text, until, until_state
+from .driver import call_trio, drive, region_text, screen_text, type_text, until, until_state
 
 
 async def _some_accounts(bank: Bank) -> None:

@@ -6,6 +6,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -103,5 +104,26 @@ async def test_just_banking_opens_an_account_with_key_presses_and_quits_with_q(d
                 await trio.sleep(0.1)
         assert terminal.pane_dead(), terminal.screen()
         assert [p.pid for p in processes if _alive(p)] == []
+    finally:
+        subprocess.run([*terminal.base, "kill-server"], capture_output=True, check=False)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=lambda s: s.name)
+async def test_a_signal_to_the_dashboard_quits_it_as_q_does(dsn: str, signum: signal.Signals) -> None:
+    terminal = Terminal(f"eventbus-test-{psutil.Process().pid}-{signum.name}")
+    command = f"cd {shlex.quote(str(ROOT))} && EVENTBUS_DSN={shlex.quote(dsn)} exec {shlex.quote(JUST)} banking"
+    terminal.tmux("new-session", "-d", "-s", "main", "-x", "120", "-y", "40", command)
+    try:
+        terminal.tmux("set-option", "-t", "main", "remain-on-exit", "on")
+        await terminal.wait_for("projections 2 live", timeout=START_TIMEOUT)
+        processes = [psutil.Process(terminal.pane_pid())]
+        processes += processes[0].children(recursive=True)
+        (dashboard,) = [p for p in processes if "python" in p.name().lower()]
+        dashboard.send_signal(signum)
+        with trio.move_on_after(QUIT_TIMEOUT):
+            while any(map(_alive, processes)):
+                await trio.sleep(0.1)
+        assert [p.pid for p in processes if _alive(p)] == [], terminal.screen()
+        assert "Traceback" not in terminal.screen()
     finally:
         subprocess.run([*terminal.base, "kill-server"], capture_output=True, check=False)

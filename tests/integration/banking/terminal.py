@@ -21,8 +21,8 @@ import trio
 
 from ...helpers import ROOT
 
-TIMEOUT = 60.0
-"""Seconds a run may take at most."""
+TIMEOUT = 120.0
+"""Seconds a run may take at most (a loaded machine takes its time to open the bank)."""
 
 
 class Terminal:
@@ -32,6 +32,7 @@ class Terminal:
         self.process = process
         self._master = master
         self.screen = ""
+        self.ended = False
         self._grew = trio.Event()
         self._stdout = b""
 
@@ -47,6 +48,8 @@ class Terminal:
                 data = os.read(self._master, 65536)
             except OSError as exc:
                 if exc.errno == errno.EIO:  # the other end is closed: the process is gone
+                    self.ended = True
+                    self._grew.set()
                     return
                 raise
             if not data:
@@ -63,11 +66,17 @@ class Terminal:
             self._stdout += chunk
 
     async def wait_for(self, pattern: str, *, start: int = 0) -> int:
-        """Wait until ``pattern`` (a regular expression) shows after offset ``start``; return the offset after it."""
+        """Wait until ``pattern`` (a regular expression) shows after offset ``start``; return the offset after it.
+
+        Raises:
+            AssertionError: the process ended first (with what it wrote).
+        """
         while True:
             match = re.compile(pattern).search(self.screen, start)
             if match:
                 return match.end()
+            if self.ended:
+                raise AssertionError(f"the process ended before {pattern!r} showed; it wrote:\n{self.screen}")
             await self._grew.wait()
 
     def type(self, keys: str | bytes) -> None:
@@ -112,12 +121,14 @@ async def run_in_terminal(
         os.close(slave)
     terminal = Terminal(process, master)
     try:
-        with trio.fail_after(TIMEOUT):
+        with trio.move_on_after(TIMEOUT) as limit:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(terminal._read)
                 nursery.start_soon(terminal._read_stdout)
                 await script(terminal)
                 status = await process.wait()
+        if limit.cancelled_caught:
+            raise AssertionError(f"not done after {TIMEOUT} s; the terminal shows:\n{terminal.screen}")
     finally:
         if process.returncode is None:
             process.kill()

@@ -343,6 +343,11 @@ async def test_a_malformed_connection_string_is_called_malformed_and_its_passwor
     assert typo.status == 2 and "malformed" in typo.err and "s3cret" not in typo.err
     port = await banking("postgresql://ada:s3cret@db.example:port/bank", "analytics")
     assert port.status == 2 and "malformed" in port.err and "s3cret" not in port.err
+    no_host = await banking("postgresql://ada:s3cret/bank", "list")  # the password reads as a port
+    assert no_host.err == (
+        "error: the connection string is malformed: its host or port cannot be read;"
+        " write it like postgresql://user:password@host:5432/database\n"
+    )
 
 
 async def test_the_environments_malformed_connection_string_is_called_malformed_too() -> None:

@@ -57,6 +57,26 @@ async def test_list_draws_a_rich_table_on_a_terminal_aligned_with_wide_character
     assert "─" in plain  # rich's rule under the headers, not plain text's dashes
 
 
+async def test_list_at_80_columns_leaves_out_the_times_and_cuts_no_balance_or_id(dsn: str) -> None:
+    async with open_bank(dsn, projections=False) as bank:
+        receipt = await bank.open_account(
+            owner="Grace Brewster Murray Hopper", account_type="savings", currency="USD", initial_deposit="1234567.89"
+        )
+    account_id = receipt.account_id
+
+    async def script(terminal: Terminal) -> None:
+        await terminal.wait_for(r"USD: 1 account")
+
+    status, terminal = await run_in_terminal(["list"], script, env=_env(dsn), size=(80, 24))
+    assert status == 0
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", terminal.screen).replace("\r", "")
+    (row,) = [line for line in plain.splitlines() if line.startswith(account_id)]
+    assert re.search(r"USD +1,234,567\.89 +open", row), row
+    assert "…" not in row
+    assert "(Type, Opened, Last change left out: the terminal is too narrow)" in " ".join(plain.split())
+    assert re.search(r"\d{4}-\d\d-\d\d", plain) is None and "Opened " not in plain
+
+
 def _cells(text: str) -> int:
     return sum(2 if "\u4e00" <= char <= "\u9fff" else 1 for char in text)
 

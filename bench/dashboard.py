@@ -1,0 +1,153 @@
+"""`just bench dashboard`: what the dashboard adds to the bus's append latency and lag.
+
+One process, one bus, the bank's read models running, 1,000 appends/s (one
+deposit each, into 20 accounts, from a task per append): the latency of each
+append (from the call to its return) and the lag of a subscriber in the same
+process (from an append's return to the subscriber's receipt of it). Rounds
+without and with the dashboard alternate on fresh databases, so that what the
+machine does meanwhile falls on both; the dashboard runs headless at 120x40,
+as it runs for a person: on an asyncio loop in a thread of its own
+(``tui/bridge.py``). The server (embedded, unless ``EVENTBUS_DSN`` names one)
+runs with ``fsync`` off: what the dashboard costs is processor time, and the
+disk's flushes would only add noise to both sides. Target: the dashboard adds
+at most 1 ms to the p99.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import time
+from typing import Any
+
+import trio
+
+from apps.banking.app import Bank, open_bank
+from bench._common import BENCH_DIR, Report, database_dsn, median, percentile, server
+from eventbus import Event, create_filter, open_loop, testing
+from eventbus.testing import EmbeddedServer, dsn_from_environment
+from tui.bridge import run_app_in_thread
+from tui.run import open_dashboard
+
+RATE = 1000.0
+"""Appends per second."""
+
+SECONDS = float(os.environ.get("EVENTBUS_BENCH_DASHBOARD_SECONDS", "15"))
+"""Seconds of load per round."""
+
+ROUNDS = int(os.environ.get("EVENTBUS_BENCH_DASHBOARD_ROUNDS", "3"))
+"""Rounds of each kind (without, with), alternating."""
+
+WARM_UP = 0.1
+"""Share of each round's appends left out of the figures (the first ones)."""
+
+ACCOUNTS = 20
+
+TARGET_MS = 1.0
+"""The most the dashboard may add to the append p99, in milliseconds."""
+
+
+async def _load(bank: Bank, rate: float, seconds: float) -> dict[str, list[float]]:
+    accounts = [
+        (await bank.open_account(owner=f"Owner {n}", account_type="checking", currency="EUR")).account_id
+        for n in range(ACCOUNTS)
+    ]
+    latencies: list[float] = []
+    lags: list[float] = []
+    returned: dict[int, float] = {}
+
+    async def one(number: int) -> None:
+        event = Event("MoneyDeposited", {"accountId": accounts[number % ACCOUNTS], "amount": "1.00",
+                                         "currency": "EUR"})  # fmt: skip
+        started = time.perf_counter()
+        records = await bank.bus.store.append([event])
+        now = time.perf_counter()
+        latencies.append(now - started)
+        returned[records[0].sequence_number] = now
+
+    async def follow(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with bank.bus.subscribe(create_filter(["MoneyDeposited"]), name="bench lag") as sub:
+            task_status.started()
+            async for batch in sub:
+                now = time.perf_counter()
+                lags.extend(now - returned[r.sequence_number] for r in batch if r.sequence_number in returned)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(follow)
+        async with trio.open_nursery() as appends:
+            start = trio.current_time()
+            for number in range(int(rate * seconds)):
+                await trio.sleep_until(start + number / rate)
+                appends.start_soon(one, number)
+        await trio.sleep(0.5)  # the subscriber gets the last ones
+        nursery.cancel_scope.cancel()
+    skip = int(len(latencies) * WARM_UP)
+    return {"latency": latencies[skip:], "lag": lags[skip:]}
+
+
+async def _round(admin: str, name: str, dashboard: bool) -> dict[str, list[float]]:
+    async with open_loop():
+        conn = await testing.connect(admin)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+        await testing.create_database(admin, name)
+    async with open_loop(), open_bank(database_dsn(admin, name)) as bank:
+        if not dashboard:
+            return await _load(bank, RATE, SECONDS)
+        async with open_dashboard(bank, database=name) as app:
+
+            async def go() -> dict[str, list[float]]:
+                async with app.run_test(size=(120, 40)):
+                    return await app.bridge.call(_load, bank, RATE, SECONDS)
+
+            return await run_app_in_thread(go)
+
+
+def _ms(values: list[float], q: float) -> float:
+    return percentile(values, q) * 1e3
+
+
+def _server() -> str:
+    if dsn_from_environment():
+        return server()[0]
+    embedded = EmbeddedServer(BENCH_DIR / "dashboard-server", settings={"fsync": "off"})
+    embedded.start()
+    atexit.register(embedded.stop)
+    return embedded.dsn()
+
+
+async def _main() -> Report:
+    admin = _server()
+    rounds: dict[bool, list[dict[str, list[float]]]] = {False: [], True: []}
+    for number in range(ROUNDS):
+        for dashboard in (False, True):
+            rounds[dashboard].append(await _round(admin, f"bench_dashboard_{int(dashboard)}", dashboard))
+            figures = rounds[dashboard][-1]
+            print(f"round {number + 1}, {'with' if dashboard else 'without'} the dashboard: append p50 "
+                  f"{_ms(figures['latency'], 0.5):.2f} ms, p99 {_ms(figures['latency'], 0.99):.2f} ms; "
+                  f"lag p99 {_ms(figures['lag'], 0.99):.2f} ms", flush=True)  # fmt: skip
+    report = Report(f"dashboard: {RATE:,.0f} appends/s, {ROUNDS} rounds of {SECONDS:g} s each way")
+    report.note(f"load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    for figure, key, q in (("append latency p50", "latency", 0.5), ("append latency p99", "latency", 0.99),
+                           ("subscriber lag p50", "lag", 0.5), ("subscriber lag p99", "lag", 0.99)):  # fmt: skip
+        without = median([_ms(r[key], q) for r in rounds[False]])
+        with_ = median([_ms(r[key], q) for r in rounds[True]])
+        target = ""
+        if figure == "append latency p99":
+            target = f"+{TARGET_MS:g} ms {'met' if with_ - without <= TARGET_MS else 'MISSED'}"
+        report.row(f"{figure} with the dashboard (median of rounds), vs without", f"{with_:.2f} ms",
+                   f"{without:.2f} ms", f"{with_ - without:+.2f} ms", target)  # fmt: skip
+    return report
+
+
+def main() -> dict[str, Any]:
+    """Run the rounds and print the report."""
+    report = trio.run(_main)
+    report.print()
+    return {"rows": report.rows}
+
+
+if __name__ == "__main__":
+    main()
