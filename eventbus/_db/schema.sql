@@ -9,7 +9,7 @@ CREATE TABLE IF NOT EXISTS eventbus.meta (
     value text NOT NULL
 );
 
--- Positions are handed out by append_batch under the append lock, so they are
+-- Positions are handed out by append_events under the append lock, so they are
 -- assigned and committed in order. The sequence only remembers the last one.
 CREATE SEQUENCE IF NOT EXISTS eventbus.event_position AS bigint;
 
@@ -266,7 +266,11 @@ $$;
 -- some are stored it is 'id_conflict'; if an event matching its condition has
 -- a position after "a", stored or appended earlier in this batch, it is
 -- 'conflict'; otherwise 'ok'. Then all 'ok' events (and their tags) are
--- inserted at once.
+-- inserted at once, at consecutive positions in the order of the arrays, and
+-- one row tells them all: outcome 'ok', the first position, the commit time
+-- and how many were stored (events_stored). The caller knows which appends
+-- were refused or retries, so it can number the rest itself; a row per event
+-- would cost the server, the wire and the driver as much again as the insert.
 --
 -- Stored ids are looked up first only with p_check_ids (or for an append whose
 -- condition failed, which may be its own retry). Without it, a retry of an
@@ -279,12 +283,10 @@ $$;
 -- slow transaction holding position 7 could commit after one holding 8.) Each
 -- statement after the lock takes a fresh snapshot, so conditions see every
 -- append committed before this one.
--- (Its result gained the stored events' type, payload and metadata: a
--- function's result type cannot be replaced, only dropped and made anew.)
-DROP FUNCTION IF EXISTS eventbus.append_batch(
-    integer[], uuid[], text[], text[], text[], integer[], bigint[], jsonb, integer[], integer[], boolean, text
-);
-CREATE FUNCTION eventbus.append_batch(
+-- (It replaces append_batch, which answered with a row per stored event;
+-- that one stays in databases that have it, for processes of earlier
+-- versions still running during an upgrade.)
+CREATE OR REPLACE FUNCTION eventbus.append_events(
     p_append_of integer[],
     p_ids uuid[],
     p_types text[],
@@ -305,7 +307,8 @@ CREATE FUNCTION eventbus.append_batch(
     occurred_at timestamptz,
     stored_type text,
     stored_payload jsonb,
-    stored_metadata jsonb
+    stored_metadata jsonb,
+    events_stored integer
 )
 LANGUAGE plpgsql
 AS $$
@@ -360,9 +363,11 @@ BEGIN
                     -- the condition failed: maybe on this very append, stored before
                     v_retry := EXISTS (SELECT 1 FROM eventbus.events e
                                        WHERE e.event_id = ANY (p_ids[v_lo[j]:v_hi[j]]));
-                ELSIF v_hit IS NULL AND EXISTS (
-                        SELECT 1 FROM unnest(p_dep_of, p_dep_on) AS d(a, b) WHERE d.a = j AND v_ok[d.b]) THEN
-                    v_hit := 0;  -- an earlier append of this batch matches
+                ELSIF v_hit IS NULL AND cardinality(p_dep_of) > 0 THEN
+                    -- (a query per append only in a batch that has dependencies)
+                    IF EXISTS (SELECT 1 FROM unnest(p_dep_of, p_dep_on) AS d(a, b) WHERE d.a = j AND v_ok[d.b]) THEN
+                        v_hit := 0;  -- an earlier append of this batch matches
+                    END IF;
                 END IF;
             END IF;
 
@@ -376,15 +381,15 @@ BEGIN
                 IF v_same = v_hi[j] - v_lo[j] + 1 THEN
                     RETURN QUERY
                     SELECT j, 'duplicate'::text, e.event_id, e.sequence_number, e.occurred_at,
-                           e.event_type, e.payload, e.metadata
+                           e.event_type, e.payload, e.metadata, NULL::integer
                     FROM eventbus.events e WHERE e.event_id = ANY (p_ids[v_lo[j]:v_hi[j]]);
                 ELSE
                     RETURN QUERY SELECT j, 'id_conflict'::text, NULL::uuid, NULL::bigint, NULL::timestamptz,
-                                        NULL::text, NULL::jsonb, NULL::jsonb;
+                                        NULL::text, NULL::jsonb, NULL::jsonb, NULL::integer;
                 END IF;
             ELSIF v_hit IS NOT NULL THEN
                 RETURN QUERY SELECT j, 'conflict'::text, NULL::uuid, v_hit, NULL::timestamptz,
-                                    NULL::text, NULL::jsonb, NULL::jsonb;
+                                    NULL::text, NULL::jsonb, NULL::jsonb, NULL::integer;
             ELSE
                 v_ok[j] := true;
                 v_count := v_count + v_hi[j] - v_lo[j] + 1;
@@ -404,12 +409,10 @@ BEGIN
                 v_pos[i] := v_base + v_count;
             END IF;
         END LOOP;
-        RETURN QUERY
         INSERT INTO eventbus.events AS e (sequence_number, event_id, event_type, payload, metadata, occurred_at)
         SELECT v_pos[n.ord], n.id, n.typ, n.payload::jsonb, n.meta::jsonb, v_now
         FROM unnest(p_ids, p_types, p_payloads, p_metadata) WITH ORDINALITY AS n(id, typ, payload, meta, ord)
-        WHERE v_pos[n.ord] > 0
-        RETURNING 0, 'ok'::text, e.event_id, e.sequence_number, e.occurred_at, NULL::text, NULL::jsonb, NULL::jsonb;
+        WHERE v_pos[n.ord] > 0;
         INSERT INTO eventbus.event_tags (tag, sequence_number)
         SELECT t.tag, v_pos[t.ev] FROM unnest(p_tag_of, p_tags) AS t(ev, tag)
         WHERE v_pos[t.ev] > 0;
@@ -417,6 +420,7 @@ BEGIN
         IF EXISTS (SELECT 1 FROM eventbus.listeners l WHERE l.origin <> p_origin) THEN
             PERFORM pg_notify('eventbus_events', p_origin || ' ' || (v_base + v_count)::text);
         END IF;
+        RETURN QUERY SELECT 0, 'ok'::text, NULL::uuid, v_base + 1, v_now, NULL::text, NULL::jsonb, NULL::jsonb, v_count;
     END IF;
 END
 $$;

@@ -3,7 +3,7 @@
 Callers put requests on a bounded channel. The actor waits for a free write
 connection ("lane"), then for one request, then takes every other request that
 is ready, up to the batch limits: that is one batch, one transaction, one round
-trip through ``eventbus.append_batch``. While a batch is in flight on one lane
+trip through ``eventbus.append_events``. While a batch is in flight on one lane
 the actor forms the next on another, so preparing requests in Python overlaps
 with PostgreSQL's work; the database's append lock still commits the batches
 one after another, and each caller gets its own outcome.
@@ -74,6 +74,10 @@ def _unknown() -> StoreUnavailable:
         "the append may or may not be stored: retry it with the same event ids to find out",
         outcome_known=False,
     )
+
+
+def _no_position() -> DatabaseError:
+    return DatabaseError("the store returned no position for this append")
 
 
 def _in_doubt() -> ClosedError:
@@ -290,42 +294,49 @@ class StoreActor:
         return self._outcomes(batch, rows)
 
     def _outcomes(self, batch: list[Request], rows: Iterable[_db.Row | tuple[Any, ...]]) -> list[Outcome]:
-        # By the ids' ints: a UUID's own hash is computed in Python, each time.
-        stored: dict[int, tuple[int, Any, bool]] = {}  # id: position, commit time, whether new
-        found: dict[int, EventRecord] = {}  # a retry's events, as they are stored
+        # The stored events come back as one row (see append_events): the
+        # first position, the commit time and how many; they are the events
+        # of the appends neither refused nor found stored, in batch order.
+        first = stored = 0
+        committed_at: Any = None
+        found: dict[int, EventRecord] = {}  # a retry's events, as they are stored (by the ids' ints)
+        retries: set[int] = set()
         refused: dict[int, tuple[str, int | None]] = {}
-        for append_no, outcome, event_id, position, occurred_at, kind, payload, metadata in rows:
+        for append_no, outcome, event_id, position, occurred_at, kind, payload, metadata, count in rows:
             if outcome == "ok":
-                stored[event_id.int] = (position, occurred_at, True)
+                first, committed_at, stored = position, occurred_at, count
             elif outcome == "duplicate":
-                stored[event_id.int] = (position, occurred_at, False)
+                retries.add(append_no)
                 found[event_id.int] = EventRecord(position, event_id, kind, payload, metadata, occurred_at)
             else:
                 refused[append_no] = (outcome, position)
+        expected = sum(
+            len(request.events)
+            for number, request in enumerate(batch, 1)
+            if number not in refused and number not in retries
+        )
+        if expected != stored:  # (never, unless the function and this code disagree)
+            first = 0
         outcomes: list[Outcome] = []
+        position = first
         for number, request in enumerate(batch, 1):
             if refused and number in refused:
-                outcome, position = refused[number]
-                outcomes.append(Outcome(request, error=self._refusal(request, outcome, position)))
-                continue
-            records: list[EventRecord] = []
-            new = False  # as the first event was: stored by this append, or before
-            for p in request.events:
-                key = p.event_id.int
-                stored_as = stored.get(key)
-                if stored_as is None:
-                    error = DatabaseError("the store returned no position for this append")
-                    outcomes.append(Outcome(request, error=error))
-                    break
-                position, occurred_at, fresh = stored_as
-                if not records:
-                    new = fresh
-                record = found.get(key)
-                if record is None:
-                    record = EventRecord(position, p.event_id, p.event_type, p.payload, p.metadata, occurred_at)
-                records.append(record)
+                outcome, at = refused[number]
+                outcomes.append(Outcome(request, error=self._refusal(request, outcome, at)))
+            elif retries and number in retries:
+                again = [found[p.event_id.int] for p in request.events if p.event_id.int in found]
+                if len(again) == len(request.events):
+                    outcomes.append(Outcome(request, again, new=False))
+                else:
+                    outcomes.append(Outcome(request, error=_no_position()))
+            elif not first:
+                outcomes.append(Outcome(request, error=_no_position()))
             else:
-                outcomes.append(Outcome(request, records, new=new))
+                records = []
+                for p in request.events:
+                    records.append(EventRecord(position, p.event_id, p.event_type, p.payload, p.metadata, committed_at))
+                    position += 1
+                outcomes.append(Outcome(request, records, new=True))
         return outcomes
 
     @staticmethod

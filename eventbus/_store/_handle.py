@@ -3,7 +3,7 @@
 One actor (``_writer``) owns the write connections, its lanes. Callers put
 append requests on a bounded channel; the actor takes one, then its share of
 the others that are ready (group commit), and runs them in one transaction and
-one round trip through the ``eventbus.append_batch`` function, while the next
+one round trip through the ``eventbus.append_events`` function, while the next
 batch forms for another lane. Each caller then gets its own outcome: a failed
 condition or an id clash fails that append only. Reads go through a separate
 pool and never wait behind appends; with hot standbys, to the standbys first

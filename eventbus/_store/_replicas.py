@@ -19,7 +19,7 @@ statements: the driver answers a cancelled statement by asking the server to
 cancel it and waiting for the reply, which a server that hangs never sends.
 
 How a read knows what a standby holds: positions commit in order (every
-appender takes one advisory lock in ``append_batch``, and a commit's WAL
+appender takes one advisory lock in ``append_events``, and a commit's WAL
 record is written before its locks are released), and a standby replays
 commits in WAL order, so each of its snapshots shows a prefix of the log:
 every committed position up to the highest it shows. The highest is one

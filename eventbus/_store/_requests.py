@@ -195,7 +195,7 @@ def condition_filters(filter: Condition | None) -> tuple[EventFilter, ...] | Non
 
 @functools.lru_cache(maxsize=4096)
 def _condition_prefix(filter: EventFilter) -> str:
-    """A condition item as ``append_batch`` reads it, up to its position:
+    """A condition item as ``append_events`` reads it, up to its position:
     the same for every append on the same boundary, so written once (equal
     filters write the same text)."""
     if filter.predicate_texts is None or filter.predicate_tags is None:
@@ -207,7 +207,7 @@ def _condition_prefix(filter: EventFilter) -> str:
 
 
 def condition(filters: tuple[EventFilter, ...] | None, expected: int | None) -> str | None:
-    """The condition as ``append_batch`` reads it (an object for one filter,
+    """The condition as ``append_events`` reads it (an object for one filter,
     an array for several), or None for an unconditional append."""
     if filters is None:
         if expected is not None:

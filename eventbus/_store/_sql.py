@@ -12,7 +12,7 @@ from ._requests import Request, dependencies
 
 @attrs.frozen
 class BatchArguments:
-    """The parameters of ``eventbus.append_batch`` for one batch (see schema.sql).
+    """The parameters of ``eventbus.append_events`` for one batch (see schema.sql).
 
     Events are listed flat, in append order; ``append_of[i]`` is the 1-based
     append event ``i`` belongs to, ``tag_of[j]`` the 1-based event tag ``j``
@@ -41,7 +41,7 @@ class BatchArguments:
 
 
 APPEND_SQL = (
-    "SELECT * FROM eventbus.append_batch("
+    "SELECT * FROM eventbus.append_events("
     + ", ".join(f"${n}" for n in range(1, len(attrs.fields(BatchArguments)) + 1))
     + ")"
 )

@@ -196,7 +196,7 @@ FROM eventbus.event_position s, generate_series(1, 3) AS k;
 SELECT setval('eventbus.event_position', (SELECT max(sequence_number) FROM eventbus.events));
 ROLLBACK
 """
-"""What ``append_batch`` does for an append that then fails to commit: the
+"""What ``append_events`` does for an append that then fails to commit: the
 sequence (not transactional) keeps the positions it handed out, which stay
 unused forever."""
 

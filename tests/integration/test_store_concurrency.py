@@ -209,8 +209,8 @@ async def test_conditional_appends_on_unrelated_filters_all_succeed(dsn: str) ->
 
 
 def append_lock_key() -> int:
-    """The advisory lock ``append_batch`` takes (see _schema.sql)."""
-    match = re.search(r"pg_advisory_xact_lock\((\d+)\)", schema_sql().split("FUNCTION eventbus.append_batch", 1)[1])
+    """The advisory lock ``append_events`` takes (see _schema.sql)."""
+    match = re.search(r"pg_advisory_xact_lock\((\d+)\)", schema_sql().split("FUNCTION eventbus.append_events", 1)[1])
     assert match is not None
     return int(match.group(1))
 
@@ -274,6 +274,71 @@ async def test_a_batch_fails_only_its_bad_conflicting_and_clashing_appends(dsn: 
         assert positions_of(stored) == [1, 2, 3, 4, 5, 6, 7]
         assert stored[2:] == [record for records in committed for record in records]
         assert stored[1].payload == {"text": "first"}
+
+
+async def test_a_batch_numbers_its_stored_appends_around_retries_and_conflicts(dsn: str) -> None:
+    retried_id, retried_too_id = uuid.uuid4(), uuid.uuid4()
+    a1 = create_filter([], [{"accountId": "a1"}])
+    async with open_event_store(dsn, write_connections=1) as store:
+        [first] = await store.append([Event("Opened", {"accountId": "a1"})])
+        [retried] = await store.append([Event("Noted", {"n": 1}, event_id=retried_id)])
+        [retried_too] = await store.append([Event("Noted", {"n": 2}, event_id=retried_too_id)])
+        outcomes: dict[str, list[EventRecord] | BaseException] = {}
+
+        def appender(name: str, events: list[Event], *condition: Any) -> Callable[[], Awaitable[None]]:
+            async def run() -> None:
+                try:
+                    outcomes[name] = await store.append(events, *condition)
+                except ConcurrencyError as exc:
+                    outcomes[name] = exc
+
+            return run
+
+        lock = await testing.connect(dsn)
+        try:
+            await lock.execute("SELECT pg_advisory_lock($1)", append_lock_key())
+            before = store.statistics()
+            async with trio.open_nursery() as nursery:
+                for name, events, condition in [
+                    ("plug", [Event("Plug", {})], ()),
+                    ("one", [Event("A", {"n": 1})], ()),
+                    ("retry", [Event("Noted", {"n": 1}, event_id=retried_id)], ()),
+                    ("conflicting", [Event("Opened", {"accountId": "a1"})], (a1, 0)),
+                    ("two", [Event("B", {"n": 2}), Event("C", {"n": 3})], ()),
+                    ("retry, conditional", [Event("Noted", {"n": 2}, event_id=retried_too_id)], (a1, 0)),
+                    ("three", [Event("D", {"n": 4})], (a1, first.sequence_number)),
+                ]:
+                    nursery.start_soon(appender(name, events, *condition))
+                    await trio.testing.wait_all_tasks_blocked()  # in this order
+                await lock.execute("SELECT pg_advisory_unlock($1)", append_lock_key())
+        finally:
+            await lock.close()
+
+        assert store.statistics().batches - before.batches == 2
+        assert store.statistics().last_batch_appends == 6
+        assert outcomes["retry"] == [retried]
+        assert outcomes["retry, conditional"] == [retried_too]
+        assert isinstance(outcomes["conflicting"], ConcurrencyError)
+        stored = await everything(store)
+        assert positions_of(stored) == [1, 2, 3, 4, 5, 6, 7, 8]
+        assert stored[4:] == [record for name in ("one", "two", "three") for record in outcomes[name]]  # type: ignore[union-attr]
+
+
+async def test_the_append_function_answers_a_batch_of_stored_events_with_one_row(dsn: str) -> None:
+    async with testing.open_loop():
+        conn = await testing.connect(dsn)
+        try:
+            await testing.install_schema(conn)
+            ids = [uuid.uuid4() for _ in range(100)]
+            rows = await conn.fetch(
+                "SELECT * FROM eventbus.append_events($1, $2, $3, $4, $5, $6, $7, NULL, '{}', '{}', false, 'x')",
+                list(range(1, 101)), ids, ["A"] * 100, ["{}"] * 100, ["{}"] * 100, [], [],
+            )  # fmt: skip
+            assert [(r["outcome"], r["sequence_number"], r["events_stored"]) for r in rows] == [("ok", 1, 100)]
+            stored = await conn.fetch("SELECT sequence_number, event_id FROM eventbus.events ORDER BY 1")
+            assert [(r["sequence_number"], r["event_id"]) for r in stored] == list(enumerate(ids, 1))
+        finally:
+            await conn.close()
 
 
 # ---------------------------------------------------------------- readers and writers in other processes

@@ -48,8 +48,8 @@ def database_of(dsn: str) -> str:
 
 
 def append_lock_key() -> int:
-    """The advisory lock ``append_batch`` takes (see _schema.sql)."""
-    match = re.search(r"pg_advisory_xact_lock\((\d+)\)", schema_sql().split("FUNCTION eventbus.append_batch", 1)[1])
+    """The advisory lock ``append_events`` takes (see _schema.sql)."""
+    match = re.search(r"pg_advisory_xact_lock\((\d+)\)", schema_sql().split("FUNCTION eventbus.append_events", 1)[1])
     assert match is not None
     return int(match.group(1))
 

@@ -12,7 +12,7 @@ from eventbus.testing import schema_sql
 
 def test_the_batch_arguments_are_the_append_functions_parameters_in_order() -> None:
     found = re.search(
-        r"CREATE (?:OR REPLACE )?FUNCTION eventbus\.append_batch\((.*?)\)\s*RETURNS", schema_sql(), flags=re.S
+        r"CREATE (?:OR REPLACE )?FUNCTION eventbus\.append_events\((.*?)\)\s*RETURNS", schema_sql(), flags=re.S
     )
     assert found is not None
     parameters = [line.split()[0] for line in found.group(1).strip().splitlines()]
