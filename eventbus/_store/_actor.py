@@ -21,8 +21,7 @@ import math
 import os
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 import attrs
 import trio
@@ -39,7 +38,7 @@ from .._errors import (
 )
 from .._values import EventRecord
 from ._requests import MAX_BATCH_BYTES, Counters, Outcome, Request
-from ._sql import APPEND_SQL, batch_arguments
+from ._sql import APPEND_SQL, answer_outcomes, batch_arguments
 
 REQUEST_BUFFER = 1024
 """Append requests that may wait for the actor before ``append`` blocks."""
@@ -74,10 +73,6 @@ def _unknown() -> StoreUnavailable:
         "the append may or may not be stored: retry it with the same event ids to find out",
         outcome_known=False,
     )
-
-
-def _no_position() -> DatabaseError:
-    return DatabaseError("the store returned no position for this append")
 
 
 def _in_doubt() -> ClosedError:
@@ -291,66 +286,7 @@ class StoreActor:
             return await self._execute_singly(lane, batch, release)
         self.counters.batches += 1
         self.counters.last_batch = len(batch)
-        return self._outcomes(batch, rows)
-
-    def _outcomes(self, batch: list[Request], rows: Iterable[_db.Row | tuple[Any, ...]]) -> list[Outcome]:
-        # The stored events come back as one row (see append_events): the
-        # first position, the commit time and how many; they are the events
-        # of the appends neither refused nor found stored, in batch order.
-        first = stored = 0
-        committed_at: Any = None
-        found: dict[int, EventRecord] = {}  # a retry's events, as they are stored (by the ids' ints)
-        retries: set[int] = set()
-        refused: dict[int, tuple[str, int | None]] = {}
-        for append_no, outcome, event_id, position, occurred_at, kind, payload, metadata, count in rows:
-            if outcome == "ok":
-                first, committed_at, stored = position, occurred_at, count
-            elif outcome == "duplicate":
-                retries.add(append_no)
-                found[event_id.int] = EventRecord(position, event_id, kind, payload, metadata, occurred_at)
-            else:
-                refused[append_no] = (outcome, position)
-        expected = sum(
-            len(request.events)
-            for number, request in enumerate(batch, 1)
-            if number not in refused and number not in retries
-        )
-        if expected != stored:  # (never, unless the function and this code disagree)
-            first = 0
-        outcomes: list[Outcome] = []
-        position = first
-        for number, request in enumerate(batch, 1):
-            if refused and number in refused:
-                outcome, at = refused[number]
-                outcomes.append(Outcome(request, error=self._refusal(request, outcome, at)))
-            elif retries and number in retries:
-                again = [found[p.event_id.int] for p in request.events if p.event_id.int in found]
-                if len(again) == len(request.events):
-                    outcomes.append(Outcome(request, again, new=False))
-                else:
-                    outcomes.append(Outcome(request, error=_no_position()))
-            elif not first:
-                outcomes.append(Outcome(request, error=_no_position()))
-            else:
-                records = []
-                for p in request.events:
-                    records.append(EventRecord(position, p.event_id, p.event_type, p.payload, p.metadata, committed_at))
-                    position += 1
-                outcomes.append(Outcome(request, records, new=True))
-        return outcomes
-
-    @staticmethod
-    def _refusal(request: Request, outcome: str, position: int | None) -> EventBusError:
-        if outcome == "conflict":
-            where = f"at position {position}" if position else "appended earlier in the same batch"
-            return ConcurrencyError(
-                f"an event matching the filter was appended after position {request.expected} (found {where})",
-                expected_max_sequence_number=request.expected,
-            )
-        return DuplicateEventId(
-            "some event ids of this append are stored already for different events "
-            "(or only some of them are stored): pick new ids for new events"
-        )
+        return answer_outcomes(batch, rows)
 
     async def _execute_singly(
         self, lane: _Lane, batch: list[Request], release: Callable[[], None], *, settling: bool = False
@@ -381,7 +317,7 @@ class StoreActor:
                 outcomes.append(Outcome(request, error=error))
                 continue
             self.counters.batches += 1
-            outcomes += _as_new(self._outcomes([request], rows)) if settling else self._outcomes([request], rows)
+            outcomes += _as_new(answer_outcomes([request], rows)) if settling else answer_outcomes([request], rows)
         answered = {outcome.request for outcome in outcomes}
         lost = _unknown if settling else _unavailable
         outcomes += [Outcome(request, error=lost()) for request in batch if request not in answered]
@@ -422,7 +358,7 @@ class StoreActor:
             else:
                 self.counters.batches += 1
                 # Stored before the loss or now: the stream has seen neither (it drops what it has).
-                outcomes = _as_new(self._outcomes(waiting, rows))
+                outcomes = _as_new(answer_outcomes(waiting, rows))
             return outcomes + [Outcome(request, error=_unknown()) for request in batch if request.abandoned]
         return unknown
 

@@ -207,8 +207,10 @@ def _condition_prefix(filter: EventFilter) -> str:
 
 
 def condition(filters: tuple[EventFilter, ...] | None, expected: int | None) -> str | None:
-    """The condition as ``append_events`` reads it (an object for one filter,
-    an array for several), or None for an unconditional append."""
+    """The condition as ``append_events`` reads it, or None for an
+    unconditional append: ``{"g": [items]}`` when every predicate of every
+    filter has a tag (one statement checks them all), else an object for one
+    filter, an array for several."""
     if filters is None:
         if expected is not None:
             raise InvalidEvent("expected_max_sequence_number needs a filter")
@@ -217,9 +219,16 @@ def condition(filters: tuple[EventFilter, ...] | None, expected: int | None) -> 
         expected = 0
     if type(expected) is not int or expected < 0:
         raise InvalidEvent(f"expected_max_sequence_number must be a whole number >= 0, not {expected!r}")
-    if len(filters) == 1:
-        return f"{_condition_prefix(filters[0])}{expected}}}"
-    return "[" + ",".join(f"{_condition_prefix(f)}{expected}}}" for f in filters) + "]"
+    items = ",".join(f"{_condition_prefix(f)}{expected}}}" for f in filters)
+    if all(_tagged(f) for f in filters):
+        return f'{{"g":[{items}]}}'
+    return items if len(filters) == 1 else f"[{items}]"
+
+
+def _tagged(filter: EventFilter) -> bool:
+    """Whether each of the filter's predicates has a tag (see first_match_tagged)."""
+    tags = filter.predicate_tags
+    return tags is not None and len(tags) > 0 and None not in tags
 
 
 @attrs.define(eq=False)

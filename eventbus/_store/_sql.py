@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from typing import Any
 
 import attrs
 
-from ._requests import Request, dependencies
+from .._errors import ConcurrencyError, DatabaseError, DuplicateEventId, EventBusError
+from .._values import EventRecord
+from ._requests import Outcome, Request, dependencies
 
 
 @attrs.frozen
@@ -85,3 +88,68 @@ def batch_arguments(batch: list[Request], origin: str, check_ids: bool = False) 
         check_ids=check_ids,
         origin=origin,
     ).parameters()
+
+
+def answer_outcomes(batch: list[Request], rows: Iterable[Any]) -> list[Outcome]:
+    """Each append's outcome from ``APPEND_SQL``'s rows for ``batch``."""
+    # The stored events come back as one row (see append_events): the
+    # first position, the commit time and how many; they are the events
+    # of the appends neither refused nor found stored, in batch order.
+    first = stored = 0
+    committed_at: Any = None
+    found: dict[int, EventRecord] = {}  # a retry's events, as they are stored (by the ids' ints)
+    retries: set[int] = set()
+    refused: dict[int, tuple[str, int | None]] = {}
+    for append_no, outcome, event_id, position, occurred_at, kind, payload, metadata, count in rows:
+        if outcome == "ok":
+            first, committed_at, stored = position, occurred_at, count
+        elif outcome == "duplicate":
+            retries.add(append_no)
+            found[event_id.int] = EventRecord(position, event_id, kind, payload, metadata, occurred_at)
+        else:
+            refused[append_no] = (outcome, position)
+    expected = sum(
+        len(request.events)
+        for number, request in enumerate(batch, 1)
+        if number not in refused and number not in retries
+    )
+    if expected != stored:  # (never, unless the function and this code disagree)
+        first = 0
+    outcomes: list[Outcome] = []
+    position = first
+    for number, request in enumerate(batch, 1):
+        if refused and number in refused:
+            outcome, at = refused[number]
+            outcomes.append(Outcome(request, error=_refusal(request, outcome, at)))
+        elif retries and number in retries:
+            again = [found[p.event_id.int] for p in request.events if p.event_id.int in found]
+            if len(again) == len(request.events):
+                outcomes.append(Outcome(request, again, new=False))
+            else:
+                outcomes.append(Outcome(request, error=_no_position()))
+        elif not first:
+            outcomes.append(Outcome(request, error=_no_position()))
+        else:
+            records = []
+            for p in request.events:
+                records.append(EventRecord(position, p.event_id, p.event_type, p.payload, p.metadata, committed_at))
+                position += 1
+            outcomes.append(Outcome(request, records, new=True))
+    return outcomes
+
+
+def _refusal(request: Request, outcome: str, position: int | None) -> EventBusError:
+    if outcome == "conflict":
+        where = f"at position {position}" if position else "appended earlier in the same batch"
+        return ConcurrencyError(
+            f"an event matching the filter was appended after position {request.expected} (found {where})",
+            expected_max_sequence_number=request.expected,
+        )
+    return DuplicateEventId(
+        "some event ids of this append are stored already for different events "
+        "(or only some of them are stored): pick new ids for new events"
+    )
+
+
+def _no_position() -> DatabaseError:
+    return DatabaseError("the store returned no position for this append")
