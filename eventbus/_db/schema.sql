@@ -249,35 +249,6 @@ BEGIN
 END
 $$;
 
--- A condition whose every item has a tag for every predicate, as
--- {"g": [items]} (each item as first_match reads it): the position after "a"
--- of an event that matches any item, or null. One statement for all the
--- items, instead of a function call and two statements per item: the tag
--- index is probed for each predicate's tag (and tag 0), and each candidate
--- checked against its predicate and the item's types. The plan is the same
--- for any values (nested loops from the items to the two primary keys), so
--- a cached generic plan stays right; LIMIT 1: any match is a conflict.
-CREATE OR REPLACE FUNCTION eventbus.first_match_tagged(p_items jsonb) RETURNS bigint
-LANGUAGE plpgsql
-AS $$
-DECLARE
-    v_seq bigint;
-BEGIN
-    SELECT t.sequence_number INTO v_seq
-    FROM jsonb_array_elements(p_items) AS it (item)
-    CROSS JOIN LATERAL jsonb_array_elements(it.item -> 'p') WITH ORDINALITY AS pr (pred, n)
-    -- (a row per tag, not "tag IN (x, 0)": that is planned as an OR whose
-    -- index scans leave the position to a filter, reading the entity's history)
-    CROSS JOIN LATERAL (VALUES ((it.item -> 'k' ->> (pr.n::integer - 1))::bigint), (0)) AS g (tag)
-    JOIN eventbus.event_tags t ON t.tag = g.tag AND t.sequence_number > (it.item ->> 'a')::bigint
-    JOIN eventbus.events e ON e.sequence_number = t.sequence_number
-    WHERE e.payload @> pr.pred
-      AND (jsonb_array_length(it.item -> 't') = 0 OR (it.item -> 't') ? e.event_type)
-    LIMIT 1;
-    RETURN v_seq;
-END
-$$;
-
 -- One batch of appends in one transaction.
 --
 -- Events: p_append_of[i] is the (1-based) append that event i belongs to
@@ -285,7 +256,18 @@ $$;
 -- that tag p_tags[k] belongs to. p_conditions is null when no append has a
 -- condition, else it holds one element per append: null, a condition as
 -- first_match reads it, an array of them (any one matching is a conflict),
--- or {"g": [...]}, such an array whose items all have tags (first_match_tagged). (p_dep_of[m], p_dep_on[m]) says that an event of the earlier
+-- or {"g": [...]}, such an array whose items all have tags.
+--
+-- Conditions of the {"g": [...]} form are checked first, all of the batch's
+-- in one statement: they all see the table as it was before the batch (its
+-- events go in at the end), so this is what a check per append would find,
+-- without a function call and two statements per item. For each item's
+-- predicates the tag index is probed (its tag, and tag 0) with the position
+-- in the index condition, and each candidate checked against its predicate
+-- and the item's types; the plan is nested loops from the conditions to the
+-- two primary keys whatever the values, so the cached generic plan stays
+-- right. Tags are a row each, not "tag IN (x, 0)": that is planned as an OR
+-- whose index scans leave the position to a filter, reading whole histories. (p_dep_of[m], p_dep_on[m]) says that an event of the earlier
 -- append p_dep_on[m] matches the condition of append p_dep_of[m]: the caller
 -- works that out, since those events are not in the table yet.
 --
@@ -356,6 +338,7 @@ DECLARE
     v_hit bigint;
     v_same integer;
     v_retry boolean;
+    v_tagged bigint[];
     j integer;
     i integer;
 BEGIN
@@ -378,6 +361,28 @@ BEGIN
             FROM eventbus.events e WHERE e.event_id = ANY (p_ids);
         END IF;
 
+        IF p_conditions IS NOT NULL THEN
+            v_tagged := array_fill(NULL::bigint, ARRAY[v_appends]);
+            FOR j, v_hit IN
+                SELECT c.j::integer, h.seq
+                FROM jsonb_array_elements(p_conditions) WITH ORDINALITY AS c (cond, j)
+                CROSS JOIN LATERAL (
+                    SELECT t.sequence_number AS seq
+                    FROM jsonb_array_elements(c.cond -> 'g') AS it (item)
+                    CROSS JOIN LATERAL jsonb_array_elements(it.item -> 'p') WITH ORDINALITY AS pr (pred, n)
+                    CROSS JOIN LATERAL (VALUES ((it.item -> 'k' ->> (pr.n::integer - 1))::bigint), (0)) AS g (tag)
+                    JOIN eventbus.event_tags t ON t.tag = g.tag AND t.sequence_number > (it.item ->> 'a')::bigint
+                    JOIN eventbus.events e ON e.sequence_number = t.sequence_number
+                    WHERE e.payload @> pr.pred
+                      AND (jsonb_array_length(it.item -> 't') = 0 OR (it.item -> 't') ? e.event_type)
+                    LIMIT 1
+                ) AS h
+                WHERE jsonb_typeof(c.cond) = 'object' AND c.cond ? 'g'
+            LOOP
+                v_tagged[j] := v_hit;
+            END LOOP;
+        END IF;
+
         FOR j IN 1 .. v_appends LOOP
             v_hit := NULL;
             v_retry := coalesce(p_ids[v_lo[j]:v_hi[j]] && v_stored, false);
@@ -385,7 +390,7 @@ BEGIN
             IF jsonb_typeof(v_cond) IN ('object', 'array') AND NOT v_retry THEN
                 IF jsonb_typeof(v_cond) = 'object' THEN
                     IF v_cond ? 'g' THEN
-                        v_hit := eventbus.first_match_tagged(v_cond -> 'g');
+                        v_hit := v_tagged[j];  -- found above
                     ELSE
                         v_hit := eventbus.first_match(v_cond);
                     END IF;

@@ -226,7 +226,7 @@ def condition(filters: tuple[EventFilter, ...] | None, expected: int | None) -> 
 
 
 def _tagged(filter: EventFilter) -> bool:
-    """Whether each of the filter's predicates has a tag (see first_match_tagged)."""
+    """Whether each of the filter's predicates has a tag (see append_events)."""
     tags = filter.predicate_tags
     return tags is not None and len(tags) > 0 and None not in tags
 

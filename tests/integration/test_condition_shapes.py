@@ -6,12 +6,18 @@ from __future__ import annotations
 
 import json
 import random
+import uuid
 from typing import Any
 
-from eventbus import ConcurrencyError, Event, EventQuery, create_filter, open_event_store, testing
-from eventbus._store._requests import condition, condition_filters
+import trio
+import trio.testing
+
+from eventbus import ConcurrencyError, Event, EventQuery, EventRecord, create_filter, open_event_store, testing
+from eventbus._store._requests import Request, condition, condition_filters, encoded_size, prepare
+from eventbus._store._sql import APPEND_SQL, batch_arguments
 
 from .test_query_plans import _TYPES, _filter, _payload
+from .test_store_concurrency import append_lock_key
 
 
 async def test_every_condition_shape_fails_iff_a_matching_event_is_after_the_position(dsn: str) -> None:
@@ -37,27 +43,88 @@ async def test_every_condition_shape_fails_iff_a_matching_event_is_after_the_pos
         assert min(outcomes.values()) >= 30  # both outcomes, many times
 
 
-async def test_a_tagged_condition_is_checked_in_a_few_index_steps_however_long_the_history(dsn: str) -> None:
+async def test_conditions_in_one_batch_fail_iff_a_stored_event_or_a_stored_batch_mate_matches(dsn: str) -> None:
+    rng = random.Random(1517)
+    async with open_event_store(dsn, write_connections=1) as store:
+        for _ in range(10):
+            await store.append([Event(rng.choice(_TYPES), _payload(rng)) for _ in range(20)])
+        before = (await store.query(create_filter([]))).events
+        head = len(before)
+        appends = []
+        for _ in range(60):
+            filters = [_filter(rng) for _ in range(rng.choice([1, 2, 5]))]
+            appends.append(
+                (filters, rng.choice([0, 150, 190, head, head, head]), Event(rng.choice(_TYPES), _payload(rng)))
+            )
+        outcomes: list[bool] = []  # stored, in the order queued
+
+        async def append(filters: list[Any], expected: int, event: Event, index: int) -> None:
+            try:
+                await store.append([event], filters, expected)
+            except ConcurrencyError:
+                outcomes[index] = False
+
+        lock = await testing.connect(dsn)
+        try:
+            await lock.execute("SELECT pg_advisory_lock($1)", append_lock_key())
+            async with trio.open_nursery() as nursery:
+                # the first append waits for the lock alone; the others queue behind it
+                nursery.start_soon(store.append, [Event("Plug", {})])
+                await trio.testing.wait_all_tasks_blocked()
+                for index, (filters, expected, event) in enumerate(appends):
+                    outcomes.append(True)
+                    nursery.start_soon(append, filters, expected, event, index)
+                    await trio.testing.wait_all_tasks_blocked()  # in this order
+                assert store.statistics().queued == len(appends)
+                await lock.execute("SELECT pg_advisory_unlock($1)", append_lock_key())
+        finally:
+            await lock.close()
+        assert store.statistics().last_batch_appends == len(appends)
+        before = [r for r in (await store.query(create_filter([]))).events if r.sequence_number <= head + 1]
+    stored: list[Event] = []  # batch-mates stored before, in order
+    for (filters, expected, event), outcome in zip(appends, outcomes, strict=True):
+        query = EventQuery(filters, after=expected)
+        conflict = any(query.matches(r) for r in before) or any(
+            query.matches(EventRecord(head + 2, uuid.uuid4(), e.event_type, e.payload, {}, None)) for e in stored
+        )
+        assert outcome is not conflict, (filters, expected, event)
+        if outcome:
+            stored.append(event)
+    assert 5 <= len(stored) <= 55  # both outcomes
+
+
+async def test_a_batch_of_tagged_conditions_is_checked_in_a_few_index_steps_however_long_the_histories(
+    dsn: str,
+) -> None:
     async with open_event_store(dsn) as store:
-        for round_ in range(20):  # 50 events per account, spread over the table
+        for round_ in range(20):  # 40 events per account, spread over the table
             await store.append([Event("Deposited", {"accountId": f"a{k}", "n": round_}) for k in range(100)])
             await store.append([Event("Deposited", {"accountId": f"a{k}", "n": round_ + 100}) for k in range(100)])
         head = await store.head()
-    filters = condition_filters([create_filter(["Deposited"], [{"accountId": f"a{k}"}]) for k in range(5)])
-    text = condition(filters, head)
-    assert text is not None and text.startswith('{"g":')
+    batch = []
+    for append in range(8):  # 8 appends, each on a boundary of 5 accounts
+        filters = condition_filters(
+            [create_filter(["Deposited"], [{"accountId": f"a{append * 5 + k}"}]) for k in range(5)]
+        )
+        text = condition(filters, head)
+        assert text is not None and text.startswith('{"g":')
+        events = prepare([Event("Probe", {"n": append})], 1 << 20)
+        batch.append(Request(events, text, head, filters, encoded_size(events, text)))
     async with testing.open_loop():
         conn = await testing.connect(dsn, custom_plans=False)  # as the store's write connections
         try:
             for _ in range(8):  # past the first custom plans, onto the cached one
-                plan = await conn.fetchval(
-                    "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) SELECT eventbus.first_match_tagged($1::jsonb -> 'g')", text
-                )
-                found = await conn.fetchval("SELECT eventbus.first_match_tagged($1::jsonb -> 'g')", text)
-                assert found is None
+                await conn.execute("BEGIN")
+                try:
+                    plan = await conn.fetchval(
+                        "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + APPEND_SQL, *batch_arguments(batch, "test")
+                    )
+                finally:
+                    await conn.execute("ROLLBACK")
         finally:
             await conn.close()
     top: dict[str, Any] = (json.loads(plan) if isinstance(plan, str) else plan)[0]["Plan"]
-    # Five items, two probes each (its tag and tag 0), a few pages per probe;
-    # reading the items' histories would touch hundreds.
-    assert top["Shared Hit Blocks"] + top["Shared Read Blocks"] <= 40, top
+    assert top["Actual Rows"] == 1  # the appends' one row: all stored
+    # 40 items, two probes each (its tag and tag 0), a few pages per probe,
+    # and the 8 inserts; reading the items' histories would touch thousands.
+    assert top["Shared Hit Blocks"] + top["Shared Read Blocks"] <= 400, top
