@@ -97,9 +97,10 @@ async def test_a_batch_of_tagged_conditions_is_checked_in_a_few_index_steps_howe
     dsn: str,
 ) -> None:
     async with open_event_store(dsn) as store:
-        for round_ in range(20):  # 40 events per account, spread over the table
-            await store.append([Event("Deposited", {"accountId": f"a{k}", "n": round_}) for k in range(100)])
-            await store.append([Event("Deposited", {"accountId": f"a{k}", "n": round_ + 100}) for k in range(100)])
+        for round_ in range(25):  # 200 events per account, spread over the table
+            await store.append(
+                [Event("Deposited", {"accountId": f"a{k}", "n": round_ * 8 + i}) for i in range(8) for k in range(40)]
+            )
         head = await store.head()
     batch = []
     for append in range(8):  # 8 appends, each on a boundary of 5 accounts
