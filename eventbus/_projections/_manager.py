@@ -45,6 +45,16 @@ READER_TIMEOUT = 10.0
 """Seconds a ``reader`` with ``min_position`` waits, in all, for the read
 model to reach that position."""
 
+_CHECKPOINT_SQL = """
+SELECT coalesce(
+    (SELECT min(checkpoint) FROM eventbus.projection_leases WHERE projection = $1 AND partition < $2),
+    (SELECT checkpoint FROM eventbus.projections WHERE name = $1)
+)
+"""
+"""How far a projection's read model has applied, as the answering server
+shows it: a partitioned projection's slowest partition (of the first $2,
+its partitions where this process runs it), else its checkpoint."""
+
 
 class ProjectionManager:
     """``bus.projections``: start, watch, wait for, read and rebuild projections.
@@ -187,8 +197,9 @@ class ProjectionManager:
 
         With hot standbys (``replica_dsns``) the transaction runs on one of
         them. ``min_position=P`` makes the read model include every event up
-        to P: the block starts once the projection's checkpoint, as the
-        answering server shows it, has reached P. A standby gets
+        to P: the block starts once the projection's checkpoint (a partitioned
+        projection's slowest partition), as the answering server shows it,
+        has reached P. A standby gets
         ``replica_wait`` seconds to show it, then the primary the rest of
         ``timeout`` (the projection may still be applying P). On a standby,
         a block held open while the primary's rebuild swaps the tables is
@@ -222,7 +233,8 @@ class ProjectionManager:
             runner = self._runners.get(name)
             if runner is not None and runner.state == ProjectionState.FAILED:
                 raise ProjectionError(f"projection {name!r} failed: {runner.last_error}")
-            checkpoint = await conn.fetchval("SELECT checkpoint FROM eventbus.projections WHERE name = $1", name)
+            partitions = runner.projection.partitions if runner is not None else 2**31 - 1
+            checkpoint = await conn.fetchval(_CHECKPOINT_SQL, name, partitions)
             return checkpoint is not None and checkpoint >= (min_position or 0)
 
         async with self.store.reads.connection(

@@ -208,3 +208,14 @@ def test_partitions_are_a_stable_hash_of_the_key_and_need_a_key_function() -> No
 
 async def _noop(tx: object, record: object) -> None:
     return None
+
+
+async def test_a_reader_with_min_position_waits_for_every_partition_to_apply_it(dsn: str) -> None:
+    async with open_bus(dsn) as bus:
+        await bus.projections.start(partitioned_projection())
+        await bus.projections.wait_until_caught_up("accounts", timeout=30)
+        for round_ in range(3):
+            records = await bus.store.append(list(account_events(300, seed=20 + round_)))
+            position = records[-1].sequence_number
+            async with bus.projections.reader("accounts", min_position=position, timeout=30) as tx:
+                assert (await read_model(tx)).tally == position  # every event up to it, in every partition
