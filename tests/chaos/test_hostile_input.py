@@ -6,9 +6,9 @@ Each case is refused with ``InvalidFilter`` before anything reaches the
 database, or it selects in PostgreSQL exactly what ``EventFilter.matches``
 selects in Python; none reaches the database as a raw error, and none
 disturbs the appends after it. (Hostile payloads are in
-``tests/integration/test_json_against_postgres.py``; secrets and the embedded
-server's privacy in ``tests/integration/test_security.py``; projection names
-in ``tests/integration/test_projections.py``.)
+``tests/integration/values/test_json_against_postgres.py``; secrets and the embedded
+server's privacy in ``tests/integration/db/test_security.py``; projection names
+in ``tests/integration/projections/test_projections.py``.)
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from eventbus import (
 from eventbus._values._json import MAX_EVENT_TYPE_LENGTH
 
 from ..helpers import TEMPLATE, database_dsn, drop_database
-from ..integration.test_json_against_postgres import HOSTILE_KEYS, HOSTILE_VALUES, nested
+from ..integration.values.test_json_against_postgres import HOSTILE_KEYS, HOSTILE_VALUES, nested
 
 CAUGHT_UP = 30.0  # seconds: a bound, never a wait
 

@@ -179,3 +179,22 @@ def test_the_values_import_and_work_without_the_database_stack() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("refused: asyncpg is not installed") or "trio_asyncio" in out.stdout
+
+
+TEST_FOLDERS = {"values", "db", "store", "stream", "projections", "bus", "telemetry", "admin", "banking"}
+"""Where the library's tests live, under tests/unit and tests/integration: one
+folder per room (``banking`` for the example)."""
+
+
+def test_the_tests_mirror_the_rooms() -> None:
+    misplaced = []
+    for kind in ("unit", "integration"):
+        for path in sorted((ROOT / "tests" / kind).rglob("test_*.py")):
+            where = path.relative_to(ROOT / "tests" / kind).parts
+            if path.name == "test_layout.py" and len(where) == 1:
+                continue  # the walls of the whole house
+            if len(where) < 2 or where[0] not in TEST_FOLDERS:
+                misplaced.append(str(path.relative_to(ROOT)))
+    assert misplaced == []
+    rooms = {p.name[1:] for p in PACKAGE.iterdir() if p.is_dir() and p.name[:1] == "_" and p.name[:2] != "__"}
+    assert rooms and rooms <= TEST_FOLDERS, rooms  # every room has its folder

@@ -21,7 +21,7 @@ from eventbus import Bus, Projection, ProjectionError, create_filter, open_bus
 from eventbus._projections._leases import HEARTBEAT, LEASE_TTL
 from eventbus._projections._partitioned import partition_of
 
-from ._projection_worker import (
+from .._projection_worker import (
     PARTITIONS,
     TYPES,
     account_events,

@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 from eventbus import Event, EventQuery, InvalidEvent, create_filter, open_event_store, testing
 from eventbus._values import _json
 
-from ..helpers import TEMPLATE, database_dsn, drop_database
+from ...helpers import TEMPLATE, database_dsn, drop_database
 
 MAX_PAYLOAD_BYTES = 64 * 1024  # small, so that the size limit is reached by some examples
 

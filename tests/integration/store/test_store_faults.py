@@ -31,7 +31,7 @@ from eventbus import (
 )
 from eventbus.testing import EmbeddedServer, schema_sql
 
-from ..helpers import ROOT
+from ...helpers import ROOT
 
 RECONNECT_TIMEOUT = 0.5
 """How long the stores here try to settle an append in doubt: short, so an

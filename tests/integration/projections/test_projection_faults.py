@@ -28,7 +28,7 @@ from eventbus import (
     open_bus,
 )
 
-from ._projection_worker import (
+from .._projection_worker import (
     DEPOSITED,
     TYPES,
     Model,

@@ -18,8 +18,8 @@ import trio
 from eventbus import Event, create_filter, open_bus, testing
 from eventbus.testing import EmbeddedServer
 
-from ..helpers import spawn_python
-from ._stream_worker import event_id
+from ...helpers import spawn_python
+from .._stream_worker import event_id
 from .test_stream import EVERYTHING, Log, assert_well_formed, everything_after, follow, keys
 
 POLL_INTERVAL = 0.25

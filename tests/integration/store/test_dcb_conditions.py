@@ -27,8 +27,8 @@ from eventbus import (
     open_event_store,
 )
 
-from ..helpers import ROOT
-from ._store_worker import dcb_boundary
+from ...helpers import ROOT
+from .._store_worker import dcb_boundary
 
 STUDENT_LIMIT = 3
 

@@ -21,8 +21,8 @@ import trio
 
 from eventbus import Bus, Event, EventStore, ProjectionError, create_filter, open_bus
 
-from ..helpers import ROOT
-from ._projection_worker import (
+from ...helpers import ROOT
+from .._projection_worker import (
     TYPES,
     LineReader,
     account_events,

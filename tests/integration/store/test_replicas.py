@@ -39,7 +39,7 @@ from eventbus import (
 from eventbus._store._replicas import HEALTH_INTERVAL, PROBE_TIMEOUT
 from eventbus.testing import EmbeddedServer
 
-from ..helpers import ReplicaDatabase
+from ...helpers import ReplicaDatabase
 
 pytestmark = pytest.mark.replica
 

@@ -30,7 +30,7 @@ from eventbus import (
     start_projection_listener,
 )
 
-from ._projection_worker import (
+from .._projection_worker import (
     DEPOSITED,
     OPENED,
     TYPES,

@@ -37,7 +37,7 @@ from eventbus import (
 from eventbus._telemetry import install, watch
 from eventbus.testing import EmbeddedServer
 
-from ..helpers import ROOT, LineReader
+from ...helpers import ROOT, LineReader
 
 WORKER = "tests.integration._telemetry_worker"
 

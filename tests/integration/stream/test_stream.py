@@ -48,7 +48,7 @@ from eventbus import (
 )
 from eventbus._stream._hub import INBOX_SIZE, RING_SIZE
 
-from ..helpers import TEMPLATE, database_dsn, drop_database
+from ...helpers import TEMPLATE, database_dsn, drop_database
 
 EVERYTHING = create_filter([])
 TYPES = ("A", "B", "C")

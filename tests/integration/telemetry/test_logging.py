@@ -30,7 +30,7 @@ from eventbus import (
 )
 from eventbus.testing import EmbeddedServer
 
-from ..helpers import ROOT
+from ...helpers import ROOT
 
 PASSWORD = "n0t-4-l0g"
 

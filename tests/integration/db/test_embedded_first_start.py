@@ -29,7 +29,7 @@ import pytest
 from eventbus import StoreUnavailable, open_event_store
 from eventbus.testing import EmbeddedServer
 
-from ..helpers import ROOT
+from ...helpers import ROOT
 
 FIRST_START = """
 import sys, trio

@@ -21,7 +21,7 @@ import trio
 import eventbus
 from eventbus import Bus, Event, EventRecord, Projection, RestartPolicy, Transaction, open_bus, testing
 
-from ..helpers import ROOT, LineReader
+from ...helpers import ROOT, LineReader
 
 CLI_TIMEOUT = 60
 PASSWORD = "hunter2-not-here"
@@ -402,7 +402,7 @@ async def test_discard_drops_the_named_dead_letters_or_all_and_refuses_without_e
 
 
 async def test_a_rebuild_whose_process_is_killed_ends_the_command_with_exit_1(dsn: str, tmp_path: Path) -> None:
-    from .test_projections_processes import open_worker
+    from ..projections.test_projections_processes import open_worker
 
     async with open_bus(dsn) as bus:
         for start in range(0, 15_000, 5000):

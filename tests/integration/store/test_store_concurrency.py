@@ -39,8 +39,8 @@ from eventbus import (
 from eventbus._values._json import MAX_EVENT_TYPE_LENGTH
 from eventbus.testing import schema_sql
 
-from ..helpers import ROOT
-from ._store_worker import LineReader
+from ...helpers import ROOT
+from .._store_worker import LineReader
 
 WORKER = "tests.integration._store_worker"
 WORKER_START_TIMEOUT = 30.0

@@ -31,7 +31,7 @@ from eventbus import (
 )
 from eventbus.testing import EmbeddedServer
 
-from ..helpers import ROOT, LineReader
+from ...helpers import ROOT, LineReader
 
 RECONNECT_TIMEOUT = 0.5
 CLIENT_BACKOFF = 0.05  # seconds a writer waits after StoreUnavailable before it tries again

@@ -16,7 +16,7 @@ import trio
 from eventbus import Event, InvalidDSN, StoreUnavailable, create_filter, open_bus, open_event_store, testing
 from eventbus.testing import EmbeddedServer, redact_dsn
 
-from ..helpers import ROOT
+from ...helpers import ROOT
 
 PASSWORD = "s3cr3t-Pa55"
 

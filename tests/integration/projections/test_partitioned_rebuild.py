@@ -29,7 +29,7 @@ from eventbus import (
 from eventbus._projections._leases import HEARTBEAT, LEASE_TTL
 from eventbus._projections._partitioned_rebuild import CLAIM_TTL
 
-from ._projection_worker import (
+from .._projection_worker import (
     PARTITIONS,
     TYPES,
     account_events,
@@ -280,7 +280,7 @@ async def test_the_eventbus_command_resumes_a_failed_partitioned_projection_past
 ) -> None:
     from eventbus import Event
 
-    from .test_admin_cli import cli, published
+    from ..admin.test_admin_cli import cli, published
 
     monkeypatch.setattr("eventbus._projections._operations.OPERATIONS_INTERVAL", 0.05)
     events = list(account_events(400, seed=25))
@@ -303,7 +303,7 @@ async def test_the_eventbus_command_resumes_a_failed_partitioned_projection_past
 async def test_the_eventbus_command_rebuilds_a_partitioned_projection(
     dsn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from .test_admin_cli import cli, published
+    from ..admin.test_admin_cli import cli, published
 
     monkeypatch.setattr("eventbus._projections._operations.OPERATIONS_INTERVAL", 0.05)
     async with open_bus(dsn) as bus:
