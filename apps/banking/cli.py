@@ -37,6 +37,7 @@ database could not be reached (or refused a statement); 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import logging
 import os
@@ -60,7 +61,13 @@ EXIT_OK: Final = 0
 EXIT_REFUSED: Final = 1
 EXIT_USAGE: Final = 2
 EXIT_UNAVAILABLE: Final = 3
+EXIT_OUTPUT: Final = 74
+"""The answer could not be written to standard output (sysexits' EX_IOERR)."""
 EXIT_INTERRUPTED: Final = 130
+
+MAX_PROCESSES: Final = 32
+"""OS processes ``banking simulate --processes`` starts at most: each is a
+whole interpreter and a bus, so more only crowds the machine."""
 
 DEFAULT_LIST_LIMIT: Final = 100
 """Accounts ``banking list`` prints unless told otherwise."""
@@ -109,6 +116,15 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
+def _processes(text: str) -> int:
+    value = _positive_int(text)
+    if value > MAX_PROCESSES:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is more processes than the simulator starts: at most {MAX_PROCESSES}"
+        )
     return value
 
 
@@ -162,6 +178,7 @@ exit status:
   1    refused or bad input: one line on stderr, nothing written
   2    bad usage: a wrong option or argument, a malformed connection string
   3    the database could not be reached, or it refused a statement
+  74   the answer could not be written to standard output (what was asked may be done)
   130  interrupted (Ctrl-C)
 """
 
@@ -235,7 +252,12 @@ def build_parser(*, extra: Sequence[Subcommand] = ()) -> argparse.ArgumentParser
         "--rate", type=_rate, default=500.0, help=f"commands per second (default 500, at most {MAX_RATE:,.0f})"
     )
     p.add_argument("--duration", type=_positive_float, default=30.0, help="seconds (default 30)")
-    p.add_argument("--processes", type=_positive_int, default=1, help="OS processes to run it in (default 1)")
+    p.add_argument(
+        "--processes",
+        type=_processes,
+        default=1,
+        help=f"OS processes to run it in (default 1, at most {MAX_PROCESSES})",
+    )
     p.add_argument("--seed", type=int, default=None, help="for a repeatable run")
     p.add_argument("--journal", default=None, help="append one JSON line per acknowledged command here")
     p.add_argument("--json", action="store_true", help="print the report as one JSON line (and no progress)")
@@ -336,6 +358,13 @@ def _quiet_library_logs() -> None:
         library.addHandler(logging.NullHandler())
 
 
+def _check_output() -> None:
+    """Refuse to start when standard output is closed (``>&-``): every print
+    would be dropped without a word, the answer to what was done among them."""
+    if sys.stdout is None:
+        raise UsageError("standard output is closed: the answer would be lost, so nothing was done")
+
+
 def _fail(message: str, status: int) -> int:
     print(f"error: {message}", file=sys.stderr)
     return status
@@ -357,6 +386,7 @@ def main(argv: Sequence[str] | None = None, *, extra: Sequence[Subcommand] = ())
     _quiet_library_logs()
     try:
         args = build_parser(extra=extra).parse_args(argv)
+        _check_output()
         database.check_dsn(database.named_dsn(args.dsn))
         runs_itself = next((sub.run for sub in extra if sub.name == args.action and sub.run is not None), None)
         operations.start(args)
@@ -368,6 +398,7 @@ def main(argv: Sequence[str] | None = None, *, extra: Sequence[Subcommand] = ())
             run_menu_in_main_thread(args.dsn)  # it reads the person's answers in this thread
         else:
             trio.run(_plan(args, extra))
+        sys.stdout.flush()  # here, where a failure to write is still ours to report
     except (UsageError, database.MalformedDsn) as exc:
         return _fail(str(exc), EXIT_USAGE)
     except BankingError as exc:
@@ -385,6 +416,14 @@ def main(argv: Sequence[str] | None = None, *, extra: Sequence[Subcommand] = ())
     except BrokenPipeError:
         # The reader left (``banking list | head``): not an error; say nothing more.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except OSError as exc:
+        if exc.filename is not None:  # a file named on the command line (--journal)
+            return _fail(f"cannot write to {exc.filename}: {exc.strerror or exc}", EXIT_REFUSED)
+        # Standard output failed (a full disk, a terminal gone): what is left in its buffer
+        # would fail again, with a traceback, when the interpreter flushes it at exit.
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return _fail(f"cannot write the answer to standard output: {exc.strerror or exc}", EXIT_OUTPUT)
     return EXIT_OK
 
 

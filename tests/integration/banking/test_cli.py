@@ -318,8 +318,8 @@ async def test_version_and_help_say_what_a_newcomer_needs(dsn: str) -> None:
     assert help.out.startswith("usage: banking [-h] [--version] [--dsn DSN] [ACTION] ...\n")
     examples = help.out[help.out.index("examples:") :].splitlines()[1:3]
     assert [line.split()[:2] for line in examples] == [["banking", "open"], ["banking", "transfer"]]
-    codes = help.out[help.out.index("exit status:") :].splitlines()[1:6]
-    assert [line.split()[0] for line in codes] == ["0", "1", "2", "3", "130"]
+    codes = help.out[help.out.index("exit status:") :].splitlines()[1:7]
+    assert [line.split()[0] for line in codes] == ["0", "1", "2", "3", "74", "130"]
     assert "EVENTBUS_DATA_DIR" in help.out
 
 

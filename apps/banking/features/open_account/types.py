@@ -29,7 +29,8 @@ def parse_owner(value: object) -> str:
 
     Raises:
         InvalidOwner: not text, empty, longer than ``MAX_OWNER_LENGTH`` or
-            holding control characters (bidirectional controls among them).
+            holding control characters (bidirectional controls among them),
+            or nothing visible (only zero-width or combining characters).
     """
     if not isinstance(value, str):
         raise InvalidOwner(f"an owner's name must be text, not a {type(value).__name__}")
@@ -40,7 +41,15 @@ def parse_owner(value: object) -> str:
         raise InvalidOwner(f"an owner's name has at most {MAX_OWNER_LENGTH} characters, not {len(name)}")
     if any(unicodedata.category(char) in ("Cc", "Cs") or char in BIDI_CONTROLS for char in name):
         raise InvalidOwner("an owner's name must not hold control characters")
+    if not any(unicodedata.category(char)[0] in _VISIBLE for char in name):
+        raise InvalidOwner("an owner's name must show something: a letter, a digit or a sign")
     return name
+
+
+_VISIBLE: Final = "LNPS"
+"""The first letters of Unicode's categories of characters that show by
+themselves (letters, numbers, punctuation, symbols): a name of nothing but
+marks and format characters (zero-width spaces) reads as no name at all."""
 
 
 BIDI_CONTROLS: Final = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
