@@ -148,9 +148,12 @@ def redact_dsn(dsn: str) -> str:
 def scrub(text: str, dsn: str) -> str:
     """``text`` with every password that ``dsn`` holds replaced by ``***``.
 
-    Only for a ``dsn`` that :func:`check_dsn` accepts: the password of any
-    other cannot be told apart from the rest.
+    A password is replaced where it stands alone, not inside a longer run of
+    letters and digits: a short one (``p``) would otherwise be starred out of
+    every word that holds it (``***ostgresql://``), garbling the message and
+    showing where its letters are. Only for a ``dsn`` that :func:`check_dsn`
+    accepts: the password of any other cannot be told apart from the rest.
     """
     for password in _passwords(dsn):
-        text = text.replace(password, "***")
+        text = re.sub(rf"(?<![A-Za-z0-9]){re.escape(password)}(?![A-Za-z0-9])", "***", text)
     return text

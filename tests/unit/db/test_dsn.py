@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from eventbus import InvalidDSN, StoreUnavailable
-from eventbus._db._dsn import MALFORMED, check_dsn
+from eventbus._db._dsn import MALFORMED, check_dsn, scrub
 from eventbus.testing import redact_dsn
 
 SECRET = "S3cretZq9Vw"
@@ -82,3 +82,25 @@ def test_invalid_dsn_is_a_store_unavailable_and_a_value_error() -> None:
 def test_a_dsn_that_is_not_a_string_is_refused_by_its_type() -> None:
     with pytest.raises(InvalidDSN, match="must be a str, not bytes"):
         check_dsn(b"postgresql://alice:secret@h/app")
+
+
+@pytest.mark.parametrize("password", ["p", "o", "gr", "1"])
+def test_a_short_password_is_starred_where_it_stands_and_nowhere_else(password: str) -> None:
+    dsn = f"postgresql://u:{password}@db.example/upgrade"
+    message = f"cannot connect to {dsn}: password {password} refused for user u; see postgresql.org/upgrade"
+    scrubbed = scrub(message, dsn)
+    assert scrubbed == (
+        "cannot connect to postgresql://u:***@db.example/upgrade: password *** refused for user u;"
+        " see postgresql.org/upgrade"
+    )
+    assert f":{password}@" not in scrubbed and f" {password} " not in scrubbed
+    assert "postgresql://" in scrubbed and "/upgrade" in scrubbed  # the words around it are whole
+
+
+def test_a_password_is_starred_in_both_forms_and_in_key_value_strings() -> None:
+    assert scrub("a: postgresql://u:p%40ss@h/d, b: p@ss.", "postgresql://u:p%40ss@h/d") == (
+        "a: postgresql://u:***@h/d, b: ***."
+    )
+    assert scrub("host=h password=s3 dbname=s3x", "host=h password=s3 dbname=s3x") == (
+        "host=h password=*** dbname=s3x"
+    )
