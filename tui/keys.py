@@ -42,6 +42,7 @@ KEYS: Final = (
     Key("a", "a", "focus_accounts", "Accounts", "back to the accounts table", footer=False),
     Key("escape", "Esc", "focus_accounts", "Accounts", "back to the accounts table", footer=False),
     Key("q", "q", "quit", "Quit", "quit: the simulator stops, the bus closes"),
+    Key("ctrl+c", "Ctrl-C", "quit", "Quit", "quit, as q does (in a form's field it copies)", footer=False),
 )
 """Every key the dashboard binds, in the order the footer shows them."""
 

@@ -88,11 +88,11 @@ def test_dashboard_help_lists_every_key_the_dashboard_binds() -> None:
     )  # fmt: skip
     keys = done.stdout[done.stdout.index("keys:\n") :].splitlines()[1:]
     shown = [line.split()[0] for line in keys if line.startswith("  ")]
-    assert shown == ["↑", "o", "d", "w", "t", "s", "r", "x", "p", "/", "Esc", "q", "Ctrl-P"]
+    assert shown == ["↑", "o", "d", "w", "t", "s", "r", "x", "p", "/", "Esc", "q", "Ctrl-C", "Ctrl-P"]
     from tui.app import DashboardApp
 
     bound = {binding.key for binding in DashboardApp.BINDINGS if not isinstance(binding, tuple)}  # type: ignore[union-attr]
-    assert bound == {"o", "d", "w", "t", "s", "r", "x", "p", "slash", "a", "escape", "q"}
+    assert bound == {"o", "d", "w", "t", "s", "r", "x", "p", "slash", "a", "escape", "q", "ctrl+c"}
     assert "saved in the working directory" in done.stdout
 
 

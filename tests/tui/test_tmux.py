@@ -127,3 +127,23 @@ async def test_a_signal_to_the_dashboard_quits_it_as_q_does(dsn: str, signum: si
         assert "Traceback" not in terminal.screen()
     finally:
         subprocess.run([*terminal.base, "kill-server"], capture_output=True, check=False)
+
+
+async def test_ctrl_c_at_the_dashboard_quits_it_as_q_does(dsn: str) -> None:
+    terminal = Terminal(f"eventbus-test-{psutil.Process().pid}-ctrl-c")
+    command = f"cd {shlex.quote(str(ROOT))} && EVENTBUS_DSN={shlex.quote(dsn)} exec {shlex.quote(JUST)} banking"
+    terminal.tmux("new-session", "-d", "-s", "main", "-x", "80", "-y", "24", command)
+    try:
+        terminal.tmux("set-option", "-t", "main", "remain-on-exit", "on")
+        await terminal.wait_for("2 live", timeout=START_TIMEOUT)
+        processes = [psutil.Process(terminal.pane_pid())]
+        processes += processes[0].children(recursive=True)
+        terminal.tmux("send-keys", "-t", "main", "C-c")
+        with trio.move_on_after(QUIT_TIMEOUT):
+            while not terminal.pane_dead() or any(map(_alive, processes)):
+                await trio.sleep(0.1)
+        assert terminal.pane_dead(), terminal.screen()
+        assert [p.pid for p in processes if _alive(p)] == []
+        assert "Traceback" not in terminal.screen()
+    finally:
+        subprocess.run([*terminal.base, "kill-server"], capture_output=True, check=False)
