@@ -44,7 +44,7 @@ from .._nursery import open_actor_nursery
 from .._stream import EventStream, Subscription
 from .._values import EventRecord
 from . import _leases
-from ._apply import apply_in_time, prepare_schema
+from ._apply import prepare_schema
 from ._definition import (
     SUBSCRIPTION_BATCHES,
     BatchHandler,
@@ -54,7 +54,7 @@ from ._definition import (
     ProjectionStatus,
     Transaction,
 )
-from ._skip import apply_skipping
+from ._partitioned_apply import Held, ShareApplier
 
 IDLE_CHECKPOINT = 0.5
 """Seconds without events after which the held partitions' checkpoints move to the stream's position."""
@@ -89,15 +89,7 @@ def partition_of(key: Any, partitions: int) -> int:
     return int.from_bytes(digest, "big") % partitions
 
 
-@attrs.define
-class _Held:
-    """A partition held here: its epoch and its committed checkpoint."""
-
-    epoch: int
-    checkpoint: int
-
-
-class PartitionedRunner:
+class PartitionedRunner(ShareApplier):
     """One partitioned projection in this process: its share of partitions.
 
     The manager uses it as it does a :class:`Runner` (``state``, ``leader``,
@@ -118,8 +110,8 @@ class PartitionedRunner:
         self.poison: int | None = None  # the position of the event the latest failure was in
         self._skip: int | None = None  # that event goes to the dead letters if it fails again
         self._failures = 0
-        self._held: dict[int, _Held] = {}  # applied by the loop
-        self._taken: dict[int, _Held] = {}  # taken by the heartbeat, for the loop to adopt between batches
+        self._held: dict[int, Held] = {}  # applied by the loop
+        self._taken: dict[int, Held] = {}  # taken by the heartbeat, for the loop to adopt between batches
         self._owners: dict[str, tuple[int, ...]] = {}
         self._stored: tuple[int, ...] = (0,) * projection.partitions
         self._through = 0  # every held partition has applied its events up to here
@@ -211,9 +203,6 @@ class PartitionedRunner:
         self._changed.set()
         self._changed = trio.Event()
 
-    def _count_dead_letter(self) -> None:
-        self.dead_letters += 1
-
     def _mark_restarting(self) -> None:
         self.state = ProjectionState.RESTARTING
         self.restarts += 1
@@ -303,7 +292,7 @@ class PartitionedRunner:
                     _log.info("projection %s: partition %d is no longer held here", projection.name, k)
         for k, lease in round_.held.items():
             if k not in self._held and k not in self._taken:
-                self._taken[k] = _Held(lease.epoch, lease.checkpoint)
+                self._taken[k] = Held(lease.epoch, lease.checkpoint)
                 self._interrupt()
         self._owners = round_.owners
         self._stored = round_.checkpoints
@@ -427,45 +416,7 @@ class PartitionedRunner:
             held = self._held.get(k)
             if held is not None and record.sequence_number > held.checkpoint:
                 groups.setdefault(k, []).append(record)
-        name = self.projection.name
-        for k, records in sorted(groups.items()):
-            held = self._held.get(k)
-            if held is None:
-                continue  # lost since
-            records = [record for record in records if record.sequence_number > held.checkpoint]
-            if not records:
-                continue
-            epoch = held.epoch
-
-            def fence(old: int, new: int, k: int = k, epoch: int = epoch) -> str:
-                return _leases.fence_sql(name, k, self.member, epoch, old, new)
-
-            self._batch_started = trio.current_time()
-            skip = self._skip
-            try:
-                if skip is not None and any(record.sequence_number == skip for record in records):
-                    position = await apply_skipping(
-                        conn, self._applying, records, held.checkpoint, skip, self._count_dead_letter, fence=fence
-                    )
-                    self._skip = None
-                else:
-                    position = await apply_in_time(
-                        conn, self._applying, records, held.checkpoint, self._count_dead_letter, fence=fence
-                    )
-            except HandlerFailed as exc:
-                if not _leases.is_fenced(exc):
-                    raise
-                _log.warning("projection %s: partition %d was taken by another process (or its read model swapped by"
-                             " a rebuild): its batch rolled back", name, k)  # fmt: skip
-                if self._held.get(k) is held:
-                    del self._held[k]
-                continue
-            finally:
-                self._batch_started = None
-            held.checkpoint = max(held.checkpoint, position)
-            self._failures = 0
-            for record in records:
-                self._unkeyed.pop(record.event_id, None)
+        await self._apply_groups(conn, groups)
 
     # ------------------------------------------------------------ the key function's failures
 

@@ -1,0 +1,121 @@
+"""A process that holds several partitions applies one stream batch in ONE
+transaction: each partition's handlers called on its own share, in
+partition order, and every partition's checkpoint moved, fenced by its
+lease, in the same commit. A lease lost mid-batch rolls back the whole
+batch; the others are applied again without it, each event once."""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+
+import pytest
+
+from eventbus import Event, EventRecord, Projection, Transaction, open_bus
+from eventbus._projections import _partitioned
+from eventbus._projections._partitioned import partition_of
+
+PARTITIONS = 4
+
+
+def pings(count: int, keys: int) -> list[Event]:
+    return [Event("Ping", {"key": f"k-{i % keys}"}) for i in range(count)]
+
+
+def key_of(record: EventRecord) -> str:
+    key: str = record.payload["key"]
+    return key
+
+
+async def test_a_stream_batch_over_several_partitions_is_one_transaction(
+    dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stream_batches: list[list[int]] = []
+    apply = _partitioned.PartitionedRunner._apply
+
+    async def recording(self: _partitioned.PartitionedRunner, conn: object, batch: list[EventRecord]) -> None:
+        stream_batches.append([record.sequence_number for record in batch])
+        await apply(self, conn, batch)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_partitioned.PartitionedRunner, "_apply", recording)
+    calls: list[tuple[int, int, list[int]]] = []  # (txid, partition, positions) per handler call
+
+    async def handler(tx: Transaction, records: list[EventRecord]) -> None:
+        (partition,) = {partition_of(key_of(record), PARTITIONS) for record in records}  # one partition's
+        txid = await tx.fetchval("SELECT txid_current()")
+        calls.append((txid, partition, [record.sequence_number for record in records]))
+
+    projection = Projection(
+        "onetx", batch_size=500, batch_handler=handler, event_types=["Ping"], partitions=PARTITIONS,
+        partition_key=key_of,
+    )  # fmt: skip
+    async with open_bus(dsn) as bus:
+        records = await bus.store.append(pings(300, keys=20))
+        await bus.projections.start(projection)
+        await bus.projections.wait_until_caught_up("onetx", timeout=30)
+    # each event once, in position order within its partition
+    assert sorted(p for _, _, positions in calls for p in positions) == [r.sequence_number for r in records]
+    assert all(positions == sorted(positions) for _, _, positions in calls)
+    by_txid: dict[int, list[tuple[int, list[int]]]] = defaultdict(list)
+    for txid, partition, positions in calls:
+        by_txid[txid].append((partition, positions))
+    # one transaction per stream batch, whatever the partitions in it, each partition once, in order
+    transactions = []
+    for batch in stream_batches:
+        txids = {txid for txid, _, positions in calls if set(positions) <= set(batch)}
+        assert len(txids) == 1, (batch[0], batch[-1], txids)
+        (txid,) = txids
+        partitions = [partition for partition, _ in by_txid[txid]]
+        assert partitions == sorted(set(partitions))
+        transactions.append((txid, partitions))
+    assert len(by_txid) == len(stream_batches)
+    assert max(len(partitions) for _, partitions in transactions) == PARTITIONS  # the batches did span them
+
+
+async def test_a_lease_lost_mid_batch_rolls_the_batch_back_and_the_rest_is_applied_once(
+    dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    keys = 20
+    lost = max(partition_of(f"k-{i}", PARTITIONS) for i in range(keys))  # the last share of the batch
+    calls: list[int] = []
+
+    async def setup(tx: Transaction) -> None:
+        await tx.execute("CREATE TABLE IF NOT EXISTS applied (position bigint NOT NULL)")
+
+    async def handler(tx: Transaction, records: list[EventRecord]) -> None:
+        (partition,) = {partition_of(key_of(record), PARTITIONS) for record in records}
+        if not calls:  # the first share: meanwhile, another process takes the last one
+            await bus.store.pool.fetchval(
+                "UPDATE eventbus.projection_leases SET epoch = epoch + 1 WHERE projection = 'fenced'"
+                " AND partition = $1 RETURNING epoch",
+                lost,
+            )
+        calls.append(partition)
+        await tx.executemany("INSERT INTO applied (position) VALUES ($1)", [(r.sequence_number,) for r in records])
+
+    projection = Projection(
+        "fenced", setup=setup, batch_size=500, batch_handler=handler, event_types=["Ping"], partitions=PARTITIONS,
+        partition_key=key_of,
+    )  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="eventbus.projections"):
+        async with open_bus(dsn) as bus:
+            records = await bus.store.append(pings(300, keys=keys))
+            await bus.projections.start(projection)
+            await bus.projections.wait_until_caught_up("fenced", timeout=30)
+            async with bus.projections.reader("fenced") as tx:
+                applied = [row[0] for row in await tx.fetch("SELECT position FROM applied ORDER BY position")]
+            epochs = await bus.store.pool.fetch(
+                "SELECT partition, epoch, checkpoint FROM eventbus.projection_leases WHERE projection = 'fenced'"
+                " ORDER BY partition"
+            )
+    assert applied == [record.sequence_number for record in records]  # each once: none twice, none skipped
+    last = {partition_of(key_of(record), PARTITIONS): record.sequence_number for record in records}
+    assert all(row["checkpoint"] >= last[row["partition"]] for row in epochs)  # each moved past its events
+    # the first attempt ran every share and was refused; the others went again without the lost one,
+    # which was applied once its lease was taken again under the new epoch
+    others = sorted(set(calls[:PARTITIONS]) - {lost})
+    assert calls[:PARTITIONS] == sorted(calls[:PARTITIONS]) and calls[PARTITIONS:] == [*others, lost]
+    assert epochs[lost]["epoch"] == epochs[others[0]]["epoch"] + 1
+    refused = [r.getMessage() for r in caplog.records if "was taken by another process" in r.getMessage()]
+    assert refused == [f"projection fenced: partition {lost} was taken by another process (or its read model"
+                       " swapped by a rebuild): the batch rolled back, applied again without it"]  # fmt: skip
