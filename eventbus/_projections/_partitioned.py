@@ -5,8 +5,9 @@ members (``_leases.py``) and holds the leases of its share of partitions,
 renewed every ``HEARTBEAT`` seconds on a connection of its own. It reads the
 stream once, whatever it holds: one subscription from the lowest checkpoint
 of its partitions, each record routed to partition
-``stable_hash(partition_key(record)) % partitions``. The records of one
-partition in a batch are applied in ONE transaction that also moves that
+``stable_hash(partition_key(record)) % partitions``. A batch is applied in
+ONE transaction for all the partitions held (``_partitioned_apply.py``): the
+handlers run on each partition's records in turn, and the commit moves each
 partition's checkpoint, fenced by its lease's epoch: exactly once per event,
 in position order per key, and never by a process that lost the lease. When
 it takes a partition the subscription starts again from the lowest

@@ -63,6 +63,8 @@ class Outcome(enum.Enum):
     """Refused at the commit: a lease is lost; nothing applied."""
     FAILED = "failed"
     """A handler failed, passed its deadline or aborted the transaction; nothing applied."""
+    DROPPED = "dropped"
+    """Not committed: ``held`` said a partition is no longer held here; nothing applied."""
 
 
 FenceOf = Callable[[Share, int], str]
@@ -70,8 +72,14 @@ FenceOf = Callable[[Share, int], str]
 ``new`` in the transaction, or fails it (SQLSTATE ``_leases.FENCED``)."""
 
 
-async def apply_together(conn: _db.Connection, projection: Projection, shares: list[Share], fence: FenceOf) -> Outcome:
+async def apply_together(
+    conn: _db.Connection, projection: Projection, shares: list[Share], fence: FenceOf, held: Callable[[Share], bool]
+) -> Outcome:
     """Apply ``shares`` in one transaction that moves each partition's checkpoint.
+
+    ``held`` is asked of each share before the commit: a partition this
+    process has let go of meanwhile (its heartbeat released it) is not
+    committed for (``DROPPED``) rather than refused by its fence.
 
     Blocks for two round trips plus what the handlers do. Each share's
     handlers run within the projection's ``handler_timeout``. Nothing is
@@ -94,6 +102,9 @@ async def apply_together(conn: _db.Connection, projection: Projection, shares: l
         if not await _run_shares(tx, projection, shares, limit):
             await rollback(conn)
             return Outcome.FAILED
+        if not all(held(share) for share in shares):
+            await rollback(conn)
+            return Outcome.DROPPED
         script = "; ".join(fence(share, share.records[-1].sequence_number) for share in shares)
         with trio.move_on_after(limit) as scope:
             await conn.run_script(f"{script}; COMMIT")
@@ -167,6 +178,10 @@ class ShareApplier:
     def _fence(self, share: Share, new: int) -> str:
         return _leases.fence_sql(self.projection.name, share.partition, self.member, share.epoch, share.checkpoint, new)
 
+    def _still_held(self, share: Share) -> bool:
+        held = self._held.get(share.partition)
+        return held is not None and held.epoch == share.epoch
+
     async def _apply_groups(self, conn: _db.Connection, groups: dict[int, list[EventRecord]]) -> None:
         """Apply each held partition's share of a stream batch (``groups``:
         partition -> its events in position order), all in one transaction;
@@ -187,7 +202,7 @@ class ShareApplier:
             epochs = {share.partition: share.epoch for share in shares}
             self._batch_started = trio.current_time()
             try:
-                outcome = await apply_together(conn, self._applying, shares, self._fence)
+                outcome = await apply_together(conn, self._applying, shares, self._fence, self._still_held)
                 gone = await lost(conn, name, self.member, epochs) if outcome == Outcome.FENCED else []
             finally:
                 self._batch_started = None
@@ -200,6 +215,9 @@ class ShareApplier:
                         self._unkeyed.pop(record.event_id, None)
                 self._failures = 0
                 return
+            if outcome == Outcome.DROPPED:
+                _log.info("projection %s: a partition was let go of during a batch: applied again without it", name)
+                continue
             if not gone:  # a handler failed (or, fenced, no lease is lost now): isolate it
                 break
             for k in gone:

@@ -119,3 +119,32 @@ async def test_a_lease_lost_mid_batch_rolls_the_batch_back_and_the_rest_is_appli
     refused = [r.getMessage() for r in caplog.records if "was taken by another process" in r.getMessage()]
     assert refused == [f"projection fenced: partition {lost} was taken by another process (or its read model"
                        " swapped by a rebuild): the batch rolled back, applied again without it"]  # fmt: skip
+
+
+async def test_a_handler_that_fails_in_one_partition_fails_that_event_alone(dsn: str) -> None:
+    async def setup(tx: Transaction) -> None:
+        await tx.execute("CREATE TABLE IF NOT EXISTS applied (position bigint NOT NULL)")
+
+    async def handler(tx: Transaction, records: list[EventRecord]) -> None:
+        if any(record.payload.get("bad") for record in records):
+            raise ValueError("bad event")
+        await tx.executemany("INSERT INTO applied (position) VALUES ($1)", [(r.sequence_number,) for r in records])
+
+    projection = Projection(
+        "failing", setup=setup, batch_size=500, batch_handler=handler, event_types=["Ping"], partitions=PARTITIONS,
+        partition_key=key_of, on_error="skip",
+    )  # fmt: skip
+    async with open_bus(dsn) as bus:
+        events = pings(300, keys=20)
+        events[150] = Event("Ping", {"key": "k-10", "bad": True})
+        records = await bus.store.append(events)
+        await bus.projections.start(projection)
+        await bus.projections.wait_until_caught_up("failing", timeout=30)
+        letters = await bus.store.pool.fetch("SELECT sequence_number FROM eventbus.dead_letters")
+        status = bus.projections.status()["failing"]
+        async with bus.projections.reader("failing") as tx:
+            applied = [row[0] for row in await tx.fetch("SELECT position FROM applied ORDER BY position")]
+    bad = records[150].sequence_number
+    assert applied == [record.sequence_number for record in records if record.sequence_number != bad]  # each once
+    assert [row["sequence_number"] for row in letters] == [bad]
+    assert status.dead_letters == 1 and status.state == "live"
