@@ -113,6 +113,7 @@ class PartitionedRunner(ShareApplier):
         self._failures = 0
         self._held: dict[int, Held] = {}  # applied by the loop
         self._taken: dict[int, Held] = {}  # taken by the heartbeat, for the loop to adopt between batches
+        self._released: set[int] = set()  # let go of by the heartbeat for another member (not taken from it)
         self._owners: dict[str, tuple[int, ...]] = {}
         self._stored: tuple[int, ...] = (0,) * projection.partitions
         self._through = 0  # every held partition has applied its events up to here
@@ -285,11 +286,16 @@ class PartitionedRunner(ShareApplier):
     async def _heartbeat(self, conn: _db.Connection) -> None:
         projection = self.projection
         round_ = await _leases.heartbeat(conn, projection.name, self.member, projection.partitions)
+        owned = {k for ks in round_.owners.values() for k in ks}
         for leases in (self._held, self._taken):
             for k in list(leases):
                 lease = round_.held.get(k)
                 if lease is None or lease.epoch != leases[k].epoch:
                     del leases[k]  # a batch of it under way is refused at its commit
+                    if lease is None and k not in owned:
+                        self._released.add(k)
+                    else:
+                        self._released.discard(k)
                     _log.info("projection %s: partition %d is no longer held here", projection.name, k)
         for k, lease in round_.held.items():
             if k not in self._held and k not in self._taken:

@@ -37,6 +37,12 @@ from ._skip import apply_skipping
 
 _log = logging.getLogger("eventbus.projections")
 
+TAKEN = (
+    "projection %s: partition %d was taken by another process (or its read model swapped by a rebuild):"
+    " the batch rolled back, applied again without it"
+)
+HANDED_OVER = "projection %s: partition %d was handed to another member during a batch: the batch rolled back"
+
 
 @attrs.define
 class Held:
@@ -171,6 +177,7 @@ class ShareApplier:
     _applying: Projection
     _batch_started: float | None
     _unkeyed: dict[Any, str]
+    _released: set[int]
 
     def _count_dead_letter(self) -> None:
         self.dead_letters += 1
@@ -200,6 +207,7 @@ class ShareApplier:
             if skip is not None and any(r.sequence_number == skip for share in shares for r in share.records):
                 break  # the poison event's partition is applied as skip_poison says, alone
             epochs = {share.partition: share.epoch for share in shares}
+            shares_of = {share.partition: share for share in shares}
             self._batch_started = trio.current_time()
             try:
                 outcome = await apply_together(conn, self._applying, shares, self._fence, self._still_held)
@@ -216,13 +224,14 @@ class ShareApplier:
                 self._failures = 0
                 return
             if outcome == Outcome.DROPPED:
-                _log.info("projection %s: a partition was let go of during a batch: applied again without it", name)
-                continue
+                gone = [k for k in epochs if not self._still_held(shares_of[k])]
             if not gone:  # a handler failed (or, fenced, no lease is lost now): isolate it
                 break
             for k in gone:
-                _log.warning("projection %s: partition %d was taken by another process (or its read model swapped"
-                             " by a rebuild): the batch rolled back, applied again without it", name, k)  # fmt: skip
+                if k in self._released:  # a rebalance: this process handed it over
+                    _log.info(HANDED_OVER, name, k)
+                else:
+                    _log.warning(TAKEN, name, k)
                 held = self._held.get(k)
                 if held is not None and held.epoch == epochs[k]:
                     del self._held[k]
