@@ -7,9 +7,11 @@ batch; the others are applied again without it, each event once."""
 from __future__ import annotations
 
 import logging
+import random
 from collections import defaultdict
 
 import pytest
+import trio
 
 from eventbus import Event, EventRecord, Projection, Transaction, open_bus
 from eventbus._projections import _partitioned
@@ -148,3 +150,57 @@ async def test_a_handler_that_fails_in_one_partition_fails_that_event_alone(dsn:
     assert applied == [record.sequence_number for record in records if record.sequence_number != bad]  # each once
     assert [row["sequence_number"] for row in letters] == [bad]
     assert status.dead_letters == 1 and status.state == "live"
+
+
+async def test_a_share_past_its_handler_timeout_rolls_the_batch_back_and_each_event_is_applied_once(dsn: str) -> None:
+    hung: list[int] = []
+
+    async def setup(tx: Transaction) -> None:
+        await tx.execute("CREATE TABLE IF NOT EXISTS applied (position bigint NOT NULL)")
+
+    async def handler(tx: Transaction, records: list[EventRecord]) -> None:
+        await tx.executemany("INSERT INTO applied (position) VALUES ($1)", [(r.sequence_number,) for r in records])
+        if not hung and partition_of(key_of(records[0]), PARTITIONS) == 2:
+            hung.append(records[0].sequence_number)
+            await trio.sleep_forever()  # once: past handler_timeout, cancelled
+
+    projection = Projection(
+        "hanging", setup=setup, batch_size=500, batch_handler=handler, event_types=["Ping"], partitions=PARTITIONS,
+        partition_key=key_of, handler_timeout=0.5,
+    )  # fmt: skip
+    async with open_bus(dsn) as bus:
+        records = await bus.store.append(pings(300, keys=20))
+        await bus.projections.start(projection)
+        await bus.projections.wait_until_caught_up("hanging", timeout=30)
+        async with bus.projections.reader("hanging") as tx:
+            applied = [row[0] for row in await tx.fetch("SELECT position FROM applied ORDER BY position")]
+    assert hung
+    assert applied == [record.sequence_number for record in records]  # the rolled-back shares once, not twice
+
+
+async def test_a_runner_stopped_at_any_moment_of_its_batches_applies_each_event_once(dsn: str) -> None:
+    async def setup(tx: Transaction) -> None:
+        await tx.execute("CREATE TABLE IF NOT EXISTS applied (position bigint NOT NULL)")
+
+    async def handler(tx: Transaction, records: list[EventRecord]) -> None:
+        await tx.executemany("INSERT INTO applied (position) VALUES ($1)", [(r.sequence_number,) for r in records])
+        await trio.sleep(0.002)
+
+    projection = Projection(
+        "stopped", setup=setup, batch_size=100, batch_handler=handler, event_types=["Ping"], partitions=PARTITIONS,
+        partition_key=key_of,
+    )  # fmt: skip
+    rng = random.Random(14)
+    async with open_bus(dsn) as bus:
+        records = await bus.store.append(pings(3000, keys=40))
+    for _ in range(12):  # each time a new process, as it were, cancelled somewhere in a batch
+        async with open_bus(dsn) as bus:
+            await bus.projections.start(projection)
+            await trio.sleep(rng.uniform(0.05, 0.6))
+            await bus.projections.stop("stopped")
+    async with open_bus(dsn) as bus:
+        await bus.projections.start(projection)
+        await bus.projections.wait_until_caught_up("stopped", timeout=60)
+        async with bus.projections.reader("stopped") as tx:
+            applied = [row[0] for row in await tx.fetch("SELECT position FROM applied ORDER BY position")]
+    assert applied == [record.sequence_number for record in records]  # none twice, none skipped
