@@ -300,6 +300,7 @@ class PartitionedRunner(ShareApplier):
         for k, lease in round_.held.items():
             if k not in self._held and k not in self._taken:
                 self._taken[k] = Held(lease.epoch, lease.checkpoint)
+                self._released.discard(k)
                 self._interrupt()
         self._owners = round_.owners
         self._stored = round_.checkpoints
