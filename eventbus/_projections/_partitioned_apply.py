@@ -206,6 +206,8 @@ class ShareApplier:
                 return
             if skip is not None and any(r.sequence_number == skip for share in shares for r in share.records):
                 break  # the poison event's partition is applied as skip_poison says, alone
+            if self._unkeyed and any(r.event_id in self._unkeyed for share in shares for r in share.records):
+                break  # its key function failed: known to fail, so no handler runs twice for it
             epochs = {share.partition: share.epoch for share in shares}
             shares_of = {share.partition: share for share in shares}
             self._batch_started = trio.current_time()
