@@ -9,6 +9,8 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import psutil
@@ -75,16 +77,41 @@ def _alive(process: psutil.Process) -> bool:
         return False
 
 
-async def test_just_banking_opens_an_account_with_key_presses_and_quits_with_q(dsn: str) -> None:
-    terminal = Terminal(f"eventbus-test-{psutil.Process().pid}")
+@asynccontextmanager
+async def just_banking(dsn: str, name: str, size: tuple[int, int] = (120, 40)) -> AsyncIterator[Terminal]:
+    """``just banking`` in a tmux window of the test's own; the tmux server is killed at the end."""
+    terminal = Terminal(f"eventbus-test-{psutil.Process().pid}-{name}")
     command = f"cd {shlex.quote(str(ROOT))} && EVENTBUS_DSN={shlex.quote(dsn)} exec {shlex.quote(JUST)} banking"
-    terminal.tmux("new-session", "-d", "-s", "main", "-x", "120", "-y", "40", command)
+    terminal.tmux("new-session", "-d", "-s", "main", "-x", str(size[0]), "-y", str(size[1]), command)
     try:
         terminal.tmux("set-option", "-t", "main", "remain-on-exit", "on")
+        yield terminal
+    finally:
+        subprocess.run([*terminal.base, "kill-server"], capture_output=True, check=False)
+
+
+def processes_of(terminal: Terminal) -> list[psutil.Process]:
+    """The window's process and every process under it."""
+    processes = [psutil.Process(terminal.pane_pid())]
+    return processes + processes[0].children(recursive=True)
+
+
+async def assert_all_gone(terminal: Terminal, processes: list[psutil.Process]) -> None:
+    """Within ``QUIT_TIMEOUT``, every one of ``processes`` has ended and the
+    window's command with them, without a traceback on screen."""
+    with trio.move_on_after(QUIT_TIMEOUT):
+        while not terminal.pane_dead() or any(map(_alive, processes)):
+            await trio.sleep(0.1)
+    assert [p.pid for p in processes if _alive(p)] == [], terminal.screen()
+    assert terminal.pane_dead(), terminal.screen()
+    assert "Traceback" not in terminal.screen()
+
+
+async def test_just_banking_opens_an_account_with_key_presses_and_quits_with_q(dsn: str) -> None:
+    async with just_banking(dsn, "q") as terminal:
         await terminal.wait_for("store connected", timeout=START_TIMEOUT)
         await terminal.wait_for("projections 2 live")
-        processes = [psutil.Process(terminal.pane_pid())]
-        processes += processes[0].children(recursive=True)
+        processes = processes_of(terminal)
 
         terminal.tmux("send-keys", "-t", "main", "o")
         await terminal.wait_for("Open an account")
@@ -99,51 +126,22 @@ async def test_just_banking_opens_an_account_with_key_presses_and_quits_with_q(d
         assert len(re.findall(ACCOUNT_ROW, screen)) == 1, screen
 
         terminal.tmux("send-keys", "-t", "main", "q")
-        with trio.move_on_after(QUIT_TIMEOUT):
-            while not terminal.pane_dead() or any(map(_alive, processes)):
-                await trio.sleep(0.1)
-        assert terminal.pane_dead(), terminal.screen()
-        assert [p.pid for p in processes if _alive(p)] == []
-    finally:
-        subprocess.run([*terminal.base, "kill-server"], capture_output=True, check=False)
+        await assert_all_gone(terminal, processes)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=lambda s: s.name)
 async def test_a_signal_to_the_dashboard_quits_it_as_q_does(dsn: str, signum: signal.Signals) -> None:
-    terminal = Terminal(f"eventbus-test-{psutil.Process().pid}-{signum.name}")
-    command = f"cd {shlex.quote(str(ROOT))} && EVENTBUS_DSN={shlex.quote(dsn)} exec {shlex.quote(JUST)} banking"
-    terminal.tmux("new-session", "-d", "-s", "main", "-x", "120", "-y", "40", command)
-    try:
-        terminal.tmux("set-option", "-t", "main", "remain-on-exit", "on")
+    async with just_banking(dsn, signum.name) as terminal:
         await terminal.wait_for("projections 2 live", timeout=START_TIMEOUT)
-        processes = [psutil.Process(terminal.pane_pid())]
-        processes += processes[0].children(recursive=True)
+        processes = processes_of(terminal)
         (dashboard,) = [p for p in processes if "python" in p.name().lower()]
         dashboard.send_signal(signum)
-        with trio.move_on_after(QUIT_TIMEOUT):
-            while any(map(_alive, processes)):
-                await trio.sleep(0.1)
-        assert [p.pid for p in processes if _alive(p)] == [], terminal.screen()
-        assert "Traceback" not in terminal.screen()
-    finally:
-        subprocess.run([*terminal.base, "kill-server"], capture_output=True, check=False)
+        await assert_all_gone(terminal, processes)
 
 
 async def test_ctrl_c_at_the_dashboard_quits_it_as_q_does(dsn: str) -> None:
-    terminal = Terminal(f"eventbus-test-{psutil.Process().pid}-ctrl-c")
-    command = f"cd {shlex.quote(str(ROOT))} && EVENTBUS_DSN={shlex.quote(dsn)} exec {shlex.quote(JUST)} banking"
-    terminal.tmux("new-session", "-d", "-s", "main", "-x", "80", "-y", "24", command)
-    try:
-        terminal.tmux("set-option", "-t", "main", "remain-on-exit", "on")
+    async with just_banking(dsn, "ctrl-c", size=(80, 24)) as terminal:
         await terminal.wait_for("2 live", timeout=START_TIMEOUT)
-        processes = [psutil.Process(terminal.pane_pid())]
-        processes += processes[0].children(recursive=True)
+        processes = processes_of(terminal)
         terminal.tmux("send-keys", "-t", "main", "C-c")
-        with trio.move_on_after(QUIT_TIMEOUT):
-            while not terminal.pane_dead() or any(map(_alive, processes)):
-                await trio.sleep(0.1)
-        assert terminal.pane_dead(), terminal.screen()
-        assert [p.pid for p in processes if _alive(p)] == []
-        assert "Traceback" not in terminal.screen()
-    finally:
-        subprocess.run([*terminal.base, "kill-server"], capture_output=True, check=False)
+        await assert_all_gone(terminal, processes)
