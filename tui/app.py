@@ -19,6 +19,7 @@ from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.css.query import NoMatches
+from textual.driver import Driver
 from textual.screen import Screen
 
 from .accounts import AccountDetail, AccountsTable
@@ -55,6 +56,16 @@ class DashboardApp(App[None]):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding(key.key, key.action, key.label, show=key.footer) for key in KEYS
     ]
+
+    def get_driver_class(self) -> type[Driver]:
+        """On a POSIX terminal, :class:`tui.terminal.DashboardDriver` (it
+        survives the terminal's going); else Textual's choice."""
+        chosen = super().get_driver_class()
+        if chosen.__name__ != "LinuxDriver":  # Windows, or a driver named in TEXTUAL_DRIVER
+            return chosen
+        from .terminal import DashboardDriver
+
+        return DashboardDriver
 
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (WIDE, "-wide")]  # noqa: RUF012 - Textual's own declaration
     """Below ``WIDE`` columns the panels stack and the side panels and the
