@@ -44,7 +44,8 @@ def test_the_readme_ci_and_dev_give_one_set_up() -> None:
     set_up = readme[readme.index("## Set up, test, run") :]
     assert set_up.index("./dev banking ") < set_up.index("./dev test ") < set_up.index("pip install")
     ci = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if line and not line.startswith("#")]
-    assert ci[-3:] == ["rm -rf .venv", "./dev lint", "./dev test"]
+    assert ci[-4:] == ["rm -rf .venv", "./dev lint", ". .venv/bin/activate", "just test"]
+    assert "`just test`" in set_up[: set_up.index("pip install")]  # the README's test command, by name
     assert os.access(ROOT / "dev", os.X_OK)
 
 
