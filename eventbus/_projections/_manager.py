@@ -294,36 +294,35 @@ class ProjectionManager:
             return
         if not runner.leader:
             raise ProjectionError(f"projection {name!r} is led by another process (or not yet): rebuild it there")
-        self._rebuilding.add(name)
-        _log.info("projection %s: rebuild started", name)
         try:
-            await Rebuild(runner.projection, runner, self.dsn, self.store, self.stream, progress).run()
-            _log.info("projection %s: rebuild swapped in at position %d", name, runner.applied)
-        except Exception as exc:
-            _log.error("projection %s: rebuild failed: %s", name, exc, exc_info=exc)
-            raise
-        except BaseException:
-            _log.info("projection %s: rebuild abandoned", name)
-            raise
+            await self._logged_rebuild(name, self._rebuild_led(runner, progress))
         finally:
-            self._rebuilding.discard(name)
             runner.interrupt()  # its state is worked out again
+
+    async def _rebuild_led(self, runner: Runner, progress: Progress | None) -> int:
+        await Rebuild(runner.projection, runner, self.dsn, self.store, self.stream, progress).run()
+        return runner.applied
 
     async def _rebuild_partitioned(self, runner: PartitionedRunner, progress: Progress | None) -> None:
         name = runner.projection.name
+        rebuild = PartitionedRebuild(
+            runner.projection,
+            runner.member,
+            lambda: self._runners.get(name) is runner,
+            self.dsn,
+            self.store,
+            self.stream,
+            progress,
+        )
+        await self._logged_rebuild(name, rebuild.run())
+
+    async def _logged_rebuild(self, name: str, rebuild: Awaitable[int]) -> None:
+        """Await ``rebuild`` (it returns the position swapped in) with ``name``
+        marked as rebuilding, and log its start and how it ended."""
         self._rebuilding.add(name)
         _log.info("projection %s: rebuild started", name)
         try:
-            rebuild = PartitionedRebuild(
-                runner.projection,
-                runner.member,
-                lambda: self._runners.get(name) is runner,
-                self.dsn,
-                self.store,
-                self.stream,
-                progress,
-            )
-            position = await rebuild.run()
+            position = await rebuild
             _log.info("projection %s: rebuild swapped in at position %d", name, position)
         except Exception as exc:
             _log.error("projection %s: rebuild failed: %s", name, exc, exc_info=exc)

@@ -49,8 +49,8 @@ from .._stream import EventStream
 from .._values import EventRecord
 from . import _leases
 from ._apply import apply_in_time, literal, prepare_schema, quote
-from ._definition import SUBSCRIPTION_BATCHES, BatchHandler, Handler, Projection, Transaction
-from ._rebuild import IDLE_WAIT, Progress
+from ._definition import BatchHandler, Handler, Projection, Transaction
+from ._rebuild import IDLE_WAIT, Progress, subscribe_from_start
 from ._shadow import Shadow, create_shadow, drop_shadow
 from ._swap import LOCK_CONFLICTS, SWAP_ATTEMPTS, SWAP_LOCK_TIMEOUT
 
@@ -206,13 +206,7 @@ class PartitionedRebuild:
         position = 0
         attempt = 0
         looked = -math.inf  # when the slowest partition was last looked at
-        sub = self.stream.subscribe(
-            projection.filter,
-            after=0,
-            max_batch=projection.batch_size,
-            buffer=projection.batch_size * SUBSCRIPTION_BATCHES,
-            name=f"rebuild {projection.name}",
-        )
+        sub = subscribe_from_start(self.stream, projection)
         async with sub:
             while True:
                 if not self.running():

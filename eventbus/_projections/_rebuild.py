@@ -23,7 +23,7 @@ import trio
 from .. import _db
 from .._errors import ProjectionError
 from .._store import EventStore
-from .._stream import EventStream
+from .._stream import EventStream, Subscription
 from .._values import EventRecord
 from ._apply import apply_in_time, prepare_schema
 from ._definition import SUBSCRIPTION_BATCHES, Projection
@@ -35,6 +35,18 @@ IDLE_WAIT = 0.5
 
 Progress = Callable[[int, int], object]
 """``progress(done, total)``, in positions."""
+
+
+def subscribe_from_start(stream: EventStream, projection: Projection) -> Subscription:
+    """A rebuild's subscription: ``projection``'s events from position 0, in
+    its batches, buffering up to ``SUBSCRIPTION_BATCHES`` of them."""
+    return stream.subscribe(
+        projection.filter,
+        after=0,
+        max_batch=projection.batch_size,
+        buffer=projection.batch_size * SUBSCRIPTION_BATCHES,
+        name=f"rebuild {projection.name}",
+    )
 
 
 class Leader(Protocol):
@@ -104,13 +116,7 @@ class Rebuild:
         live = self.live
         position = 0
         asked = False
-        sub = self.stream.subscribe(
-            projection.filter,
-            after=0,
-            max_batch=projection.batch_size,
-            buffer=projection.batch_size * SUBSCRIPTION_BATCHES,
-            name=f"rebuild {projection.name}",
-        )
+        sub = subscribe_from_start(self.stream, projection)
         async with sub:
             while True:
                 if swap.target is not None and position >= swap.target:
