@@ -104,15 +104,11 @@ class ProjectionManager:
         if projection.name in self._runners:
             raise ProjectionError(f"projection {projection.name!r} is started already")
         runner: Runner | PartitionedRunner
+        rebuilding = functools.partial(self.rebuilding, projection.name)
         if projection.partitions > 1:
-            runner = PartitionedRunner(projection, dsn=self.dsn, stream=self.stream)
+            runner = PartitionedRunner(projection, dsn=self.dsn, stream=self.stream, rebuilding=rebuilding)
         else:
-            runner = Runner(
-                projection,
-                dsn=self.dsn,
-                stream=self.stream,
-                rebuilding=functools.partial(self.rebuilding, projection.name),
-            )
+            runner = Runner(projection, dsn=self.dsn, stream=self.stream, rebuilding=rebuilding)
         self._runners[projection.name] = runner
         self._nursery.start_soon(runner.run, name=f"projection {projection.name}")
         if self._operations is None:

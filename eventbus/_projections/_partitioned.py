@@ -33,6 +33,7 @@ import logging
 import os
 import secrets
 import socket
+from collections.abc import Callable
 from json.encoder import encode_basestring
 from typing import Any
 
@@ -56,6 +57,9 @@ from ._definition import (
     Transaction,
 )
 from ._partitioned_apply import Held, ShareApplier
+
+_FOLLOWING = frozenset({ProjectionState.LIVE, ProjectionState.CATCHING_UP, ProjectionState.STANDBY})
+"""The states a rebuild under way in this process shows as ``rebuilding``."""
 
 IDLE_CHECKPOINT = 0.5
 """Seconds without events after which the held partitions' checkpoints move to the stream's position."""
@@ -99,8 +103,11 @@ class PartitionedRunner(ShareApplier):
     swap shows here as leases lost and taken again under a new epoch.
     """
 
-    def __init__(self, projection: Projection, *, dsn: str, stream: EventStream) -> None:
+    def __init__(
+        self, projection: Projection, *, dsn: str, stream: EventStream, rebuilding: Callable[[], bool] = lambda: False
+    ) -> None:
         self.projection = projection
+        self._rebuilding = rebuilding  # whether this process rebuilds the projection now
         self.member = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._dsn = dsn
         self._stream = stream
@@ -166,8 +173,11 @@ class PartitionedRunner(ShareApplier):
             owners[self.member] = self.held()
         else:
             owners.pop(self.member, None)
+        state = self.state
+        if state in _FOLLOWING and self._rebuilding():
+            state = ProjectionState.REBUILDING
         return ProjectionStatus(
-            state=self.state,
+            state=state,
             checkpoint=checkpoint,
             lag=max(0, stream_position - checkpoint),
             restarts=self.restarts,

@@ -86,6 +86,12 @@ async def test_a_partitioned_projection_is_rebuilt_under_writes_and_each_event_i
         before = await bus.store.pool.fetchval(SCHEMA_OID)
         seen: list[int] = []
         progress: list[tuple[int, int]] = []
+        shown: set[str] = set()  # the projection's state, as status() shows it during the rebuild
+
+        def follow(done: int, total: int) -> None:
+            progress.append((done, total))
+            shown.add(bus.projections.status()["accounts"].state)
+
         async with trio.open_nursery() as nursery:
 
             async def write() -> None:
@@ -102,8 +108,10 @@ async def test_a_partitioned_projection_is_rebuilt_under_writes_and_each_event_i
 
             nursery.start_soon(write)
             nursery.start_soon(read)
-            await bus.projections.rebuild("accounts", lambda done, total: progress.append((done, total)))
+            await bus.projections.rebuild("accounts", follow)
             nursery.cancel_scope.cancel()
+        assert shown == {"rebuilding"}
+        assert bus.projections.status()["accounts"].state != "rebuilding"  # once it has returned
         await append_in_chunks(bus.store, events[len(events) - 50 :], 50)  # after the swap too
         await bus.projections.wait_until_caught_up("accounts", timeout=60)
         await assert_each_event_applied_once(bus)
