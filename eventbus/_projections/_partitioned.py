@@ -5,11 +5,13 @@ members (``_leases.py``) and holds the leases of its share of partitions,
 renewed every ``HEARTBEAT`` seconds on a connection of its own. It reads the
 stream once, whatever it holds: one subscription from the lowest checkpoint
 of its partitions, each record routed to partition
-``stable_hash(partition_key(record)) % partitions``. A batch is applied in
-ONE transaction for all the partitions held (``_partitioned_apply.py``): the
-handlers run on each partition's records in turn, and the commit moves each
-partition's checkpoint, fenced by its lease's epoch: exactly once per event,
-in position order per key, and never by a process that lost the lease. When
+``stable_hash(partition_key(record)) % partitions``. A batch (up to
+``batch_size`` events of the partitions held, from as many stream batches as
+are buffered) is applied in ONE transaction for them all
+(``_partitioned_apply.py``): the handlers run on each partition's records in
+turn, and the commit moves each partition's checkpoint, fenced by its lease's
+epoch: exactly once per event, in position order per key, and never by a
+process that lost the lease. When
 it takes a partition the subscription starts again from the lowest
 checkpoint; the records of partitions past theirs are passed over.
 
@@ -381,9 +383,7 @@ class PartitionedRunner(ShareApplier):
             if batch is None:
                 await self._advance_idle(conn, sub)
                 continue
-            await self._apply(conn, batch)
-            self._through = max(self._through, batch[-1].sequence_number)
-            self._notify()
+            await self._apply(conn, sub, batch)
 
     async def _advance_idle(self, conn: _db.Connection, sub: Subscription) -> None:
         if sub.buffered or self._resubscribe:
@@ -427,14 +427,48 @@ class PartitionedRunner(ShareApplier):
                 int.from_bytes(hashlib.blake2b(record.event_id.bytes, digest_size=8).digest()) % projection.partitions
             )
 
-    async def _apply(self, conn: _db.Connection, batch: list[EventRecord]) -> None:
+    async def _apply(self, conn: _db.Connection, sub: Subscription, batch: list[EventRecord]) -> None:
+        """Apply ``batch`` and the stream batches buffered behind it, up to
+        ``batch_size`` events of the partitions held here per transaction.
+
+        The subscription's batches are of the stream: a process that holds a
+        quarter of the partitions finds a quarter of each batch its own. So
+        that each transaction (and each call of a batch handler) still gets
+        full batches of its own events, the batches already buffered are
+        taken too (without waiting), until ``batch_size`` of them are this
+        process's; the rest of a batch starts the next transaction.
+        """
+        limit = self.projection.batch_size
         groups: dict[int, list[EventRecord]] = {}
-        for record in batch:
-            k = self._route(record)
-            held = self._held.get(k)
-            if held is not None and record.sequence_number > held.checkpoint:
-                groups.setdefault(k, []).append(record)
-        await self._apply_groups(conn, groups)
+        own = 0
+        while True:
+            for record in batch:
+                k = self._route(record)
+                held = self._held.get(k)
+                if held is not None and record.sequence_number > held.checkpoint:
+                    groups.setdefault(k, []).append(record)
+                    own += 1
+                    if own == limit:
+                        await self._apply_groups(conn, groups)
+                        groups, own = {}, 0
+                        self._moved(record.sequence_number)
+            if not sub.buffered or self._taken or self._resubscribe:
+                break
+            try:
+                batch = await sub.__anext__()  # buffered: at once
+            except StopAsyncIteration:
+                break
+            if own == 0:
+                self._moved(batch[0].sequence_number - 1)
+        if groups:
+            await self._apply_groups(conn, groups)
+        self._moved(batch[-1].sequence_number)
+
+    def _moved(self, through: int) -> None:
+        """Every held partition has applied its events up to ``through``."""
+        if through > self._through:
+            self._through = through
+            self._notify()
 
     # ------------------------------------------------------------ the key function's failures
 

@@ -35,9 +35,11 @@ async def test_a_stream_batch_over_several_partitions_is_one_transaction(
     stream_batches: list[list[int]] = []
     apply = _partitioned.PartitionedRunner._apply
 
-    async def recording(self: _partitioned.PartitionedRunner, conn: object, batch: list[EventRecord]) -> None:
+    async def recording(
+        self: _partitioned.PartitionedRunner, conn: object, sub: object, batch: list[EventRecord]
+    ) -> None:
         stream_batches.append([record.sequence_number for record in batch])
-        await apply(self, conn, batch)  # type: ignore[arg-type]
+        await apply(self, conn, sub, batch)  # type: ignore[arg-type]
 
     monkeypatch.setattr(_partitioned.PartitionedRunner, "_apply", recording)
     calls: list[tuple[int, int, list[int]]] = []  # (txid, partition, positions) per handler call
@@ -72,6 +74,45 @@ async def test_a_stream_batch_over_several_partitions_is_one_transaction(
         transactions.append((txid, partitions))
     assert len(by_txid) == len(stream_batches)
     assert max(len(partitions) for _, partitions in transactions) == PARTITIONS  # the batches did span them
+
+
+async def test_a_process_holding_some_partitions_applies_full_batches_of_its_own_events(dsn: str) -> None:
+    # Two processes (two buses), a partition each; every stream batch is half
+    # one's, half the other's. Each transaction still gets batch_size events
+    # of the process's own partition (not half a batch), and never more.
+    batch_size, count = 50, 400
+    keys = {k: [f"k-{i}" for i in range(40) if partition_of(f"k-{i}", 2) == k][:5] for k in (0, 1)}
+    events = [Event("Ping", {"key": keys[i % 2][i // 2 % 5]}) for i in range(count)]  # partitions alternate
+    calls: dict[str, list[list[int]]] = defaultdict(list)  # process -> positions per handler call
+
+    def projection(process: str) -> Projection:
+        async def handler(tx: Transaction, records: list[EventRecord]) -> None:
+            calls[process].append([record.sequence_number for record in records])
+
+        return Projection(
+            "halves", batch_size=batch_size, batch_handler=handler, event_types=["Ping"], partitions=2,
+            partition_key=key_of,
+        )  # fmt: skip
+
+    async with open_bus(dsn) as one, open_bus(dsn) as other:
+        await one.projections.start(projection("one"))
+        await other.projections.start(projection("other"))
+        with trio.fail_after(30):
+            while sorted(map(len, one.projections.status()["halves"].partitions.values())) != [1, 1] or not all(
+                bus.projections.status()["halves"].leader for bus in (one, other)
+            ):  # each holds one partition
+                await trio.sleep(0.05)
+        records = await one.store.append(events)
+        for bus in (one, other):
+            await bus.projections.wait_until_caught_up("halves", timeout=30)
+    applied = sorted(p for positions in calls.values() for call in positions for p in call)
+    assert applied == [record.sequence_number for record in records]  # each once
+    assert sorted(calls) == ["one", "other"]
+    for process, positions in calls.items():
+        own = sum(len(call) for call in positions)
+        assert own == count // 2, process
+        assert max(len(call) for call in positions) == batch_size  # stream batches held half as many
+        assert len(positions) <= own // batch_size + 1, [len(call) for call in positions]
 
 
 async def test_a_lease_lost_mid_batch_rolls_the_batch_back_and_the_rest_is_applied_once(
