@@ -32,7 +32,7 @@ from ._db import (
     schema_sql,
     start_standby,
 )
-from ._projections._partitioned import partition_of
+from ._projections._routing import partition_of
 from ._store import query_sql
 from ._values._tags import event_tags
 

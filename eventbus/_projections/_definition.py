@@ -18,6 +18,7 @@ import attrs
 from .. import _db
 from .._errors import ProjectionError
 from .._values import EventFilter, EventRecord, _json
+from .._values._partitions import key_text
 from ._supervisor import RestartPolicy
 
 DEFAULT_BATCH_SIZE = 500
@@ -158,6 +159,41 @@ def _check_partitions(_: Any, __: Any, value: Any) -> None:
 
 PartitionKey = Callable[[EventRecord], Any]
 
+MAX_KEY_FIELD = 200
+"""The longest payload field name ``partition_key`` may name, in characters."""
+
+
+def _check_partition_key(_: Any, __: Any, key: Any) -> None:
+    if isinstance(key, str):
+        if not key or len(key) > MAX_KEY_FIELD or "\x00" in key:
+            raise ProjectionError(
+                f"partition_key as a payload field name must be 1 to {MAX_KEY_FIELD} characters, not {key!r}"
+            )
+    elif key is not None and (not callable(key) or _is_async(key)):
+        raise ProjectionError(
+            f"partition_key must be a payload field name or a plain function (record) -> key, not {key!r}"
+        )
+
+
+def key_function(projection: Projection) -> PartitionKey:
+    """``projection``'s key as a function of a record. For a field name, the
+    field's value; ProjectionError when it holds no key (it is missing, or
+    neither a string nor a whole number)."""
+    key = projection.partition_key
+    if not isinstance(key, str):
+        assert key is not None
+        return key
+    field = key
+
+    def value(record: EventRecord) -> Any:
+        found = record.payload.get(field)
+        if key_text(found) is None:
+            kind = "missing" if field not in record.payload else f"a {type(found).__name__}"
+            raise ProjectionError(f"payload field {field!r} is {kind}, not a string or a whole number")
+        return found
+
+    return value
+
 
 @attrs.frozen
 class Projection:
@@ -190,10 +226,20 @@ class Projection:
             default: one process applies them all). With more, every process
             that starts the projection applies a fair share of them (see
             ``_partitioned.py``); events of one key keep their order.
-        partition_key: ``(record) -> key``, a plain function, required with
-            ``partitions > 1``; the key (str, int or any JSON value) picks the
-            partition by a stable hash. An event it raises on is a failure of
-            a handler (a dead letter under ``on_error="skip"``).
+        partition_key: required with ``partitions > 1``: a payload field
+            name (``"accountId"``), or ``(record) -> key``, a plain function.
+            The key picks the partition by a stable hash. With a field name,
+            the key is that field's value, a string or a whole number, and
+            the partition is computed by PostgreSQL too: each process reads
+            from the store only the events of the partitions it holds
+            (with a function it reads and decodes every event of the
+            projection's types, and routes it in Python). A function's key
+            may be any JSON value. An event whose key cannot be had (the
+            function raises, the field is missing or holds another value)
+            is a failure of a handler (a dead letter under
+            ``on_error="skip"``). The two forms hash differently: changing
+            one for the other (or ``partitions``) moves keys to other
+            partitions, so rebuild the projection when you do.
 
     Raises:
         ProjectionError: at once, for a bad name, handler, policy or size.
@@ -213,15 +259,13 @@ class Projection:
         default=DEFAULT_HANDLER_TIMEOUT, kw_only=True, validator=_check_handler_timeout
     )
     partitions: int = attrs.field(default=1, kw_only=True, validator=_check_partitions)
-    partition_key: PartitionKey | None = attrs.field(default=None, kw_only=True)
+    partition_key: PartitionKey | str | None = attrs.field(default=None, kw_only=True, validator=_check_partition_key)
 
     def __attrs_post_init__(self) -> None:
         if not self.handlers and self.batch_handler is None:
             raise ProjectionError(f"projection {self.name!r} has no handlers")
         if self.batch_handler is not None and not self.event_types and not self.handlers:
             raise ProjectionError(f"projection {self.name!r}: batch_handler needs event_types")
-        if self.partition_key is not None and (not callable(self.partition_key) or _is_async(self.partition_key)):
-            raise ProjectionError(f"partition_key must be a plain function (record) -> key, not {self.partition_key!r}")
         if self.partitions > 1 and self.partition_key is None:
             raise ProjectionError(f"projection {self.name!r}: partitions={self.partitions} needs a partition_key")
 

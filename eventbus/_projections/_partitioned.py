@@ -29,14 +29,11 @@ process holds its partition (``_skip.py``).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import secrets
 import socket
 from collections.abc import Callable
-from json.encoder import encode_basestring
 from typing import Any
 
 import attrs
@@ -45,20 +42,19 @@ import trio
 from .. import _db
 from .._errors import DatabaseError, HandlerFailed, ProjectionError, StoreUnavailable
 from .._nursery import open_actor_nursery
-from .._stream import EventStream, Subscription
-from .._values import EventRecord
+from .._stream import EventStream, Subscription, subscribe_slice
+from .._values import EventRecord, PartitionSlice, Sliced
 from . import _leases
 from ._apply import prepare_schema
 from ._definition import (
     SUBSCRIPTION_BATCHES,
-    BatchHandler,
-    Handler,
     Projection,
     ProjectionState,
     ProjectionStatus,
-    Transaction,
+    key_function,
 )
 from ._partitioned_apply import Held, ShareApplier
+from ._routing import Router
 
 _FOLLOWING = frozenset({ProjectionState.LIVE, ProjectionState.CATCHING_UP, ProjectionState.STANDBY})
 """The states a rebuild under way in this process shows as ``rebuilding``."""
@@ -69,34 +65,10 @@ IDLE_CHECKPOINT = 0.5
 LEAVE_TIMEOUT = 2.0
 """Seconds a stopping process tries to hand its leases back before leaving them to expire."""
 
-ROUTES_REMEMBERED = 65_536
-"""String keys whose partition a process remembers (then it forgets them all
-and starts again): it reads every event of the projection, whatever it
-holds, and would otherwise hash the key of each one. Only keys of up to
-``ROUTED_KEY_CHARS`` characters are remembered, so that memory stays bounded."""
-
-ROUTED_KEY_CHARS = 256
-"""The longest string key whose partition a process remembers; longer ones are hashed each time."""
-
 _log = logging.getLogger("eventbus.projections")
 
 
-def partition_of(key: Any, partitions: int) -> int:
-    """The partition of ``key``: a stable hash of its JSON text (the same in
-    every process and every run, unlike ``hash``), modulo ``partitions``.
-
-    Raises:
-        TypeError, ValueError: ``key`` is not a JSON value.
-    """
-    if type(key) is str:  # the same text as json.dumps gives, without building an encoder
-        text = encode_basestring(key)
-    else:
-        text = json.dumps(key, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    digest = hashlib.blake2b(text.encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") % partitions
-
-
-class PartitionedRunner(ShareApplier):
+class PartitionedRunner(ShareApplier, Router):
     """One partitioned projection in this process: its share of partitions.
 
     The manager uses it as it does a :class:`Runner` (``state``, ``leader``,
@@ -136,6 +108,8 @@ class PartitionedRunner(ShareApplier):
         self._unkeyed: dict[Any, str] = {}  # event id -> why the key function failed on it
         self._routes: dict[str, int] = {}  # string key -> its partition (see ROUTES_REMEMBERED)
         self._routed_over = projection.partitions  # the partitions self._routes was made for
+        self._key = key_function(projection)
+        self._slice: frozenset[int] | None = None  # the partitions a subscription by a payload field reads
         self._applying = attrs.evolve(
             projection,
             handlers={t: self._guard(h) for t, h in projection.handlers.items()},
@@ -350,18 +324,25 @@ class PartitionedRunner(ShareApplier):
                 self._adopt()
             after = min(h.checkpoint for h in self._held.values())
             self._through, self._resubscribe = after, False
-            sub = self._stream.subscribe(
-                projection.filter,
-                after=after,
-                max_batch=projection.batch_size,
-                buffer=projection.batch_size * SUBSCRIPTION_BATCHES,
-                name=f"projection {projection.name}",
-            )
-            async with sub:
-                self._sub = sub
-                sub.on_move = self._notify
-                await self._follow(conn, sub)
-            self._sub = None
+            options: dict[str, Any] = {
+                "after": after,
+                "max_batch": projection.batch_size,
+                "buffer": projection.batch_size * SUBSCRIPTION_BATCHES,
+                "name": f"projection {projection.name}",
+            }
+            if isinstance(projection.partition_key, str):  # the store sends the held partitions' events alone
+                self._slice = frozenset(self._held)
+                chosen = PartitionSlice(projection.partition_key, projection.partitions, self._slice)
+                sub = subscribe_slice(self._stream, Sliced(projection.filter, chosen), **options)
+            else:
+                sub = self._stream.subscribe(projection.filter, **options)
+            try:
+                async with sub:
+                    self._sub = sub
+                    sub.on_move = self._notify
+                    await self._follow(conn, sub)
+            finally:
+                self._sub, self._slice = None, None
 
     async def _follow(self, conn: _db.Connection, sub: Subscription) -> None:
         """Apply batches until a partition taken here needs an earlier start."""
@@ -369,6 +350,8 @@ class PartitionedRunner(ShareApplier):
             self._adopt()
             if self._resubscribe or not self._held:
                 return
+            if self._slice is not None and self._slice != frozenset(self._held):
+                return  # read the partitions held now (and no longer those let go of)
             state = ProjectionState.LIVE if sub.state == "live" else ProjectionState.CATCHING_UP
             if state != self.state:
                 self.state = state
@@ -403,29 +386,6 @@ class PartitionedRunner(ShareApplier):
             if held is not None and held.epoch == lease.epoch:
                 held.checkpoint = max(held.checkpoint, position)
         self._notify()
-
-    def _route(self, record: EventRecord) -> int:
-        projection = self.projection
-        assert projection.partition_key is not None
-        try:
-            key = projection.partition_key(record)
-            if type(key) is not str or len(key) > ROUTED_KEY_CHARS:
-                return partition_of(key, projection.partitions)
-            if self._routed_over != projection.partitions:
-                self._routes.clear()
-                self._routed_over = projection.partitions
-            k = self._routes.get(key)
-            if k is None:
-                if len(self._routes) >= ROUTES_REMEMBERED:
-                    self._routes.clear()
-                k = self._routes[key] = partition_of(key, projection.partitions)
-            return k
-        except Exception as exc:
-            # Stable for every process: the event id picks the partition that fails on it.
-            self._unkeyed[record.event_id] = f"partition_key raised {type(exc).__name__}: {exc}"
-            return (
-                int.from_bytes(hashlib.blake2b(record.event_id.bytes, digest_size=8).digest()) % projection.partitions
-            )
 
     async def _apply(self, conn: _db.Connection, sub: Subscription, batch: list[EventRecord]) -> None:
         """Apply ``batch`` and the stream batches buffered behind it, up to
@@ -469,25 +429,3 @@ class PartitionedRunner(ShareApplier):
         if through > self._through:
             self._through = through
             self._notify()
-
-    # ------------------------------------------------------------ the key function's failures
-
-    def _check_key(self, record: EventRecord) -> None:
-        why = self._unkeyed.get(record.event_id)
-        if why is not None:
-            raise ProjectionError(f"projection {self.projection.name}: {why}")
-
-    def _guard(self, handler: Handler) -> Handler:
-        async def guarded(tx: Transaction, record: EventRecord) -> None:
-            self._check_key(record)
-            await handler(tx, record)
-
-        return guarded
-
-    def _guard_batch(self, handler: BatchHandler) -> BatchHandler:
-        async def guarded(tx: Transaction, records: list[EventRecord]) -> None:
-            for record in records:
-                self._check_key(record)
-            await handler(tx, records)
-
-        return guarded

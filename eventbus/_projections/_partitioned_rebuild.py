@@ -49,7 +49,7 @@ from .._stream import EventStream
 from .._values import EventRecord
 from . import _leases
 from ._apply import apply_in_time, literal, prepare_schema, quote
-from ._definition import BatchHandler, Handler, Projection, Transaction
+from ._definition import BatchHandler, Handler, Projection, Transaction, key_function
 from ._rebuild import IDLE_WAIT, Progress, subscribe_from_start
 from ._shadow import Shadow, create_shadow, drop_shadow
 from ._swap import LOCK_CONFLICTS, SWAP_ATTEMPTS, SWAP_LOCK_TIMEOUT
@@ -67,8 +67,7 @@ _log = logging.getLogger("eventbus.projections")
 def keyed(projection: Projection) -> Projection:
     """``projection`` whose handlers fail, as the live partitions do, on an
     event its ``partition_key`` raises on (a dead letter under ``skip``)."""
-    key = projection.partition_key
-    assert key is not None
+    key = key_function(projection)
 
     def check(record: EventRecord) -> None:
         try:

@@ -22,7 +22,7 @@ from .. import _db, _telemetry
 from .._db import open_database
 from .._errors import ClosedError, InvalidEvent, InvalidFilter, InvalidOption
 from .._nursery import open_actor_nursery
-from .._values import Event, EventFilter, EventQuery, EventRecord, QueryResult, _json
+from .._values import Event, EventFilter, EventQuery, EventRecord, PartitionSlice, QueryResult, _json
 from ._actor import REQUEST_BUFFER, WRITE_LANES, CommitHook, StoreActor
 from ._queries import query_sql, to_records
 from ._reads import Reads
@@ -196,14 +196,17 @@ class EventStore:
         *,
         min_position: int | None = None,
         from_primary: bool = False,
+        partition: PartitionSlice | None = None,
     ) -> list[EventRecord]:
         """The records of ``query`` with positions up to ``upto`` (if given),
         from a snapshot that shows ``min_position`` (see :meth:`query`);
-        ``from_primary`` reads the primary whatever the standbys show."""
+        ``from_primary`` reads the primary whatever the standbys show;
+        ``partition``: only the events of those partitions, computed by the
+        server (the rows of the others are never sent)."""
         if not query.filters or query.limit == 0:
             return []
         self._check_open()
-        sql, args = query_sql(query, upto)
+        sql, args = query_sql(query, upto, partition)
         return to_records(await self._reads.fetch(sql, args, min_position=min_position, from_primary=from_primary))
 
     def _check_open(self) -> None:

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from .. import _db
-from .._values import EventFilter, EventQuery, EventRecord, _tags
+from .._values import EventFilter, EventQuery, EventRecord, PartitionSlice, _partitions, _tags
 
 _COLUMNS = "sequence_number, event_id, event_type, payload, metadata, occurred_at"
 _E_COLUMNS = ", ".join(f"e.{name}" for name in _COLUMNS.split(", "))
@@ -49,8 +49,29 @@ def _candidates(query: EventQuery) -> tuple[dict[int, None], dict[str, None]] | 
     return tags, types
 
 
-def query_sql(query: EventQuery, upto: int | None = None) -> tuple[str, list[Any]]:
-    """SQL text and arguments for an EventQuery (``upto``: an upper position).
+def partition_sql(field: str, partitions: str) -> str:
+    """The partition of the event ``e`` by the payload field ``field`` (a
+    parameter), as ``_values/_partitions.py`` computes it: the md5 of the
+    key's JSON text (a string's, quoted and escaped as jsonb writes it, or a
+    whole number's), or of the event id's text when there is no key."""
+    value = f"(e.payload -> {field})"
+    key = (f"CASE WHEN jsonb_typeof({value}) = 'string' OR (jsonb_typeof({value}) = 'number'"
+           f" AND {value}::text ~ '^-?[0-9]+$') THEN {value}::text ELSE e.event_id::text END")  # fmt: skip
+    bits = _partitions.HASH_BITS
+    return f"(('x' || substr(md5(convert_to({key}, 'UTF8')), 1, {bits // 4}))::bit({bits})::bigint % {partitions})"
+
+
+def _slice_sql(partition: PartitionSlice, args: list[Any]) -> str:
+    args.extend([partition.field, partition.partitions, sorted(partition.wanted)])
+    n = len(args)
+    return f" AND {partition_sql(f'${n - 2}::text', f'${n - 1}::int')} = ANY(${n}::int[])"
+
+
+def query_sql(
+    query: EventQuery, upto: int | None = None, partition: PartitionSlice | None = None
+) -> tuple[str, list[Any]]:
+    """SQL text and arguments for an EventQuery (``upto``: an upper position;
+    ``partition``: only the events of those partitions by a payload field).
 
     Each tag or type of ``_candidates`` is one walk of its index in position
     order, each candidate looked up by position and checked exactly, and,
@@ -74,6 +95,8 @@ def query_sql(query: EventQuery, upto: int | None = None) -> tuple[str, list[Any
     # a few in a thousand, concludes that a limit reads every candidate
     # anyway, and may as well sort them all as walk in order and stop.
     check = "" if "TRUE" in checks else " AND CASE WHEN " + " OR ".join(checks) + " THEN TRUE END"
+    if partition is not None:
+        check += _slice_sql(partition, args)
     limit = ""
     if query.limit is not None:
         args.append(query.limit)

@@ -14,7 +14,7 @@ from ._delivery import (
     SubscriptionState,
     SubscriptionStatistics,
 )
-from ._hub import EventStream, StreamStatistics, open_event_stream
+from ._hub import EventStream, StreamStatistics, open_event_stream, subscribe_slice
 from ._subscription import Subscription
 
 __all__ = [
@@ -27,4 +27,5 @@ __all__ = [
     "SubscriptionState",
     "SubscriptionStatistics",
     "open_event_stream",
+    "subscribe_slice",
 ]

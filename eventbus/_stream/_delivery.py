@@ -22,7 +22,7 @@ from typing import Literal, TypeAlias
 import attrs
 import trio
 
-from .._values import AnyOf, EventFilter, EventRecord
+from .._values import AnyOf, EventFilter, EventRecord, Sliced
 
 DEFAULT_MAX_BATCH = 100
 """Records per batch a subscriber receives, at most."""
@@ -80,7 +80,7 @@ Batches: TypeAlias = trio.MemoryReceiveChannel[list[EventRecord]]
 """The consumer's end of a delivery's buffer."""
 
 
-Selector: TypeAlias = "EventFilter | AnyOf"
+Selector: TypeAlias = "EventFilter | AnyOf | Sliced"
 """What a subscription selects: one filter, or any of several."""
 
 
@@ -211,6 +211,8 @@ class Delivery:
 def _describe(filter: Selector) -> str:
     if isinstance(filter, AnyOf):
         return " | ".join(_describe(item) for item in filter.filters)
+    if isinstance(filter, Sliced):
+        return f"{_describe(filter.filter)} [{filter.slice.field} in {len(filter.slice.wanted)} partitions]"
     types = ",".join(filter.event_types) or "*"
     if filter.payload_predicates:
         return f"{types} {list(filter.payload_predicates)}"

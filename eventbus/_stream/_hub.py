@@ -28,6 +28,7 @@ import logging
 import math
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
+from typing import Any
 
 import attrs
 import trio
@@ -36,7 +37,7 @@ from .. import _telemetry
 from .._errors import ClosedError, InvalidFilter, StoreUnavailable
 from .._nursery import open_actor_nursery
 from .._store import EventStore
-from .._values import AnyOf, EventFilter, EventQuery, EventRecord
+from .._values import AnyOf, EventFilter, EventQuery, EventRecord, PartitionSlice, Sliced
 from ._delivery import (
     DEFAULT_BUFFER,
     DEFAULT_MAX_BATCH,
@@ -47,6 +48,7 @@ from ._delivery import (
     SubscriptionStatistics,
     open_delivery,
 )
+from ._ring import Ring, chunks, position_of
 from ._subscription import Subscription
 
 RING_SIZE = 20_000
@@ -78,52 +80,6 @@ class StreamStatistics:
     subscriptions: tuple[SubscriptionStatistics, ...]
 
 
-def _chunks(records: list[EventRecord], size: int) -> Iterable[list[EventRecord]]:
-    if 0 < len(records) <= size:  # no empty chunk: a batch is never empty
-        yield records
-        return
-    for start in range(0, len(records), size):
-        yield records[start : start + size]
-
-
-class _Ring:
-    """The latest records, in position order, bounded in count.
-
-    ``floor``: every record with a position above it is in the ring.
-    """
-
-    def __init__(self, capacity: int, floor: int) -> None:
-        self._capacity = capacity
-        self._records: list[EventRecord] = []
-        self._start = 0
-        self.floor = floor
-
-    def __len__(self) -> int:
-        return len(self._records) - self._start
-
-    def extend(self, records: Sequence[EventRecord]) -> None:
-        self._records.extend(records)
-        excess = len(self) - self._capacity
-        if excess > 0:
-            self._start += excess
-            self.floor = self._records[self._start - 1].sequence_number
-            if self._start > self._capacity:
-                del self._records[: self._start]
-                self._start = 0
-
-    def after(self, position: int, limit: int) -> list[EventRecord] | None:
-        """Up to ``limit`` records after ``position``, or None if the ring
-        no longer holds all of them."""
-        if position < self.floor:
-            return None
-        index = bisect.bisect_right(self._records, position, lo=self._start, key=_position)
-        return self._records[index : index + limit]
-
-
-def _position(record: EventRecord) -> int:
-    return record.sequence_number
-
-
 class EventStream:
     """The hub's handle: subscribe, publish committed records, read figures.
 
@@ -135,7 +91,7 @@ class EventStream:
     def __init__(self, store: EventStore, position: int, ring_size: int = RING_SIZE) -> None:
         self._store = store
         self.position = position
-        self._ring = _Ring(ring_size, position)
+        self._ring = Ring(ring_size, position)
         self._live: dict[Delivery, None] = {}  # fed by _deliver, in the order they joined
         self._all: dict[Delivery, None] = {}  # attached and not closed
         self._inbox_send, self._inbox_receive = trio.open_memory_channel[object](INBOX_SIZE)
@@ -273,23 +229,57 @@ class EventStream:
         position the hub has reached) may go to a hot standby, in a snapshot
         that shows ``upto``, or else to the primary.
         """
-        filters = [_EVERYTHING] if filter is None else filter.filters if isinstance(filter, AnyOf) else [filter]
+        partition: PartitionSlice | None = None
+        if filter is None:
+            filters = [_EVERYTHING]
+        elif isinstance(filter, Sliced):
+            filters, partition = [filter.filter], filter.slice
+        else:
+            filters = list(filter.filters) if isinstance(filter, AnyOf) else [filter]
         query = EventQuery(filters, after=after, limit=CATCH_UP_PAGE)
         while True:
             try:
                 if live:
-                    return await self._store.fetch_records(query, upto, from_primary=True)
-                return await self._store.fetch_records(query, upto, min_position=upto)
+                    return await self._store.fetch_records(query, upto, from_primary=True, partition=partition)
+                return await self._store.fetch_records(query, upto, min_position=upto, partition=partition)
+            except StoreUnavailable:
+                await trio.sleep(RETRY_DELAY)
+
+    async def _head(self) -> int:
+        while True:
+            try:
+                return await self._store.head()
             except StoreUnavailable:
                 await trio.sleep(RETRY_DELAY)
 
     async def _poll(self) -> None:
+        narrowed = self._narrowed()
+        upto = None if narrowed is None else await self._head()
         while True:
-            records = await self._read(self.position, None)
-            if records:
-                await self._deliver(records)
+            records = await self._read(self.position, upto, narrowed)
+            if narrowed is None:
+                if records:
+                    await self._deliver(records)
+            else:
+                assert upto is not None
+                scanned = records[-1].sequence_number if len(records) == CATCH_UP_PAGE else upto
+                if scanned > self.position:
+                    self._ring.skip(scanned)  # it no longer holds every record
+                    await self._deliver(records, scanned)
             if len(records) < CATCH_UP_PAGE:
                 return
+
+    def _narrowed(self) -> Sliced | None:
+        """What a poll reads: everything (None), or, when every subscription reads the same events of some
+        partitions by a payload field (a partitioned projection's process), only the partitions they want: the
+        others' events are neither sent nor decoded here, and the ring, no longer complete, is emptied."""
+        sliced = [d.filter for d in self._all if isinstance(d.filter, Sliced)]
+        if not sliced or len(sliced) < len(self._all):
+            return None
+        first, wanted = sliced[0], frozenset().union(*(s.slice.wanted for s in sliced))
+        if len({(s.filter, s.slice.field, s.slice.partitions) for s in sliced}) > 1:
+            return None  # several kinds of slice: everything, as ever
+        return Sliced(first.filter, attrs.evolve(first.slice, wanted=wanted))
 
     async def _ingest_local(self, records: list[EventRecord]) -> None:
         self._last_local = trio.current_time()
@@ -307,16 +297,18 @@ class EventStream:
             await self._deliver(gap)
         await self._deliver(records)
 
-    async def _deliver(self, records: list[EventRecord]) -> None:
-        """Move the position to the end of ``records`` and hand each live
-        subscription its matches. Never waits for a ``catch_up`` subscriber
-        (a full buffer detaches it to a catch-up task); waits for a ``block``
-        subscriber until its buffer has room, after every other one had its
-        share."""
-        upto = records[-1].sequence_number
+    async def _deliver(self, records: list[EventRecord], scanned: int | None = None) -> None:
+        """Move the position to the end of ``records`` (or to ``scanned``,
+        for a poll narrowed to some partitions, whose records do not go to
+        the ring) and hand each live subscription its matches. Never waits
+        for a ``catch_up`` subscriber (a full buffer detaches it to a
+        catch-up task); waits for a ``block`` subscriber until its buffer has
+        room, after every other one had its share."""
+        upto = records[-1].sequence_number if scanned is None else scanned
         self.position = upto
         self.ingested += len(records)
-        self._ring.extend(records)
+        if scanned is None:
+            self._ring.extend(records)
         advanced, self._advanced = self._advanced, trio.Event()
         advanced.set()
         selected: dict[Selector, list[EventRecord]] = {}
@@ -327,7 +319,7 @@ class EventStream:
                 matched = selected[delivery.filter] = delivery.filter.select(records)
             start = 0
             if matched and matched[0].sequence_number <= delivery.enqueued_upto:
-                start = bisect.bisect_right(matched, delivery.enqueued_upto, key=_position)
+                start = bisect.bisect_right(matched, delivery.enqueued_upto, key=position_of)
             size = delivery.max_batch
             while start < len(matched):
                 chunk = matched[start : start + size]
@@ -446,7 +438,7 @@ class EventStream:
                         upto = self.position
                         matched = await self._read(position, upto, delivery.filter, live=False)
                         scanned = matched[-1].sequence_number if len(matched) == CATCH_UP_PAGE else upto
-                    for chunk in _chunks(matched, delivery.max_batch):
+                    for chunk in chunks(matched, delivery.max_batch):
                         await delivery.put(chunk)
                         self.delivered += len(chunk)
                     delivery.enqueued_upto = max(delivery.enqueued_upto, scanned)
@@ -471,9 +463,15 @@ def _subscription_lags(stream: EventStream) -> Iterable[tuple[float, dict[str, s
 _EVERYTHING = EventFilter([])
 
 
+def subscribe_slice(stream: EventStream, sliced: Sliced, **options: Any) -> Subscription:
+    """:meth:`EventStream.subscribe` to the records of ``sliced``: its filter's, in its partitions, read from the
+    store narrowed to them (a partitioned projection's; not for callers: the slice is the library's own)."""
+    return stream.subscribe(sliced, **options)  # type: ignore[arg-type]  # the hub takes a slice as well
+
+
 def _selector(filter: object) -> Selector:
     """The filter, or the filters as one selector; InvalidFilter for anything else."""
-    if isinstance(filter, EventFilter):
+    if isinstance(filter, (EventFilter, Sliced)):
         return filter
     if isinstance(filter, (list, tuple)) and filter and all(isinstance(f, EventFilter) for f in filter):
         return filter[0] if len(filter) == 1 else AnyOf(tuple(filter))

@@ -15,7 +15,7 @@ from typing import Protocol
 
 import trio
 
-from .._values import AnyOf, EventFilter, EventRecord
+from .._values import AnyOf, EventFilter, EventRecord, Sliced
 from ._delivery import Batches, Delivery, Overflow, SubscriptionState, SubscriptionStatistics
 
 
@@ -58,7 +58,7 @@ class Subscription:
     def filters(self) -> tuple[EventFilter, ...]:
         """The filters it was made with; a record is delivered if it matches any."""
         selector = self._delivery.filter
-        return selector.filters if isinstance(selector, AnyOf) else (selector,)
+        return selector.filters if isinstance(selector, (AnyOf, Sliced)) else (selector,)
 
     @property
     def filter(self) -> EventFilter:

@@ -5,6 +5,7 @@ use these types without the database stack.
 """
 
 from ._model import AnyOf, Event, EventFilter, EventQuery, EventRecord, Matchable, Payload, QueryResult, create_filter
+from ._partitions import PartitionSlice, Sliced, field_partition
 
 __all__ = [
     "AnyOf",
@@ -13,7 +14,10 @@ __all__ = [
     "EventQuery",
     "EventRecord",
     "Matchable",
+    "PartitionSlice",
     "Payload",
     "QueryResult",
+    "Sliced",
     "create_filter",
+    "field_partition",
 ]

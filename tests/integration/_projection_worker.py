@@ -4,7 +4,8 @@ Run as ``python -m tests.integration._projection_worker DSN STYLE``. The worker
 opens a bus, starts :func:`accounts_projection` in STYLE (``each`` or
 ``batch``; ``hang``: its handlers never return, its batches pass their
 deadline of ``HANG_DEADLINE`` seconds, and it fails after one restart;
-``parts``: ``each`` in ``PARTITIONS`` partitions by account; ``parts_slow``:
+``parts``: ``each`` in ``PARTITIONS`` partitions by account (``parts_field``:
+by the payload field named, not a key function); ``parts_slow``:
 the same, each event taking ``SLOW_EVENT`` seconds, in batches of
 ``SLOW_BATCH``), prints ``ready``, then obeys one line at a time:
 
@@ -163,8 +164,11 @@ def account_of(record: EventRecord) -> Any:
     return record.payload["account"]
 
 
-def partitioned_projection(name: str = "accounts", *, slow: bool = False, **options: Any) -> Projection:
-    """The accounts read model in ``PARTITIONS`` partitions by account."""
+def partitioned_projection(
+    name: str = "accounts", *, slow: bool = False, by_field: bool = False, **options: Any
+) -> Projection:
+    """The accounts read model in ``PARTITIONS`` partitions by account (the
+    payload field ``account``, named, with ``by_field``; else a key function)."""
     handler = apply_event_slowly if slow else apply_event_counted
     return Projection(
         name,
@@ -172,7 +176,7 @@ def partitioned_projection(name: str = "accounts", *, slow: bool = False, **opti
         create_counted_tables,
         SLOW_BATCH if slow else 500,
         partitions=PARTITIONS,
-        partition_key=account_of,
+        partition_key="account" if by_field else account_of,
         **options,
     )
 
@@ -257,11 +261,10 @@ async def main(dsn: str, style: str) -> None:
     if style == "hang":
         policy = RestartPolicy(max_restarts=1, initial=0.05, maximum=0.05)
         projection = accounts_projection(style=style, handler_timeout=HANG_DEADLINE, restart=policy)
-    if style in ("parts", "parts_slow"):
+    if style in ("parts", "parts_slow", "parts_field"):
         logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format=f"{os.getpid()} %(message)s")
-        projection = partitioned_projection(
-            slow=style == "parts_slow", restart=RestartPolicy(initial=0.05, maximum=0.5)
-        )
+        policy = RestartPolicy(initial=0.05, maximum=0.5)
+        projection = partitioned_projection(slow=style == "parts_slow", by_field=style == "parts_field", restart=policy)
     async with open_bus(dsn, poll_interval=POLL_INTERVAL) as bus:
         await bus.projections.start(projection)
         say("ready")

@@ -15,7 +15,7 @@ import trio
 
 from eventbus import Event, EventRecord, Projection, Transaction, open_bus
 from eventbus._projections import _partitioned
-from eventbus._projections._partitioned import partition_of
+from eventbus._projections._routing import partition_of
 
 PARTITIONS = 4
 

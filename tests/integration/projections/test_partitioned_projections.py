@@ -19,7 +19,7 @@ import trio
 
 from eventbus import Bus, Projection, ProjectionError, create_filter, open_bus
 from eventbus._projections._leases import HEARTBEAT, LEASE_TTL
-from eventbus._projections._partitioned import partition_of
+from eventbus._projections._routing import partition_of
 
 from .._projection_worker import (
     PARTITIONS,
@@ -65,15 +65,18 @@ async def assert_replayed(bus: Bus, head: int) -> None:
     assert len(checkpoints) == PARTITIONS
 
 
-async def test_three_processes_share_16_partitions_through_a_kill_a_join_and_a_stop(dsn: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("style", ["parts", "parts_field"])  # a key function; a payload field, read by partition
+async def test_three_processes_share_16_partitions_through_a_kill_a_join_and_a_stop(
+    dsn: str, tmp_path: Path, style: str
+) -> None:
     log = tmp_path / "workers.log"
     events = list(account_events(12_000, seed=14))
     async with open_bus(dsn, poll_interval=0.1) as bus:
         head = await append_in_chunks(bus.store, events[:3000], 500)
         async with (
-            open_worker(dsn, "parts", log) as first,
-            open_worker(dsn, "parts", log) as second,
-            open_worker(dsn, "parts", log) as third,
+            open_worker(dsn, style, log) as first,
+            open_worker(dsn, style, log) as second,
+            open_worker(dsn, style, log) as third,
         ):
             pids = {first.pid, second.pid, third.pid}
 
@@ -108,7 +111,7 @@ async def test_three_processes_share_16_partitions_through_a_kill_a_join_and_a_s
                 killed_at = trio.current_time()
                 await poll_until(lambda: shared_by(pids), timeout=REBALANCE_TIMEOUT)
                 assert trio.current_time() - killed_at <= REBALANCE_TIMEOUT
-                async with open_worker(dsn, "parts", log) as fourth:
+                async with open_worker(dsn, style, log) as fourth:
                     pids.add(fourth.pid)
                     await poll_until(lambda: shared_by(pids), timeout=REBALANCE_TIMEOUT)
                     # The second stops (end of its input): it hands its partitions back.

@@ -12,8 +12,8 @@ import json
 import pytest
 
 from eventbus import Event, EventRecord, Projection, Transaction, open_bus
-from eventbus._projections import _partitioned
-from eventbus._projections._partitioned import partition_of
+from eventbus._projections import _routing
+from eventbus._projections._routing import partition_of
 
 
 def reference_partition(key: object, partitions: int) -> int:
@@ -46,7 +46,7 @@ async def test_a_process_hashes_each_string_key_once_unless_it_is_too_long_to_re
         hashed.append(key)
         return partition_of(key, partitions)
 
-    monkeypatch.setattr(_partitioned, "partition_of", counting)
+    monkeypatch.setattr(_routing, "partition_of", counting)
     applied: list[int] = []
 
     async def apply(tx: Transaction, records: list[EventRecord]) -> None:
@@ -57,7 +57,7 @@ async def test_a_process_hashes_each_string_key_once_unless_it_is_too_long_to_re
         partition_key=lambda record: record.payload["key"],
     )  # fmt: skip
     async with open_bus(dsn) as bus:
-        key = "k" * (_partitioned.ROUTED_KEY_CHARS + 1)  # keys=0: one key, too long to remember
+        key = "k" * (_routing.ROUTED_KEY_CHARS + 1)  # keys=0: one key, too long to remember
         records = await bus.store.append([Event("Ping", {"key": f"k-{i % keys}" if keys else key}) for i in range(400)])
         await bus.projections.start(projection)
         await bus.projections.wait_until_caught_up("routed", timeout=30)
@@ -69,7 +69,7 @@ async def test_a_process_hashes_each_string_key_once_unless_it_is_too_long_to_re
 async def test_a_process_that_meets_more_keys_than_it_remembers_still_routes_each_event_right(
     dsn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_partitioned, "ROUTES_REMEMBERED", 3)
+    monkeypatch.setattr(_routing, "ROUTES_REMEMBERED", 3)
     seen: dict[int, set[str]] = {}
 
     async def apply(tx: Transaction, records: list[EventRecord]) -> None:

@@ -1,0 +1,126 @@
+"""A partitioned projection keyed by a payload field (``partition_key="account"``):
+each process reads from the store only the events of the partitions it
+holds, and still applies every event once, in order per key, through
+rebalances; an event whose field holds no key fails alone."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import pytest
+import trio
+
+from eventbus import Bus, Event, EventRecord, Projection, ProjectionError, Transaction, open_bus
+from eventbus._values import field_partition
+
+PARTITIONS = 4
+
+
+def keyed_pings(count: int, keys: int) -> list[Event]:
+    return [Event("Ping", {"account": f"a-{i % keys}", "n": i}) for i in range(count)]
+
+
+def recorder(name: str, calls: dict[str, list[int]], process: str, **options: object) -> Projection:
+    async def apply(tx: Transaction, records: list[EventRecord]) -> None:
+        (partition,) = {field_partition(r, "account", r.event_id, PARTITIONS)[0] for r in records}  # one partition's
+        calls[process].extend(record.sequence_number for record in records)
+        calls[f"{process} {partition}"].extend(record.sequence_number for record in records)
+
+    return Projection(
+        name, batch_size=50, batch_handler=apply, event_types=["Ping"], partitions=PARTITIONS,
+        partition_key="account", **options,  # type: ignore[arg-type]
+    )  # fmt: skip
+
+
+async def shared(buses: list[Bus], name: str) -> None:
+    """Until each bus holds a fair share of the partitions, and every bus says so."""
+    with trio.fail_after(30):
+        while True:
+            held = [bus.projections.status()[name].partitions for bus in buses]
+            shares = sorted(len(ks) for ks in held[0].values())
+            fair = len(shares) == len(buses) and sum(shares) == PARTITIONS and shares[-1] - shares[0] <= 1
+            if fair and all(h == held[0] for h in held) and all(b.projections.status()[name].leader for b in buses):
+                return
+            await trio.sleep(0.05)
+
+
+async def test_each_process_reads_only_its_partitions_events_and_applies_each_once(dsn: str) -> None:
+    calls: dict[str, list[int]] = defaultdict(list)
+    async with open_bus(dsn) as writer, open_bus(dsn) as one, open_bus(dsn) as other:
+        await one.projections.start(recorder("byfield", calls, "one"))
+        await other.projections.start(recorder("byfield", calls, "other"))
+        await shared([one, other], "byfield")
+        ingested = {bus: bus.stream.statistics().ingested for bus in (one, other)}
+        records = []
+        for _ in range(10):  # appended by another process: the workers' hubs read them from the store
+            records += await writer.store.append(keyed_pings(200, keys=40))
+        for bus in (one, other):
+            await bus.projections.wait_until_caught_up("byfield", timeout=30)
+        read = {bus: bus.stream.statistics().ingested - ingested[bus] for bus in (one, other)}
+    assert sorted(calls["one"] + calls["other"]) == [r.sequence_number for r in records]  # each once
+    for name, positions in calls.items():
+        assert positions == sorted(positions) or name in ("one", "other"), name  # in order per partition, so per key
+    assert sum(len(positions) for name, positions in calls.items() if " " in name) == len(records)
+    # each hub took in about its half, not all 2000: the other partitions' rows were never sent
+    assert all(len(records) // 4 < count < len(records) * 3 // 4 for count in read.values()), read
+    assert sum(read.values()) == len(records)
+
+
+async def test_a_process_left_alone_applies_the_partitions_it_takes_over(dsn: str) -> None:
+    calls: dict[str, list[int]] = defaultdict(list)
+    async with open_bus(dsn) as writer, open_bus(dsn) as one:
+        async with open_bus(dsn) as other:
+            await other.projections.start(recorder("takeover", calls, "other"))
+            await shared([other], "takeover")
+            await one.projections.start(recorder("takeover", calls, "one"))  # joins: it reads its share alone
+            await shared([one, other], "takeover")
+            first = await writer.store.append(keyed_pings(300, keys=40))
+            for bus in (one, other):
+                await bus.projections.wait_until_caught_up("takeover", timeout=30)
+            with trio.fail_after(30):  # every checkpoint at the head: those taken over are not behind `one`
+                while await writer.store.pool.fetchval(
+                    "SELECT min(checkpoint) FROM eventbus.projection_leases WHERE projection = 'takeover'"
+                ) != first[-1].sequence_number:
+                    await trio.sleep(0.05)
+            await other.projections.stop("takeover")  # hands its partitions back
+        with trio.fail_after(30):
+            while len(one.projections.status()["takeover"].partitions.get(next(iter(
+                one.projections.status()["takeover"].partitions), ""), ())) != PARTITIONS:  # fmt: skip
+                await trio.sleep(0.05)
+        second = await writer.store.append(keyed_pings(300, keys=40))
+        await one.projections.wait_until_caught_up("takeover", timeout=30)
+    applied = sorted(calls["one"] + calls["other"])
+    assert applied == [r.sequence_number for r in first + second]  # each once, none lost in the hand-over
+    assert set(calls["one"]) >= {r.sequence_number for r in second}  # the taken partitions' events too
+
+
+async def test_an_event_whose_field_holds_no_key_fails_alone(dsn: str) -> None:
+    calls: dict[str, list[int]] = defaultdict(list)
+    events = keyed_pings(40, keys=8)
+    bad = {5: {"n": 5}, 12: {"account": 1.5}, 20: {"account": {"id": "a-1"}}, 31: {"account": None}}
+    for index, payload in bad.items():
+        events[index] = Event("Ping", payload)
+    async with open_bus(dsn) as bus:
+        records = await bus.store.append(events)
+        await bus.projections.start(recorder("unkeyed", calls, "one", on_error="skip"))
+        await bus.projections.wait_until_caught_up("unkeyed", timeout=30)
+        letters = await bus.store.pool.fetch(
+            "SELECT sequence_number, error FROM eventbus.dead_letters WHERE projection = 'unkeyed'"
+            " ORDER BY sequence_number"
+        )
+    skipped = [records[index].sequence_number for index in bad]
+    assert sorted(calls["one"]) == [r.sequence_number for r in records if r.sequence_number not in skipped]
+    assert [row["sequence_number"] for row in letters] == skipped
+    assert "payload field 'account' is missing" in letters[0]["error"]
+    assert "is a float, not a string or a whole number" in letters[1]["error"]
+
+
+@pytest.mark.parametrize("key", ["", "x" * 201, "a\x00b", 5, b"account"])
+def test_a_partition_key_is_a_field_name_or_a_plain_function(key: object) -> None:
+    async def apply(tx: Transaction, records: list[EventRecord]) -> None:
+        pass
+
+    with pytest.raises(ProjectionError, match="partition_key"):
+        Projection("p", batch_handler=apply, event_types=["Ping"], partitions=4, partition_key=key)  # type: ignore[arg-type]
+    Projection("p", batch_handler=apply, event_types=["Ping"], partitions=4, partition_key="account")
+    Projection("p", batch_handler=apply, event_types=["Ping"], partitions=4, partition_key=lambda r: r.payload["a"])
