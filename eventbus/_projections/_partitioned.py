@@ -120,12 +120,13 @@ class PartitionedRunner(ShareApplier, Router):
 
     @property
     def leader(self) -> bool:
-        """Whether this process holds any partition."""
-        return bool(self._held)
+        """Whether this process holds any partition's lease."""
+        return bool(self._held or self._taken)
 
     def held(self) -> tuple[int, ...]:
-        """The partitions held here, in order."""
-        return tuple(sorted(self._held))
+        """The partitions whose leases are held here, in order: those applied,
+        and those taken to be applied from the next batch on."""
+        return tuple(sorted({*self._held, *self._taken}))
 
     def _following(self) -> int:
         sub = self._sub
@@ -145,7 +146,7 @@ class PartitionedRunner(ShareApplier, Router):
         checkpoint = self.position()
         started = self._batch_started
         owners = dict(self._owners)
-        if self._held:
+        if self.leader:
             owners[self.member] = self.held()
         else:
             owners.pop(self.member, None)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from eventbus import Bus, Projection, ProjectionError, create_filter, open_bus
+from eventbus import Bus, Event, EventRecord, Projection, ProjectionError, Transaction, create_filter, open_bus
 from eventbus._projections._leases import HEARTBEAT, LEASE_TTL
 from eventbus._projections._routing import partition_of
 
@@ -128,6 +128,43 @@ async def test_three_processes_share_16_partitions_through_a_kill_a_join_and_a_s
                             assert await worker.ask("caught_up") == "caught_up"
                     await assert_replayed(bus, head)
                     assert head == len(events)
+
+
+async def test_a_process_in_a_long_batch_shows_the_partitions_it_takes_at_once(dsn: str) -> None:
+    release = trio.Event()
+    blocked = trio.Event()
+    applied: list[int] = []
+
+    async def apply(tx: Transaction, records: list[EventRecord]) -> None:
+        if not release.is_set():
+            blocked.set()
+            await release.wait()
+        applied.extend(record.sequence_number for record in records)
+
+    def projection(handler: object) -> Projection:
+        return Projection("long", batch_handler=handler, event_types=["Ping"], partitions=4,  # type: ignore[arg-type]
+                          partition_key=lambda record: record.payload["k"])  # fmt: skip
+
+    async def ignore(tx: Transaction, records: list[EventRecord]) -> None:
+        applied.extend(record.sequence_number for record in records)
+
+    async with open_bus(dsn) as one, open_bus(dsn) as other:
+        await other.projections.start(projection(ignore))
+        await one.projections.start(projection(apply))
+        with trio.fail_after(30):
+            while sorted(map(len, one.projections.status()["long"].partitions.values())) != [2, 2]:
+                await trio.sleep(0.05)
+        records = await other.store.append([Event("Ping", {"k": f"k-{i}"}) for i in range(40)])
+        with trio.fail_after(30):
+            await blocked.wait()  # one's batch runs, and runs on
+        await other.projections.stop("long")  # hands its partitions back: one takes them, mid-batch
+        with trio.fail_after(10 * HEARTBEAT):
+            while [len(ks) for ks in one.projections.status()["long"].partitions.values()] != [4]:
+                await trio.sleep(0.05)
+        assert one.projections.status()["long"].leader and one.projections.status()["long"].batch_running is not None
+        release.set()
+        await one.projections.wait_until_caught_up("long", timeout=30)
+    assert sorted(applied) == [record.sequence_number for record in records]  # each once
 
 
 async def test_a_process_paused_past_its_lease_is_refused_at_its_commit_and_applies_nothing_twice(
