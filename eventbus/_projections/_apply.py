@@ -11,9 +11,11 @@ is a batch that passes the projection's ``handler_timeout``.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import attrs
 import trio
@@ -199,7 +201,7 @@ async def apply_batch(
                     " error) SELECT $1, $2, $3, $4, $5, $6 WHERE NOT EXISTS (SELECT FROM eventbus.dead_letters"
                     " WHERE projection = $1 AND sequence_number = $2)",
                     projection.name, record.sequence_number, record.event_id, record.event_type,
-                    dict(record.payload), message,
+                    _payload_text(record.payload), message,
                 )  # fmt: skip
                 await commit(conn, projection.name, checkpoint, record.sequence_number, fence)
             except DatabaseError as exc:
@@ -329,3 +331,8 @@ async def apply_in_time(
         f"{timeout:g} s (handler_timeout): cancelled and rolled back",
         None,
     )
+
+
+def _payload_text(payload: Any) -> str:
+    """A payload as JSON text: an object, or whatever else someone else wrote (jsonb takes any value)."""
+    return json.dumps(dict(payload) if isinstance(payload, Mapping) else payload)

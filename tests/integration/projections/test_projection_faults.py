@@ -377,3 +377,24 @@ def test_the_handler_deadline_is_a_keyword_with_a_default_and_refuses_nonsense()
     for bad in (0, -1, float("inf"), float("nan"), "5", True):
         with pytest.raises(ProjectionError, match="handler_timeout must be a positive number"):
             Projection("p", {"A": on_event}, handler_timeout=bad)  # type: ignore[arg-type]
+
+
+async def test_an_event_someone_else_wrote_with_a_payload_that_is_no_object_can_be_a_dead_letter(dsn: str) -> None:
+    async def apply(tx: Transaction, record: EventRecord) -> None:
+        record.payload["account"]  # fails on a list, a string, null
+
+    projection = Projection("strict", {"Ping": apply}, on_error="skip")
+    async with open_bus(dsn) as bus:
+        good = await bus.store.append([Event("Ping", {"account": "a"})])
+        position = good[-1].sequence_number
+        await bus.store.pool.fetchval(
+            "INSERT INTO eventbus.events (sequence_number, event_id, event_type, payload, occurred_at)"
+            " SELECT $1 + o, gen_random_uuid(), 'Ping', v, now()"
+            " FROM unnest(ARRAY['[1, 2]', '\"text\"', 'null']::jsonb[]) WITH ORDINALITY AS u (v, o)",
+            position,
+        )
+        await bus.store.pool.fetchval("SELECT setval('eventbus.event_position', $1)", position + 3)
+        await bus.projections.start(projection)
+        await bus.projections.wait_until_caught_up("strict", timeout=30)
+        letters = await bus.store.pool.fetch("SELECT payload FROM eventbus.dead_letters ORDER BY sequence_number")
+    assert [row["payload"] for row in letters] == [[1, 2], "text", None]
