@@ -186,9 +186,12 @@ def key_function(projection: Projection) -> PartitionKey:
     field = key
 
     def value(record: EventRecord) -> Any:
-        found = record.payload.get(field)
+        payload = record.payload
+        if not isinstance(payload, Mapping):
+            raise ProjectionError(f"the payload is a {type(payload).__name__}, not an object with a field {field!r}")
+        found = payload.get(field)
         if key_text(found) is None:
-            kind = "missing" if field not in record.payload else f"a {type(found).__name__}"
+            kind = "missing" if field not in payload else f"a {type(found).__name__}"
             raise ProjectionError(f"payload field {field!r} is {kind}, not a string or a whole number")
         return found
 

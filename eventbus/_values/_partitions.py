@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from json.encoder import encode_basestring
 from typing import Any
 
@@ -64,7 +64,9 @@ def key_text(value: Any) -> str | None:
 
 def field_partition(record: Matchable, field: str, event_id: uuid.UUID, partitions: int) -> tuple[int, bool]:
     """The partition of an event by its payload ``field``, and whether it has a key there."""
-    text = key_text(record.payload.get(field))
+    payload = record.payload
+    # A payload written by someone else may be no object at all (jsonb takes any value).
+    text = key_text(payload.get(field) if type(payload) is dict or isinstance(payload, Mapping) else None)
     if text is None:
         return _hashed(str(event_id), partitions), False
     return _hashed(text, partitions), True

@@ -115,6 +115,32 @@ async def test_an_event_whose_field_holds_no_key_fails_alone(dsn: str) -> None:
     assert "is a float, not a string or a whole number" in letters[1]["error"]
 
 
+async def test_rows_written_by_someone_else_with_a_payload_that_is_no_object_fail_alone(dsn: str) -> None:
+    calls: dict[str, list[int]] = defaultdict(list)
+    async with open_bus(dsn) as writer, open_bus(dsn) as bus:
+        await bus.projections.start(recorder("foreign", calls, "one", on_error="skip"))
+        before = await writer.store.append(keyed_pings(20, keys=5))
+        head = before[-1].sequence_number
+        foreign = [head + 1, head + 2, head + 3]
+        await writer.store.pool.fetchval(
+            "INSERT INTO eventbus.events (sequence_number, event_id, event_type, payload, occurred_at)"
+            " SELECT p, gen_random_uuid(), 'Ping', v, now()"
+            " FROM unnest($1::bigint[], ARRAY['[1, 2]', '\"a-1\"', 'null']::jsonb[]) AS u (p, v)",
+            foreign,
+        )
+        await writer.store.pool.fetchval("SELECT setval('eventbus.event_position', $1)", foreign[-1])
+        after = await writer.store.append(keyed_pings(20, keys=5))
+        await bus.projections.wait_until_caught_up("foreign", timeout=30)
+        letters = await bus.store.pool.fetch(
+            "SELECT sequence_number, error FROM eventbus.dead_letters WHERE projection = 'foreign' ORDER BY 1"
+        )
+        status = bus.projections.status()["foreign"]
+    assert sorted(calls["one"]) == [r.sequence_number for r in before + after]  # the bus read on, each once
+    assert [row["sequence_number"] for row in letters] == foreign
+    assert "the payload is a list, not an object" in letters[0]["error"]
+    assert status.state == "live" and status.dead_letters == 3
+
+
 @pytest.mark.parametrize("key", ["", "x" * 201, "a\x00b", 5, b"account"])
 def test_a_partition_key_is_a_field_name_or_a_plain_function(key: object) -> None:
     async def apply(tx: Transaction, records: list[EventRecord]) -> None:
