@@ -253,10 +253,12 @@ class EventStream:
                 await trio.sleep(RETRY_DELAY)
 
     async def _poll(self) -> None:
-        narrowed = self._narrowed()
-        upto = None if narrowed is None else await self._head()
         while True:
+            narrowed = self._narrowed()
+            upto = None if narrowed is None else await self._head()
             records = await self._read(self.position, upto, narrowed)
+            if narrowed is not None and self._narrowed() != narrowed:
+                continue  # a subscription came meanwhile, which may want more: read what they all want now
             if narrowed is None:
                 if records:
                     await self._deliver(records)

@@ -10,7 +10,7 @@ from collections import defaultdict
 import pytest
 import trio
 
-from eventbus import Bus, Event, EventRecord, Projection, ProjectionError, Transaction, open_bus
+from eventbus import Bus, Event, EventRecord, Projection, ProjectionError, Transaction, create_filter, open_bus
 from eventbus._values import field_partition
 
 PARTITIONS = 4
@@ -150,3 +150,72 @@ def test_a_partition_key_is_a_field_name_or_a_plain_function(key: object) -> Non
         Projection("p", batch_handler=apply, event_types=["Ping"], partitions=4, partition_key=key)  # type: ignore[arg-type]
     Projection("p", batch_handler=apply, event_types=["Ping"], partitions=4, partition_key="account")
     Projection("p", batch_handler=apply, event_types=["Ping"], partitions=4, partition_key=lambda r: r.payload["a"])
+
+
+async def test_beside_other_subscribers_in_its_process_every_subscriber_gets_all_it_asked_for(dsn: str) -> None:
+    # A plain subscription (a dashboard, say) and a second projection by another field share the hub
+    # of a process whose first projection reads its partitions alone: the hub then reads everything.
+    calls: dict[str, list[int]] = defaultdict(list)
+
+    async def by_n(tx: Transaction, records: list[EventRecord]) -> None:
+        calls["by n"].extend(record.sequence_number for record in records)
+
+    second = Projection(
+        "byn", batch_size=30, batch_handler=by_n, event_types=["Ping"], partitions=3, partition_key="n"
+    )
+    async with open_bus(dsn) as writer, open_bus(dsn) as bus, open_bus(dsn) as other:
+        await other.projections.start(recorder("shares", calls, "other"))
+        await bus.projections.start(recorder("shares", calls, "one"))
+        await shared([bus, other], "shares")
+        await bus.projections.start(second)
+        seen: list[int] = []
+        async with bus.subscribe(create_filter(["Ping"])) as sub:
+            records = []
+            for _ in range(5):
+                records += await writer.store.append(keyed_pings(100, keys=30))
+            with trio.fail_after(30):
+                async for batch in sub:
+                    seen.extend(record.sequence_number for record in batch)
+                    if seen[-1] == records[-1].sequence_number:
+                        break
+        for b in (bus, other):
+            await b.projections.wait_until_caught_up("shares", timeout=30)
+        await bus.projections.wait_until_caught_up("byn", timeout=30)
+    positions = [r.sequence_number for r in records]
+    assert seen == positions
+    assert sorted(calls["by n"]) == positions
+    assert sorted(calls["one"] + calls["other"]) == positions
+
+
+async def test_a_subscriber_that_comes_while_a_narrowed_poll_is_out_misses_nothing(
+    dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: dict[str, list[int]] = defaultdict(list)
+    async with open_bus(dsn) as writer, open_bus(dsn) as bus, open_bus(dsn) as other:
+        await other.projections.start(recorder("race", calls, "other"))
+        await bus.projections.start(recorder("race", calls, "one"))
+        await shared([bus, other], "race")
+        out, attached = trio.Event(), trio.Event()
+        fetch = bus.store.fetch_records
+
+        async def held_up(*args: object, **options: object) -> object:
+            found = await fetch(*args, **options)  # type: ignore[arg-type]
+            if options.get("partition") is not None and not attached.is_set():
+                out.set()  # a narrowed poll has read its rows: a plain subscriber comes now
+                await attached.wait()
+            return found
+
+        monkeypatch.setattr(bus.store, "fetch_records", held_up)
+        position = bus.stream.position
+        records = await writer.store.append(keyed_pings(100, keys=30))
+        with trio.fail_after(30):
+            await out.wait()
+        async with bus.subscribe(create_filter(["Ping"]), after=position) as sub:
+            attached.set()
+            seen: list[int] = []
+            with trio.fail_after(30):
+                async for batch in sub:
+                    seen.extend(record.sequence_number for record in batch)
+                    if seen[-1] == records[-1].sequence_number:
+                        break
+    assert seen == [r.sequence_number for r in records]  # not only the partitions the poll was narrowed to

@@ -71,3 +71,14 @@ async def test_a_read_narrowed_to_some_partitions_returns_exactly_their_events(d
             ]
             assert [r.sequence_number for r in read] == [r.sequence_number for r in expected]
             assert read == expected
+
+
+async def test_a_field_of_any_name_is_read_alike(dsn: str) -> None:
+    names = ["a'b\"c", "ключ", "$1", "a.b", "{a,b}", "x" * 200, " ", "\\", "null"]
+    async with open_bus(dsn) as bus:
+        records = await bus.store.append([Event("Keyed", {name: f"v-{i}" for name in names}) for i in range(50)])
+        for name in names:
+            chosen = PartitionSlice(name, 4, frozenset({1, 2}))
+            read = await bus.store.fetch_records(EventQuery([EventFilter(["Keyed"])]), partition=chosen)
+            assert read == [r for r in records if chosen.partition(r) in {1, 2}], name
+            assert all(field_partition(r, name, r.event_id, 4)[1] for r in records)  # each has its key
