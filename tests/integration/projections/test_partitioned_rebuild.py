@@ -77,11 +77,14 @@ async def copied(bus: Bus) -> int:
 # ------------------------------------------------------------------ one process
 
 
-async def test_a_partitioned_projection_is_rebuilt_under_writes_and_each_event_is_applied_once(dsn: str) -> None:
+@pytest.mark.parametrize("by_field", [False, True])  # a key function; the payload field "account"
+async def test_a_partitioned_projection_is_rebuilt_under_writes_and_each_event_is_applied_once(
+    dsn: str, by_field: bool
+) -> None:
     events = list(account_events(9000, seed=21))
     async with open_bus(dsn) as bus:
         await append_in_chunks(bus.store, events[:4000], 500)
-        await bus.projections.start(partitioned_projection())
+        await bus.projections.start(partitioned_projection(by_field=by_field))
         await bus.projections.wait_until_caught_up("accounts", timeout=60)
         before = await bus.store.pool.fetchval(SCHEMA_OID)
         seen: list[int] = []
