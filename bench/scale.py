@@ -3,10 +3,11 @@
 1. Throughput with 1, 2 and 4 worker processes sharing a 16-partition
    projection whose batch handler waits ~5 ms per batch on a (simulated)
    external call: events/s from the first append until every partition's
-   checkpoint has reached the head, as a ratio against 1 worker. Each worker
-   reports the CPU time it used and the batches it applied: what share of
-   the run its external waits were, and whether the cores were the limit
-   (every worker reads the whole stream, whatever it holds). The machine's
+   checkpoint has reached the head, as a ratio against 1 worker. The key is
+   a payload field, so each worker reads its own partitions' events alone.
+   Each worker reports the CPU time it used and the batches it applied: what
+   share of the run its external waits were, and whether the cores were the
+   limit. The machine's
    load average is printed with each run: the figures are only as good as
    the cores that were free.
 2. Rebalance time after a kill -9: with 4 workers, one is killed with SIGKILL
