@@ -219,7 +219,8 @@ async def test_a_share_past_its_handler_timeout_rolls_the_batch_back_and_each_ev
     assert applied == [record.sequence_number for record in records]  # the rolled-back shares once, not twice
 
 
-async def test_a_runner_stopped_at_any_moment_of_its_batches_applies_each_event_once(dsn: str) -> None:
+@pytest.mark.parametrize("key", [key_of, "key"])  # a key function; the payload field, read by partition
+async def test_a_runner_stopped_at_any_moment_of_its_batches_applies_each_event_once(dsn: str, key: object) -> None:
     async def setup(tx: Transaction) -> None:
         await tx.execute("CREATE TABLE IF NOT EXISTS applied (position bigint NOT NULL)")
 
@@ -229,7 +230,7 @@ async def test_a_runner_stopped_at_any_moment_of_its_batches_applies_each_event_
 
     projection = Projection(
         "stopped", setup=setup, batch_size=100, batch_handler=handler, event_types=["Ping"], partitions=PARTITIONS,
-        partition_key=key_of,
+        partition_key=key,  # type: ignore[arg-type]
     )  # fmt: skip
     rng = random.Random(14)
     async with open_bus(dsn) as bus:
