@@ -122,7 +122,8 @@ async def test_partitions_that_stand_apart_are_not_taken_over(dsn: str) -> None:
     await run_to_head(dsn, 4, 300, seed=5)
     async with open_bus(dsn, poll_interval=0.1) as bus:
         await bus.store.pool.fetch(
-            "UPDATE eventbus.projection_leases SET checkpoint = checkpoint - 10 WHERE projection = $1 AND partition = 2",
+            "UPDATE eventbus.projection_leases SET checkpoint = checkpoint - 10"
+            " WHERE projection = $1 AND partition = 2",
             NAME,
         )
         before = await leases(bus)
