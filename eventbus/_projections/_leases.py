@@ -41,6 +41,15 @@ FENCED = "EB001"
 """The SQLSTATE of a commit refused because its lease is lost."""
 
 
+_LOCK_IN_ORDER = (
+    "SELECT FROM eventbus.projection_leases WHERE projection = $1 AND ($2::int[] IS NULL OR partition = ANY($2))"
+    " ORDER BY partition FOR UPDATE"
+)
+"""Lock lease rows in partition order, as a batch's commit does (one partition
+after another, in order): taken in another order, two transactions of one
+process could each wait for the other (a deadlock, which restarts the runner)."""
+
+
 def leader_key(name: str) -> int:
     """The session advisory lock a single leader (``partitions=1``) holds while it leads ``name``."""
     digest = hashlib.blake2b(f"eventbus projection {name}".encode(), digest_size=8).digest()
@@ -117,6 +126,7 @@ async def heartbeat(conn: _db.Connection, name: str, me: str, partitions: int, *
     await conn.execute("BEGIN")
     try:
         await conn.execute("SELECT pg_advisory_xact_lock($1)", lock_key(name))
+        await conn.execute(_LOCK_IN_ORDER, name, None)
         await _check_partitions(conn, name, me, partitions)
         await conn.execute(
             "INSERT INTO eventbus.projection_members (projection, member, expires_at)"
@@ -300,17 +310,25 @@ async def advance_idle(conn: _db.Connection, name: str, me: str, leases: list[Le
     Fenced as a batch: a lease lost meanwhile is left alone. One round trip."""
     if not leases:
         return
-    await conn.execute(
-        "UPDATE eventbus.projection_leases AS l SET checkpoint = $5"
-        " FROM unnest($3::int[], $4::bigint[]) AS u (partition, epoch)"
-        " WHERE l.projection = $1 AND l.owner = $2 AND l.partition = u.partition AND l.epoch = u.epoch"
-        " AND l.checkpoint < $5",
-        name,
-        me,
-        [lease.partition for lease in leases],
-        [lease.epoch for lease in leases],
-        position,
-    )
+    partitions = [lease.partition for lease in leases]
+    await conn.execute("BEGIN")
+    try:
+        await conn.execute(_LOCK_IN_ORDER, name, partitions)
+        await conn.execute(
+            "UPDATE eventbus.projection_leases AS l SET checkpoint = $5"
+            " FROM unnest($3::int[], $4::bigint[]) AS u (partition, epoch)"
+            " WHERE l.projection = $1 AND l.owner = $2 AND l.partition = u.partition AND l.epoch = u.epoch"
+            " AND l.checkpoint < $5",
+            name,
+            me,
+            partitions,
+            [lease.epoch for lease in leases],
+            position,
+        )
+        await conn.execute("COMMIT")
+    except BaseException:
+        await rollback(conn)
+        raise
 
 
 async def leave(conn: _db.Connection, name: str, me: str) -> None:
