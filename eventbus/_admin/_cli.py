@@ -34,22 +34,27 @@ def _count(text: str) -> int:
     return value
 
 
+def _common_options(parser: argparse.ArgumentParser, *, dsn: object, verbose: object, log_level: object) -> None:
+    parser.add_argument("--dsn", default=dsn, help="PostgreSQL URL (default: EVENTBUS_DSN, DATABASE_URL, embedded)")
+    parser.add_argument("-v", "--verbose", action="count", default=verbose, help="log more (-vv: debug)")
+    parser.add_argument("--log-level", default=log_level, help="DEBUG, INFO, WARNING (default) or ERROR")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser of the ``eventbus`` command line."""
+    # The options go before the command or after it. The command's copies
+    # set nothing when not given (SUPPRESS), so they never undo what was
+    # given before the command; they are their own objects, so the defaults
+    # of the top level's copies do not become theirs.
     common = _Parser(add_help=False)
-    common.add_argument(
-        "--dsn", default=argparse.SUPPRESS, help="PostgreSQL URL (default: EVENTBUS_DSN, DATABASE_URL, embedded)"
-    )
-    common.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help="log more (-vv: debug)")
-    common.add_argument("--log-level", default=argparse.SUPPRESS, help="DEBUG, INFO, WARNING (default) or ERROR")
+    _common_options(common, dsn=argparse.SUPPRESS, verbose=argparse.SUPPRESS, log_level=argparse.SUPPRESS)
     parser = _Parser(
         prog="eventbus",
         description="Look at and operate a running eventbus: its store, projections and dead letters.",
         epilog=EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        parents=[common],
     )
-    parser.set_defaults(dsn=None, verbose=0, log_level=None)
+    _common_options(parser, dsn=None, verbose=0, log_level=None)
     parser.add_argument("--version", action="version", version=f"eventbus {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 

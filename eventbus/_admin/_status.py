@@ -48,10 +48,42 @@ async def live_runners(conn: _db.Connection) -> list[Runner]:
     return [Runner(*(row[k] for k in fields)) for row in await conn.fetch(_RUNNERS) if row["origin"] in live]
 
 
+@attrs.frozen
+class Partitions:
+    """A partitioned projection's partitions: how many, where the slowest
+    stands, and which processes (``host:pid``) hold which under a live lease."""
+
+    count: int
+    checkpoint: int
+    holders: dict[str, list[int]]
+
+
+async def partitioned(conn: _db.Connection) -> dict[str, Partitions]:
+    """The partitions of every partitioned projection, by name."""
+    found: dict[str, Partitions] = {}
+    rows = await conn.fetch(
+        "SELECT projection, partition, owner, checkpoint, owner IS NOT NULL AND expires_at > now() AS live"
+        " FROM eventbus.projection_leases ORDER BY projection, partition"
+    )
+    for row in rows:
+        name = row["projection"]
+        shares = found.get(name)
+        if shares is None:
+            shares = found[name] = Partitions(0, row["checkpoint"], {})
+        shares = found[name] = attrs.evolve(
+            shares, count=shares.count + 1, checkpoint=min(shares.checkpoint, row["checkpoint"])
+        )
+        if row["live"]:
+            holder = ":".join(row["owner"].split(":")[:2])  # host:pid, without the member's random part
+            shares.holders.setdefault(holder, []).append(row["partition"])
+    return found
+
+
 async def known_projections(conn: _db.Connection) -> set[str]:
     """Every projection the database knows of: a checkpoint, or a process running it."""
     rows = await conn.fetch(
         "SELECT name FROM eventbus.projections UNION SELECT projection FROM eventbus.projection_runners"
+        " UNION SELECT projection FROM eventbus.projection_leases"
     )
     return {row[0] for row in rows}
 
@@ -73,6 +105,9 @@ async def gather(conn: _db.Connection, max_lag: int | None) -> dict[str, Any]:
         for row in await conn.fetch(_BUSES)
     ]  # fmt: skip
     runners = await live_runners(conn)
+    partitions = await partitioned(conn)
+    for name, shares in partitions.items():  # a partitioned projection stands where its slowest partition does
+        checkpoints[name] = shares.checkpoint
     projections = []
     healthy = True
     for name in sorted({*checkpoints, *(r.projection for r in runners)}):
@@ -101,6 +136,7 @@ async def gather(conn: _db.Connection, max_lag: int | None) -> dict[str, Any]:
                 "checkpoint": checkpoint,
                 "lag": lag,
                 "leader": None if leader is None else f"{leader.host}:{leader.pid}",
+                "partitions": None if name not in partitions else attrs.asdict(partitions[name]),
                 "restarts": sum(r.restarts for r in mine),
                 "last_error": None if erring is None else erring.last_error,
                 "poison": None if erring is None else erring.poison,
@@ -135,7 +171,7 @@ def show(report: dict[str, Any]) -> None:
         "projections",
         ["name", "state", "checkpoint", "lag", "leader", "restarts", "dead letters", "last error"],
         [
-            [p["name"], p["state"], p["checkpoint"], p["lag"], p["leader"] or "-", p["restarts"], p["dead_letters"],
+            [p["name"], p["state"], p["checkpoint"], p["lag"], _leaders(p), p["restarts"], p["dead_letters"],
              _one_line(p["last_error"])]
             for p in report["projections"]
         ],
@@ -147,6 +183,18 @@ def show(report: dict[str, Any]) -> None:
     )
     problems = [f"{p['name']}: {', '.join(p['problems'])}" for p in report["projections"] if p["problems"]]
     print("healthy" if report["healthy"] else "unhealthy: " + "; ".join(problems))
+
+
+def _leaders(projection: dict[str, Any]) -> str:
+    """Who applies a projection: its leader, or the processes holding its partitions and their shares."""
+    shares = projection["partitions"]
+    if shares is None:
+        return str(projection["leader"] or "-")
+    held = [f"{holder} ({len(ks)})" for holder, ks in sorted(shares["holders"].items())]
+    unheld = shares["count"] - sum(len(ks) for ks in shares["holders"].values())
+    if unheld:
+        held.append(f"{unheld} of {shares['count']} unheld")
+    return ", ".join(held)
 
 
 def _one_line(text: str | None, width: int = 80) -> str:

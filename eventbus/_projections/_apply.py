@@ -11,6 +11,7 @@ is a batch that passes the projection's ``handler_timeout``.
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import math
@@ -27,6 +28,9 @@ from .._values import EventRecord
 from ._definition import Projection, Transaction
 
 _log = logging.getLogger("eventbus.projections")
+
+_handling: contextvars.ContextVar[EventRecord | None] = contextvars.ContextVar("eventbus_handling", default=None)
+"""The event whose handler runs now in this task (None: none, or a batch handler on several)."""
 
 
 @attrs.frozen
@@ -73,6 +77,13 @@ def commit_sql(name: str, checkpoint: int | None, new: int, fence: Fence | None 
     if fence is not None:
         return f"{fence(checkpoint, new)}; COMMIT"
     return f"SELECT eventbus.advance_checkpoint({literal(name)}, {int(checkpoint)}, {int(new)}); COMMIT"
+
+
+DEAD_LETTER_SQL = (  # once per event: a rebuild meets the same poison again
+    "INSERT INTO eventbus.dead_letters (projection, sequence_number, event_id, event_type, payload, error)"
+    " SELECT $1, $2, $3, $4, $5, $6"
+    " WHERE NOT EXISTS (SELECT FROM eventbus.dead_letters WHERE projection = $1 AND sequence_number = $2)"
+)
 
 
 async def begin(conn: _db.Connection, schema: str) -> Transaction:
@@ -196,13 +207,8 @@ async def apply_batch(
             if again is not None:
                 _fail_on_replay(projection, batch, again)
             try:
-                await conn.execute(  # once per event: a rebuild meets the same poison again
-                    "INSERT INTO eventbus.dead_letters (projection, sequence_number, event_id, event_type, payload,"
-                    " error) SELECT $1, $2, $3, $4, $5, $6 WHERE NOT EXISTS (SELECT FROM eventbus.dead_letters"
-                    " WHERE projection = $1 AND sequence_number = $2)",
-                    projection.name, record.sequence_number, record.event_id, record.event_type,
-                    _payload_text(record.payload), message,
-                )  # fmt: skip
+                await conn.execute(DEAD_LETTER_SQL, projection.name, record.sequence_number, record.event_id,
+                                   record.event_type, _payload_text(record.payload), message)  # fmt: skip
                 await commit(conn, projection.name, checkpoint, record.sequence_number, fence)
             except DatabaseError as exc:
                 if index == start:
@@ -251,6 +257,7 @@ async def _run_handlers(
 ) -> _Failure | None:
     """Run the handlers on ``batch[start:stop]``; the first failure, if any."""
     if projection.batch_handler is not None and start < stop:
+        _handling.set(batch[start] if stop - start == 1 else None)
         try:
             await projection.batch_handler(tx, batch[start:stop])
         except Exception as exc:
@@ -258,16 +265,19 @@ async def _run_handlers(
                 return _Failure(start, exc)
             # Which event? Find it one by one, each in its own attempt.
             raise _Bisect from exc
+        _handling.set(None)
     handlers = projection.handlers
     for index in range(start, stop):
         record = batch[index]
         handler = handlers.get(record.event_type)
         if handler is None:
             continue
+        _handling.set(record)
         try:
             await handler(tx, record)
         except Exception as exc:
             return _Failure(index, exc)
+    _handling.set(None)
     return None
 
 
@@ -311,7 +321,10 @@ async def apply_in_time(
     """:func:`apply_records` within the projection's ``handler_timeout``.
 
     Past it the batch is cancelled and rolled back (shielded, bounded; a
-    connection that cannot roll back is terminated).
+    connection that cannot roll back is terminated). When a handler of one
+    event was running then, the failure names that event; under
+    ``on_error="skip"`` the events before it are applied again, it goes to
+    the dead letters, and the rest follow, each part with a deadline of its own.
 
     Raises:
         HandlerFailed: the batch passed its deadline, PostgreSQL refused a
@@ -320,17 +333,61 @@ async def apply_in_time(
     """
     timeout = projection.handler_timeout
     first, last = batch[0].sequence_number, batch[-1].sequence_number
+    _handling.set(None)
     with trio.move_on_after(math.inf if timeout is None else timeout):
         try:
             return await apply_records(conn, projection, batch, checkpoint, on_dead_letter, schema, fence)
         except DatabaseError as exc:  # every way a batch fails is the batch's failure
             message = f"projection {projection.name}: the batch at positions {first} to {last} failed: {exc}"
             raise HandlerFailed(message, None) from exc
-    raise HandlerFailed(
-        f"projection {projection.name}: the batch at positions {first} to {last} passed its deadline of "
-        f"{timeout:g} s (handler_timeout): cancelled and rolled back",
-        None,
+    record = _handling.get()
+    _handling.set(None)
+    if record is None:
+        raise HandlerFailed(
+            f"projection {projection.name}: the batch at positions {first} to {last} passed its deadline of "
+            f"{timeout:g} s (handler_timeout): cancelled and rolled back",
+            None,
+        )
+    message = (
+        f"projection {projection.name}: handler for {record.event_type} at position {record.sequence_number}"
+        f" passed its deadline of {timeout:g} s (handler_timeout); the batch at positions {first} to {last}"
+        " was cancelled and rolled back"
     )
+    if projection.on_error != "skip":
+        raise HandlerFailed(message, record)
+    index = next(i for i, r in enumerate(batch) if r is record)
+    if index:
+        done = await apply_in_time(conn, projection, batch[:index], checkpoint, on_dead_letter, schema, fence)
+        checkpoint = done if checkpoint is not None else None
+    await dead_letter(conn, projection, record, message, checkpoint, schema, fence)
+    if checkpoint is not None:
+        checkpoint = record.sequence_number
+    _log.warning("%s; sent to the dead letters", message)
+    if on_dead_letter is not None:
+        on_dead_letter()
+    if index + 1 < len(batch):
+        return await apply_in_time(conn, projection, batch[index + 1 :], checkpoint, on_dead_letter, schema, fence)
+    return record.sequence_number
+
+
+async def dead_letter(
+    conn: _db.Connection,
+    projection: Projection,
+    record: EventRecord,
+    message: str,
+    checkpoint: int | None,
+    schema: str | None = None,
+    fence: Fence | None = None,
+) -> None:
+    """Write ``record`` to the dead letters and move the checkpoint past it, in one transaction."""
+    await begin(conn, schema or projection.schema)
+    try:
+        await conn.execute(DEAD_LETTER_SQL, projection.name, record.sequence_number, record.event_id,
+                           record.event_type, _payload_text(record.payload), message)  # fmt: skip
+        await commit(conn, projection.name, checkpoint, record.sequence_number, fence)
+    except BaseException:
+        await rollback(conn)
+        raise
 
 
 def _payload_text(payload: Any) -> str:

@@ -19,13 +19,16 @@ server's clock.
 from __future__ import annotations
 
 import hashlib
+import logging
 
 import attrs
 
 from .. import _db
 from .._db import rollback
-from .._errors import DatabaseError
+from .._errors import DatabaseError, ProjectionError
 from ._apply import literal
+
+_log = logging.getLogger("eventbus.projections")
 
 LEASE_TTL = 3.0
 """Seconds a member row and a lease live without renewal: a process killed
@@ -36,6 +39,21 @@ HEARTBEAT = 0.5
 
 FENCED = "EB001"
 """The SQLSTATE of a commit refused because its lease is lost."""
+
+
+_LOCK_IN_ORDER = (
+    "SELECT FROM eventbus.projection_leases WHERE projection = $1 AND ($2::int[] IS NULL OR partition = ANY($2))"
+    " ORDER BY partition FOR UPDATE"
+)
+"""Lock lease rows in partition order, as a batch's commit does (one partition
+after another, in order): taken in another order, two transactions of one
+process could each wait for the other (a deadlock, which restarts the runner)."""
+
+
+def leader_key(name: str) -> int:
+    """The session advisory lock a single leader (``partitions=1``) holds while it leads ``name``."""
+    digest = hashlib.blake2b(f"eventbus projection {name}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
 
 
 def lock_key(name: str) -> int:
@@ -108,12 +126,8 @@ async def heartbeat(conn: _db.Connection, name: str, me: str, partitions: int, *
     await conn.execute("BEGIN")
     try:
         await conn.execute("SELECT pg_advisory_xact_lock($1)", lock_key(name))
-        await conn.execute(
-            "INSERT INTO eventbus.projection_leases (projection, partition)"
-            " SELECT $1, k FROM generate_series(0, $2 - 1) AS k ON CONFLICT DO NOTHING",
-            name,
-            partitions,
-        )
+        await conn.execute(_LOCK_IN_ORDER, name, None)
+        await _check_partitions(conn, name, me, partitions)
         await conn.execute(
             "INSERT INTO eventbus.projection_members (projection, member, expires_at)"
             " VALUES ($1, $2, now() + make_interval(secs => $3))"
@@ -173,23 +187,148 @@ async def heartbeat(conn: _db.Connection, name: str, me: str, partitions: int, *
     return Round(held, {owner: tuple(ks) for owner, ks in owners.items()}, tuple(checkpoints))
 
 
+async def _check_partitions(conn: _db.Connection, name: str, me: str, partitions: int) -> None:
+    """Make sure the lease table holds ``partitions`` partitions of ``name``,
+    within a heartbeat's transaction (under the projection's lock).
+
+    The first member ever writes them, each starting where a single leader
+    of the projection left off (0 for a new one). A count that differs from
+    the stored one (a redeploy with another ``partitions``) is taken over
+    only when it is safe: no other member is live and every partition stands
+    at one position. Otherwise, two processes would route one key to
+    different partitions and apply its events twice.
+
+    Raises:
+        ProjectionError: a single leader leads ``name`` now, or its stored
+            partitions differ and cannot be taken over yet.
+    """
+    rows = await conn.fetch(
+        "SELECT min(checkpoint), max(checkpoint), count(*), coalesce(max(epoch), 0)"
+        " FROM eventbus.projection_leases WHERE projection = $1",
+        name,
+    )
+    low, high, stored, epoch = rows[0][0], rows[0][1], int(rows[0][2]), int(rows[0][3])
+    if stored == partitions:
+        return
+    if stored == 0:
+        if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", leader_key(name)):
+            raise ProjectionError(
+                f"projection {name!r} is led by a single leader (partitions=1) in another process:"
+                f" stop that process before running it with partitions={partitions}"
+            )
+        start = int(await conn.fetchval("SELECT checkpoint FROM eventbus.projections WHERE name = $1", name) or 0)
+        why = f"from its single leader's checkpoint {start}" if start else "new"
+    else:
+        others = await conn.fetchval(
+            "SELECT count(*) FROM eventbus.projection_members WHERE projection = $1 AND member <> $2"
+            " AND expires_at >= now()",
+            name,
+            me,
+        )
+        if others or low != high:
+            raise ProjectionError(
+                f"projection {name!r} has {stored} partitions in the database and this process runs it with"
+                f" {partitions}: a key would go to different partitions in different processes."
+                + (f" Stop the {others} other process(es) that run it first" if others else "")
+                + (
+                    f"; its partitions stand at positions {low} to {high}: a new count is taken only when they"
+                    " stand at one position (let the old count catch up with no writes, or rebuild it with the"
+                    " old count and then change it)"
+                    if low != high
+                    else ""
+                )
+            )
+        start = int(low)
+        await conn.execute("DELETE FROM eventbus.projection_leases WHERE projection = $1", name)
+        why = f"from {stored} partitions, all at position {start}"
+    await conn.execute(  # epochs go on from the old rows': an old owner's commit stays fenced off
+        "INSERT INTO eventbus.projection_leases (projection, partition, checkpoint, epoch)"
+        " SELECT $1, k, $3, $4 FROM generate_series(0, $2 - 1) AS k",
+        name,
+        partitions,
+        start,
+        epoch,
+    )
+    _log.log(logging.WARNING if stored else logging.INFO, "projection %s: %d partitions written (%s)",
+             name, partitions, why)  # fmt: skip
+
+
+async def check_single(conn: _db.Connection, name: str) -> None:
+    """For a process that has just taken the lead of ``name`` with ``partitions=1``:
+    make sure no partitions of it are stored, in one transaction.
+
+    Stored partitions are taken over (their position becomes the single
+    leader's checkpoint, their rows are deleted) only when no member is live
+    and every partition stands at one position.
+
+    Raises:
+        ProjectionError: partitions of ``name`` are stored and cannot be taken over yet.
+    """
+    await conn.execute("BEGIN")
+    try:
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", lock_key(name))
+        row = (await conn.fetch(
+            "SELECT min(checkpoint), max(checkpoint), count(*),"
+            " (SELECT count(*) FROM eventbus.projection_members WHERE projection = $1 AND expires_at >= now())"
+            " FROM eventbus.projection_leases WHERE projection = $1",
+            name,
+        ))[0]  # fmt: skip
+        low, high, stored, live = row[0], row[1], int(row[2]), int(row[3])
+        if stored:
+            _check_single_takes_over(name, stored, live, low, high)
+            await conn.execute(
+                "INSERT INTO eventbus.projections (name, checkpoint) VALUES ($1, $2)"
+                " ON CONFLICT (name) DO UPDATE SET checkpoint = excluded.checkpoint, updated_at = now()",
+                name,
+                int(low),
+            )
+            await conn.execute("DELETE FROM eventbus.projection_leases WHERE projection = $1", name)
+            await conn.execute("DELETE FROM eventbus.projection_members WHERE projection = $1", name)
+            _log.warning("projection %s: one leader takes over its %d partitions at %d", name, stored, low)
+        await conn.execute("COMMIT")
+    except BaseException:
+        await rollback(conn)
+        raise
+
+
+def _check_single_takes_over(name: str, stored: int, live: int, low: int, high: int) -> None:
+    if live:
+        why = f"{live} process(es) run it partitioned now"
+    elif low != high:
+        why = f"its partitions stand at positions {low} to {high}"
+    else:
+        return
+    raise ProjectionError(
+        f"projection {name!r} has {stored} partitions in the database and this process runs it with partitions=1:"
+        f" {why}; one leader takes over only when no process runs its partitions and they stand at one position"
+    )
+
+
 async def advance_idle(conn: _db.Connection, name: str, me: str, leases: list[Lease], position: int) -> None:
     """Move the checkpoints of ``leases`` up to ``position``, where every one
     of their events up to it is applied (the stream went on without theirs).
     Fenced as a batch: a lease lost meanwhile is left alone. One round trip."""
     if not leases:
         return
-    await conn.execute(
-        "UPDATE eventbus.projection_leases AS l SET checkpoint = $5"
-        " FROM unnest($3::int[], $4::bigint[]) AS u (partition, epoch)"
-        " WHERE l.projection = $1 AND l.owner = $2 AND l.partition = u.partition AND l.epoch = u.epoch"
-        " AND l.checkpoint < $5",
-        name,
-        me,
-        [lease.partition for lease in leases],
-        [lease.epoch for lease in leases],
-        position,
-    )
+    partitions = [lease.partition for lease in leases]
+    await conn.execute("BEGIN")
+    try:
+        await conn.execute(_LOCK_IN_ORDER, name, partitions)
+        await conn.execute(
+            "UPDATE eventbus.projection_leases AS l SET checkpoint = $5"
+            " FROM unnest($3::int[], $4::bigint[]) AS u (partition, epoch)"
+            " WHERE l.projection = $1 AND l.owner = $2 AND l.partition = u.partition AND l.epoch = u.epoch"
+            " AND l.checkpoint < $5",
+            name,
+            me,
+            partitions,
+            [lease.epoch for lease in leases],
+            position,
+        )
+        await conn.execute("COMMIT")
+    except BaseException:
+        await rollback(conn)
+        raise
 
 
 async def leave(conn: _db.Connection, name: str, me: str) -> None:

@@ -30,6 +30,7 @@ import trio
 
 from .. import _db, _telemetry
 from .._errors import EventBusError, ProjectionError
+from .._nursery import open_actor_nursery
 from .._values import EventRecord
 from ._apply import _run_handlers, begin
 from ._definition import ProjectionState, ProjectionStatus
@@ -164,6 +165,9 @@ class Operations:
             state = "done"
         except EventBusError as exc:
             message = str(exc)
+        except Exception as exc:  # an operator's request never takes the bus down
+            _log.exception("projection %s: %s failed", name, action)
+            message = f"{type(exc).__name__}: {exc}"
         finally:
             with trio.move_on_after(_db.CLOSE_TIMEOUT, shield=True), contextlib.suppress(EventBusError, RuntimeError):
                 await self._pool.fetch(_FINISH, request, state, message)
@@ -191,7 +195,7 @@ class Operations:
                         await self._pool.fetch(_PROGRESS, request, *written)
                 await trio.sleep(PROGRESS_INTERVAL)
 
-        async with trio.open_nursery() as nursery:
+        async with open_actor_nursery() as nursery:  # the rebuild's error comes out as itself
             nursery.start_soon(report)
             await self._rebuild(name, note)
             nursery.cancel_scope.cancel()
@@ -202,18 +206,19 @@ class Operations:
         if runner.state != ProjectionState.FAILED:
             return f"{name} is not failed here ({runner.state}): nothing to resume"
         poison = runner.poison
+        unnamed = " (its failure named no event: nothing was skipped)" if skip_poison and poison is None else ""
         runner.restart(skip_poison=skip_poison)
         with trio.move_on_after(RESUME_WAIT):
             while True:
                 if runner.state == ProjectionState.FAILED:
-                    raise ProjectionError(f"{name} failed again: {runner.last_error}")
+                    raise ProjectionError(f"{name} failed again: {runner.last_error}{unnamed}")
                 if poison is not None and runner.position() >= poison:
                     skipped = " (sent to the dead letters if it failed again)" if skip_poison else ""
                     return f"resumed {name}: past the event at position {poison}{skipped}"
-                if poison is None and runner.state in (ProjectionState.LIVE, ProjectionState.STANDBY):
-                    return f"resumed {name}: {runner.state}"
+                if poison is None and runner.state == ProjectionState.LIVE:
+                    return f"resumed {name}: live{unnamed}"
                 await runner.wait_changed()
-        return f"resumed {name}: {runner.state} at position {runner.position()} after {RESUME_WAIT:.0f} s"
+        return f"resumed {name}: {runner.state} at position {runner.position()} after {RESUME_WAIT:.0f} s{unnamed}"
 
     async def _do_retry(self, name: str, ids: list[int] | None) -> str:
         """Apply the projection's dead letters (or those of ``ids``) again, each

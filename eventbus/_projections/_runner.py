@@ -25,7 +25,6 @@ nothing of the rebuild beyond the :class:`Swap` it is handed.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable
 
@@ -35,6 +34,7 @@ from .. import _db, _telemetry
 from .._errors import DatabaseError, HandlerFailed, StoreUnavailable
 from .._stream import EventStream, Subscription
 from .._values import EventRecord
+from . import _leases
 from ._apply import apply_in_time, prepare_schema
 from ._definition import SUBSCRIPTION_BATCHES, Projection, ProjectionState, ProjectionStatus
 from ._skip import apply_skipping
@@ -50,12 +50,6 @@ _FOLLOWING = frozenset({ProjectionState.LIVE, ProjectionState.CATCHING_UP, Proje
 """States in which the leader follows the stream (its subscription's position counts)."""
 
 _log = logging.getLogger("eventbus.projections")
-
-
-def _leader_key(name: str) -> int:
-    """The advisory lock key of a projection's lead: 64 bits of its name's hash."""
-    digest = hashlib.blake2b(f"eventbus projection {name}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big", signed=True)
 
 
 class Runner:
@@ -220,7 +214,7 @@ class Runner:
         try:
             self.state = ProjectionState.STANDBY
             self._notify()
-            while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", _leader_key(name)):
+            while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", _leases.leader_key(name)):
                 applied = int(
                     await conn.fetchval("SELECT checkpoint FROM eventbus.projections WHERE name = $1", name) or 0
                 )
@@ -228,6 +222,7 @@ class Runner:
                     self.applied = applied
                     self._notify()  # wait_until_caught_up here follows the leader
                 await trio.sleep(LEADER_RETRY)
+            await _leases.check_single(conn, name)  # not partitioned meanwhile
             self.leader = True
             _log.info("projection %s: this process leads it now", name)
             self.state = ProjectionState.STARTING

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import math
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
 from typing import Any
@@ -75,16 +76,22 @@ POLL_MAX = 0.02
 """Seconds between checks of a read's own condition (a read model's
 checkpoint): doubling from the first to the second."""
 
-_PROBE = """
+_IDENTITY = """(SELECT system_identifier FROM pg_control_system()),
+       (SELECT oid FROM pg_database WHERE datname = current_database())"""
+# A standby of the primary has its system identifier and database oid: another server's, or a typo, does not.
+
+_PROBE = f"""
 SELECT coalesce((SELECT max(sequence_number) FROM eventbus.events), 0),
        pg_is_in_recovery(),
        pg_wal_lsn_diff(CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()
-                            ELSE pg_current_wal_lsn() END, '0/0')::bigint
+                            ELSE pg_current_wal_lsn() END, '0/0')::bigint,
+       {_IDENTITY}
 """
 
-_PRIMARY_PROBE = """
+_PRIMARY_PROBE = f"""
 SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint,
-       coalesce((SELECT max(sequence_number) FROM eventbus.events), 0)
+       coalesce((SELECT max(sequence_number) FROM eventbus.events), 0),
+       {_IDENTITY}
 """
 
 _RECOVERY_CONFLICT = "40001"  # a standby cancelled the read to go on replaying
@@ -135,6 +142,10 @@ class PrimaryMark:
 
     lsn: int | None = None
     head: int | None = None
+    identity: tuple[int, int] | None = None
+    """The primary's system identifier and its database's oid."""
+    at: float = -math.inf
+    """When they were read (Trio's clock)."""
 
     async def check(self, pool: _db.Pool) -> None:
         """Read them (a failure leaves them as they were: the writes see it)."""
@@ -144,6 +155,8 @@ class PrimaryMark:
         except (EventBusError, trio.TooSlowError):
             return
         self.lsn, self.head = int(rows[0][0]), int(rows[0][1])
+        self.identity = (int(rows[0][2]), int(rows[0][3]))
+        self.at = trio.current_time()
 
 
 def gated(sql: str, args: Sequence[Any], min_position: int) -> tuple[str, list[Any]]:
@@ -217,6 +230,7 @@ class Replica:
         self.head = 0
         self._replay_lsn: int | None = None
         self._needs = 0  # a position a read waited for in vain: behind until shown
+        self._needs_since = -math.inf
         self._backoff = BACKOFF_INITIAL
         self._stale = False  # the pool's idle connections may be dead
         self._check_conn: _db.Connection | None = None
@@ -290,8 +304,15 @@ class Replica:
         if not recovering:
             self.mark_down("not a hot standby (pg_is_in_recovery() is false): it may hold what the primary does not")
             return
+        identity = (int(rows[0][3]), int(rows[0][4]))
+        if identity != self._primary.identity:
+            self.mark_down(f"not a standby of this store's database (server and database {identity}; the primary's:"
+                           f" {self._primary.identity or 'not known yet'})")  # fmt: skip
+            return
         self.head, self._replay_lsn = head, lsn
         lag = self.lag_bytes()
+        if self._primary.head is not None and self._primary.at > self._needs_since:  # a position past the head
+            self._needs = min(self._needs, self._primary.head)  # (read since) would keep it out for good
         if head < self._needs or (lag is not None and lag > MAX_LAG_BYTES):
             self._set(ReplicaState.BEHIND)
         else:
@@ -337,6 +358,7 @@ class Replica:
     def _fell_behind(self, position: int) -> None:
         if self.state is ReplicaState.UP:
             self._needs = max(self._needs, position)
+            self._needs_since = trio.current_time()
             self._set(ReplicaState.BEHIND)
 
     def lag_bytes(self) -> int | None:

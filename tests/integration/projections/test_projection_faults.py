@@ -284,8 +284,8 @@ async def test_a_hung_handler_is_cancelled_at_its_deadline_counted_and_fails_let
         )
 
     message = (
-        "projection hung: the batch at positions 1 to 1 passed its deadline of 0.3 s (handler_timeout): "
-        "cancelled and rolled back"
+        f"projection hung: handler for {DEPOSITED} at position 1 passed its deadline of 0.3 s (handler_timeout);"
+        " the batch at positions 1 to 1 was cancelled and rolled back"
     )
     assert str(failed.value) == f"projection 'hung' failed: {message}"
     assert (running.state in ("live", "catching_up"), running.checkpoint, running.last_error) == (True, 0, None)

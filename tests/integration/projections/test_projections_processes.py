@@ -249,8 +249,8 @@ async def test_a_leader_whose_handler_hangs_fails_at_its_deadline_and_lets_a_sta
 
     assert hung_status == "status failed 0 0"
     assert re.fullmatch(
-        r"error projection accounts: the batch at positions 1 to \d+ passed its deadline of 0.3 s \(handler_timeout\):"
-        r" cancelled and rolled back",
+        r"error projection accounts: handler for AccountOpened at position 1 passed its deadline of 0.3 s"
+        r" \(handler_timeout\); the batch at positions 1 to \d+ was cancelled and rolled back",
         hung_error,
     ), hung_error
     assert (status.state, status.leader, status.checkpoint, status.lag) == ("live", True, head, 0)

@@ -1,0 +1,175 @@
+"""The ``eventbus`` command at its edges: options before the command, the
+status of a partitioned projection, two rebuilds at once, a handler that hangs."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+import pytest
+import trio
+
+from eventbus import Bus, EventRecord, Projection, RestartPolicy, Transaction, open_bus
+
+from ...helpers import ROOT
+from .test_admin_cli import Ledger, balances, cli, deposit, published, quick_operations, setup_ledger
+
+__all__ = ["quick_operations"]  # the fixture, used here too
+
+
+async def test_options_before_the_command_count_as_after_it(dsn: str) -> None:
+    async with open_bus(dsn) as bus:
+        await bus.store.append([deposit("ada", 1) for _ in range(5)])
+    env = {k: v for k, v in os.environ.items() if k not in ("EVENTBUS_DSN", "DATABASE_URL")}
+    for args in (["--dsn", dsn, "status", "--json"], ["status", "--json", "--dsn", dsn]):
+        with trio.fail_after(60):
+            run = await trio.run_process([sys.executable, "-m", "eventbus", *args], cwd=ROOT, env=env,
+                                         capture_stdout=True, capture_stderr=True, check=False)  # fmt: skip
+        assert run.returncode == 0, run.stderr
+        assert json.loads(run.stdout)["store"]["head"] == 5, args
+
+
+def ledger_in_partitions(partitions: int = 4) -> Projection:
+    return Projection(
+        "ledger",
+        {"MoneyDeposited": Ledger().deposited},
+        setup=setup_ledger,
+        partitions=partitions,
+        partition_key=lambda record: record.payload["account"],
+    )
+
+
+async def test_status_shows_a_partitioned_projection_at_its_slowest_partition_and_who_holds_them(dsn: str) -> None:
+    async with open_bus(dsn, poll_interval=0.1) as bus:
+        await bus.projections.start(ledger_in_partitions())
+        records = await bus.store.append([deposit(f"acc{n % 9}", 1) for n in range(200)])
+        head = records[-1].sequence_number
+        await bus.projections.wait_until_caught_up("ledger", timeout=30)
+        with trio.fail_after(20):  # the idle partitions move up to the head too
+            while await bus.store.pool.fetchval(
+                "SELECT min(checkpoint) FROM eventbus.projection_leases WHERE projection = 'ledger'"
+            ) != head:  # fmt: skip
+                await trio.sleep(0.05)
+        await published(dsn, "ledger", "live")
+        run = await cli(dsn, "status", "--json", "--max-lag", "0")
+        assert run.status == 0, run.out + run.err
+        [shown] = run.json()["projections"]
+        assert (shown["checkpoint"], shown["lag"]) == (head, 0)
+        holders = shown["partitions"]["holders"]
+        assert shown["partitions"]["count"] == 4
+        assert [key.split(":")[1] for key in holders] == [str(os.getpid())]
+        assert sorted(next(iter(holders.values()))) == [0, 1, 2, 3]
+        text = await cli(dsn, "status")
+        assert f":{os.getpid()} (4)" in text.out
+        # Stopped behind the head: status says how far behind.
+        await bus.projections.stop("ledger")
+        await bus.store.append([deposit("acc1", 1) for _ in range(3)])
+        lagging = await cli(dsn, "status", "--json", "--max-lag", "1")
+    assert lagging.status == 1
+    assert lagging.json()["projections"][0]["lag"] == 3
+
+
+async def test_two_rebuilds_at_once_refuse_the_second_and_the_bus_goes_on(dsn: str) -> None:
+    async def slowly(tx: Transaction, record: EventRecord) -> None:
+        await trio.sleep(0.002)
+        await Ledger().deposited(tx, record)
+
+    projection = Projection("ledger", {"MoneyDeposited": slowly}, setup=setup_ledger)
+    async with open_bus(dsn) as bus:
+        await bus.store.append([deposit(f"acc{n % 7}", 1) for n in range(1500)])
+        await bus.projections.start(projection)
+        await bus.projections.wait_until_caught_up("ledger", timeout=60)
+        await published(dsn, "ledger", "live")
+        runs: list[Any] = []
+
+        async def rebuild(delay: float) -> None:
+            await trio.sleep(delay)
+            runs.append(await cli(dsn, "projections", "rebuild", "ledger"))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(rebuild, 0)
+            nursery.start_soon(rebuild, 1.0)
+        assert sorted(run.status for run in runs) == [0, 1], runs
+        refused = next(run for run in runs if run.status == 1)
+        assert "being rebuilt" in refused.err
+        # The bus is still there and the projection still applies.
+        await bus.store.append([deposit("acc0", 1)])
+        await bus.projections.wait_until_caught_up("ledger", timeout=30)
+        assert sum((await balances(bus)).values()) == 1501
+
+
+async def hang_on_bob(tx: Transaction, record: EventRecord) -> None:
+    if record.payload["account"] == "bob":
+        await trio.sleep_forever()
+    await Ledger().deposited(tx, record)
+
+
+def hanging_ledger(on_error: str) -> Projection:
+    return Projection(
+        "ledger",
+        {"MoneyDeposited": hang_on_bob},
+        setup=setup_ledger,
+        on_error=on_error,  # type: ignore[arg-type]
+        handler_timeout=0.5,
+        restart=RestartPolicy(max_restarts=0, initial=0.01),
+    )
+
+
+async def append_three(bus: Bus) -> None:
+    await bus.store.append([deposit("ada", 100), deposit("bob", 5), deposit("cyd", 7)])  # bob is at position 2
+
+
+async def test_a_handler_that_hangs_is_named_and_resume_skip_poison_gets_past_it(dsn: str) -> None:
+    async with open_bus(dsn) as bus:
+        await append_three(bus)
+        await bus.projections.start(hanging_ledger("retry"))
+        await published(dsn, "ledger", "failed")
+        status = bus.projections.status()["ledger"]
+        assert "MoneyDeposited at position 2 passed its deadline of 0.5 s" in (status.last_error or "")
+        run = await cli(dsn, "projections", "resume", "ledger", "--skip-poison")
+        assert run.status == 0, run.err
+        assert "past the event at position 2" in run.out
+        await bus.projections.wait_until_caught_up("ledger", timeout=20)
+        assert await balances(bus) == {"ada": 100, "cyd": 7}
+        letters = await cli(dsn, "dead-letters", "list", "ledger", "--json")
+    [letter] = [json.loads(line) for line in letters.out.splitlines()]
+    assert letter["sequence_number"] == 2
+    assert "passed its deadline" in letter["error"]
+
+
+@pytest.mark.parametrize("partitions", [1, 3])
+async def test_a_handler_that_hangs_goes_to_the_dead_letters_under_skip(dsn: str, partitions: int) -> None:
+    projection = hanging_ledger("skip")
+    if partitions > 1:
+        projection = Projection(
+            "ledger", {"MoneyDeposited": hang_on_bob}, setup=setup_ledger, on_error="skip", handler_timeout=0.5,
+            partitions=partitions, partition_key=lambda record: record.payload["account"],
+        )  # fmt: skip
+    async with open_bus(dsn) as bus:
+        await append_three(bus)
+        await bus.projections.start(projection)
+        await bus.projections.wait_until_caught_up("ledger", timeout=20)
+        assert await balances(bus) == {"ada": 100, "cyd": 7}
+        assert bus.projections.status()["ledger"].dead_letters == 1
+        assert bus.projections.status()["ledger"].state == "live"
+
+
+async def test_resume_skip_poison_of_a_failure_that_named_no_event_says_so(dsn: str) -> None:
+    async def hang_in_batch(tx: Transaction, records: list[EventRecord]) -> None:
+        if len(records) > 1:
+            await trio.sleep_forever()
+        await Ledger().deposited(tx, records[0])
+
+    projection = Projection(
+        "ledger", batch_handler=hang_in_batch, event_types=("MoneyDeposited",), setup=setup_ledger, handler_timeout=0.5,
+        restart=RestartPolicy(max_restarts=0, initial=0.01),
+    )  # fmt: skip
+    async with open_bus(dsn) as bus:
+        await append_three(bus)
+        await bus.projections.start(projection)
+        await published(dsn, "ledger", "failed")
+        assert "positions 1 to 3 passed its deadline" in (bus.projections.status()["ledger"].last_error or "")
+        run = await cli(dsn, "projections", "resume", "ledger", "--skip-poison")
+    assert "nothing was skipped" in run.out + run.err

@@ -1,0 +1,132 @@
+"""A projection's partition count changes (a redeploy): taken over when it is
+safe, refused with a clear error when two counts would apply one key twice.
+
+Two buses in one process stand for two processes; the read model counts each
+event's applications, so an event applied twice (or not at all) shows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from eventbus import Bus, Projection, create_filter, open_bus
+
+from .._projection_worker import TYPES, account_events, account_of, apply_event_counted, create_counted_tables
+from .._projection_worker import read_applications as applications_of
+from .test_projections_processes import poll_until
+
+NAME = "accounts"
+
+
+def projection(partitions: int) -> Projection:
+    if partitions == 1:
+        return Projection(NAME, dict.fromkeys(TYPES, apply_event_counted), create_counted_tables, 200)
+    return Projection(
+        NAME,
+        dict.fromkeys(TYPES, apply_event_counted),
+        create_counted_tables,
+        200,
+        partitions=partitions,
+        partition_key=account_of,
+    )
+
+
+async def applied_once(bus: Bus) -> None:
+    """Every stored event applied exactly once."""
+    head = (await bus.store.query(create_filter(list(TYPES)))).max_sequence_number
+    async with bus.projections.reader(NAME) as tx:
+        applications = await applications_of(tx)
+    assert sorted(applications) == list(range(1, head + 1))
+    assert set(applications.values()) == {1}
+
+
+async def leases(bus: Bus) -> list[int]:
+    """The stored partitions' checkpoints, by partition."""
+    rows = await bus.store.pool.fetch(
+        "SELECT checkpoint FROM eventbus.projection_leases WHERE projection = $1 ORDER BY partition", NAME
+    )
+    return [row[0] for row in rows]
+
+
+async def run_to_head(dsn: str, partitions: int, events: int, seed: int) -> None:
+    """Append ``events`` and apply them with ``partitions`` until every partition stands at the head."""
+    async with open_bus(dsn, poll_interval=0.1) as bus:
+        await bus.projections.start(projection(partitions))
+        records = await bus.store.append(list(account_events(events, seed=seed, accounts=60)))
+        head = records[-1].sequence_number
+        await bus.projections.wait_until_caught_up(NAME, timeout=30)
+        if partitions > 1:  # idle partitions move up to the head too
+
+            async def at_head() -> bool:
+                return set(await leases(bus)) == {head}
+
+            await poll_until(at_head, timeout=10)
+
+
+async def failed_with(bus: Bus, words: str) -> bool:
+    status = bus.projections.status()[NAME]
+    return status.last_error is not None and words in status.last_error
+
+
+@pytest.mark.parametrize(("before", "after"), [(1, 4), (4, 8), (8, 4), (4, 1)])
+async def test_a_new_count_takes_over_where_every_partition_stood(dsn: str, before: int, after: int) -> None:
+    await run_to_head(dsn, before, 600, seed=1)
+    async with open_bus(dsn, poll_interval=0.1) as bus:
+        await bus.projections.start(projection(after))
+        await bus.store.append(list(account_events(600, seed=2, accounts=60)))
+        await bus.projections.wait_until_caught_up(NAME, timeout=30)
+        await applied_once(bus)
+        assert len(await leases(bus)) == (0 if after == 1 else after)
+
+
+async def two_buses(dsn: str, first: int, second: int, check: Callable[[Bus, Bus], object]) -> None:
+    async with open_bus(dsn, poll_interval=0.1) as one, open_bus(dsn, poll_interval=0.1) as two:
+        await one.projections.start(projection(first))
+        await one.store.append(list(account_events(300, seed=3, accounts=60)))
+        await one.projections.wait_until_caught_up(NAME, timeout=30)
+        await two.projections.start(projection(second))
+        await check(one, two)  # type: ignore[misc]
+        await one.store.append(list(account_events(300, seed=4, accounts=60)))
+        await one.projections.wait_until_caught_up(NAME, timeout=30)
+        await applied_once(one)
+
+
+async def test_a_second_count_is_refused_while_a_process_runs_the_first(dsn: str) -> None:
+    async def refused(one: Bus, two: Bus) -> None:
+        await poll_until(lambda: failed_with(two, "has 4 partitions in the database"), timeout=10)
+        assert "Stop the 1 other process(es)" in (two.projections.status()[NAME].last_error or "")
+        assert len(await leases(one)) == 4
+
+    await two_buses(dsn, 4, 8, refused)
+
+
+async def test_partitions_are_refused_while_a_single_leader_leads(dsn: str) -> None:
+    async def refused(one: Bus, two: Bus) -> None:
+        await poll_until(lambda: failed_with(two, "is led by a single leader"), timeout=10)
+        assert await leases(one) == []
+
+    await two_buses(dsn, 1, 4, refused)
+
+
+async def test_a_single_leader_is_refused_while_processes_run_its_partitions(dsn: str) -> None:
+    async def refused(one: Bus, two: Bus) -> None:
+        await poll_until(lambda: failed_with(two, "1 process(es) run it partitioned now"), timeout=10)
+        assert len(await leases(one)) == 4
+
+    await two_buses(dsn, 4, 1, refused)
+
+
+async def test_partitions_that_stand_apart_are_not_taken_over(dsn: str) -> None:
+    await run_to_head(dsn, 4, 300, seed=5)
+    async with open_bus(dsn, poll_interval=0.1) as bus:
+        await bus.store.pool.fetch(
+            "UPDATE eventbus.projection_leases SET checkpoint = checkpoint - 10"
+            " WHERE projection = $1 AND partition = 2",
+            NAME,
+        )
+        before = await leases(bus)
+        await bus.projections.start(projection(8))
+        await poll_until(lambda: failed_with(bus, "stand at positions"), timeout=10)
+        assert await leases(bus) == before
