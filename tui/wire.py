@@ -1,0 +1,243 @@
+"""What the dashboard's two processes say to each other over their socket.
+
+The bus process (``tui/bus_side.py``) keeps a :class:`~tui.state.DashboardState`
+current; the screen process (``tui/screen_side.py``) shows a copy of it. Over
+one socket pair, in frames of a length and a pickle:
+
+* bus → screen: :class:`Ready` (or :class:`Failed`) once the bank is open,
+  then :class:`Update` at most ``1 / SEND_INTERVAL`` times a second with what
+  changed since the last (new events, each area whose version moved, the
+  notices), and :class:`Reply` to each call; :class:`Closing` when it stops
+  on its own.
+* screen → bus: :class:`Open` first (where the bank is: never on a command
+  line, where a password would show), then :class:`Call` (a controller's
+  method by name) and :class:`Quit`.
+
+Pickle is safe here: the socket pair is made by the parent for its child and
+listens nowhere.
+"""
+
+from __future__ import annotations
+
+import collections
+import pickle
+import struct
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import attrs
+
+from apps.banking.domain import BankingError, CommandRefused, Contention, InvalidCommand
+from eventbus import DatabaseError, EventBusError, EventRecord, StoreUnavailable
+
+from .state import HISTORY, LOG_SIZE, DashboardState, Notice
+
+SEND_INTERVAL = 0.1
+"""Seconds between two updates to the screen, at least: what changes meanwhile is coalesced."""
+
+HEADER = struct.Struct("!I")
+MAX_FRAME = 256 * 2**20
+"""Bytes a frame may hold, at most (a frame claiming more means the stream is corrupt)."""
+
+
+class BusProcessEnded(EventBusError):
+    """The dashboard's bus process ended while the screen still ran (killed, or it failed)."""
+
+
+@attrs.frozen
+class Open:
+    """Where the bank is: ``dsn`` as the person gave it (None: the environment's or the embedded one)."""
+
+    dsn: str | None
+    database: str
+    metrics_port: int | None = None
+    terminal_state: Any = None
+    """The terminal's settings before the screen took it (``termios.tcgetattr``),
+    for the bus process to put back if the screen process is killed; None: no terminal."""
+
+
+@attrs.frozen
+class Ready:
+    """The bank is open; updates follow."""
+
+
+@attrs.frozen
+class Failed:
+    """The bank could not be opened: ``error`` is what opening it raised."""
+
+    error: BaseException
+
+
+@attrs.frozen
+class Closing:
+    """The bus process stops on its own (``reason``: why, in words); the bus is closed when it exits."""
+
+    reason: str
+
+
+@attrs.frozen
+class Quit:
+    """The screen is done: close the bus."""
+
+
+@attrs.frozen
+class Call:
+    """Run the controller's ``method(*args)``; answer with a :class:`Reply` of the same ``number``."""
+
+    number: int
+    method: str
+    args: tuple[Any, ...]
+
+
+@attrs.frozen
+class Reply:
+    """What a :class:`Call` returned, or the error it raised."""
+
+    number: int
+    result: Any = None
+    error: BaseException | None = None
+
+
+@attrs.frozen
+class Update:
+    """What changed since the last update: ``events`` new to the log (oldest
+    first; with ``restart_log``, the log is these alone), ``fields`` the
+    state's attributes to set, ``notices`` for the person."""
+
+    events: tuple[tuple[Any, ...], ...] = ()
+    restart_log: bool = False
+    fields: dict[str, Any] = attrs.field(factory=dict)
+    notices: tuple[Notice, ...] = ()
+
+
+AREAS: dict[str, tuple[str, ...]] = {
+    "figures_version": ("appends_per_s", "deliveries_per_s", "appended_rate", "delivered_rate", "commits_per_s",
+                        "store", "stream", "listener_connected", "projections", "memory_mb", "store_head"),
+    "accounts_version": ("accounts", "totals", "accounts_error", "accounts_starting"),
+    "account_version": ("selected", "account"),
+    "control_version": ("simulation", "rebuilds", "dead_letters"),
+}  # fmt: skip
+"""Each area's version and the fields it covers: an area is sent whole when its version moved."""
+
+
+def frame(message: object) -> bytes:
+    """``message`` as a frame: its length, then its pickle."""
+    body = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    return HEADER.pack(len(body)) + body
+
+
+class Frames:
+    """Bytes in, messages out: :meth:`feed` what the socket gave, iterate what it completed."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes | bytearray) -> Iterator[object]:
+        """The messages that ``data`` completes, in order.
+
+        Raises:
+            ValueError: a frame's length is past ``MAX_FRAME`` (the stream is corrupt).
+        """
+        buffer = self._buffer
+        buffer += data
+        while len(buffer) >= HEADER.size:
+            (size,) = HEADER.unpack_from(buffer)
+            if size > MAX_FRAME:
+                raise ValueError(f"a frame of {size:,} bytes: the dashboard's stream is corrupt")
+            if len(buffer) < HEADER.size + size:
+                return
+            body = bytes(buffer[HEADER.size : HEADER.size + size])
+            del buffer[: HEADER.size + size]
+            yield pickle.loads(body)  # noqa: S301 - from our own child or parent, over a socket pair
+
+
+def _record_row(record: EventRecord) -> tuple[Any, ...]:
+    # A tuple pickles in about half the time of the record itself: this runs in the bus's process.
+    return (record.sequence_number, record.event_id.bytes, record.event_type, dict(record.payload),
+            dict(record.metadata), record.occurred_at)  # fmt: skip
+
+
+def _record(row: tuple[Any, ...]) -> EventRecord:
+    number, event_id, event_type, payload, metadata, occurred_at = row
+    return EventRecord(number, uuid.UUID(bytes=event_id), event_type, payload, metadata, occurred_at)
+
+
+class Publisher:
+    """Turns a :class:`DashboardState` into :class:`Update`\\ s: each one what changed since the last."""
+
+    def __init__(self, state: DashboardState) -> None:
+        self.state = state
+        self._sent: dict[str, int] = dict.fromkeys(AREAS, -1)
+        self._events_seen = 0
+        self._events_version = -1
+        self._first = True
+
+    def update(self) -> Update | None:
+        """What changed since the last call (everything, the first time); None if nothing did.
+
+        Takes the notices waiting in the state. Never blocks.
+        """
+        state = self.state
+        fields: dict[str, Any] = {}
+        if self._first:
+            fields["database"] = state.database
+        events: tuple[tuple[Any, ...], ...] = ()
+        restart = False
+        if state.events_version != self._events_version:
+            new = state.events_seen - self._events_seen
+            restart = new >= LOG_SIZE or self._first
+            latest = state.latest_events()
+            taken = latest if restart else latest[:new]
+            events = tuple(_record_row(record) for record in reversed(taken))
+            self._events_seen, self._events_version = state.events_seen, state.events_version
+            fields.update(events_seen=state.events_seen, store_head=state.store_head,
+                          events_version=state.events_version)  # fmt: skip
+        for version, names in AREAS.items():
+            now = getattr(state, version)
+            if now != self._sent[version]:
+                self._sent[version] = now
+                fields[version] = now
+                for name in names:
+                    value = getattr(state, name)
+                    fields[name] = list(value) if isinstance(value, collections.deque) else value
+        notices = tuple(state.notices)
+        state.notices.clear()
+        self._first = False
+        if not fields and not events and not notices:
+            return None
+        return Update(events, restart, fields, notices)
+
+
+def apply(state: DashboardState, update: Update) -> None:
+    """Bring the screen's copy of the state up to date with ``update``; never blocks (but for ``state.lock``).
+
+    Sets the fields directly (no :meth:`DashboardState.touch`: nothing in the
+    screen's process waits on it).
+    """
+    if update.events or update.restart_log:
+        records = [_record(row) for row in update.events]
+        with state.lock:
+            if update.restart_log:
+                state.events.clear()
+            state.events.extendleft(records)
+    for name, value in update.fields.items():
+        if name in ("appends_per_s", "deliveries_per_s"):
+            value = collections.deque(value, maxlen=HISTORY)
+        setattr(state, name, value)
+    state.notices.extend(update.notices)  # the app takes them at its next redraw, whatever the versions
+
+
+_PORTABLE = (CommandRefused, Contention, InvalidCommand, BankingError, StoreUnavailable, DatabaseError,
+             EventBusError, ValueError)  # fmt: skip
+"""Errors a command may raise that the screen tells apart, the narrowest first."""
+
+
+def portable(error: BaseException) -> BaseException:
+    """``error`` if it survives a pickle, else the nearest of ``_PORTABLE`` it is, with its message."""
+    try:
+        pickle.loads(pickle.dumps(error, protocol=pickle.HIGHEST_PROTOCOL))  # noqa: S301 - our own bytes
+    except Exception:
+        kind = next((kind for kind in _PORTABLE if isinstance(error, kind)), EventBusError)
+        return kind(str(error))
+    return error
