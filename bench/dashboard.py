@@ -5,9 +5,11 @@ deposit each, into 20 accounts, from a task per append): the latency of each
 append (from the call to its return) and the lag of a subscriber in the same
 process (from an append's return to the subscriber's receipt of it). Rounds
 without and with the dashboard alternate on fresh databases, so that what the
-machine does meanwhile falls on both; the dashboard runs headless at 120x40,
-as it runs for a person: on an asyncio loop in a thread of its own
-(``tui/bridge.py``). The server (embedded, unless ``EVENTBUS_DSN`` names one)
+machine does meanwhile falls on both. With the dashboard, this process runs
+what the bus process of ``banking dashboard`` runs (the feeds, and the
+server of the screen's socket, ``tui/bus_side.py``), and the screen runs
+headless at 120x40 in a process of its own, as it runs for a person
+(``python -m tui.screen_side``, at a lower priority). The server (embedded, unless ``EVENTBUS_DSN`` names one)
 runs with ``fsync`` off: what the dashboard costs is processor time, and the
 disk's flushes would only add noise to both sides. Target: the dashboard adds
 at most 1 ms to the p99.
@@ -17,6 +19,9 @@ from __future__ import annotations
 
 import atexit
 import os
+import socket
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -26,8 +31,8 @@ from apps.banking.app import Bank, open_bank
 from bench._common import BENCH_DIR, Report, database_dsn, median, percentile, server
 from eventbus import Event, create_filter, open_loop, testing
 from eventbus.testing import EmbeddedServer, dsn_from_environment
-from tui.bridge import run_app_in_thread
-from tui.run import open_dashboard
+from tui.bus_side import Inbox, Outbox, serve_screen
+from tui.wire import Ready
 
 RATE = 1000.0
 """Appends per second."""
@@ -96,13 +101,35 @@ async def _round(admin: str, name: str, dashboard: bool) -> dict[str, list[float
     async with open_loop(), open_bank(database_dsn(admin, name)) as bank:
         if not dashboard:
             return await _load(bank, RATE, SECONDS)
-        async with open_dashboard(bank, database=name) as app:
+        return await _with_screen(bank, name)
 
-            async def go() -> dict[str, list[float]]:
-                async with app.run_test(size=(120, 40)):
-                    return await app.bridge.call(_load, bank, RATE, SECONDS)
 
-            return await run_app_in_thread(go)
+async def _with_screen(bank: Bank, name: str) -> dict[str, list[float]]:
+    """The load, with the dashboard's feeds here and its screen in a process of its own."""
+    ours, theirs = socket.socketpair()
+    try:
+        screen = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "tui.screen_side", str(theirs.fileno()), "--size", "120x40"],
+            pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+    finally:
+        theirs.close()
+    try:
+        async with trio.SocketStream(trio.socket.from_stdlib_socket(ours)) as stream:
+            inbox, outbox = Inbox(stream), Outbox(stream)
+            await outbox.send(Ready())
+            async with trio.open_nursery() as nursery:
+                with trio.fail_after(60):
+                    await nursery.start(lambda task_status: serve_screen(bank, inbox, outbox, database=name,
+                                                                         task_status=task_status))  # fmt: skip
+                figures = await _load(bank, RATE, SECONDS)
+                nursery.cancel_scope.cancel()
+        with trio.fail_after(30):
+            await screen.wait()  # it ends once its socket closes
+    finally:
+        if screen.returncode is None:
+            screen.kill()
+    return figures
 
 
 def _ms(values: list[float], q: float) -> float:

@@ -143,7 +143,7 @@ class Outbox:
 
 async def _publish(publisher: Publisher, outbox: Outbox) -> None:
     while not outbox.broken:
-        update = publisher.update()
+        update = await publisher.update()
         if update is not None:
             await outbox.send(update)  # meanwhile what changes waits in the state, coalesced
         await trio.sleep(SEND_INTERVAL)
@@ -165,17 +165,26 @@ async def _answer(controller: Controller, call: Call, outbox: Outbox) -> None:
 
 
 async def serve_screen(
-    bank: Bank, inbox: Inbox, outbox: Outbox, *, database: str, on_lost: Callable[[], None] = lambda: None
+    bank: Bank,
+    inbox: Inbox,
+    outbox: Outbox,
+    *,
+    database: str,
+    on_lost: Callable[[], None] = lambda: None,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> bool:
     """Feed the screen at the other end of the socket from ``bank``, and run its
     calls, until it quits or its end closes; return whether it quit.
 
-    Blocks until then; calls ``on_lost()`` at once if the end closes without
-    a :class:`~tui.wire.Quit`. The feeds, the simulator and the rebuilds stop
-    before it returns (see :func:`open_feeds`). Cancelling it stops them the same way.
+    Blocks until then; ``task_status.started()`` once the screen says it
+    shows (its :class:`~tui.wire.Ready`); calls ``on_lost()`` at once if the
+    end closes without a :class:`~tui.wire.Quit`. The feeds, the simulator
+    and the rebuilds stop before it returns (see :func:`open_feeds`).
+    Cancelling it stops them the same way.
     """
     async with open_feeds(bank, database=database) as (state, controller), trio.open_nursery() as nursery:
         nursery.start_soon(_publish, Publisher(state), outbox)
+        shown = False
         try:
             while True:
                 message = await inbox.receive()
@@ -186,6 +195,9 @@ async def serve_screen(
                     return True
                 if isinstance(message, Call):
                     nursery.start_soon(_answer, controller, message, outbox)
+                elif isinstance(message, Ready) and not shown:
+                    shown = True
+                    task_status.started()
         finally:
             nursery.cancel_scope.cancel()
 
@@ -206,6 +218,9 @@ def restore_terminal(saved: Any, line: str) -> None:
     try:
         if not os.isatty(1):
             return
+        # This process is not in the terminal's foreground group: without
+        # this, the kernel would stop it for changing the terminal.
+        signal.signal(signal.SIGTTOU, signal.SIG_IGN)
         termios.tcsetattr(1, termios.TCSADRAIN, saved)
         os.write(1, (RESET_TERMINAL + line + "\r\n").encode())
     except (OSError, termios.error, TypeError, ValueError):

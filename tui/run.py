@@ -175,7 +175,11 @@ def _run_split(dsn: str | None, where: str, metrics_port: int | None, errors: IO
             stdin=subprocess.DEVNULL,
             stdout=None if terminal else subprocess.DEVNULL,  # the terminal, to put it back if the screen dies
             stderr=errors,
-            start_new_session=True,  # the terminal's signals are the screen's to handle
+            # A process group of its own: the terminal's signals (Ctrl-C, a
+            # hang-up) are the screen's to handle. The same session: the
+            # kernel's scheduler groups processes by session, and the
+            # screen's lower priority counts only against its own group.
+            process_group=0,
         )
     finally:
         theirs.close()

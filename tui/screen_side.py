@@ -96,8 +96,11 @@ class Link:
                 if not data:
                     self._end(reason)
                     break
-                for message in self._frames.feed(data):
-                    self._take(message)
+                try:
+                    for message in self._frames.feed(data):
+                        self._take(message)
+                except Exception as exc:  # a corrupt stream (or a bug): the screen cannot go on
+                    self._end(f"the bus process's messages could not be read ({exc!r})")
         finally:
             if self.ended is not None:
                 self.on_end()
@@ -228,18 +231,27 @@ def lower_priority() -> None:
 async def run_screen(link: Link, app_main: Callable[[DashboardApp], Awaitable[None]]) -> None:
     """Run the dashboard's app over ``link`` with ``await app_main(app)``; tell the bus process to close after.
 
-    The app exits when the bus process's end closes. Blocks until the app
-    has ended and :class:`~tui.wire.Quit` is sent (if it still can be).
+    Sends :class:`~tui.wire.Ready` once the app shows. The app exits when
+    the bus process's end closes. Blocks until the app has ended and
+    :class:`~tui.wire.Quit` is sent (if it still can be).
     """
     app = DashboardApp(link.state, RemoteController(link), DirectCaller())
     link.on_end = app.exit
-    reading = asyncio.get_running_loop().create_task(link.run())
+
+    async def announce() -> None:
+        await app.wait_for_redraw()  # the first, as the app mounts
+        with contextlib.suppress(BusProcessEnded):
+            await link.send(Ready())
+
+    loop = asyncio.get_running_loop()
+    tasks = [loop.create_task(link.run()), loop.create_task(announce())]
     try:
         await app_main(app)
     finally:
-        reading.cancel()
+        for task in tasks:
+            task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await reading
+            await asyncio.gather(*tasks)
         if link.ended is None:
             with contextlib.suppress(BusProcessEnded):
                 await link.send(Quit())

@@ -27,14 +27,20 @@ from collections.abc import Iterator
 from typing import Any
 
 import attrs
+import trio
 
 from apps.banking.domain import BankingError, CommandRefused, Contention, InvalidCommand
 from eventbus import DatabaseError, EventBusError, EventRecord, StoreUnavailable
 
 from .state import HISTORY, LOG_SIZE, DashboardState, Notice
 
-SEND_INTERVAL = 0.1
-"""Seconds between two updates to the screen, at least: what changes meanwhile is coalesced."""
+SEND_INTERVAL = 0.2
+"""Seconds between two updates to the screen, at least: what changes meanwhile
+is coalesced (the screen redraws every 0.5 s)."""
+
+EVENTS_PER_CHUNK = 50
+"""Events pickled at a time: between two chunks the bus's other tasks run, so
+that a burst of events costs an append waiting meanwhile a fraction of a millisecond."""
 
 HEADER = struct.Struct("!I")
 MAX_FRAME = 256 * 2**20
@@ -102,10 +108,10 @@ class Reply:
 @attrs.frozen
 class Update:
     """What changed since the last update: ``events`` new to the log (oldest
-    first; with ``restart_log``, the log is these alone), ``fields`` the
-    state's attributes to set, ``notices`` for the person."""
+    first, pickled lists of rows; with ``restart_log``, the log is these
+    alone), ``fields`` the state's attributes to set, ``notices`` for the person."""
 
-    events: tuple[tuple[Any, ...], ...] = ()
+    events: tuple[bytes, ...] = ()
     restart_log: bool = False
     fields: dict[str, Any] = attrs.field(factory=dict)
     notices: tuple[Notice, ...] = ()
@@ -173,23 +179,25 @@ class Publisher:
         self._events_version = -1
         self._first = True
 
-    def update(self) -> Update | None:
+    async def update(self) -> Update | None:
         """What changed since the last call (everything, the first time); None if nothing did.
 
-        Takes the notices waiting in the state. Never blocks.
+        Takes the notices waiting in the state. Never blocks, but lets other
+        tasks run between two chunks of events; cancelling it loses the
+        update (the next call starts from the same place only for the areas).
         """
         state = self.state
         fields: dict[str, Any] = {}
         if self._first:
             fields["database"] = state.database
-        events: tuple[tuple[Any, ...], ...] = ()
+        rows: list[tuple[Any, ...]] = []
         restart = False
         if state.events_version != self._events_version:
             new = state.events_seen - self._events_seen
             restart = new >= LOG_SIZE or self._first
             latest = state.latest_events()
             taken = latest if restart else latest[:new]
-            events = tuple(_record_row(record) for record in reversed(taken))
+            rows = [_record_row(record) for record in reversed(taken)]
             self._events_seen, self._events_version = state.events_seen, state.events_version
             fields.update(events_seen=state.events_seen, store_head=state.store_head,
                           events_version=state.events_version)  # fmt: skip
@@ -204,9 +212,13 @@ class Publisher:
         notices = tuple(state.notices)
         state.notices.clear()
         self._first = False
-        if not fields and not events and not notices:
+        if not fields and not rows and not notices:
             return None
-        return Update(events, restart, fields, notices)
+        events = []
+        for start in range(0, len(rows), EVENTS_PER_CHUNK):
+            events.append(pickle.dumps(rows[start : start + EVENTS_PER_CHUNK], protocol=pickle.HIGHEST_PROTOCOL))
+            await trio.lowlevel.checkpoint()
+        return Update(tuple(events), restart, fields, notices)
 
 
 def apply(state: DashboardState, update: Update) -> None:
@@ -216,7 +228,7 @@ def apply(state: DashboardState, update: Update) -> None:
     screen's process waits on it).
     """
     if update.events or update.restart_log:
-        records = [_record(row) for row in update.events]
+        records = [_record(row) for chunk in update.events for row in pickle.loads(chunk)]  # noqa: S301 - ours
         with state.lock:
             if update.restart_log:
                 state.events.clear()
