@@ -89,6 +89,8 @@ class Link:
             while self.ended is None:
                 try:
                     data = await loop.sock_recv(self._sock, RECEIVE_SIZE)
+                except ConnectionResetError:  # it ended with something of ours unread
+                    data, reason = b"", "the bus process ended"
                 except OSError as exc:
                     data, reason = b"", f"the connection to the bus process broke ({exc.strerror or exc})"
                 else:
