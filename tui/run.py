@@ -193,10 +193,11 @@ def _run_split(dsn: str | None, where: str, metrics_port: int | None, errors: IO
         ours.close()
         ended = _wait_for(bus)
         _show(errors)
+    how = f" ({ended})" if bus.returncode != 0 else ""
     if link.ended is not None:
-        link.ended = f"{link.ended} ({ended}); the dashboard closed"
+        link.ended = f"{link.ended}{how}; the dashboard closed"
     elif bus.returncode != 0:
-        link.ended = f"the bus process did not close cleanly ({ended})"
+        link.ended = f"the bus process did not close cleanly{how}"
     return link
 
 
