@@ -25,6 +25,7 @@ import sys
 import time
 from typing import Any
 
+import psutil
 import trio
 
 from apps.banking.app import Bank, open_bank
@@ -100,7 +101,10 @@ async def _round(admin: str, name: str, dashboard: bool) -> dict[str, list[float
         await testing.create_database(admin, name)
     async with open_loop(), open_bank(database_dsn(admin, name)) as bank:
         if not dashboard:
-            return await _load(bank, RATE, SECONDS)
+            started = time.process_time()
+            figures = await _load(bank, RATE, SECONDS)
+            figures["cpu"] = [time.process_time() - started]
+            return figures
         return await _with_screen(bank, name)
 
 
@@ -122,7 +126,10 @@ async def _with_screen(bank: Bank, name: str) -> dict[str, list[float]]:
                 with trio.fail_after(60):
                     await nursery.start(lambda task_status: serve_screen(bank, inbox, outbox, database=name,
                                                                          task_status=task_status))  # fmt: skip
+                started, screen_started = time.process_time(), _cpu(screen.pid)
                 figures = await _load(bank, RATE, SECONDS)
+                figures["cpu"] = [time.process_time() - started]
+                figures["screen cpu"] = [_cpu(screen.pid) - screen_started]
                 nursery.cancel_scope.cancel()
         with trio.fail_after(30):
             await screen.wait()  # it ends once its socket closes
@@ -130,6 +137,18 @@ async def _with_screen(bank: Bank, name: str) -> dict[str, list[float]]:
         if screen.returncode is None:
             screen.kill()
     return figures
+
+
+def _cpu(pid: int) -> float:
+    """Seconds of processor time process ``pid`` has used so far."""
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)
+
+
+def _screen_cpu(figures: dict[str, list[float]]) -> str:
+    if "screen cpu" not in figures:
+        return ""
+    return f", screen {figures['screen cpu'][0] / SECONDS * 1e3:.0f} ms/s"
 
 
 def _ms(values: list[float], q: float) -> float:
@@ -154,7 +173,9 @@ async def _main() -> Report:
             figures = rounds[dashboard][-1]
             print(f"round {number + 1}, {'with' if dashboard else 'without'} the dashboard: append p50 "
                   f"{_ms(figures['latency'], 0.5):.2f} ms, p99 {_ms(figures['latency'], 0.99):.2f} ms; "
-                  f"lag p99 {_ms(figures['lag'], 0.99):.2f} ms", flush=True)  # fmt: skip
+                  f"lag p99 {_ms(figures['lag'], 0.99):.2f} ms; processor {figures['cpu'][0] / SECONDS * 1e3:.0f} ms/s"
+                  f"{_screen_cpu(figures)}; "
+                  f"load {os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
     report = Report(f"dashboard: {RATE:,.0f} appends/s, {ROUNDS} rounds of {SECONDS:g} s each way")
     report.note(f"load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     for figure, key, q in (("append latency p50", "latency", 0.5), ("append latency p99", "latency", 0.99),
@@ -166,6 +187,12 @@ async def _main() -> Report:
             target = f"+{TARGET_MS:g} ms {'met' if with_ - without <= TARGET_MS else 'MISSED'}"
         report.row(f"{figure} with the dashboard (median of rounds), vs without", f"{with_:.2f} ms",
                    f"{without:.2f} ms", f"{with_ - without:+.2f} ms", target)  # fmt: skip
+    # Processor time per second of load: what the dashboard takes, whatever else the machine does.
+    without, with_ = (median([r["cpu"][0] / SECONDS * 1e3 for r in rounds[kind]]) for kind in (False, True))
+    report.row("the bus process's processor time, ms per s of load, with vs without", f"{with_:.0f} ms",
+               f"{without:.0f} ms", f"{with_ - without:+.0f} ms")  # fmt: skip
+    screen = median([r["screen cpu"][0] / SECONDS * 1e3 for r in rounds[True]])
+    report.row("the screen process's processor time (nice 10), ms per s of load", f"{screen:.0f} ms")
     return report
 
 
