@@ -33,7 +33,7 @@ from bench._common import BENCH_DIR, Report, database_dsn, median, percentile, s
 from eventbus import Event, create_filter, open_loop, testing
 from eventbus.testing import EmbeddedServer, dsn_from_environment
 from tui.bus_side import Inbox, Outbox, serve_screen
-from tui.wire import Ready
+from tui.wire import SCREEN_NICE, Ready
 
 RATE = 1000.0
 """Appends per second."""
@@ -192,7 +192,7 @@ async def _main() -> Report:
     report.row("the bus process's processor time, ms per s of load, with vs without", f"{with_:.0f} ms",
                f"{without:.0f} ms", f"{with_ - without:+.0f} ms")  # fmt: skip
     screen = median([r["screen cpu"][0] / SECONDS * 1e3 for r in rounds[True]])
-    report.row("the screen process's processor time (nice 10), ms per s of load", f"{screen:.0f} ms")
+    report.row(f"the screen process's processor time (nice {SCREEN_NICE}), ms per s of load", f"{screen:.0f} ms")
     return report
 
 

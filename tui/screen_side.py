@@ -26,6 +26,7 @@ from .bridge import new_loop
 from .control import Done
 from .state import DashboardState
 from .wire import (
+    SCREEN_NICE,
     BusProcessEnded,
     Call,
     Closing,
@@ -40,9 +41,6 @@ from .wire import (
 )
 
 T = TypeVar("T")
-
-SCREEN_NICE = 10
-"""How much the screen process lowers its priority (``os.nice``)."""
 
 RECEIVE_SIZE = 65536
 

@@ -42,6 +42,10 @@ EVENTS_PER_CHUNK = 50
 """Events pickled at a time: between two chunks the bus's other tasks run, so
 that a burst of events costs an append waiting meanwhile a fraction of a millisecond."""
 
+SCREEN_NICE = 10
+"""How much the screen process lowers its priority (``os.nice``): the bus and
+the database win the processor when both want it."""
+
 HEADER = struct.Struct("!I")
 MAX_FRAME = 256 * 2**20
 """Bytes a frame may hold, at most (a frame claiming more means the stream is corrupt)."""
