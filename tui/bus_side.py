@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import os
+import pickle
 import signal
 import socket
 import sys
@@ -32,7 +33,7 @@ import trio
 
 from apps.banking import operations
 from apps.banking.app import Bank, open_bank
-from eventbus import open_loop
+from eventbus import EventBusError, open_loop
 
 from .control import Controller
 from .feed import RETRY_DELAY, Refresher, feed_accounts, feed_dead_letters, feed_events, feed_figures
@@ -161,7 +162,10 @@ async def _answer(controller: Controller, call: Call, outbox: Outbox) -> None:
         reply = Reply(call.number, await _method(controller, call.method)(*call.args))
     except Exception as exc:  # the screen shows it, as it did when it called in its own process
         reply = Reply(call.number, error=portable(exc))
-    await outbox.send(reply)
+    try:
+        await outbox.send(reply)
+    except (pickle.PicklingError, TypeError, AttributeError) as exc:  # a result that cannot cross
+        await outbox.send(Reply(call.number, error=EventBusError(f"the answer to {call.method} cannot be sent: {exc}")))
 
 
 async def serve_screen(

@@ -6,9 +6,9 @@ one socket pair, in frames of a length and a pickle:
 
 * bus → screen: :class:`Ready` (or :class:`Failed`) once the bank is open,
   then :class:`Update` at most ``1 / SEND_INTERVAL`` times a second with what
-  changed since the last (new events, each area whose version moved, the
-  notices), and :class:`Reply` to each call; :class:`Closing` when it stops
-  on its own.
+  changed since the last (new events, with what the log shows of their
+  payloads; each area whose version moved; the notices), and :class:`Reply`
+  to each call; :class:`Closing` when it stops on its own.
 * screen → bus: :class:`Open` first (where the bank is: never on a command
   line, where a password would show), then :class:`Call` (a controller's
   method by name) and :class:`Quit`.
@@ -33,6 +33,7 @@ from apps.banking.domain import BankingError, CommandRefused, Contention, Invali
 from eventbus import DatabaseError, EventBusError, EventRecord, StoreUnavailable
 
 from .state import HISTORY, LOG_SIZE, DashboardState, Notice
+from .summary import shown_payload
 
 SEND_INTERVAL = 0.2
 """Seconds between two updates to the screen, at least: what changes meanwhile
@@ -196,9 +197,11 @@ class Frames:
 
 
 def _record_row(record: EventRecord) -> tuple[Any, ...]:
-    # A tuple pickles in about half the time of the record itself: this runs in the bus's process.
-    return (record.sequence_number, record.event_id.bytes, record.event_type, dict(record.payload),
-            dict(record.metadata), record.occurred_at)  # fmt: skip
+    # A tuple pickles in about half the time of the record itself: this runs in
+    # the bus's process. Of the payload, only what the log shows (an event may
+    # hold megabytes); no metadata.
+    return (record.sequence_number, record.event_id.bytes, record.event_type, shown_payload(record.payload), {},
+            record.occurred_at)  # fmt: skip
 
 
 def _record(row: tuple[Any, ...]) -> EventRecord:

@@ -9,19 +9,24 @@ import fcntl
 import functools
 import socket
 import termios
+import uuid
+from datetime import UTC, datetime
 
 import pytest
 import trio
+from hypothesis import given
+from hypothesis import strategies as st
 
 from apps.banking import actions
 from apps.banking.app import Bank, open_bank
 from apps.banking.domain import InsufficientFunds
-from eventbus import ConcurrencyError, Event, EventBusError, StoreUnavailable, open_loop
+from eventbus import ConcurrencyError, Event, EventBusError, EventRecord, StoreUnavailable, open_loop
 from tui.bridge import run_app_in_thread
-from tui.bus_side import Inbox, Outbox, serve_screen
+from tui.bus_side import Inbox, Outbox, _answer, serve_screen
 from tui.screen_side import Link, RemoteController
 from tui.state import LOG_SIZE, DashboardState
-from tui.wire import BusProcessEnded, Update, apply, portable
+from tui.summary import SHOWN_KEYS, mentions, shown_payload, summarize
+from tui.wire import BusProcessEnded, Call, Publisher, Reply, Update, apply, frame, portable
 
 WAIT = 30.0
 
@@ -131,3 +136,44 @@ def test_an_error_that_cannot_cross_arrives_as_its_nearest_kind_with_its_message
     assert type(crossed) is EventBusError and str(crossed) == "the account changed"
     same = StoreUnavailable("away", outcome_known=False)
     assert portable(same) is same
+
+
+async def test_an_event_of_megabytes_crosses_as_what_the_log_shows_of_it() -> None:
+    state, copy = DashboardState(), DashboardState()
+    huge = EventRecord(7, uuid.uuid4(), "Noted", {"note": "x" * 5_000_000, "accountId": "acc-1", "n": 1}, {"m": 2},
+                       datetime.now(UTC))  # fmt: skip
+    state.add_events([huge])
+    update = await Publisher(state).update()
+    assert update is not None and len(frame(update)) < 10_000
+    apply(copy, update)
+    (shown,) = copy.latest_events()
+    assert (shown.sequence_number, shown.event_id, shown.event_type) == (7, huge.event_id, "Noted")
+    assert summarize(shown) == summarize(huge) == "acc-1"
+    assert mentions(shown, "acc-1")
+
+
+_values = st.one_of(st.text(max_size=30), st.integers(), st.none(), st.booleans())
+
+
+@given(st.dictionaries(st.sampled_from([*SHOWN_KEYS, "note", "n", "x", "y"]) | st.text(max_size=5), _values,
+                       max_size=8))  # fmt: skip
+def test_the_log_reads_the_same_line_from_what_crosses_as_from_the_whole_event(payload: dict[str, object]) -> None:
+    record = EventRecord(1, uuid.uuid4(), "Any", payload, {}, datetime.now(UTC))
+    crossed = EventRecord(1, record.event_id, "Any", shown_payload(payload), {}, record.occurred_at)
+    assert summarize(crossed) == summarize(record)
+    assert all(mentions(crossed, part) == mentions(record, part) for part in ("acc", "", "1"))
+
+
+async def test_an_answer_that_cannot_cross_comes_back_as_an_error() -> None:
+    class Unsendable:
+        async def resume(self) -> object:
+            await trio.lowlevel.checkpoint()
+            return lambda: None  # no pickle takes a lambda
+
+    bus_end, screen_end = socket.socketpair()
+    async with trio.SocketStream(trio.socket.from_stdlib_socket(bus_end)) as stream:
+        await _answer(Unsendable(), Call(3, "resume", ()), Outbox(stream))  # type: ignore[arg-type]
+        inbox = Inbox(trio.SocketStream(trio.socket.from_stdlib_socket(screen_end)))
+        reply = await inbox.receive()
+    assert isinstance(reply, Reply) and reply.number == 3 and type(reply.error) is EventBusError
+    assert str(reply.error).startswith("the answer to resume cannot be sent: ")
