@@ -94,8 +94,10 @@ class RebuildProgress:
 
 @attrs.define
 class DashboardState:
-    """The shared state: written by Trio tasks in the bus's thread, read by the
-    app in its own (see ``tui/bridge.py``).
+    """The dashboard's state: written by Trio tasks in the bus's thread, read by the
+    app in its own (see ``tui/bridge.py``). In ``banking dashboard`` the app reads
+    a copy in the screen's process, which ``tui/screen_side.py`` writes on the
+    app's own loop from what the bus process sends (``tui/wire.py``).
 
     What makes that safe: every field but ``events`` is replaced whole, never
     changed in place (``rebuilds`` and ``projections`` are new dicts, rows new
