@@ -28,6 +28,7 @@ LOG_ROWS = 200
 TYPE_WIDTH = 18
 """Cells of the event type column, at most."""
 
+
 def row_of(record: EventRecord) -> tuple[Cell, ...]:
     """How the log shows an event."""
     return (cell(record.sequence_number), cell(record.occurred_at.strftime("%H:%M:%S")), cell(record.event_type),
