@@ -219,14 +219,24 @@ async def test_killing_the_screen_process_closes_the_bus_and_puts_the_terminal_b
         assert "Traceback" not in terminal.screen()
 
 
-async def test_killing_the_bus_process_ends_the_screen_with_one_line_and_a_failure_status(dsn: str) -> None:
-    async with just_banking(dsn, "kill-bus", then_shell=True) as terminal:
+@pytest.mark.parametrize(
+    ("signum", "line"),
+    [
+        (signal.SIGKILL, "error: the bus process ended (killed by SIGKILL); the dashboard closed"),
+        (signal.SIGTERM, "error: the bus process was stopped (SIGTERM); the dashboard closed"),
+    ],
+    ids=lambda value: value.name if isinstance(value, signal.Signals) else "",
+)
+async def test_the_bus_process_ending_ends_the_screen_with_one_line_and_a_failure_status(
+    dsn: str, signum: signal.Signals, line: str
+) -> None:
+    async with just_banking(dsn, f"end-bus-{signum.name}", then_shell=True) as terminal:
         await terminal.wait_for("projections 2 live", timeout=START_TIMEOUT)
         screen, bus = screen_and_bus(processes_of(terminal))
-        bus.send_signal(signal.SIGKILL)
+        bus.send_signal(signum)
         await _wait_gone([screen, bus])
         status = await _assert_terminal_restored(terminal)
         assert status == "1"
-        lines = [line for line in terminal.screen().splitlines() if line.startswith("error:")]
-        assert lines == ["error: the bus process ended (killed by SIGKILL); the dashboard closed"]
+        lines = [text for text in terminal.screen().splitlines() if text.startswith("error:")]
+        assert lines == [line]
         assert "Traceback" not in terminal.screen()
