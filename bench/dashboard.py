@@ -115,6 +115,7 @@ async def _with_screen(bank: Bank, name: str) -> dict[str, list[float]]:
         screen = await trio.lowlevel.open_process(
             [sys.executable, "-m", "tui.screen_side", str(theirs.fileno()), "--size", "120x40"],
             pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            start_new_session=True,  # a scheduling group apart from the bus's, as in banking dashboard
         )  # fmt: skip
     finally:
         theirs.close()

@@ -222,8 +222,8 @@ def restore_terminal(saved: Any, line: str) -> None:
     try:
         if not os.isatty(1):
             return
-        # This process is not in the terminal's foreground group: without
-        # this, the kernel would stop it for changing the terminal.
+        # Should this process share the terminal's session, outside its
+        # foreground group, the kernel would stop it for changing the terminal.
         signal.signal(signal.SIGTTOU, signal.SIG_IGN)
         termios.tcsetattr(1, termios.TCSADRAIN, saved)
         os.write(1, (RESET_TERMINAL + line + "\r\n").encode())

@@ -175,11 +175,11 @@ def _run_split(dsn: str | None, where: str, metrics_port: int | None, errors: IO
             stdin=subprocess.DEVNULL,
             stdout=None if terminal else subprocess.DEVNULL,  # the terminal, to put it back if the screen dies
             stderr=errors,
-            # A process group of its own: the terminal's signals (Ctrl-C, a
-            # hang-up) are the screen's to handle. The same session: the
-            # kernel's scheduler groups processes by session, and the
-            # screen's lower priority counts only against its own group.
-            process_group=0,
+            # A session of its own: the terminal's signals (Ctrl-C, a hang-up)
+            # are the screen's to handle; and Linux's scheduler shares the
+            # processor fairly between sessions (autogroups), so the screen's
+            # frames come out of the terminal session's share, not the bus's.
+            start_new_session=True,
         )
     finally:
         theirs.close()
