@@ -1,15 +1,19 @@
 """The dashboard: a Textual app over a running bank and bus.
 
-The app runs on an asyncio loop and a thread of its own (``tui/bridge.py``):
-it reads :class:`DashboardState` on one timer (``REFRESH``), which Trio tasks
-in the bus's thread keep current, and it hands what the person asks for to
-the :class:`Controller` through its :class:`~tui.bridge.Bridge`. Run it with
-:func:`tui.run.run_dashboard`.
+The app runs on an asyncio loop of its own. It reads :class:`DashboardState`
+on one timer (``REFRESH``) and hands what the person asks for to its
+controller through its ``bridge``. For a person (:func:`tui.run.run_dashboard`)
+it runs in a process of its own: the state is a copy the bus process keeps
+current over a socket, the controller a :class:`~tui.screen_side.RemoteController`
+(``tui/screen_side.py``). In tests it runs in a thread beside the bus: Trio
+tasks write the state, the :class:`~tui.control.Controller` is reached
+through a :class:`~tui.bridge.Bridge`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Iterable
 from pathlib import Path
 from typing import ClassVar
@@ -23,14 +27,15 @@ from textual.driver import Driver
 from textual.screen import Screen
 
 from .accounts import AccountDetail, AccountsTable
-from .bridge import Bridge
-from .control import Controller
+from .bridge import Caller
+from .control import Actions
 from .forms import DepositForm, Form, OpenAccountForm, RebuildForm, SimulatorForm, TransferForm, WithdrawForm
 from .keys import KEYS
 from .log import EventLog
 from .state import DashboardState
 from .table import LineTable
 from .widgets import Figures, HealthBar, KeyBar, LivePanel, ProjectionsTable, SubscriptionsTable
+from .wire import BusProcessEnded
 
 REFRESH = 0.5
 """Seconds between redraws: a burst of any size costs at most one redraw per tick."""
@@ -74,7 +79,7 @@ class DashboardApp(App[None]):
     VERTICAL_BREAKPOINTS = [(0, "-short"), (TALL, "-tall")]  # noqa: RUF012 - Textual's own declaration
     """Below ``TALL`` rows the side panels collapse to a line each."""
 
-    def __init__(self, state: DashboardState, controller: Controller, bridge: Bridge) -> None:
+    def __init__(self, state: DashboardState, controller: Actions, bridge: Caller) -> None:
         super().__init__()
         self.state = state
         self.controller = controller
@@ -137,7 +142,8 @@ class DashboardApp(App[None]):
 
     @on(AccountsTable.Selected)
     async def _selected(self, message: AccountsTable.Selected) -> None:
-        await self.bridge.call(self.controller.select, message.account_id)
+        with contextlib.suppress(BusProcessEnded):  # the app is exiting: nothing to select
+            await self.bridge.call(self.controller.select, message.account_id)
 
     # ------------------------------------------------------------ actions
 
@@ -167,7 +173,10 @@ class DashboardApp(App[None]):
     async def action_simulator(self) -> None:
         """Start the load simulator (a form), or stop it when it runs."""
         if self.controller.simulating:
-            await self.bridge.call(self.controller.stop_simulation)
+            try:
+                await self.bridge.call(self.controller.stop_simulation)
+            except BusProcessEnded:
+                return  # the app is exiting
             self.notify("Stopping the simulator: it answers the commands under way first.")
         else:
             self._form(SimulatorForm(self.controller, self.bridge))
@@ -178,7 +187,10 @@ class DashboardApp(App[None]):
 
     async def action_resume(self) -> None:
         """Let the read models that failed try again."""
-        names = await self.bridge.call(self.controller.resume)
+        try:
+            names = await self.bridge.call(self.controller.resume)
+        except BusProcessEnded:
+            return  # the app is exiting
         if names:
             self.notify(f"Resuming {', '.join(names)}: it starts again from its checkpoint.", markup=False)
 

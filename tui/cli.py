@@ -19,7 +19,7 @@ def _run_dashboard(args: argparse.Namespace) -> None:
     # Textual loads only for the dashboard: ``banking list`` starts as fast as before.
     from . import run
 
-    run.run_dashboard(args.dsn)
+    run.run_dashboard(args.dsn, metrics_port=args.metrics_port)
 
 
 DASHBOARD = cli.Subcommand(

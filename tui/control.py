@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Protocol
 
 import attrs
 import trio
@@ -29,6 +30,42 @@ DEFAULT_RATE = 200.0
 
 DEFAULT_ACCOUNTS = 20
 """Accounts the simulator opens before its mixed load."""
+
+
+class Actions(Protocol):
+    """What the app asks of a controller: :class:`Controller` in the bus's own
+    process, :class:`tui.screen_side.RemoteController` in the screen's."""
+
+    state: DashboardState
+
+    @property
+    def simulating(self) -> bool:
+        """Whether the simulator runs (or is finishing its last commands)."""
+        ...
+
+    async def execute(self, command: Command) -> Done:
+        """Run a command on the bank."""
+        ...
+
+    async def select(self, account_id: str | None) -> None:
+        """Show ``account_id``'s balance and history (None: no account)."""
+        ...
+
+    async def start_simulation(self, rate: float, accounts: int) -> None:
+        """Start the load simulator."""
+        ...
+
+    async def stop_simulation(self) -> None:
+        """Ask the simulator to stop."""
+        ...
+
+    async def resume(self) -> list[str]:
+        """Let the read models that failed try again; return their names."""
+        ...
+
+    async def rebuild(self, name: str) -> None:
+        """Start rebuilding read model ``name``."""
+        ...
 
 
 @attrs.frozen

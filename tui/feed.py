@@ -7,7 +7,6 @@ None of them waits on the screen, so a slow terminal never slows the bus.
 
 from __future__ import annotations
 
-import functools
 import os
 import time
 
@@ -101,8 +100,7 @@ async def feed_figures(bank: Bank, state: DashboardState, interval: float = SAMP
         # The bank's own read models as the bank sees them (never "rebuilding" once a rebuild returned).
         state.projections = {**stats.projections, **bank.projection_status()}
         state.memory_mb = process.memory_info().rss / 2**20
-        state.figures_version += 1
-        state.touch()
+        state.figures_changed()
         previous, last = stats, now
 
 
@@ -118,15 +116,14 @@ async def feed_dead_letters(bank: Bank, state: DashboardState, interval: float =
             state.dead_letters = dead
             state.control_changed()
         with trio.move_on_after(interval):
-            await state.wait_until(functools.partial(_skipped_other_than, skipped))
+            # The count moves only with the figures (feed_figures): looked at as often,
+            # not at every change of the state (each batch of events).
+            while _skipped(state) == skipped:
+                await state.wait_for_figures()
 
 
 def _skipped(state: DashboardState) -> int:
     return sum(status.dead_letters for status in state.projections.values())
-
-
-def _skipped_other_than(count: int, state: DashboardState) -> bool:
-    return _skipped(state) != count
 
 
 class Refresher:

@@ -39,8 +39,9 @@ from apps.banking.features.open_account.types import parse_owner
 from apps.banking.simulate import MAX_RATE
 from eventbus import EventBusError
 
-from .bridge import Bridge
-from .control import DEFAULT_ACCOUNTS, DEFAULT_RATE, Controller
+from .bridge import Caller
+from .control import DEFAULT_ACCOUNTS, DEFAULT_RATE, Actions
+from .wire import BusProcessEnded
 
 
 @attrs.frozen
@@ -112,7 +113,7 @@ class Form(ModalScreen[str | None]):
     TITLE = "Form"
     HELP = ""
 
-    def __init__(self, controller: Controller, bridge: Bridge, fields: tuple[Field, ...]) -> None:
+    def __init__(self, controller: Actions, bridge: Caller, fields: tuple[Field, ...]) -> None:
         super().__init__()
         self.controller = controller
         self.bridge = bridge
@@ -210,6 +211,8 @@ class Form(ModalScreen[str | None]):
             self.show_error(f"Not done, the accounts kept changing: {exc}")
         except (BankingError, ValueError) as exc:
             self.show_error(str(exc))
+        except BusProcessEnded as exc:
+            self.show_error(f"Not done: {exc}.")
         except EventBusError as exc:
             again = " OK tries again: the command takes effect once." if self._command is not None else ""
             self.show_error(f"The database is unavailable: {exc}.{again}")
@@ -250,7 +253,7 @@ class Form(ModalScreen[str | None]):
         raise NotImplementedError
 
 
-def _account(controller: Controller, value: str = "", label: str = "Account", name: str = "account") -> Field:
+def _account(controller: Actions, value: str = "", label: str = "Account", name: str = "account") -> Field:
     known = tuple(row.account_id for row in reversed(controller.state.accounts))  # the latest first
     return Field(name, label, value, placeholder="acc-…  (type its start, → completes)", check=parse_account_id,
                  suggestions=known)  # fmt: skip
@@ -265,7 +268,7 @@ class OpenAccountForm(Form):
 
     TITLE = "Open an account"
 
-    def __init__(self, controller: Controller, bridge: Bridge) -> None:
+    def __init__(self, controller: Actions, bridge: Caller) -> None:
         super().__init__(controller, bridge, (
             Field("owner", "Owner", placeholder="Ada Lovelace", check=parse_owner),
             Field("type", "Type", choices=tuple(AccountType)),
@@ -287,7 +290,7 @@ class DepositForm(Form):
 
     TITLE = "Deposit"
 
-    def __init__(self, controller: Controller, bridge: Bridge, account_id: str = "") -> None:
+    def __init__(self, controller: Actions, bridge: Caller, account_id: str = "") -> None:
         super().__init__(controller, bridge, (_account(controller, account_id), _amount()))
 
     async def run(self, values: Mapping[str, str]) -> str:
@@ -302,7 +305,7 @@ class WithdrawForm(Form):
     TITLE = "Withdraw"
     HELP = "Never below zero: the bank refuses an overdraft."
 
-    def __init__(self, controller: Controller, bridge: Bridge, account_id: str = "") -> None:
+    def __init__(self, controller: Actions, bridge: Caller, account_id: str = "") -> None:
         super().__init__(controller, bridge, (_account(controller, account_id), _amount()))
 
     async def run(self, values: Mapping[str, str]) -> str:
@@ -317,7 +320,7 @@ class TransferForm(Form):
     TITLE = "Transfer"
     HELP = "Between two open accounts of the same currency."
 
-    def __init__(self, controller: Controller, bridge: Bridge, account_id: str = "") -> None:
+    def __init__(self, controller: Actions, bridge: Caller, account_id: str = "") -> None:
         source = _account(controller, account_id, "From", "source")
         super().__init__(controller, bridge, (source, _account(controller, "", "To", "target"), _amount()))
 
@@ -334,7 +337,7 @@ class SimulatorForm(Form):
     TITLE = "Start the load simulator"
     HELP = "Deposits, withdrawals (some refused), transfers, new and closed accounts; s stops it."
 
-    def __init__(self, controller: Controller, bridge: Bridge) -> None:
+    def __init__(self, controller: Actions, bridge: Caller) -> None:
         super().__init__(controller, bridge, (
             Field("rate", "Commands per second", f"{DEFAULT_RATE:.0f}", check=check_rate),
             Field("accounts", "Accounts to open first", str(DEFAULT_ACCOUNTS), check=check_count),
@@ -357,7 +360,7 @@ class RebuildForm(Form):
     TITLE = "Rebuild a read model"
     HELP = "A fresh copy is built from the events; the old one serves until it is ready."
 
-    def __init__(self, controller: Controller, bridge: Bridge) -> None:
+    def __init__(self, controller: Actions, bridge: Caller) -> None:
         super().__init__(controller, bridge, (Field("name", "Read model", choices=tuple(PROJECTIONS)),))
 
     def on_mount(self) -> None:

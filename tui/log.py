@@ -3,7 +3,7 @@
 Under load the log changes at every redraw, so it is a :class:`LineTable`:
 only the rows on screen are drawn, each once. Textual's table widget, cleared
 and refilled with 200 rows four times a second, cost the bus's appends tens
-of milliseconds at a time (the dashboard runs in the bus's thread).
+of milliseconds at a time (the dashboard ran in the bus's thread).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from textual.widgets import Input
 from eventbus import EventRecord
 
 from .state import DashboardState
+from .summary import mentions, summarize
 from .table import Cell, Column, LineTable, cell
 from .widgets import LivePanel
 
@@ -26,35 +27,6 @@ LOG_ROWS = 200
 
 TYPE_WIDTH = 18
 """Cells of the event type column, at most."""
-
-_ACCOUNT_KEYS = ("accountId", "fromAccountId", "toAccountId")
-
-
-def summarize(record: EventRecord) -> str:
-    """The interesting part of a payload, on one line, what matters first.
-
-    The bank's events read ``25.50 EUR acc-1 → acc-2`` or ``Ada checking EUR
-    acc-1``; other events show their first few ``key=value`` pairs.
-    """
-    payload = record.payload
-    parts = []
-    if "amount" in payload:
-        parts.append(f"{payload['amount']} {payload.get('currency', '')}".rstrip())
-    if "owner" in payload:
-        parts.extend(str(payload[key]) for key in ("owner", "accountType", "currency") if key in payload)
-    if "fromAccountId" in payload or "toAccountId" in payload:
-        parts.append(f"{payload.get('fromAccountId', '?')} → {payload.get('toAccountId', '?')}")
-    if "accountId" in payload:
-        parts.append(str(payload["accountId"]))
-    if not parts:
-        parts = [f"{key}={value}" for key, value in list(payload.items())[:3]]
-    return " ".join(parts)
-
-
-def mentions(record: EventRecord, account: str) -> bool:
-    """Whether the event is about an account whose id contains ``account``."""
-    payload = record.payload
-    return any(account in str(payload.get(key, "")) for key in _ACCOUNT_KEYS)
 
 
 def row_of(record: EventRecord) -> tuple[Cell, ...]:

@@ -1,38 +1,42 @@
-"""Run the dashboard: the bank, its bus and the feeds in Trio, the app on a loop and a thread of its own.
+"""Run the dashboard: the screen in this process, the bank, its bus and the feeds in another.
 
 ``banking dashboard [--dsn URL]`` and ``just banking`` call
-:func:`run_dashboard`: the app in the main thread, the bus on Trio in another
-(see ``tui/bridge.py``). Tests use :func:`open_dashboard` on a bank of their
-own and drive the app with ``App.run_test()`` in a thread of its own.
+:func:`run_dashboard`: the app in this process's main thread, the bus on
+Trio in a child process (``tui/bus_side.py``), the two over a socket pair
+(``tui/wire.py``). Tests and tools use :func:`open_dashboard` on a bank of
+their own, in one process, and drive the app with ``App.run_test()`` in a
+thread of its own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import os
 import re
 import select
 import signal
+import socket
+import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+import tempfile
+import termios
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import IO, Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import trio
 
 from apps.banking import database
-from apps.banking.app import Bank, open_bank
-from eventbus import open_loop
+from apps.banking.app import Bank
 
 from .app import DashboardApp
-from .bridge import Bridge, run_in_main_thread
-from .control import Controller
-from .feed import RETRY_DELAY, Refresher, feed_accounts, feed_dead_letters, feed_events, feed_figures
+from .bridge import Bridge, run_on_new_loop
+from .bus_side import open_feeds
+from .screen_side import Link, lower_priority, run_screen, wait_until_ready
 from .state import DashboardState
-
-CLOSE_TIMEOUT = 3.0
-"""Seconds the dashboard waits, when closing, for the simulator's commands and
-the read of the accounts under way."""
+from .wire import BusProcessEnded, Open, frame
 
 
 def describe_database(dsn: str | None) -> str:
@@ -64,46 +68,20 @@ def describe_database(dsn: str | None) -> str:
 _CONNINFO_PAIR = re.compile(r"(\w+)\s*=\s*('(?:[^'\\]|\\.)*'|\S+)")
 
 
-async def _supervised(state: DashboardState, what: str, fn: Callable[..., Awaitable[object]], *args: Any) -> None:
-    """Run ``fn(*args)`` again whenever it fails, saying so on the screen; until cancelled."""
-    while True:
-        try:
-            await fn(*args)
-            return
-        except Exception as exc:  # a bug or an outage: the rest of the dashboard goes on
-            state.notice(f"The {what} failed ({exc}); restarting it.", "error")
-            await trio.sleep(RETRY_DELAY)
-
-
 @asynccontextmanager
 async def open_dashboard(bank: Bank, *, database: str = "") -> AsyncIterator[DashboardApp]:
     """Feed a new dashboard from ``bank`` for the duration of the block; yield the app, not yet running.
 
-    The event log is subscribed before the block starts, so every event
-    stored from then on shows. Run the app in the block on a loop of its own
-    in another thread (:func:`tui.bridge.run_app_in_thread`, with
-    ``app.run_test()`` in tests); it reaches this Trio run through
-    ``app.bridge``. Leaving the block stops the feeds, the simulator and any
-    rebuild: the app must have ended first.
+    The dashboard in this process (for tests and tools; ``banking dashboard``
+    runs its screen in a process of its own, see :func:`run_dashboard`). Run
+    the app in the block on a loop of its own in another thread
+    (:func:`tui.bridge.run_app_in_thread`, with ``app.run_test()`` in
+    tests); it reaches this Trio run through ``app.bridge``. Leaving the
+    block stops the feeds, the simulator and any rebuild (see
+    :func:`open_feeds`): the app must have ended first.
     """
-    state = DashboardState(database=database)
-    refresher = Refresher()
-    async with trio.open_nursery() as nursery:
-        await nursery.start(feed_events, bank.bus, state)
-        nursery.start_soon(_supervised, state, "throughput figures", feed_figures, bank, state)
-        nursery.start_soon(_supervised, state, "accounts feed", feed_accounts, bank, state, refresher)
-        nursery.start_soon(_supervised, state, "dead letters feed", feed_dead_letters, bank, state)
-        controller = Controller(bank, state, nursery, refresher)
-        try:
-            yield DashboardApp(state, controller, Bridge(trio.lowlevel.current_trio_token()))
-        finally:
-            # Let the work under way end rather than cut it off halfway (see
-            # feed_accounts); then cancel whatever is left.
-            refresher.close()
-            with trio.move_on_after(CLOSE_TIMEOUT, shield=True):
-                await controller.aclose()
-                await refresher.stopped.wait()
-            nursery.cancel_scope.cancel()
+    async with open_feeds(bank, database=database) as (state, controller):
+        yield DashboardApp(state, controller, Bridge(trio.lowlevel.current_trio_token()))
 
 
 HANGUP_CHECK = 0.5
@@ -146,27 +124,114 @@ async def _exit_on_hangup(app: DashboardApp) -> None:
     app.exit()
 
 
-def run_dashboard(dsn: str | None = None) -> None:
+BUS_CLOSE_TIMEOUT = 15.0
+"""Seconds the screen waits, after the person quits, for the bus process to close the bus and exit."""
+
+ERRORS_SHOWN = 8000
+"""Bytes of what the bus process wrote on stderr that are shown once the screen is gone, at most (the last)."""
+
+
+def run_dashboard(dsn: str | None = None, *, metrics_port: int | None = None) -> None:
     """Open the bank on ``dsn`` and run the dashboard until the person quits.
 
     ``dsn`` None means ``EVENTBUS_DSN``, then ``DATABASE_URL``, else the
     bank's own database on the embedded server. On a database that other
     processes write (attach mode) their events show live, and their read
-    models are read as they lead them. Blocks the main thread, which the app
-    needs; the bus runs on Trio in another. Quitting closes the bus
-    (shielded, bounded) before returning.
+    models are read as they lead them.
+
+    Two processes: this one keeps the terminal and runs the screen (Textual,
+    at a lower priority, ``tui/screen_side.py``); a child runs the bus, the
+    bank, the feeds and the simulator (``tui/bus_side.py``, serving the
+    Prometheus metrics on ``metrics_port`` if given), so a frame of the
+    screen never holds up an append. Blocks this (the main) thread, which the
+    app needs, until the person quits (``q``, Ctrl-C, SIGTERM, SIGHUP, the
+    terminal gone), then waits for the bus process to close the bus
+    (``BUS_CLOSE_TIMEOUT`` at most, then it is killed). If the bus process
+    ends first (killed, say), the screen closes at once and this raises.
 
     Raises:
         StoreUnavailable: the database could not be reached at open.
+        BusProcessEnded: the bus process ended before the person quit.
+        KeyboardInterrupt: Ctrl-C while the bank opened (the bus process stops too).
     """
     print("Opening the bank…", file=sys.stderr, flush=True)
     named = database.named_dsn(dsn)
     database.check_dsn(named)  # a malformed connection string is refused before it is described
     where = describe_database(named)
+    with tempfile.TemporaryFile() as errors:
+        link = _run_split(dsn, where, metrics_port, errors)
+    if link.ended is not None:
+        raise BusProcessEnded(link.ended)
 
-    @asynccontextmanager
-    async def serve() -> AsyncIterator[DashboardApp]:
-        async with open_loop(), open_bank(dsn) as bank, open_dashboard(bank, database=where) as app:
-            yield app
 
-    run_in_main_thread(serve, run_until_quit, DashboardApp.exit)
+def _run_split(dsn: str | None, where: str, metrics_port: int | None, errors: IO[bytes]) -> Link:
+    """Start the bus process, run the screen until it ends, wait for the bus process; return the link."""
+    ours, theirs = socket.socketpair()
+    terminal = sys.__stdout__ is not None and sys.__stdout__.isatty()
+    try:
+        bus = subprocess.Popen(
+            [sys.executable, "-m", "tui.bus_side", str(theirs.fileno())],
+            pass_fds=(theirs.fileno(),),
+            stdin=subprocess.DEVNULL,
+            stdout=None if terminal else subprocess.DEVNULL,  # the terminal, to put it back if the screen dies
+            stderr=errors,
+            # A session of its own: the terminal's signals (Ctrl-C, a hang-up)
+            # are the screen's to handle; and Linux's scheduler shares the
+            # processor fairly between sessions (autogroups), so the screen's
+            # frames come out of the terminal session's share, not the bus's.
+            start_new_session=True,
+        )
+    finally:
+        theirs.close()
+    try:
+        ours.sendall(frame(Open(dsn, where, metrics_port, _terminal_state())))
+        pending, frames = wait_until_ready(ours)
+        lower_priority()
+        link = Link(ours, DashboardState(database=where), pending, frames)
+        run_on_new_loop(functools.partial(run_screen, link, run_until_quit))
+    finally:
+        ours.close()
+        ended = _wait_for(bus)
+        _show(errors)
+    how = f" ({ended})" if bus.returncode != 0 else ""
+    if link.ended is not None:
+        link.ended = f"{link.ended}{how}; the dashboard closed"
+    elif bus.returncode != 0:
+        link.ended = f"the bus process did not close cleanly{how}"
+    return link
+
+
+def _terminal_state() -> Any:
+    stdin = sys.__stdin__
+    try:
+        return termios.tcgetattr(stdin.fileno()) if stdin is not None and stdin.isatty() else None
+    except (OSError, termios.error, ValueError):
+        return None
+
+
+def _wait_for(bus: subprocess.Popen[bytes]) -> str:
+    """Wait for the bus process to end (killing it after ``BUS_CLOSE_TIMEOUT``); say how it ended."""
+    try:
+        bus.wait(BUS_CLOSE_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        bus.kill()
+        bus.wait()
+        return f"it did not close within {BUS_CLOSE_TIMEOUT:g} s and was killed"
+    except KeyboardInterrupt:  # a second Ctrl-C while it closes: do not leave it behind
+        bus.kill()
+        bus.wait()
+        raise
+    code = bus.returncode
+    if code < 0:
+        return f"killed by {signal.Signals(-code).name}"
+    return f"exit status {code}"
+
+
+def _show(errors: IO[bytes]) -> None:
+    """Copy the end of what the bus process wrote on stderr to ours (the terminal is ours again)."""
+    size = errors.seek(0, os.SEEK_END)
+    if not size:
+        return
+    errors.seek(max(0, size - ERRORS_SHOWN))
+    sys.stderr.write(errors.read().decode(errors="replace"))
+    sys.stderr.flush()

@@ -94,8 +94,10 @@ class RebuildProgress:
 
 @attrs.define
 class DashboardState:
-    """The shared state: written by Trio tasks in the bus's thread, read by the
-    app in its own (see ``tui/bridge.py``).
+    """The dashboard's state: written by Trio tasks in the bus's thread, read by the
+    app in its own (see ``tui/bridge.py``). In ``banking dashboard`` the app reads
+    a copy in the screen's process, which ``tui/screen_side.py`` writes on the
+    app's own loop from what the bus process sends (``tui/wire.py``).
 
     What makes that safe: every field but ``events`` is replaced whole, never
     changed in place (``rebuilds`` and ``projections`` are new dicts, rows new
@@ -144,6 +146,7 @@ class DashboardState:
     database: str = ""
     lock: threading.Lock = attrs.field(factory=threading.Lock, repr=False)
     _changed: trio.Event = attrs.field(factory=trio.Event, repr=False)
+    _figures: trio.Event = attrs.field(factory=trio.Event, repr=False)
 
     def add_events(self, records: list[EventRecord]) -> None:
         """Append a batch to the log (newest first); blocks only for ``lock``."""
@@ -169,6 +172,18 @@ class DashboardState:
         """Say that the simulator, a rebuild or the notices changed."""
         self.control_version += 1
         self.touch()
+
+    def figures_changed(self) -> None:
+        """Say that the bus's figures (and the projections' states) changed."""
+        self.figures_version += 1
+        self._figures.set()
+        self._figures = trio.Event()
+        self.touch()
+
+    async def wait_for_figures(self) -> None:
+        """Block until the figures change next (cheaper than :meth:`wait_until`,
+        which wakes at every batch of events); for Trio code."""
+        await self._figures.wait()
 
     def touch(self) -> None:
         """Wake the tasks in :meth:`wait_until`; writers call it after a change.

@@ -29,8 +29,8 @@ from .table import Cell, Column, LineTable, cell
 
 BUSY_INTERVAL = 1.0
 """Seconds between redraws, at most, of what changes with every event (the log,
-the selected account's history, counts in captions): a frame costs the bus's
-appends the time it takes to draw, since both share one thread."""
+the selected account's history, counts in captions): a frame takes a
+processor for the time it takes to draw, which the bus and the database may want."""
 
 _STATE_STYLES = {"failed": "bold red", "restarting": "yellow", "catching_up": "yellow", "live": "green",
                  "rebuilding": "cyan", "standby": "blue"}  # fmt: skip

@@ -95,7 +95,8 @@ class Subcommand:
     run: Callable[[argparse.Namespace], None] | None = None
     """Instead of ``plan``: runs the subcommand itself, blocking the main
     thread, outside Trio (a terminal UI that must own the main thread); it
-    raises the errors a plan would."""
+    raises the errors a plan would, and serves ``args.metrics_port`` itself
+    (from the process that runs the bus)."""
 
 
 class UsageError(Exception):
@@ -389,7 +390,7 @@ def main(argv: Sequence[str] | None = None, *, extra: Sequence[Subcommand] = ())
         _check_output()
         database.check_dsn(database.named_dsn(args.dsn))
         runs_itself = next((sub.run for sub in extra if sub.name == args.action and sub.run is not None), None)
-        operations.start(args)
+        operations.start(args, metrics=runs_itself is None)  # one that runs itself serves its own
         if runs_itself is not None:
             runs_itself(args)
         elif args.action in (None, "menu"):

@@ -39,11 +39,11 @@ def add_metrics_port(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
-def start(args: argparse.Namespace) -> None:
-    """Set up what ``args`` ask for: logging, the metrics endpoint."""
+def start(args: argparse.Namespace, *, metrics: bool = True) -> None:
+    """Set up what ``args`` ask for: logging, the metrics endpoint (unless not ``metrics``)."""
     configure_logging(getattr(args, "verbose", 0), getattr(args, "log_level", None))
     port = getattr(args, "metrics_port", None)
-    if port is not None:
+    if port is not None and metrics:
         serve_metrics(port)
 
 

@@ -26,7 +26,7 @@ def dashboard_runs(monkeypatch: pytest.MonkeyPatch) -> list[str | None]:
     """The DSNs the dashboard is run on, instead of running it."""
     runs: list[str | None] = []
 
-    def run_dashboard(dsn: str | None = None) -> None:
+    def run_dashboard(dsn: str | None = None, *, metrics_port: int | None = None) -> None:
         runs.append(dsn)
 
     monkeypatch.setattr(run, "run_dashboard", run_dashboard)
@@ -59,7 +59,7 @@ def test_banking_dashboard_runs_the_dashboard_on_the_dsn_given(
 def test_banking_dashboard_says_in_one_line_when_the_database_is_unreachable(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    def run_dashboard(dsn: str | None = None) -> None:
+    def run_dashboard(dsn: str | None = None, *, metrics_port: int | None = None) -> None:
         raise StoreUnavailable("no route to host")
 
     monkeypatch.setattr(run, "run_dashboard", run_dashboard)

@@ -12,10 +12,13 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import psutil
 import pytest
 import trio
+
+from eventbus import open_loop, testing
 
 from ..helpers import ROOT
 
@@ -78,10 +81,17 @@ def _alive(process: psutil.Process) -> bool:
 
 
 @asynccontextmanager
-async def just_banking(dsn: str, name: str, size: tuple[int, int] = (120, 40)) -> AsyncIterator[Terminal]:
-    """``just banking`` in a tmux window of the test's own; the tmux server is killed at the end."""
+async def just_banking(
+    dsn: str, name: str, size: tuple[int, int] = (120, 40), *, then_shell: bool = False
+) -> AsyncIterator[Terminal]:
+    """``just banking`` in a tmux window of the test's own; the tmux server is killed at the end.
+
+    With ``then_shell`` a shell follows in the window, where ``$status`` is the dashboard's exit status.
+    """
     terminal = Terminal(f"eventbus-test-{psutil.Process().pid}-{name}")
     command = f"cd {shlex.quote(str(ROOT))} && EVENTBUS_DSN={shlex.quote(dsn)} exec {shlex.quote(JUST)} banking"
+    if then_shell:
+        command = f"{command.replace(' exec ', ' ')}; status=$?; export status; PS1='$ ' exec sh"
     terminal.tmux("new-session", "-d", "-s", "main", "-x", str(size[0]), "-y", str(size[1]), command)
     try:
         terminal.tmux("set-option", "-t", "main", "remain-on-exit", "on")
@@ -94,6 +104,16 @@ def processes_of(terminal: Terminal) -> list[psutil.Process]:
     """The window's process and every process under it."""
     processes = [psutil.Process(terminal.pane_pid())]
     return processes + processes[0].children(recursive=True)
+
+
+def screen_and_bus(processes: list[psutil.Process]) -> tuple[psutil.Process, psutil.Process]:
+    """The dashboard's two processes among ``processes``: the screen's (the
+    person's, holding the terminal) and the bus's (its child)."""
+    pythons = [p for p in processes if "python" in p.name().lower()]
+    (bus,) = [p for p in pythons if "tui.bus_side" in p.cmdline()]
+    (screen,) = [p for p in pythons if p.pid != bus.pid]
+    assert bus.ppid() == screen.pid
+    return screen, bus
 
 
 async def assert_all_gone(terminal: Terminal, processes: list[psutil.Process]) -> None:
@@ -134,7 +154,7 @@ async def test_a_signal_to_the_dashboard_quits_it_as_q_does(dsn: str, signum: si
     async with just_banking(dsn, signum.name) as terminal:
         await terminal.wait_for("projections 2 live", timeout=START_TIMEOUT)
         processes = processes_of(terminal)
-        (dashboard,) = [p for p in processes if "python" in p.name().lower()]
+        dashboard, _ = screen_and_bus(processes)
         dashboard.send_signal(signum)
         await assert_all_gone(terminal, processes)
 
@@ -145,3 +165,78 @@ async def test_ctrl_c_at_the_dashboard_quits_it_as_q_does(dsn: str) -> None:
         processes = processes_of(terminal)
         terminal.tmux("send-keys", "-t", "main", "C-c")
         await assert_all_gone(terminal, processes)
+
+
+async def _wait_gone(processes: list[psutil.Process]) -> None:
+    with trio.move_on_after(QUIT_TIMEOUT):
+        while any(map(_alive, processes)):
+            await trio.sleep(0.1)
+    assert [p.pid for p in processes if _alive(p)] == []
+
+
+async def _assert_terminal_restored(terminal: Terminal) -> str:
+    """The window's terminal is as a shell wants it (the main screen, no mouse
+    reports, lines and echo on); return the dashboard's exit status, as its shell says."""
+    assert terminal.tmux("display-message", "-p", "-t", "main", "#{alternate_on} #{mouse_any_flag}").split() == [
+        "0",
+        "0",
+    ]
+    terminal.tmux(
+        "send-keys",
+        "-t",
+        "main",
+        "-l",
+        'echo "status=$status"; stty -a | tr " ;" "\\n\\n" | grep -x -- "-*\\(icanon\\|echo\\)"',
+    )
+    terminal.tmux("send-keys", "-t", "main", "Enter")
+    screen = await terminal.wait_for(r"status=\d+\n(-?icanon\n-?echo|-?echo\n-?icanon)")
+    assert re.search(r"^icanon$", screen, re.MULTILINE) and re.search(r"^echo$", screen, re.MULTILINE), screen
+    return re.findall(r"status=(\d+)", screen)[-1]
+
+
+async def _connections_to(admin_dsn: str, database: str) -> int:
+    async with open_loop():
+        conn = await testing.connect(admin_dsn)
+        try:
+            count: int = await conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()", database
+            )
+        finally:
+            await conn.close()
+    return count
+
+
+async def test_killing_the_screen_process_closes_the_bus_and_puts_the_terminal_back(dsn: str, admin_dsn: str) -> None:
+    async with just_banking(dsn, "kill-screen", then_shell=True) as terminal:
+        await terminal.wait_for("projections 2 live", timeout=START_TIMEOUT)
+        screen, bus = screen_and_bus(processes_of(terminal))
+        screen.send_signal(signal.SIGKILL)
+        await _wait_gone([screen, bus])
+        assert await _connections_to(admin_dsn, urlsplit(dsn).path.lstrip("/")) == 0
+        status = await _assert_terminal_restored(terminal)
+        assert status != "0"
+        assert "the dashboard's screen ended unexpectedly; its bus is closing." in terminal.screen()
+        assert "Traceback" not in terminal.screen()
+
+
+@pytest.mark.parametrize(
+    ("signum", "line"),
+    [
+        (signal.SIGKILL, "error: the bus process ended (killed by SIGKILL); the dashboard closed"),
+        (signal.SIGTERM, "error: the bus process was stopped (SIGTERM); the dashboard closed"),
+    ],
+    ids=lambda value: value.name if isinstance(value, signal.Signals) else "",
+)
+async def test_the_bus_process_ending_ends_the_screen_with_one_line_and_a_failure_status(
+    dsn: str, signum: signal.Signals, line: str
+) -> None:
+    async with just_banking(dsn, f"end-bus-{signum.name}", then_shell=True) as terminal:
+        await terminal.wait_for("projections 2 live", timeout=START_TIMEOUT)
+        screen, bus = screen_and_bus(processes_of(terminal))
+        bus.send_signal(signum)
+        await _wait_gone([screen, bus])
+        status = await _assert_terminal_restored(terminal)
+        assert status == "1"
+        lines = [text for text in terminal.screen().splitlines() if text.startswith("error:")]
+        assert lines == [line]
+        assert "Traceback" not in terminal.screen()
