@@ -80,7 +80,7 @@ def as_json(record: EventRecord) -> dict[str, Any]:
 
 
 def as_line(record: EventRecord) -> str:
-    payload = json.dumps(record.payload, ensure_ascii=False, separators=(", ", ": "))
+    payload = json.dumps(record.payload, ensure_ascii=False, separators=(", ", ": "), default=str)
     when = record.occurred_at.isoformat(timespec="milliseconds")
     return f"{record.sequence_number}  {when}  {record.event_type}  {payload}"
 

@@ -14,6 +14,7 @@ close in time is terminated.
 from __future__ import annotations
 
 import contextlib
+import decimal
 import json
 import json.scanner
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
@@ -109,7 +110,23 @@ def _decode_json(text: str) -> Any:
     # alone parses it, at half the cost of json.loads. Most metadata is '{}'.
     if text == "{}":
         return {}
-    return _scan_json(text, 0)[0]
+    try:
+        return _scan_json(text, 0)[0]
+    except ValueError:
+        # An integer longer than Python converts (sys.get_int_max_str_digits()):
+        # the store refuses one, but jsonb takes it from whoever else writes.
+        # It reads as a Decimal, exactly, and nothing else in the row is lost.
+        return _scan_json_leniently(text, 0)[0]
+
+
+def _int_or_decimal(text: str) -> int | decimal.Decimal:
+    try:
+        return int(text)
+    except ValueError:
+        return decimal.Decimal(text)
+
+
+_scan_json_leniently = json.scanner.make_scanner(json.JSONDecoder(parse_int=_int_or_decimal))  # type: ignore[arg-type]
 
 
 async def _init_connection(raw: asyncpg.Connection) -> None:

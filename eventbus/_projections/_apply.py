@@ -392,4 +392,4 @@ async def dead_letter(
 
 def _payload_text(payload: Any) -> str:
     """A payload as JSON text: an object, or whatever else someone else wrote (jsonb takes any value)."""
-    return json.dumps(dict(payload) if isinstance(payload, Mapping) else payload)
+    return json.dumps(dict(payload) if isinstance(payload, Mapping) else payload, default=str)
