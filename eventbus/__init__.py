@@ -24,6 +24,7 @@ from ._errors import (
     InvalidFilter,
     InvalidOption,
     NotCaughtUp,
+    PartitionsDiffer,
     ProjectionError,
     StoreUnavailable,
 )
@@ -122,6 +123,7 @@ __all__ = [
     "HandlerFailed",
     "Projection",
     "ProjectionConfig",
+    "PartitionsDiffer",
     "ProjectionError",
     "ProjectionManager",
     "ProjectionState",

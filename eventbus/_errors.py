@@ -107,6 +107,13 @@ class ProjectionError(EventBusError):
     unknown projection, a rebuild where another process leads)."""
 
 
+class PartitionsDiffer(ProjectionError):
+    """A projection's partitions stored in the database differ from this
+    process's ``partitions`` (a redeploy with another count, or a single
+    leader against partitions): the process stands by, and takes over by
+    itself once that is safe."""
+
+
 class HandlerFailed(EventBusError):
     """A projection's handler raised for an event.
 

@@ -25,7 +25,7 @@ import attrs
 
 from .. import _db
 from .._db import rollback
-from .._errors import DatabaseError, ProjectionError
+from .._errors import DatabaseError, PartitionsDiffer
 from ._apply import literal
 
 _log = logging.getLogger("eventbus.projections")
@@ -199,7 +199,7 @@ async def _check_partitions(conn: _db.Connection, name: str, me: str, partitions
     different partitions and apply its events twice.
 
     Raises:
-        ProjectionError: a single leader leads ``name`` now, or its stored
+        PartitionsDiffer: a single leader leads ``name`` now, or its stored
             partitions differ and cannot be taken over yet.
     """
     rows = await conn.fetch(
@@ -212,7 +212,7 @@ async def _check_partitions(conn: _db.Connection, name: str, me: str, partitions
         return
     if stored == 0:
         if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", leader_key(name)):
-            raise ProjectionError(
+            raise PartitionsDiffer(
                 f"projection {name!r} is led by a single leader (partitions=1) in another process:"
                 f" stop that process before running it with partitions={partitions}"
             )
@@ -226,14 +226,14 @@ async def _check_partitions(conn: _db.Connection, name: str, me: str, partitions
             me,
         )
         if others or low != high:
-            raise ProjectionError(
+            raise PartitionsDiffer(
                 f"projection {name!r} has {stored} partitions in the database and this process runs it with"
                 f" {partitions}: a key would go to different partitions in different processes."
-                + (f" Stop the {others} other process(es) that run it first" if others else "")
+                + (f" This process waits until the {others} other process(es) that run it stop" if others else "")
                 + (
-                    f"; its partitions stand at positions {low} to {high}: a new count is taken only when they"
+                    f"; its partitions stand at positions {low} to {high}: this process takes over when they"
                     " stand at one position (let the old count catch up with no writes, or rebuild it with the"
-                    " old count and then change it)"
+                    " old count)"
                     if low != high
                     else ""
                 )
@@ -262,7 +262,7 @@ async def check_single(conn: _db.Connection, name: str) -> None:
     and every partition stands at one position.
 
     Raises:
-        ProjectionError: partitions of ``name`` are stored and cannot be taken over yet.
+        PartitionsDiffer: partitions of ``name`` are stored and cannot be taken over yet.
     """
     await conn.execute("BEGIN")
     try:
@@ -298,7 +298,7 @@ def _check_single_takes_over(name: str, stored: int, live: int, low: int, high: 
         why = f"its partitions stand at positions {low} to {high}"
     else:
         return
-    raise ProjectionError(
+    raise PartitionsDiffer(
         f"projection {name!r} has {stored} partitions in the database and this process runs it with partitions=1:"
         f" {why}; one leader takes over only when no process runs its partitions and they stand at one position"
     )

@@ -40,7 +40,7 @@ import attrs
 import trio
 
 from .. import _db
-from .._errors import DatabaseError, HandlerFailed, ProjectionError, StoreUnavailable
+from .._errors import DatabaseError, HandlerFailed, PartitionsDiffer, ProjectionError, StoreUnavailable
 from .._nursery import open_actor_nursery
 from .._stream import EventStream, Subscription, subscribe_slice
 from .._values import EventRecord, PartitionSlice, Sliced
@@ -58,6 +58,9 @@ from ._routing import Router
 
 _FOLLOWING = frozenset({ProjectionState.LIVE, ProjectionState.CATCHING_UP, ProjectionState.STANDBY})
 """The states a rebuild under way in this process shows as ``rebuilding``."""
+
+DIFFER_RETRY = 1.0
+"""Seconds between a standing-by process's checks of a projection whose stored partitions differ from its own."""
 
 IDLE_CHECKPOINT = 0.5
 """Seconds without events after which the held partitions' checkpoints move to the stream's position."""
@@ -92,6 +95,7 @@ class PartitionedRunner(ShareApplier, Router):
         self.poison: int | None = None  # the position of the event the latest failure was in
         self._skip: int | None = None  # that event goes to the dead letters if it fails again
         self._failures = 0
+        self._differ = False  # standing by: the stored partitions differ from this process's
         self._held: dict[int, Held] = {}  # applied by the loop
         self._taken: dict[int, Held] = {}  # taken by the heartbeat, for the loop to adopt between batches
         self._released: set[int] = set()  # let go of by the heartbeat for another member (not taken from it)
@@ -208,6 +212,13 @@ class PartitionedRunner(ShareApplier, Router):
             while True:
                 try:
                     await self._member()
+                except PartitionsDiffer as exc:  # not a failure: it waits for its turn
+                    if self.state != ProjectionState.STANDBY:
+                        _log.warning("projection %s: %s", self.projection.name, exc)
+                    self.last_error, self._differ = str(exc), True
+                    self.state = ProjectionState.STANDBY
+                    self._notify()
+                    await trio.sleep(DIFFER_RETRY)
                 except (StoreUnavailable, DatabaseError) as exc:
                     self.last_error = str(exc)
                     self._mark_restarting()
@@ -238,9 +249,14 @@ class PartitionedRunner(ShareApplier, Router):
                 await conn.close()
             raise
         try:
-            self.state = ProjectionState.STARTING
-            self._notify()
+            if self.state != ProjectionState.STANDBY:
+                self.state = ProjectionState.STARTING
+                self._notify()
             await self._heartbeat(leases)
+            if self._differ:  # the partitions are this process's count now
+                self.last_error, self._differ = None, False
+                self.state = ProjectionState.STARTING
+                self._notify()
             vanished = await prepare_schema(conn, self.projection, self.projection.schema, checkpoint=max(self._stored))
             if vanished:
                 raise ProjectionError(

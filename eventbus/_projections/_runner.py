@@ -31,7 +31,7 @@ from collections.abc import Callable
 import trio
 
 from .. import _db, _telemetry
-from .._errors import DatabaseError, HandlerFailed, StoreUnavailable
+from .._errors import DatabaseError, HandlerFailed, PartitionsDiffer, StoreUnavailable
 from .._stream import EventStream, Subscription
 from .._values import EventRecord
 from . import _leases
@@ -78,6 +78,7 @@ class Runner:
         self.restarts = 0
         self.dead_letters = 0
         self.last_error: str | None = None
+        self._differ = False  # standing by: the projection's partitions are stored
         self.poison: int | None = None  # the position of the event the latest failure was in
         self._skip: int | None = None  # that event goes to the dead letters if it fails again
         self.leader = False
@@ -208,13 +209,32 @@ class Runner:
         self.leader = False
         self._notify()
 
+    async def _take_lead(self, conn: _db.Connection) -> bool:
+        """Take the lead if it is free and the projection is not partitioned
+        meanwhile (then it stands by, saying why, until that changes)."""
+        key = _leases.leader_key(self.projection.name)
+        if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", key):
+            return False
+        try:
+            await _leases.check_single(conn, self.projection.name)
+        except PartitionsDiffer as exc:
+            await conn.fetchval("SELECT pg_advisory_unlock($1)", key)
+            if not self._differ:
+                _log.warning("projection %s: %s", self.projection.name, exc)
+            self.last_error, self._differ = str(exc), True
+            self._notify()
+            return False
+        if self._differ:
+            self.last_error, self._differ = None, False
+        return True
+
     async def _lead(self) -> None:
         name = self.projection.name
         conn = await _db.connect(self._dsn, application_name=f"eventbus-projection {name}")
         try:
             self.state = ProjectionState.STANDBY
             self._notify()
-            while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", _leases.leader_key(name)):
+            while not await self._take_lead(conn):
                 applied = int(
                     await conn.fetchval("SELECT checkpoint FROM eventbus.projections WHERE name = $1", name) or 0
                 )
@@ -222,7 +242,6 @@ class Runner:
                     self.applied = applied
                     self._notify()  # wait_until_caught_up here follows the leader
                 await trio.sleep(LEADER_RETRY)
-            await _leases.check_single(conn, name)  # not partitioned meanwhile
             self.leader = True
             _log.info("projection %s: this process leads it now", name)
             self.state = ProjectionState.STARTING

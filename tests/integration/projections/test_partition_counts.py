@@ -96,7 +96,7 @@ async def two_buses(dsn: str, first: int, second: int, check: Callable[[Bus, Bus
 async def test_a_second_count_is_refused_while_a_process_runs_the_first(dsn: str) -> None:
     async def refused(one: Bus, two: Bus) -> None:
         await poll_until(lambda: failed_with(two, "has 4 partitions in the database"), timeout=10)
-        assert "Stop the 1 other process(es)" in (two.projections.status()[NAME].last_error or "")
+        assert "waits until the 1 other process(es) that run it stop" in (two.projections.status()[NAME].last_error or "")
         assert len(await leases(one)) == 4
 
     await two_buses(dsn, 4, 8, refused)
@@ -130,3 +130,32 @@ async def test_partitions_that_stand_apart_are_not_taken_over(dsn: str) -> None:
         await bus.projections.start(projection(8))
         await poll_until(lambda: failed_with(bus, "stand at positions"), timeout=10)
         assert await leases(bus) == before
+
+
+async def at_one_position(bus: Bus, partitions: int, head: int) -> bool:
+    """Every stored partition (or the single leader's checkpoint) stands at ``head``."""
+    if partitions > 1:
+        return set(await leases(bus)) == {head}
+    checkpoint = await bus.store.pool.fetchval("SELECT checkpoint FROM eventbus.projections WHERE name = $1", NAME)
+    return bool(checkpoint == head)
+
+
+@pytest.mark.parametrize(("before", "after"), [(4, 8), (1, 4), (4, 1)])
+async def test_a_rolling_redeploy_stands_by_and_takes_over_when_the_old_count_stops(
+    dsn: str, before: int, after: int
+) -> None:
+    async with open_bus(dsn, poll_interval=0.1) as new:
+        async with open_bus(dsn, poll_interval=0.1) as old:
+            await old.projections.start(projection(before))
+            records = await old.store.append(list(account_events(300, seed=6, accounts=60)))
+            await old.projections.wait_until_caught_up(NAME, timeout=30)
+            await new.projections.start(projection(after))
+            await poll_until(lambda: failed_with(new, "partition"), timeout=10)
+            assert new.projections.status()[NAME].state == "standby"  # waiting, not failed
+            await poll_until(lambda: at_one_position(old, before, records[-1].sequence_number), timeout=10)
+        # The old count stopped: the new one takes over by itself, and says so.
+        await new.store.append(list(account_events(300, seed=7, accounts=60)))
+        await new.projections.wait_until_caught_up(NAME, timeout=30)
+        status = new.projections.status()[NAME]
+        assert (status.state, status.last_error) == ("live", None)
+        await applied_once(new)
