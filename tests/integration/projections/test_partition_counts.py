@@ -96,7 +96,8 @@ async def two_buses(dsn: str, first: int, second: int, check: Callable[[Bus, Bus
 async def test_a_second_count_is_refused_while_a_process_runs_the_first(dsn: str) -> None:
     async def refused(one: Bus, two: Bus) -> None:
         await poll_until(lambda: failed_with(two, "has 4 partitions in the database"), timeout=10)
-        assert "waits until the 1 other process(es) that run it stop" in (two.projections.status()[NAME].last_error or "")
+        error = two.projections.status()[NAME].last_error or ""
+        assert "waits until the 1 other process(es) that run it stop" in error
         assert len(await leases(one)) == 4
 
     await two_buses(dsn, 4, 8, refused)
