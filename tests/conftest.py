@@ -21,10 +21,10 @@ from pathlib import Path
 import pytest
 import trio
 
-from eventbus import EventBusError, testing
+from eventbus import testing
 from eventbus.testing import EmbeddedServer, install_schema
 
-from .helpers import TEMPLATE, ReplicaDatabase, Replicated, database_dsn, drop_database
+from .helpers import TEMPLATE, ReplicaDatabase, Replicated, database_dsn, drop_database, wait_for_schema
 
 TEST_SETTINGS = {"fsync": "off", "full_page_writes": "off", "max_connections": "500"}
 
@@ -114,27 +114,6 @@ def replicated() -> Iterator[Replicated]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-STANDBY_CATCH_UP = 30.0  # seconds: a bound, never a wait
-STANDBY_RETRY = 0.01  # seconds between looks at a standby, which has no change notification
-
-
-async def _wait_for_schema(standby_dsn: str) -> None:
-    """Until the standby serves the database with the eventbus schema."""
-    with trio.fail_after(STANDBY_CATCH_UP):
-        while True:
-            try:
-                conn = await testing.connect(standby_dsn)
-            except EventBusError:
-                await trio.sleep(STANDBY_RETRY)
-                continue
-            try:
-                if await conn.fetchval("SELECT to_regclass('eventbus.events') IS NOT NULL"):
-                    return
-            finally:
-                await conn.close()
-            await trio.sleep(STANDBY_RETRY)
-
-
 @pytest.fixture
 async def replica_db(replicated: Replicated) -> AsyncIterator[ReplicaDatabase]:
     """A fresh database on the replicated primary, with the eventbus schema
@@ -148,7 +127,7 @@ async def replica_db(replicated: Replicated) -> AsyncIterator[ReplicaDatabase]:
             await install_schema(conn)
         finally:
             await conn.close()
-        await _wait_for_schema(replicated.standby.dsn(name))
+        await wait_for_schema(replicated.standby.dsn(name))
     yield ReplicaDatabase(replicated.primary.dsn(name), replicated.standby.dsn(name), replicated)
     with trio.CancelScope(shield=True):
         await drop_database(admin, name)

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit, urlunsplit
 import attrs
 import trio
 
-from eventbus import testing
+from eventbus import EventBusError, testing
 from eventbus.testing import EmbeddedServer
 
 TEMPLATE = "eventbus_test_template"
@@ -86,3 +86,24 @@ class LineReader:
 def say(line: str) -> None:
     sys.stdout.write(line + "\n")
     sys.stdout.flush()
+
+
+STANDBY_CATCH_UP = 30.0  # seconds: a bound, never a wait
+STANDBY_RETRY = 0.01  # seconds between looks at a standby, which has no change notification
+
+
+async def wait_for_schema(standby_dsn: str) -> None:
+    """Until the standby serves the database with the eventbus schema."""
+    with trio.fail_after(STANDBY_CATCH_UP):
+        while True:
+            try:
+                conn = await testing.connect(standby_dsn)
+            except EventBusError:
+                await trio.sleep(STANDBY_RETRY)
+                continue
+            try:
+                if await conn.fetchval("SELECT to_regclass('eventbus.events') IS NOT NULL"):
+                    return
+            finally:
+                await conn.close()
+            await trio.sleep(STANDBY_RETRY)

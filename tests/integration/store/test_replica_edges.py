@@ -8,31 +8,13 @@ from urllib.parse import urlsplit
 import pytest
 import trio
 
-from eventbus import EventBusError, ReplicaState, create_filter, open_bus, testing
+from eventbus import ReplicaState, create_filter, open_bus, testing
 from eventbus.testing import install_schema
 
-from ...helpers import ReplicaDatabase, drop_database
+from ...helpers import ReplicaDatabase, drop_database, wait_for_schema
 from .test_replicas import NOTED, note, replica, until
 
 pytestmark = pytest.mark.replica
-
-
-async def standby_shows(dsn: str) -> None:
-    """Until the standby serves the database with the eventbus schema (bounded)."""
-    async with testing.open_loop():
-        with trio.fail_after(30):
-            while True:
-                try:
-                    conn = await testing.connect(dsn)
-                except EventBusError:
-                    await trio.sleep(0.01)
-                    continue
-                try:
-                    if await conn.fetchval("SELECT to_regclass('eventbus.events') IS NOT NULL"):
-                        return
-                finally:
-                    await conn.close()
-                await trio.sleep(0.01)
 
 
 async def test_a_standby_dsn_naming_another_database_is_down_and_the_primary_serves(
@@ -48,7 +30,8 @@ async def test_a_standby_dsn_naming_another_database_is_down_and_the_primary_ser
         finally:
             await conn.close()
     try:
-        await standby_shows(servers.standby.dsn(other))
+        async with testing.open_loop():
+            await wait_for_schema(servers.standby.dsn(other))
         with trio.fail_after(30):
             async with open_bus(replica_db.primary_dsn, replica_dsns=[servers.standby.dsn(other)]) as bus:
                 stats = replica(bus.store)
