@@ -213,8 +213,8 @@ async def _check_partitions(conn: _db.Connection, name: str, me: str, partitions
     if stored == 0:
         if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", leader_key(name)):
             raise PartitionsDiffer(
-                f"projection {name!r} is led by a single leader (partitions=1) in another process:"
-                f" stop that process before running it with partitions={partitions}"
+                f"projection {name!r} is led by a single leader (partitions=1) in another process: this process"
+                f" runs it with partitions={partitions} once that one stops"
             )
         start = int(await conn.fetchval("SELECT checkpoint FROM eventbus.projections WHERE name = $1", name) or 0)
         why = f"from its single leader's checkpoint {start}" if start else "new"
