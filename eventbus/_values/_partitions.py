@@ -18,6 +18,7 @@ then fail on it, as on an event a key function raised on.
 
 from __future__ import annotations
 
+import decimal
 import functools
 import hashlib
 import uuid
@@ -59,6 +60,10 @@ def key_text(value: Any) -> str | None:
         return encode_basestring(value)
     if type(value) is int:
         return str(value)
+    if type(value) is decimal.Decimal and value == value.to_integral_value():
+        # A whole number too long for an int, written by someone else (see
+        # _db/_connections.py): its digits, as PostgreSQL writes them.
+        return format(value, "f")
     return None
 
 

@@ -57,6 +57,24 @@ async def test_postgresql_and_python_put_every_value_in_the_same_partition(dsn: 
     assert len({field_partition(r, "key", r.event_id, 1024)[0] for r in records}) > 200  # spread, not one bucket
 
 
+async def test_a_foreign_whole_number_too_long_for_an_int_is_a_key_in_postgresql_and_python_alike(dsn: str) -> None:
+    async with open_bus(dsn) as bus:
+        await bus.store.pool.fetchval(  # as another program would write them (the store refuses them)
+            "INSERT INTO eventbus.events (sequence_number, event_id, event_type, payload, occurred_at)"
+            " SELECT o, gen_random_uuid(), 'Keyed', jsonb_build_object('key', v), now()"
+            " FROM unnest(ARRAY['1e5000', '-1e5000', '12e4400']::numeric[]) WITH ORDINALITY AS u (v, o)"
+        )
+        await bus.store.pool.fetchval("SELECT setval('eventbus.event_position', 3)")
+        read = (await bus.store.query(EventQuery([EventFilter(["Keyed"])]))).events
+        rows = await bus.store.pool.fetch(
+            f"SELECT e.sequence_number, {partition_sql('$1::text', '$2::int')} AS partition"
+            " FROM eventbus.events e ORDER BY e.sequence_number",
+            "key",
+            1024,
+        )
+    assert [field_partition(r, "key", r.event_id, 1024) for r in read] == [(row["partition"], True) for row in rows]
+
+
 async def test_a_read_narrowed_to_some_partitions_returns_exactly_their_events(dsn: str) -> None:
     rng = random.Random(7)
     events = [Event(rng.choice(["A", "B"]), {"account": f"acc-{rng.randint(0, 300)}"}) for _ in range(3000)]
