@@ -342,7 +342,9 @@ async def apply_in_time(
             raise HandlerFailed(message, None) from exc
     record = _handling.get()
     _handling.set(None)
-    if record is None:
+    index = next((i for i, r in enumerate(batch) if record is not None and r.sequence_number == record.sequence_number),
+                 None)  # fmt: skip
+    if record is None or index is None:
         raise HandlerFailed(
             f"projection {projection.name}: the batch at positions {first} to {last} passed its deadline of "
             f"{timeout:g} s (handler_timeout): cancelled and rolled back",
@@ -355,7 +357,6 @@ async def apply_in_time(
     )
     if projection.on_error != "skip":
         raise HandlerFailed(message, record)
-    index = next(i for i, r in enumerate(batch) if r is record)
     if index:
         done = await apply_in_time(conn, projection, batch[:index], checkpoint, on_dead_letter, schema, fence)
         checkpoint = done if checkpoint is not None else None

@@ -241,8 +241,10 @@ class Projection:
             function raises, the field is missing or holds another value)
             is a failure of a handler (a dead letter under
             ``on_error="skip"``). The two forms hash differently: changing
-            one for the other (or ``partitions``) moves keys to other
-            partitions, so rebuild the projection when you do.
+            one for the other (or the function) moves keys to other
+            partitions, which nothing can detect: stop every process of
+            the projection and rebuild it. A changed ``partitions`` is
+            detected: see :class:`~eventbus.PartitionsDiffer`.
 
     Raises:
         ProjectionError: at once, for a bad name, handler, policy or size.
