@@ -87,7 +87,14 @@ DEAD_LETTER_SQL = (  # once per event: a rebuild meets the same poison again
 
 
 async def begin(conn: _db.Connection, schema: str) -> Transaction:
-    await conn.run_script(f"BEGIN; SET LOCAL search_path TO {quote(schema)}, public")
+    """Open a transaction on ``conn`` with ``schema`` first on its search path.
+    Interrupted (cancelled on its way back, say), it rolls back (shielded,
+    bounded): no transaction is left open that the caller does not know of."""
+    try:
+        await conn.run_script(f"BEGIN; SET LOCAL search_path TO {quote(schema)}, public")
+    except BaseException:
+        await rollback(conn)
+        raise
     return Transaction(conn)
 
 

@@ -185,7 +185,7 @@ class PartitionedRebuild:
                 return position
             finally:
                 if not swapped:
-                    await drop_shadow(conn, shadow)
+                    await drop_shadow(conn, shadow, self.store.pool)
         finally:
             await conn.close()
 

@@ -104,7 +104,7 @@ class Rebuild:
                 handed_over = swap.handed_over
                 swap.abandon(exc)
                 if not handed_over:  # the leader will not touch the shadow: it is ours to drop
-                    await drop_shadow(conn, shadow)
+                    await drop_shadow(conn, shadow, self.store.pool)
                 raise
         finally:
             await conn.close()

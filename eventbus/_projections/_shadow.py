@@ -87,13 +87,26 @@ async def create_shadow(conn: _db.Connection, name: str) -> Shadow:
     return Shadow(schema, oid)
 
 
-async def drop_shadow(conn: _db.Connection, shadow: Shadow) -> None:
-    """Drop the copy if it is still the schema made (by name and oid) and the
-    connection can, shielded and bounded; the next rebuild drops a leftover."""
-    with trio.move_on_after(_db.CLOSE_TIMEOUT, shield=True), contextlib.suppress(EventBusError):
+async def drop_shadow(conn: _db.Connection, shadow: Shadow, fallback: _db.Pool | None = None) -> None:
+    """Drop the copy if it is still the schema made (by name and oid),
+    shielded and bounded. On ``conn``; when ``conn`` cannot (a cancelled
+    statement left it terminated, or it fails), on a connection of
+    ``fallback``. What neither can drop, the next rebuild drops."""
+    sql = (
+        "DO $eventbus$ BEGIN IF EXISTS (SELECT FROM pg_namespace"
+        f" WHERE oid = {int(shadow.oid)} AND nspname = {literal(shadow.schema)}) THEN"
+        f" DROP SCHEMA {quote(shadow.schema)} CASCADE; END IF; END $eventbus$"
+    )
+    with trio.move_on_after(_db.CLOSE_TIMEOUT, shield=True):
+        # A transaction left open (a batch cancelled as it began) would take
+        # the DROP with it when the connection closes: end it first.
+        await _db.rollback(conn)
         if not conn.is_closed():
-            await conn.execute(
-                "DO $eventbus$ BEGIN IF EXISTS (SELECT FROM pg_namespace"
-                f" WHERE oid = {int(shadow.oid)} AND nspname = {literal(shadow.schema)}) THEN"
-                f" DROP SCHEMA {quote(shadow.schema)} CASCADE; END IF; END $eventbus$"
-            )
+            try:
+                await conn.execute(sql)
+                return
+            except EventBusError:
+                await _db.rollback(conn)
+        if fallback is not None:
+            with contextlib.suppress(EventBusError):
+                await fallback.fetch(sql)

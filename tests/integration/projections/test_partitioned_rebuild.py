@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import trio
 
@@ -149,8 +150,43 @@ async def test_one_rebuild_at_a_time_across_buses_and_a_cancelled_one_leaves_not
         await assert_each_event_applied_once(first)
 
 
+async def _copy_exists(bus: Bus) -> bool:
+    return (await rebuild_leftovers(bus))[0]
+
+
 async def _copying(bus: Bus) -> bool:
     return await copied(bus) > 0
+
+
+async def apply_event_in_a_long_statement(tx: Transaction, record: EventRecord) -> None:
+    await tx.execute("SELECT pg_sleep(0.1)")  # a cancellation lands in a statement, not between two
+    await apply_event_counted(tx, record)
+
+
+@pytest.mark.parametrize("partitions", [1, PARTITIONS])
+async def test_a_rebuild_cancelled_inside_a_statement_of_its_copy_leaves_no_copy_behind(
+    dsn: str, partitions: int
+) -> None:
+    async with open_bus(dsn) as bus:
+        await append_in_chunks(bus.store, account_events(30, seed=24), 30)
+        projection = attrs.evolve(
+            partitioned_projection(),
+            handlers=dict.fromkeys(TYPES, apply_event_in_a_long_statement),
+            partitions=partitions,
+        )
+        await bus.projections.start(projection)
+        await bus.projections.wait_until_caught_up("accounts", timeout=60)
+        async with bus.projections.reader("accounts") as tx:
+            before = await read_model(tx)
+        for delay in (0.15, 0.23, 0.31):  # cancelled at points inside the copy's statements
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(bus.projections.rebuild, "accounts")
+                await poll_until(lambda: _copy_exists(bus), timeout=30)
+                await trio.sleep(delay)
+                nursery.cancel_scope.cancel()
+            assert await rebuild_leftovers(bus) == (False, 0)
+        async with bus.projections.reader("accounts") as tx:
+            assert await read_model(tx) == before
 
 
 # ------------------------------------------------------------------ processes, a kill -9 mid-rebuild
