@@ -21,7 +21,7 @@ import trio
 
 from . import _db
 from ._db import open_database
-from ._errors import EventBusError, StoreUnavailable
+from ._errors import EventBusError, InvalidOption, StoreUnavailable
 from ._nursery import open_actor_nursery
 from ._projections import ProjectionManager, ProjectionStatus
 from ._store import (
@@ -75,7 +75,8 @@ class BusStatistics:
 
 
 class _Listener:
-    def __init__(self, dsn: str, stream: EventStream, origin: str, poll_interval: float) -> None:
+    def __init__(self, dsn: str, stream: EventStream, origin: str, poll_interval: float, listen: bool = True) -> None:
+        self._listen = listen
         self._dsn = dsn
         self._stream = stream
         self._origin = origin
@@ -98,7 +99,7 @@ class _Listener:
         task_status.started()
         try:
             while True:
-                if not self.connected:
+                if self._listen and not self.connected:
                     await self._connect()
                     # Whatever was appended while nobody listened.
                     self._stream.poll_soon()
@@ -106,7 +107,7 @@ class _Listener:
                 # reads what other processes appended before it): an event whose
                 # notification was lost still arrives within the poll interval.
                 await trio.sleep(self._poll_interval / 2)
-                self._stream.poll_soon(unless_busy_within=self._poll_interval / 2)
+                self._stream.poll_soon(unless_busy_within=self._poll_interval / 2, periodic=True)
         finally:
             if self._conn is not None:
                 with trio.move_on_after(_db.CLOSE_TIMEOUT, shield=True):
@@ -200,12 +201,14 @@ async def run_bus(
     max_batch_bytes: int = MAX_BATCH_BYTES,
     replica_dsns: Sequence[str] | None = None,
     replica_wait: float = REPLICA_WAIT,
+    listen: bool = True,
     task_status: trio.TaskStatus[Bus] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the bus's actors until cancelled; ``task_status.started`` gets the bus.
 
     For ``nursery.start(run_bus, dsn)`` in a program that manages its own
-    nursery; ``dsn`` must be a real connection string.
+    nursery; ``dsn`` must be a real connection string. The options are
+    :func:`open_bus`'s.
     """
     stream: EventStream | None = None
 
@@ -230,7 +233,7 @@ async def run_bus(
         )
         stream = EventStream(store, await store.head())
         await nursery.start(stream.run)
-        listener = _Listener(dsn, stream, store.origin, poll_interval)
+        listener = _Listener(dsn, stream, store.origin, poll_interval, listen)
         await nursery.start(listener.run)
         projections = ProjectionManager(dsn, store, stream, nursery)
         task_status.started(Bus(store, stream, listener, projections))
@@ -248,6 +251,7 @@ async def open_bus(
     max_batch_bytes: int = MAX_BATCH_BYTES,
     replica_dsns: Sequence[str] | None = None,
     replica_wait: float = REPLICA_WAIT,
+    listen: bool = True,
 ) -> AsyncIterator[Bus]:
     """Open the bus for the duration of the block.
 
@@ -262,16 +266,24 @@ async def open_bus(
     block is cancelled.
 
     The options are :func:`open_event_store`'s, and ``poll_interval``: seconds
-    between reads of what other processes appended.
+    between reads of what other processes appended. With ``listen`` (the
+    default) a connection of its own LISTENs for their appends, so that
+    subscribers receive them at once; ``listen=False`` saves that connection,
+    and this process the wake-up of every notification, for a process that
+    only appends and reads (a command line, a dashboard's screen): the stream
+    then learns of other processes' appends every ``poll_interval / 2``
+    seconds, and a subscriber receives them that late.
 
     Raises:
         InvalidEvent: ``max_batch_bytes`` is out of range.
-        InvalidOption: ``replica_dsns`` or ``replica_wait`` was refused.
+        InvalidOption: ``replica_dsns``, ``replica_wait`` or ``listen`` was refused.
         StoreUnavailable: the database could not be reached at open
             (``InvalidDSN``: its connection string cannot be read).
     """
     check_max_batch_bytes(max_batch_bytes)
     replica_list(replica_dsns, replica_wait)  # refused before anything starts
+    if type(listen) is not bool:
+        raise InvalidOption(f"listen must be True or False, not {listen!r}")
     async with open_database(dsn) as resolved, _db.open_loop(), open_actor_nursery() as nursery:
         bus: Bus = await nursery.start(
             functools.partial(
@@ -285,6 +297,7 @@ async def open_bus(
                 max_batch_bytes=max_batch_bytes,
                 replica_dsns=replica_dsns,
                 replica_wait=replica_wait,
+                listen=listen,
             )
         )
         try:

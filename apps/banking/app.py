@@ -466,13 +466,15 @@ def _sole_exception(error: BaseException) -> BaseException | None:
 
 
 @asynccontextmanager
-async def open_bank(dsn: str | None = None, *, projections: bool = True) -> AsyncIterator[Bank]:
+async def open_bank(dsn: str | None = None, *, projections: bool = True, listen: bool = True) -> AsyncIterator[Bank]:
     """Open the bus and the bank for the duration of the block.
 
     ``dsn``: a PostgreSQL connection string; None means ``EVENTBUS_DSN``, then
     ``DATABASE_URL``, else the bank's own database on the embedded server
     (see :mod:`apps.banking.database`). With ``projections`` the
     bank's read models are started (they catch up in the background).
+    ``listen=False`` opens the bus without its LISTEN connection (see
+    :func:`eventbus.open_bus`): for a process that only acts and reads.
 
     Exceptions leave the block as they were raised, not wrapped in the bus's
     exception groups. Leaving closes the bus, shielded and bounded, also on
@@ -482,7 +484,7 @@ async def open_bank(dsn: str | None = None, *, projections: bool = True) -> Asyn
         StoreUnavailable: the database could not be reached at open.
     """
     try:
-        async with bank_database(dsn) as resolved, open_bus(resolved) as bus:
+        async with bank_database(dsn) as resolved, open_bus(resolved, listen=listen) as bus:
             bank = Bank(bus)
             if projections:
                 await bank.start_projections()

@@ -129,7 +129,32 @@ def _int_or_decimal(text: str) -> int | decimal.Decimal:
 _scan_json_leniently = json.scanner.make_scanner(json.JSONDecoder(parse_int=_int_or_decimal))  # type: ignore[arg-type]
 
 
+READ_SIZE = 64 * 1024
+"""Bytes a connection asks of its socket per read, at most.
+
+asyncio's socket transport asks 256 KiB, and CPython allocates a bytes
+object of that size for each read before shrinking it to what came: past
+glibc's mmap threshold (128 KiB), that is an ``mmap``, an ``mremap`` and a
+``munmap``, with fresh pages to fault in, for every reply. Measured on this
+project's 2-core machine, a ``SELECT 1`` round trip on plain asyncio took
+130 us of processor time with 256 KiB reads and 84 us with 64 KiB reads, which
+come from the heap. A large result is read in more, smaller reads."""
+
+
+def _read_from_the_heap(raw: asyncpg.Connection) -> None:
+    """Make ``raw``'s transport read at most ``READ_SIZE`` bytes at a time.
+
+    ``max_size`` is an attribute of asyncio's selector transports (not of
+    every transport); where it is missing, nothing changes.
+    """
+    transport: Any = getattr(raw, "_transport", None)
+    size = getattr(transport, "max_size", None)
+    if isinstance(size, int) and size > READ_SIZE:
+        transport.max_size = READ_SIZE
+
+
 async def _init_connection(raw: asyncpg.Connection) -> None:
+    _read_from_the_heap(raw)
     for name in ("json", "jsonb"):
         await raw.set_type_codec(name, encoder=_encode_json, decoder=_decode_json, schema="pg_catalog")
 

@@ -173,14 +173,19 @@ class EventStream:
         except trio.WouldBlock:
             await self._inbox_send.send(records)
 
-    def poll_soon(self, *, unless_busy_within: float | None = None) -> None:
+    def poll_soon(self, *, unless_busy_within: float | None = None, periodic: bool = False) -> None:
         """Ask the hub to read events other processes appended. Never blocks.
 
         With ``unless_busy_within=T``, skip it if a local batch arrived in the
         last T seconds: each local batch already reads whatever other
         processes appended before it (the gap below its first position).
+
+        While nothing is subscribed, only a ``periodic`` ask is taken, and
+        it reads the store's head, not the events: a process that appends
+        and never subscribes (a command line, a writer) costs the database
+        nothing for the others' appends but that one read per tick.
         """
-        if self._poll_pending:
+        if self._poll_pending or (not periodic and not self._all):
             return
         if unless_busy_within is not None and trio.current_time() - self._last_local < unless_busy_within:
             return
@@ -254,6 +259,12 @@ class EventStream:
 
     async def _poll(self) -> None:
         while True:
+            if not self._all:
+                head = await self._head()
+                if self._all:
+                    continue  # a subscription came meanwhile: it may want what lies below the head
+                self._skip_to(head)
+                return
             narrowed = self._narrowed()
             upto = None if narrowed is None else await self._head()
             records = await self._read(self.position, upto, narrowed)
@@ -270,6 +281,16 @@ class EventStream:
                     await self._deliver(records, scanned)
             if len(records) < CATCH_UP_PAGE:
                 return
+
+    def _skip_to(self, position: int) -> None:
+        """Move to ``position`` without reading what lies before it (nothing
+        is subscribed): the ring holds none of it, and a subscription that
+        wants it later reads it from the store."""
+        if position > self.position:
+            self._ring.skip(position)
+            self.position = position
+            advanced, self._advanced = self._advanced, trio.Event()
+            advanced.set()
 
     def _narrowed(self) -> Sliced | None:
         """What a poll reads: everything (None), or, when every subscription reads the same events of some
@@ -293,6 +314,9 @@ class EventStream:
         # Before this batch took the store's lock, every lower position was
         # settled: any we have not seen were appended by other processes.
         while first > self.position + 1:
+            if not self._all:
+                self._skip_to(first - 1)  # nobody to hand the others' events to
+                break
             gap = await self._read(self.position, first - 1)
             if not gap:
                 break
@@ -371,7 +395,12 @@ class EventStream:
             after = await self._store.head()
             self._check_open()
         delivery.enqueued_upto = delivery.received_upto = after
+        first = not self._all
         self._all[delivery] = None
+        if first:
+            # Notifications were let go while nothing was subscribed: one read
+            # now, for what others appended since the hub's last tick.
+            self.poll_soon(periodic=True)
         if after >= self.position:
             delivery.state = SubscriptionState.LIVE
             self._live[delivery] = None

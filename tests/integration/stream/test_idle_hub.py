@@ -1,0 +1,119 @@
+"""A bus with nothing subscribed reads only the store's head for what other
+processes append, never their events; once something subscribes, every event
+after its start reaches it, once, in order, with no gap (the hub's position
+was up to a tick old, the subscription's start is not). A bus opened with
+``listen=False`` holds no listening connection and hears the others at its ticks."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from eventbus import Event, InvalidOption, create_filter, open_bus
+
+EVERYTHING = create_filter([])
+
+
+def deposits(count: int, start: int = 0) -> list[Event]:
+    return [Event("Deposited", {"n": start + n}) for n in range(count)]
+
+
+async def test_a_bus_with_nothing_subscribed_reads_no_events_of_others_and_subscribers_get_every_one_after(
+    dsn: str,
+) -> None:
+    async with open_bus(dsn) as writer, open_bus(dsn, poll_interval=0.1) as idle:
+        for start in range(0, 3000, 300):
+            await writer.store.append(deposits(300, start))
+        with trio.fail_after(30):
+            while idle.statistics().stream.position < 3000:  # its ticks follow the head
+                await trio.sleep(0.05)
+        assert idle.statistics().stream.ingested == 0  # and nothing of the events was read
+        # From a position before its own: read from the store, then live.
+        received: list[int] = []
+        async with idle.subscribe(EVERYTHING, after=100) as sub:
+            await writer.store.append(deposits(5, 3000))
+            with trio.fail_after(30):
+                async for batch in sub:
+                    received.extend(r.sequence_number for r in batch)
+                    if received[-1] == 3005:
+                        break
+        assert received == list(range(101, 3006))
+
+
+async def test_the_first_subscriber_of_an_idle_hub_gets_what_is_appended_at_once_not_at_the_next_tick(
+    dsn: str,
+) -> None:
+    async with open_bus(dsn) as writer, open_bus(dsn, poll_interval=3600.0) as idle:
+        await writer.store.append(deposits(10))
+        for round_ in range(5):
+            async with idle.subscribe(EVERYTHING) as sub:  # after=None: from the head on
+                head = await writer.store.head()
+                await writer.store.append(deposits(3, 100 * round_))
+                with trio.fail_after(10):  # the poll tick is an hour away: only a notification brings it
+                    got: list[int] = []
+                    async for batch in sub:
+                        got.extend(r.sequence_number for r in batch)
+                        if got[-1] >= head + 3:
+                            break
+                assert got == [head + 1, head + 2, head + 3]
+
+
+async def test_subscribers_coming_and_going_while_others_append_miss_nothing_and_get_nothing_twice(
+    dsn: str,
+) -> None:
+    total = 2000
+    async with open_bus(dsn) as writer, open_bus(dsn, poll_interval=0.05) as idle:
+        done = trio.Event()
+
+        async def append() -> None:
+            for start in range(0, total, 20):
+                await writer.store.append(deposits(20, start))
+                await trio.sleep(0.002)
+            done.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(append)
+            while not done.is_set():
+                # Each one alone: the hub goes idle between them, its position a tick old.
+                after = await writer.store.head()
+                if after >= total:
+                    break
+                async with idle.subscribe(EVERYTHING, after=after) as sub:
+                    target = min(after + 15, total)
+                    got: list[int] = []
+                    with trio.fail_after(30):
+                        async for batch in sub:
+                            got.extend(r.sequence_number for r in batch)
+                            if got[-1] >= target:
+                                break
+                assert got[: target - after] == list(range(after + 1, target + 1))
+                await trio.sleep(0.06)  # a tick or so with nothing subscribed
+
+
+async def test_a_bus_that_does_not_listen_holds_no_listening_connection_and_hears_others_at_its_ticks(
+    dsn: str,
+) -> None:
+    async with open_bus(dsn) as writer, open_bus(dsn, listen=False, poll_interval=0.2) as quiet:
+        async with quiet.subscribe(EVERYTHING) as sub:
+            head = await writer.store.head()
+            await writer.store.append(deposits(3))
+            with trio.fail_after(10):  # a tick, not a notification, brings them
+                got: list[int] = []
+                async for batch in sub:
+                    got.extend(r.sequence_number for r in batch)
+                    if got[-1] >= head + 3:
+                        break
+        assert got == [head + 1, head + 2, head + 3]
+        listener = quiet.statistics().listener
+        assert (listener.connected, listener.notifications) == (False, 0)
+        names = await writer.store.pool.fetch(
+            "SELECT application_name FROM pg_stat_activity WHERE datname = current_database()"
+        )
+        assert sum(row["application_name"] == "eventbus-listen" for row in names) == 1  # the writer's alone
+
+
+@pytest.mark.parametrize("listen", [None, 0, "no"])
+async def test_listen_must_be_true_or_false(dsn: str, listen: object) -> None:
+    with pytest.raises(InvalidOption, match="listen must be True or False"):
+        async with open_bus(dsn, listen=listen):  # type: ignore[arg-type]
+            pass
