@@ -6,10 +6,11 @@ append (from the call to its return) and the lag of a subscriber in the same
 process (from an append's return to the subscriber's receipt of it). Rounds
 without and with the dashboard alternate on fresh databases, so that what the
 machine does meanwhile falls on both. With the dashboard, this process runs
-what the bus process of ``banking dashboard`` runs (the feeds, and the
-server of the screen's socket, ``tui/bus_side.py``), and the screen runs
+what the bus process of ``banking dashboard`` runs (the figures' feeds, and
+the server of the screen's socket, ``tui/bus_side.py``), and the screen runs
 headless at 120x40 in a process of its own, as it runs for a person
-(``python -m tui.screen_side``, at a lower priority). The server (embedded, unless ``EVENTBUS_DSN`` names one)
+(``python -m tui.screen_side``, at a lower priority), reading the event log
+and the accounts from the database itself. The server (embedded, unless ``EVENTBUS_DSN`` names one)
 runs with ``fsync`` off: what the dashboard costs is processor time, and the
 disk's flushes would only add noise to both sides. Target: the dashboard adds
 at most 1 ms to the p99.
@@ -122,7 +123,7 @@ async def _with_screen(bank: Bank, name: str) -> dict[str, list[float]]:
     try:
         async with trio.SocketStream(trio.socket.from_stdlib_socket(ours)) as stream:
             inbox, outbox = Inbox(stream), Outbox(stream)
-            await outbox.send(Ready())
+            await outbox.send(Ready(bank.bus.projections.dsn))
             async with trio.open_nursery() as nursery:
                 with trio.fail_after(60):
                     await nursery.start(lambda task_status: serve_screen(bank, inbox, outbox, database=name,

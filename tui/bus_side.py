@@ -5,12 +5,16 @@ Textual in the person's process and starts this one beside it (``python -m
 tui.bus_side FD``), so that a frame of the screen, 10 to 40 ms of Python,
 never holds the bus's interpreter. The two speak :mod:`tui.wire` over a
 socket pair: the screen sends :class:`~tui.wire.Open` (where the bank is)
-and calls; this process sends :class:`~tui.wire.Update`\\ s, at most
-``1 / SEND_INTERVAL`` a second, and the calls' replies.
+and calls; this process sends :class:`~tui.wire.Update`\\ s of the bus's
+figures and of what the controller does, at most ``1 / SEND_INTERVAL`` a
+second, and the calls' replies. The event log and the accounts it neither
+keeps nor sends: the screen's process reads them from the database itself,
+so that at 1,000 appends a second the dashboard costs this process next to
+nothing (``python -m bench dashboard`` measures what it adds to the appends).
 
 A slow screen never slows the bus: one task sends the updates, and what
-changes while it waits is coalesced into the next one (the state keeps the
-latest ``LOG_SIZE`` events, the rest replaces itself). When the screen's
+changes while it waits is coalesced into the next one (each field is
+replaced whole). When the screen's
 end closes (it quit, or was killed) the bus closes and the process exits;
 if it was killed, the terminal's settings are put back first.
 """
@@ -36,7 +40,7 @@ from apps.banking.app import Bank, open_bank
 from eventbus import EventBusError, open_loop
 
 from .control import Controller
-from .feed import RETRY_DELAY, Refresher, feed_accounts, feed_dead_letters, feed_events, feed_figures
+from .feed import Refresher, feed_accounts, feed_dead_letters, feed_events, feed_figures, supervised
 from .state import DashboardState
 from .wire import SEND_INTERVAL, Call, Closing, Failed, Frames, Open, Publisher, Quit, Ready, Reply, frame, portable
 
@@ -54,34 +58,31 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
 """Signals that close the bus process as the screen's quitting does."""
 
 
-async def _supervised(state: DashboardState, what: str, fn: Callable[..., Awaitable[object]], *args: Any) -> None:
-    """Run ``fn(*args)`` again whenever it fails, saying so on the screen; until cancelled."""
-    while True:
-        try:
-            await fn(*args)
-            return
-        except Exception as exc:  # a bug or an outage: the rest of the dashboard goes on
-            state.notice(f"The {what} failed ({exc}); restarting it.", "error")
-            await trio.sleep(RETRY_DELAY)
-
-
 @asynccontextmanager
-async def open_feeds(bank: Bank, *, database: str = "") -> AsyncIterator[tuple[DashboardState, Controller]]:
+async def open_feeds(
+    bank: Bank, *, database: str = "", reads: bool = True
+) -> AsyncIterator[tuple[DashboardState, Controller]]:
     """Keep a new :class:`DashboardState` current from ``bank`` for the duration
     of the block; yield it and the :class:`Controller` that acts on the bank.
 
-    The event log is subscribed before the block starts, so every event
-    stored from then on shows. Leaving the block lets the simulator's
-    commands and the read under way end (at most ``CLOSE_TIMEOUT`` seconds,
-    shielded), then stops the feeds, the simulator and any rebuild.
+    With ``reads``, the event log (subscribed before the block starts, so
+    every event stored from then on shows) and the accounts too; without,
+    only the bus's figures, the dead letters and what the controller does
+    (the screen's own process reads the rest, see ``tui/screen_side.py``).
+    Leaving the block lets the simulator's commands and the read under way
+    end (at most ``CLOSE_TIMEOUT`` seconds, shielded), then stops the feeds,
+    the simulator and any rebuild.
     """
     state = DashboardState(database=database)
     refresher = Refresher()
     async with trio.open_nursery() as nursery:
-        await nursery.start(feed_events, bank.bus, state)
-        nursery.start_soon(_supervised, state, "throughput figures", feed_figures, bank, state)
-        nursery.start_soon(_supervised, state, "accounts feed", feed_accounts, bank, state, refresher)
-        nursery.start_soon(_supervised, state, "dead letters feed", feed_dead_letters, bank, state)
+        nursery.start_soon(supervised, state, "throughput figures", feed_figures, bank, state)
+        nursery.start_soon(supervised, state, "dead letters feed", feed_dead_letters, bank, state)
+        if reads:
+            await nursery.start(feed_events, bank.bus, state)
+            nursery.start_soon(supervised, state, "accounts feed", feed_accounts, bank, state, refresher)
+        else:
+            refresher.stopped.set()  # no feed of the accounts here to wait for
         controller = Controller(bank, state, nursery, refresher)
         try:
             yield state, controller
@@ -186,7 +187,7 @@ async def serve_screen(
     and the rebuilds stop before it returns (see :func:`open_feeds`).
     Cancelling it stops them the same way.
     """
-    async with open_feeds(bank, database=database) as (state, controller), trio.open_nursery() as nursery:
+    async with open_feeds(bank, database=database, reads=False) as (state, controller), trio.open_nursery() as nursery:
         nursery.start_soon(_publish, Publisher(state), outbox)
         shown = False
         try:
@@ -279,7 +280,7 @@ async def _open_and_serve(stream: trio.SocketStream) -> int:
             async with open_loop(), open_bank(opening.dsn) as bank:
                 watching.cancel()
                 await watched.wait()
-                await outbox.send(Ready())
+                await outbox.send(Ready(bank.bus.projections.dsn))
                 lost = functools.partial(restore_terminal, opening.terminal_state, SCREEN_LOST)
                 ending.quit = await serve_screen(bank, inbox, outbox, database=opening.database, on_lost=lost)
                 if not ending.quit:

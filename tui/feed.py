@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 import psutil
 import trio
@@ -16,7 +18,7 @@ import trio
 from apps.banking.app import Bank, ReadModelNotReady
 from apps.banking.domain import BankingError
 from apps.banking.features.list_accounts.shell import NAME as ACCOUNTS
-from eventbus import Bus, EventBusError, create_filter
+from eventbus import Bus, EventBusError, EventQuery, EventStore, ProjectionStatus, create_filter
 
 from .state import LOG_SIZE, DashboardState, RateWindow
 from .trail import follow_account
@@ -30,6 +32,9 @@ read of the latest ``ACCOUNTS_SHOWN`` rows takes the bus's thread a few millisec
 
 ACCOUNTS_SHOWN = 1000
 """Accounts the table holds at most: the latest opened."""
+
+LOG_INTERVAL = 0.5
+"""Seconds between two reads of the latest events, in the screen's own process (the screen redraws as often)."""
 
 LOG_BATCH = 1000
 """Records per batch the event log's subscription receives, at most."""
@@ -46,6 +51,17 @@ DEAD_LETTERS_INTERVAL = 5.0
 
 DEAD_LETTERS_SHOWN = 3
 """Dead letters the dashboard shows the reasons of (the latest)."""
+
+
+async def supervised(state: DashboardState, what: str, fn: Callable[..., Awaitable[object]], *args: Any) -> None:
+    """Run ``fn(*args)`` again whenever it fails, saying so on the screen; until cancelled."""
+    while True:
+        try:
+            await fn(*args)
+            return
+        except Exception as exc:  # a bug or an outage: the rest of the dashboard goes on
+            state.notice(f"The {what} failed ({exc}); restarting it.", "error")
+            await trio.sleep(RETRY_DELAY)
 
 
 async def feed_events(
@@ -68,6 +84,36 @@ async def feed_events(
         task_status.started()
         async for batch in sub:
             state.add_events(batch)
+
+
+async def feed_event_log(store: EventStore, state: DashboardState, interval: float = LOG_INTERVAL) -> None:
+    """The latest ``LOG_SIZE`` events into the log, then every ``interval``
+    seconds what was stored since, until cancelled.
+
+    For the screen's own process, which reads the store itself rather than
+    have the bus's process send it every event: one read of the head and
+    at most one of the events per tick, whatever the rate of appends. When
+    more than ``LOG_SIZE`` events came in one tick, the log shows the latest
+    ``LOG_SIZE`` of them. Blocks for two queries a tick.
+
+    Raises:
+        StoreUnavailable: the database could not be reached (the caller tries again).
+    """
+    everything = create_filter([])
+    read = None  # the position up to which the log has read
+    while True:
+        head = await store.head()
+        state.store_head = max(state.store_head, head)
+        after = max(read or 0, head - LOG_SIZE)
+        if head > after:
+            records = (await store.query(EventQuery([everything], after=after, limit=LOG_SIZE))).events
+            if records:
+                state.add_events(records)
+                read = records[-1].sequence_number
+        elif read is None:
+            read = head
+            state.touch()
+        await trio.sleep(interval)
 
 
 async def feed_figures(bank: Bank, state: DashboardState, interval: float = SAMPLE_INTERVAL) -> None:
@@ -155,12 +201,17 @@ class Refresher:
 
 
 async def feed_accounts(
-    bank: Bank, state: DashboardState, refresher: Refresher, interval: float = ACCOUNTS_INTERVAL
+    bank: Bank,
+    state: DashboardState,
+    refresher: Refresher,
+    interval: float = ACCOUNTS_INTERVAL,
+    checkpoint: Callable[[], int] | None = None,
 ) -> None:
     """Keep the accounts (the latest ``ACCOUNTS_SHOWN``), their totals and the
     selected account current in ``state``, until ``refresher.close()``.
 
-    Reads the read model when its checkpoint moved, or when poked; reads the
+    Reads the read model when its checkpoint moved (``checkpoint()``; by
+    default as the bank's own projection reports it), or when poked; reads the
     selected account from its events (always current). The database being
     away shows as an error on the table; the last rows stay. Stop it with
     ``refresher.close()`` rather than by cancelling it: a read cut off halfway
@@ -168,12 +219,11 @@ async def feed_accounts(
     it closes.
     """
     refresher.stopped = trio.Event()  # a fresh one for each run: a restart follows a failed run's
+    where = checkpoint or (lambda: accounts_checkpoint(bank.projection_status()))
     seen: tuple[int, str | None] | None = None
     try:
         while not refresher.closing:
-            status = bank.projection_status().get(ACCOUNTS)
-            checkpoint = -1 if status is None else status.checkpoint
-            key = (checkpoint, state.selected)
+            key = (where(), state.selected)
             if key != seen:
                 try:
                     await _read_accounts(bank, state)
@@ -199,6 +249,12 @@ async def feed_accounts(
                 seen = None
     finally:
         refresher.stopped.set()
+
+
+def accounts_checkpoint(statuses: Mapping[str, ProjectionStatus]) -> int:
+    """The ``accounts`` read model's checkpoint in ``statuses`` (-1: not there)."""
+    status = statuses.get(ACCOUNTS)
+    return -1 if status is None else status.checkpoint
 
 
 async def _read_accounts(bank: Bank, state: DashboardState) -> None:

@@ -185,10 +185,10 @@ def _run_split(dsn: str | None, where: str, metrics_port: int | None, errors: IO
         theirs.close()
     try:
         ours.sendall(frame(Open(dsn, where, metrics_port, _terminal_state())))
-        pending, frames = wait_until_ready(ours)
+        ready, pending, frames = wait_until_ready(ours)
         lower_priority()
         link = Link(ours, DashboardState(database=where), pending, frames)
-        run_on_new_loop(functools.partial(run_screen, link, run_until_quit))
+        run_on_new_loop(functools.partial(run_screen, link, run_until_quit, ready.dsn))
     finally:
         ours.close()
         ended = _wait_for(bus)

@@ -1,9 +1,12 @@
 """The dashboard's screen process: Textual and the terminal, showing a copy of the bus process's state.
 
 The app is the one tests drive in a single process (``tui/app.py``); here
-its state is a copy that :class:`Link` keeps current from the bus process's
-:class:`~tui.wire.Update`\\ s, and its controller is a :class:`RemoteController`,
-whose methods run the bus process's controller over the socket. The process
+its state is kept current from two sides: :class:`Link` from the bus
+process's :class:`~tui.wire.Update`\\ s (the bus's figures, what the
+controller does), and :class:`Reader`, on a Trio run in a thread, from the
+database (the event log, the accounts, the selected account). Its controller
+is a :class:`RemoteController`, whose methods run the bus process's
+controller over the socket. The process
 lowers its own priority (``SCREEN_NICE``): the bus and the database win the
 processor when both want it.
 """
@@ -16,14 +19,27 @@ import contextlib
 import os
 import socket
 import sys
+import threading
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
-from apps.banking.app import Command
+import trio
+
+from apps.banking.app import Command, open_bank
+from eventbus import EventBusError, open_loop
 
 from .app import DashboardApp
 from .bridge import new_loop
 from .control import Done
+from .feed import (
+    ACCOUNTS_INTERVAL,
+    RETRY_DELAY,
+    Refresher,
+    accounts_checkpoint,
+    feed_accounts,
+    feed_event_log,
+    supervised,
+)
 from .state import DashboardState
 from .wire import (
     SCREEN_NICE,
@@ -43,6 +59,9 @@ from .wire import (
 T = TypeVar("T")
 
 RECEIVE_SIZE = 65536
+
+READER_CLOSE_TIMEOUT = 3.0
+"""Seconds the screen waits, when closing, for its own reads to end."""
 
 
 class Link:
@@ -170,12 +189,117 @@ class Link:
         self._sock.close()
 
 
-class RemoteController:
-    """The :class:`~tui.control.Controller`'s methods, run in the bus process through ``link``."""
+class Reader:
+    """The screen's own reads of the bank: the event log, the accounts and
+    the selected account's history, into ``state``.
 
-    def __init__(self, link: Link) -> None:
+    On a Trio run in a thread of this process, over a bus of its own that
+    runs no read model and listens for no notification
+    (``open_bank(projections=False, listen=False)``) on ``dsn``, the
+    bank's database as the bus's process opened it. So the bus's process
+    spends nothing on them (it sends the figures and what the controller
+    does), and what they cost here is at this process's lower priority: the
+    log reads what was stored every ``LOG_INTERVAL`` seconds, the accounts
+    when the bus's process reports that their read model moved, or when
+    poked. A database that cannot be reached shows as an error on the table,
+    and the reads start again ``RETRY_DELAY`` seconds later.
+
+    :meth:`select`, :meth:`poke` and :meth:`stop` may be called from any
+    thread; the first two hand their work to the Trio run and return at once.
+    """
+
+    def __init__(self, state: DashboardState, dsn: str | None) -> None:
+        self.state = state
+        self._dsn = dsn
+        self._refresher = Refresher()
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._stopping: trio.Event | None = None
+        self._running = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start the reads in a thread of their own; returns once they run."""
+        self._thread = threading.Thread(target=trio.run, args=(self._run,), name="dashboard reads", daemon=True)
+        self._thread.start()
+        self._running.wait()
+
+    def stop(self, timeout: float = READER_CLOSE_TIMEOUT) -> None:
+        """Stop the reads (the one under way ends first) and wait for the
+        thread, ``timeout`` seconds at most. Blocks the calling thread."""
+        if self._thread is None:
+            return
+        self._soon(self._stop)
+        self._thread.join(timeout)
+
+    def select(self, account_id: str | None) -> None:
+        """Show ``account_id``'s balance and history (None: no account); never blocks."""
+        self._soon(self._select, account_id)
+
+    def poke(self) -> None:
+        """Read the accounts now (a command changed them); never blocks."""
+        self._soon(self._refresher.poke)
+
+    def _soon(self, fn: Callable[..., object], *args: Any) -> None:
+        if self._token is not None:
+            with contextlib.suppress(trio.RunFinishedError):
+                self._token.run_sync_soon(fn, *args)
+
+    def _stop(self) -> None:
+        if self._stopping is not None:
+            self._stopping.set()
+
+    def _select(self, account_id: str | None) -> None:
+        state = self.state
+        if account_id != state.selected:
+            state.selected = account_id
+            state.account = None
+            state.account_version += 1
+            state.touch()
+        self._refresher.poke()
+
+    async def _run(self) -> None:
+        self._token = trio.lowlevel.current_trio_token()
+        stopping = self._stopping = trio.Event()
+        self._running.set()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._read)
+            await stopping.wait()
+            # A read cut off halfway trips up the bus as it closes: let the one under way end.
+            self._refresher.close()
+            with trio.move_on_after(READER_CLOSE_TIMEOUT / 2):
+                await self._refresher.stopped.wait()
+            nursery.cancel_scope.cancel()
+
+    async def _read(self) -> None:
+        state = self.state
+        while not self._refresher.closing:
+            try:
+                async with (
+                    open_loop(),
+                    open_bank(self._dsn, projections=False, listen=False) as bank,
+                    trio.open_nursery() as nursery,
+                ):
+                    nursery.start_soon(supervised, state, "event log", feed_event_log, bank.bus.store, state)
+                    await supervised(state, "accounts feed", feed_accounts, bank, state, self._refresher,
+                                     ACCOUNTS_INTERVAL, lambda: accounts_checkpoint(state.projections))  # fmt: skip
+                    nursery.cancel_scope.cancel()
+                return
+            except Exception as exc:  # the database away (EventBusError), or a bug: shown, and tried again
+                what = str(exc) if isinstance(exc, EventBusError) else f"{type(exc).__name__}: {exc}"
+                state.accounts_error = f"cannot read the bank: {what}"
+                state.accounts_version += 1
+                state.touch()
+                await trio.sleep(RETRY_DELAY)
+
+
+class RemoteController:
+    """The :class:`~tui.control.Controller`'s methods, run in the bus process
+    through ``link``; but for :meth:`select`, which ``reader`` does here."""
+
+    def __init__(self, link: Link, reader: Reader) -> None:
         self.link = link
         self.state = link.state
+        self.reader = reader
 
     @property
     def simulating(self) -> bool:
@@ -190,11 +314,12 @@ class RemoteController:
             BusProcessEnded: the bus process ended before it answered.
         """
         done: Done = await self.link.call("execute", command)
+        self.reader.poke()
         return done
 
     async def select(self, account_id: str | None) -> None:
-        """Show ``account_id``'s balance and history (None: no account)."""
-        await self.link.call("select", account_id)
+        """Show ``account_id``'s balance and history (None: no account); never blocks."""
+        self.reader.select(account_id)
 
     async def start_simulation(self, rate: float, accounts: int) -> None:
         """Start the load simulator at ``rate`` commands/s, opening ``accounts`` first."""
@@ -228,14 +353,19 @@ def lower_priority() -> None:
         os.nice(SCREEN_NICE)
 
 
-async def run_screen(link: Link, app_main: Callable[[DashboardApp], Awaitable[None]]) -> None:
+async def run_screen(link: Link, app_main: Callable[[DashboardApp], Awaitable[None]], dsn: str | None) -> None:
     """Run the dashboard's app over ``link`` with ``await app_main(app)``; tell the bus process to close after.
 
-    Sends :class:`~tui.wire.Ready` once the app shows. The app exits when
-    the bus process's end closes. Blocks until the app has ended and
+    The event log and the accounts are read here, from ``dsn`` (the bank's
+    database, as the bus process's :class:`~tui.wire.Ready` gave it) by a
+    :class:`Reader`. Sends :class:`~tui.wire.Ready` once the app shows. The
+    app exits when the bus process's end closes. Blocks until the app has
+    ended, the reads have stopped (``READER_CLOSE_TIMEOUT`` at most) and
     :class:`~tui.wire.Quit` is sent (if it still can be).
     """
-    app = DashboardApp(link.state, RemoteController(link), DirectCaller())
+    reader = Reader(link.state, dsn)
+    reader.start()
+    app = DashboardApp(link.state, RemoteController(link, reader), DirectCaller())
     link.on_end = app.exit
 
     async def announce() -> None:
@@ -252,13 +382,15 @@ async def run_screen(link: Link, app_main: Callable[[DashboardApp], Awaitable[No
             task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.gather(*tasks)
+        await asyncio.to_thread(reader.stop)
         if link.ended is None:
             with contextlib.suppress(BusProcessEnded):
                 await link.send(Quit())
 
 
-def wait_until_ready(sock: socket.socket) -> tuple[list[object], Frames]:
-    """Block until the bus process says the bank is open; return what it sent after, and the parser.
+def wait_until_ready(sock: socket.socket) -> tuple[Ready, list[object], Frames]:
+    """Block until the bus process says the bank is open; return its
+    :class:`~tui.wire.Ready`, what it sent after, and the parser.
 
     Raises:
         BusProcessEnded: the bus process ended first.
@@ -276,7 +408,7 @@ def wait_until_ready(sock: socket.socket) -> tuple[list[object], Frames]:
             if isinstance(message, Closing):
                 raise BusProcessEnded(message.reason)
             if isinstance(message, Ready):
-                return messages[index + 1 :], frames
+                return message, messages[index + 1 :], frames
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -289,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
     columns, _, rows = args.size.partition("x")
     lower_priority()
     sock = socket.socket(fileno=args.fd)
-    pending, frames = wait_until_ready(sock)
+    ready, pending, frames = wait_until_ready(sock)
     link = Link(sock, DashboardState(), pending, frames)
 
     async def headless(app: DashboardApp) -> None:
@@ -297,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
 
     loop = new_loop()
     try:
-        loop.run_until_complete(run_screen(link, headless))
+        loop.run_until_complete(run_screen(link, headless, ready.dsn))
     finally:
         loop.close()
         link.close()

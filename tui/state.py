@@ -96,8 +96,11 @@ class RebuildProgress:
 class DashboardState:
     """The dashboard's state: written by Trio tasks in the bus's thread, read by the
     app in its own (see ``tui/bridge.py``). In ``banking dashboard`` the app reads
-    a copy in the screen's process, which ``tui/screen_side.py`` writes on the
-    app's own loop from what the bus process sends (``tui/wire.py``).
+    it in the screen's process, where two sides write it (``tui/screen_side.py``):
+    the link, on the app's own loop, from what the bus process sends (the
+    figures and the controller's areas, ``tui/wire.py``), and the reader, a
+    Trio run in a thread, from the database (the event log, the accounts and
+    the selected account); each field has one writer.
 
     What makes that safe: every field but ``events`` is replaced whole, never
     changed in place (``rebuilds`` and ``projections`` are new dicts, rows new

@@ -1,10 +1,6 @@
-"""What the event log shows of an event: a line from its payload (no Textual here: the bus process uses it too)."""
+"""What the event log shows of an event: a line from its payload."""
 
 from __future__ import annotations
-
-import itertools
-from collections.abc import Mapping
-from typing import Any
 
 from eventbus import EventRecord
 
@@ -13,9 +9,6 @@ SHOWN_KEYS = ("amount", "currency", "owner", "accountType", "fromAccountId", "to
 
 OTHER_KEYS = 3
 """Keys of a payload without any of ``SHOWN_KEYS`` that :func:`summarize` shows (the first)."""
-
-VALUE_CHARS = 200
-"""Characters of a payload's value that :func:`shown_payload` keeps, at most."""
 
 ACCOUNT_KEYS = ("accountId", "fromAccountId", "toAccountId")
 
@@ -45,18 +38,3 @@ def mentions(record: EventRecord, account: str) -> bool:
     """Whether the event is about an account whose id contains ``account``."""
     payload = record.payload
     return any(account in str(payload.get(key, "")) for key in ACCOUNT_KEYS)
-
-
-def shown_payload(payload: Mapping[str, Any]) -> dict[str, Any]:
-    """The part of ``payload`` that :func:`summarize` and :func:`mentions` read,
-    each value cut to ``VALUE_CHARS`` characters: what the screen needs of an
-    event, however large the event."""
-    first = list(itertools.islice(payload, OTHER_KEYS))  # in their order: what summarize shows of any payload
-    keys = first + [key for key in SHOWN_KEYS if key in payload and key not in first]
-    return {key[:VALUE_CHARS]: _cut(payload[key]) for key in keys}
-
-
-def _cut(value: object) -> object:
-    if value is None or isinstance(value, (bool, int, float)):
-        return value
-    return str(value)[:VALUE_CHARS]
