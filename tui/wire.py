@@ -125,7 +125,7 @@ class Update:
 
 AREAS: dict[str, tuple[str, ...]] = {
     "figures_version": ("appends_per_s", "deliveries_per_s", "appended_rate", "delivered_rate", "commits_per_s",
-                        "store", "stream", "listener_connected", "projections", "memory_mb", "store_head"),
+                        "store", "stream", "listener_connected", "projections", "memory_mb"),
     "control_version": ("simulation", "rebuilds", "dead_letters"),
 }  # fmt: skip
 """Each area's version and the fields it covers: an area is sent whole when
