@@ -112,12 +112,7 @@ class Controller:
     async def select(self, account_id: str | None) -> None:
         """Show ``account_id``'s balance and history (None: no account); returns at once."""
         await trio.lowlevel.checkpoint()
-        state = self.state
-        if account_id != state.selected:
-            state.selected = account_id
-            state.account = None
-            state.account_version += 1
-            state.touch()
+        self.state.select(account_id)
         self._refresher.poke()
 
     # ------------------------------------------------------------ the simulator

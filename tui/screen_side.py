@@ -249,12 +249,7 @@ class Reader:
             self._stopping.set()
 
     def _select(self, account_id: str | None) -> None:
-        state = self.state
-        if account_id != state.selected:
-            state.selected = account_id
-            state.account = None
-            state.account_version += 1
-            state.touch()
+        self.state.select(account_id)
         self._refresher.poke()
 
     async def _run(self) -> None:

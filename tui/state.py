@@ -161,6 +161,15 @@ class DashboardState:
         self.events_version += 1
         self.touch()
 
+    def select(self, account_id: str | None) -> None:
+        """Make ``account_id`` the selected account (None: none); its history
+        is read afresh. Never blocks; call from Trio, as :meth:`touch`."""
+        if account_id != self.selected:
+            self.selected = account_id
+            self.account = None
+            self.account_version += 1
+            self.touch()
+
     def latest_events(self) -> list[EventRecord]:
         """The log's events, newest first: a copy, safe to read from any thread."""
         with self.lock:

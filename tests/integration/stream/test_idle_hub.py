@@ -9,13 +9,24 @@ from __future__ import annotations
 import pytest
 import trio
 
-from eventbus import Event, InvalidOption, create_filter, open_bus
+from eventbus import Event, InvalidOption, Subscription, create_filter, open_bus
 
 EVERYTHING = create_filter([])
 
 
 def deposits(count: int, start: int = 0) -> list[Event]:
     return [Event("Deposited", {"n": start + n}) for n in range(count)]
+
+
+async def positions_up_to(sub: Subscription, last: int, timeout: float) -> list[int]:
+    """The positions ``sub`` receives, until one at ``last`` or past it."""
+    got: list[int] = []
+    with trio.fail_after(timeout):
+        async for batch in sub:
+            got.extend(r.sequence_number for r in batch)
+            if got[-1] >= last:
+                break
+    return got
 
 
 async def test_a_bus_with_nothing_subscribed_reads_no_events_of_others_and_subscribers_get_every_one_after(
@@ -29,15 +40,9 @@ async def test_a_bus_with_nothing_subscribed_reads_no_events_of_others_and_subsc
                 await trio.sleep(0.05)
         assert idle.statistics().stream.ingested == 0  # and nothing of the events was read
         # From a position before its own: read from the store, then live.
-        received: list[int] = []
         async with idle.subscribe(EVERYTHING, after=100) as sub:
             await writer.store.append(deposits(5, 3000))
-            with trio.fail_after(30):
-                async for batch in sub:
-                    received.extend(r.sequence_number for r in batch)
-                    if received[-1] == 3005:
-                        break
-        assert received == list(range(101, 3006))
+            assert await positions_up_to(sub, 3005, 30) == list(range(101, 3006))
 
 
 async def test_the_first_subscriber_of_an_idle_hub_gets_what_is_appended_at_once_not_at_the_next_tick(
@@ -49,13 +54,8 @@ async def test_the_first_subscriber_of_an_idle_hub_gets_what_is_appended_at_once
             async with idle.subscribe(EVERYTHING) as sub:  # after=None: from the head on
                 head = await writer.store.head()
                 await writer.store.append(deposits(3, 100 * round_))
-                with trio.fail_after(10):  # the poll tick is an hour away: only a notification brings it
-                    got: list[int] = []
-                    async for batch in sub:
-                        got.extend(r.sequence_number for r in batch)
-                        if got[-1] >= head + 3:
-                            break
-                assert got == [head + 1, head + 2, head + 3]
+                # The poll tick is an hour away: only a notification brings them.
+                assert await positions_up_to(sub, head + 3, 10) == [head + 1, head + 2, head + 3]
 
 
 async def test_subscribers_coming_and_going_while_others_append_miss_nothing_and_get_nothing_twice(
@@ -80,12 +80,7 @@ async def test_subscribers_coming_and_going_while_others_append_miss_nothing_and
                     break
                 async with idle.subscribe(EVERYTHING, after=after) as sub:
                     target = min(after + 15, total)
-                    got: list[int] = []
-                    with trio.fail_after(30):
-                        async for batch in sub:
-                            got.extend(r.sequence_number for r in batch)
-                            if got[-1] >= target:
-                                break
+                    got = await positions_up_to(sub, target, 30)
                 assert got[: target - after] == list(range(after + 1, target + 1))
                 await trio.sleep(0.06)  # a tick or so with nothing subscribed
 
@@ -97,13 +92,8 @@ async def test_a_bus_that_does_not_listen_holds_no_listening_connection_and_hear
         async with quiet.subscribe(EVERYTHING) as sub:
             head = await writer.store.head()
             await writer.store.append(deposits(3))
-            with trio.fail_after(10):  # a tick, not a notification, brings them
-                got: list[int] = []
-                async for batch in sub:
-                    got.extend(r.sequence_number for r in batch)
-                    if got[-1] >= head + 3:
-                        break
-        assert got == [head + 1, head + 2, head + 3]
+            # A tick, not a notification, brings them.
+            assert await positions_up_to(sub, head + 3, 10) == [head + 1, head + 2, head + 3]
         listener = quiet.statistics().listener
         assert (listener.connected, listener.notifications) == (False, 0)
         names = await writer.store.pool.fetch(
