@@ -17,7 +17,7 @@ import contextlib
 import decimal
 import json
 import json.scanner
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Protocol, TypeVar
 
@@ -28,7 +28,8 @@ from .._errors import DatabaseError, InvalidDSN, StoreUnavailable
 from . import _revive
 from ._dsn import check_dsn, scrub
 from ._loop import aio as _aio
-from ._loop import current_loop
+from ._loop import current_loop, patch_state
+from ._loop import drive as _drive
 
 T = TypeVar("T")
 
@@ -223,6 +224,26 @@ async def connect(dsn: str, *, application_name: str = "eventbus", custom_plans:
     return Connection(await _opened(_connect, dsn, loop), loop)
 
 
+async def _driven(
+    what: str, raw: asyncpg.Connection, loop: Any, fn: Callable[..., Coroutine[Any, Any, T]], *args: Any
+) -> T:
+    """One statement on ``raw``, its coroutine driven in the calling task
+    (:func:`~eventbus._db._loop.drive`); through an asyncio Task as
+    :func:`_call` does while the protocol is still cancelling an earlier
+    statement (asyncpg then waits under ``asyncio.timeout``, which needs one),
+    or when ``EVENTBUS_LOOP_PATCH`` turns the loop's patches off."""
+    protocol = getattr(raw, "_protocol", None)
+    cancelling = getattr(protocol, "_is_cancelling", None)
+    if cancelling is None or cancelling() or patch_state() != "applied":
+        return await _call(what, loop, fn, *args)
+    try:
+        return await _drive(fn, *args)
+    except Exception as exc:
+        if is_driver_error(exc):
+            raise translate(exc, what) from None
+        raise
+
+
 class Connection:
     """One PostgreSQL connection, used from Trio.
 
@@ -251,7 +272,7 @@ class Connection:
 
     async def execute(self, sql: str, *args: Any) -> str:
         """Run a statement; return its status tag."""
-        return await _call("execute", self._loop, self._raw.execute, sql, *args)
+        return await _driven("execute", self._raw, self._loop, self._raw.execute, sql, *args)
 
     async def executemany(self, sql: str, args: Sequence[Sequence[Any]]) -> None:
         """Run a statement once per argument tuple, in one pipeline."""
@@ -259,19 +280,19 @@ class Connection:
 
     async def fetch(self, sql: str, *args: Any) -> list[Row]:
         """Run a query; return all its rows."""
-        return await _call("fetch", self._loop, self._raw.fetch, sql, *args)
+        return await _driven("fetch", self._raw, self._loop, self._raw.fetch, sql, *args)
 
     async def fetchrow(self, sql: str, *args: Any) -> Row | None:
         """Run a query; return its first row, or None."""
-        return await _call("fetchrow", self._loop, self._raw.fetchrow, sql, *args)
+        return await _driven("fetchrow", self._raw, self._loop, self._raw.fetchrow, sql, *args)
 
     async def fetchval(self, sql: str, *args: Any) -> Any:
         """Run a query; return the first column of its first row, or None."""
-        return await _call("fetchval", self._loop, self._raw.fetchval, sql, *args)
+        return await _driven("fetchval", self._raw, self._loop, self._raw.fetchval, sql, *args)
 
     async def run_script(self, sql: str) -> None:
         """Run several statements (no parameters) in one round trip."""
-        await _call("script", self._loop, self._raw.execute, sql)
+        await _driven("script", self._raw, self._loop, self._raw.execute, sql)
 
     async def add_listener(self, channel: str, callback: Callable[[str], None]) -> None:
         """Call ``callback(payload)`` for every NOTIFY on ``channel``.

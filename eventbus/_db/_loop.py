@@ -1,6 +1,9 @@
-"""The asyncio loop that asyncpg runs on, on top of Trio (trio-asyncio), and its one patch.
+"""The asyncio loop that asyncpg runs on, on top of Trio (trio-asyncio), and its patches.
 
-Every crossing from Trio into asyncio goes through :func:`aio`.
+Every crossing from Trio into asyncio goes through :func:`aio`, but a
+connection's single statements, whose coroutines :func:`drive` steps in the
+calling Trio task without an asyncio task (a third of the processor time of
+a round trip).
 
 The patch (``_drain_ready_callbacks``) makes the loop run every ready callback
 in one Trio round instead of one per round. It replaces a private method of
@@ -25,9 +28,9 @@ import math
 import os
 import textwrap
 import types
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import sniffio
 import trio
@@ -213,6 +216,68 @@ async def _drain_ready_callbacks(self: Any, no_wait: bool = False) -> None:  # p
             obj = self._q_recv.receive_nowait()
         except trio.WouldBlock:
             return
+
+
+async def drive(fn: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
+    """Await the asyncio coroutine ``fn(*args)`` in the calling Trio task itself.
+
+    :func:`aio` makes an asyncio Task for each call, queues a callback to
+    start it, and takes a Trio round to hand its result back: on this
+    project's 2-core machine a ``SELECT 1`` round trip cost 430 to 460 us of
+    processor time that way, and 265 us driven here. The coroutine is
+    stepped in this task, and each asyncio future it waits on wakes the task
+    when it is done (its callback runs on the loop, in this Trio run).
+
+    Only for coroutines that need no current asyncio task: asyncpg's single
+    statements on a connection whose protocol is not cancelling a statement
+    (``asyncio.timeout`` and ``asyncio.current_task`` see none here).
+    Cancellation cancels the future waited on, once, as asyncio cancels a
+    task: the coroutine sees ``CancelledError`` there and may clean up (what
+    it awaits then is not cancelled again); if it then ends with it,
+    ``trio.Cancelled`` is raised, and if it ends with a result anyway, the
+    result is returned (as :func:`aio` does).
+    """
+    coro = fn(*args)
+    task = trio.lowlevel.current_task()
+    raise_cancel: Callable[[], NoReturn] | None = None
+    sent: Any = None
+    thrown: BaseException | None = None
+
+    def abort(raise_cancel_arg: Callable[[], NoReturn]) -> trio.lowlevel.Abort:
+        nonlocal raise_cancel
+        if raise_cancel is None:  # once, as asyncio cancels a task once: what it awaits after is its clean-up
+            raise_cancel = raise_cancel_arg
+            waited.cancel()
+        return trio.lowlevel.Abort.FAILED  # the future's callback wakes the task
+
+    def wake(_: object) -> None:
+        trio.lowlevel.reschedule(task)
+
+    while True:
+        try:
+            waited = coro.send(sent) if thrown is None else coro.throw(thrown)
+        except StopIteration as stop:
+            result: T = stop.value
+            return result
+        except asyncio.CancelledError:
+            if raise_cancel is None:
+                raise
+            raise_cancel()  # trio.Cancelled, from the CancelledError
+        sent, thrown = None, None
+        if waited is None:  # a bare yield (asyncio.sleep(0)): let the others run, cancellation or not
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            continue
+        if not getattr(waited, "_asyncio_future_blocking", False):
+            thrown = RuntimeError(f"eventbus cannot drive a coroutine that yields {waited!r}")
+            continue
+        waited._asyncio_future_blocking = False
+        if not waited.done():
+            waited.add_done_callback(wake)
+            await trio.lowlevel.wait_task_rescheduled(abort)
+        try:
+            sent = waited.result()
+        except BaseException as exc:  # the coroutine sees it, as it would in a Task
+            thrown = exc
 
 
 async def call_asyncio(fn: Callable[..., Awaitable[T]], *args: Any) -> T:

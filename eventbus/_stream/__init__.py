@@ -11,10 +11,11 @@ from ._delivery import (
     DEFAULT_BUFFER,
     DEFAULT_MAX_BATCH,
     Overflow,
+    StreamStatistics,
     SubscriptionState,
     SubscriptionStatistics,
 )
-from ._hub import EventStream, StreamStatistics, open_event_stream, subscribe_slice
+from ._hub import EventStream, open_event_stream, subscribe_slice
 from ._subscription import Subscription
 
 __all__ = [

@@ -22,6 +22,7 @@ from typing import Literal, TypeAlias
 import attrs
 import trio
 
+from .._errors import InvalidFilter
 from .._values import AnyOf, EventFilter, EventRecord, Sliced
 
 DEFAULT_MAX_BATCH = 100
@@ -217,3 +218,48 @@ def _describe(filter: Selector) -> str:
     if filter.payload_predicates:
         return f"{types} {list(filter.payload_predicates)}"
     return types
+
+
+@attrs.frozen
+class StreamStatistics:
+    """The hub: its position, the records in its ring, the records it took in
+    and handed to subscribers so far, and each subscription."""
+
+    position: int
+    ring: int
+    ingested: int
+    delivered: int
+    subscriptions: tuple[SubscriptionStatistics, ...]
+
+
+OVERFLOWS = ("catch_up", "block")
+
+
+def checked_selector(filter: object, *, after: object, max_batch: object, buffer: object, overflow: object) -> Selector:
+    """A subscription's filter, or filters, as one selector, once its options are checked.
+
+    Raises:
+        InvalidFilter: a bad filter, position, batch size, buffer or overflow policy.
+    """
+    if isinstance(filter, (EventFilter, Sliced)):
+        selector: Selector = filter
+    elif isinstance(filter, (list, tuple)) and filter and all(isinstance(f, EventFilter) for f in filter):
+        selector = filter[0] if len(filter) == 1 else AnyOf(tuple(filter))
+    else:
+        raise InvalidFilter(
+            f"subscribe takes an EventFilter or a non-empty list of them (see create_filter), not {filter!r}"
+        )
+    if after is not None and (type(after) is not int or after < 0):
+        raise InvalidFilter(f"after must be None or a whole number >= 0, not {after!r}")
+    if type(max_batch) is not int or max_batch < 1:
+        raise InvalidFilter(f"max_batch must be a whole number >= 1, not {max_batch!r}")
+    if type(buffer) is not int or buffer < max_batch:
+        raise InvalidFilter(f"buffer must be a whole number >= max_batch ({max_batch}), not {buffer!r}")
+    if overflow not in OVERFLOWS:
+        raise InvalidFilter(f"overflow must be one of {', '.join(OVERFLOWS)}, not {overflow!r}")
+    return selector
+
+
+def subscription_lags(statistics: StreamStatistics) -> list[tuple[float, dict[str, str]]]:
+    """Each subscription's lag, with its name: the telemetry's lag gauge."""
+    return [(sub.lag, {"subscription": sub.name}) for sub in statistics.subscriptions]

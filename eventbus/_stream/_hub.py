@@ -26,7 +26,7 @@ from __future__ import annotations
 import bisect
 import logging
 import math
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -34,7 +34,7 @@ import attrs
 import trio
 
 from .. import _telemetry
-from .._errors import ClosedError, InvalidFilter, StoreUnavailable
+from .._errors import ClosedError, StoreUnavailable
 from .._nursery import open_actor_nursery
 from .._store import EventStore
 from .._values import AnyOf, EventFilter, EventQuery, EventRecord, PartitionSlice, Sliced
@@ -44,9 +44,11 @@ from ._delivery import (
     Delivery,
     Overflow,
     Selector,
+    StreamStatistics,
     SubscriptionState,
-    SubscriptionStatistics,
+    checked_selector,
     open_delivery,
+    subscription_lags,
 )
 from ._ring import Ring, chunks, position_of
 from ._subscription import Subscription
@@ -63,21 +65,8 @@ CATCH_UP_PAGE = 2000
 RETRY_DELAY = 0.1
 """Seconds between attempts when the store cannot be read."""
 
-_OVERFLOWS = ("catch_up", "block")
 _log = logging.getLogger("eventbus.stream")
 _POLL = object()
-
-
-@attrs.frozen
-class StreamStatistics:
-    """The hub: its position, the records in its ring, the records it took in
-    and handed to subscribers so far, and each subscription."""
-
-    position: int
-    ring: int
-    ingested: int
-    delivered: int
-    subscriptions: tuple[SubscriptionStatistics, ...]
 
 
 class EventStream:
@@ -96,13 +85,14 @@ class EventStream:
         self._all: dict[Delivery, None] = {}  # attached and not closed
         self._inbox_send, self._inbox_receive = trio.open_memory_channel[object](INBOX_SIZE)
         self._poll_pending = False
+        self._missed = False  # a notification was let go while nothing was subscribed
         self._nursery: trio.Nursery | None = None
         self._advanced = trio.Event()
         self._last_local = -math.inf
         self.ingested = 0
         self.delivered = 0
         self._closed = False
-        _telemetry.watch("subscription", self, _subscription_lags)
+        _telemetry.watch("subscription", self, lambda stream: subscription_lags(stream.statistics()))
 
     # ------------------------------------------------------------ public
 
@@ -139,15 +129,7 @@ class EventStream:
             StoreUnavailable: when the block is entered with ``after=None``
                 and the store cannot be reached.
         """
-        selector = _selector(filter)
-        if after is not None and (type(after) is not int or after < 0):
-            raise InvalidFilter(f"after must be None or a whole number >= 0, not {after!r}")
-        if type(max_batch) is not int or max_batch < 1:
-            raise InvalidFilter(f"max_batch must be a whole number >= 1, not {max_batch!r}")
-        if type(buffer) is not int or buffer < max_batch:
-            raise InvalidFilter(f"buffer must be a whole number >= max_batch ({max_batch}), not {buffer!r}")
-        if overflow not in _OVERFLOWS:
-            raise InvalidFilter(f"overflow must be one of {', '.join(_OVERFLOWS)}, not {overflow!r}")
+        selector = checked_selector(filter, after=after, max_batch=max_batch, buffer=buffer, overflow=overflow)
         delivery, batches = open_delivery(selector, max_batch=max_batch, buffer=buffer, overflow=overflow, name=name)
         return Subscription(self, delivery, batches, after)
 
@@ -185,7 +167,10 @@ class EventStream:
         and never subscribes (a command line, a writer) costs the database
         nothing for the others' appends but that one read per tick.
         """
-        if self._poll_pending or (not periodic and not self._all):
+        if not periodic and not self._all:
+            self._missed = True  # for the first subscription to come
+            return
+        if self._poll_pending:
             return
         if unless_busy_within is not None and trio.current_time() - self._last_local < unless_busy_within:
             return
@@ -397,9 +382,10 @@ class EventStream:
         delivery.enqueued_upto = delivery.received_upto = after
         first = not self._all
         self._all[delivery] = None
-        if first:
+        if first and self._missed:
             # Notifications were let go while nothing was subscribed: one read
             # now, for what others appended since the hub's last tick.
+            self._missed = False
             self.poll_soon(periodic=True)
         if after >= self.position:
             delivery.state = SubscriptionState.LIVE
@@ -487,10 +473,6 @@ class EventStream:
                     delivery.catch_up_scope = None
 
 
-def _subscription_lags(stream: EventStream) -> Iterable[tuple[float, dict[str, str]]]:
-    return [(sub.lag, {"subscription": sub.name}) for sub in stream.statistics().subscriptions]
-
-
 _EVERYTHING = EventFilter([])
 
 
@@ -498,17 +480,6 @@ def subscribe_slice(stream: EventStream, sliced: Sliced, **options: Any) -> Subs
     """:meth:`EventStream.subscribe` to the records of ``sliced``: its filter's, in its partitions, read from the
     store narrowed to them (a partitioned projection's; not for callers: the slice is the library's own)."""
     return stream.subscribe(sliced, **options)  # type: ignore[arg-type]  # the hub takes a slice as well
-
-
-def _selector(filter: object) -> Selector:
-    """The filter, or the filters as one selector; InvalidFilter for anything else."""
-    if isinstance(filter, (EventFilter, Sliced)):
-        return filter
-    if isinstance(filter, (list, tuple)) and filter and all(isinstance(f, EventFilter) for f in filter):
-        return filter[0] if len(filter) == 1 else AnyOf(tuple(filter))
-    raise InvalidFilter(
-        f"subscribe takes an EventFilter or a non-empty list of them (see create_filter), not {filter!r}"
-    )
 
 
 @asynccontextmanager
