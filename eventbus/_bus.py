@@ -232,6 +232,7 @@ async def run_bus(
             )
         )
         stream = EventStream(store, await store.head())
+        stream.notified = listen
         await nursery.start(stream.run)
         listener = _Listener(dsn, stream, store.origin, poll_interval, listen)
         await nursery.start(listener.run)

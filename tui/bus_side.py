@@ -22,6 +22,7 @@ if it was killed, the terminal's settings are put back first.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import pickle
 import signal
@@ -294,9 +295,36 @@ async def _open_and_serve(stream: trio.SocketStream) -> int:
     return 0
 
 
+class OneLine(logging.Formatter):
+    """A log record on one line, its exception as its type and message: what
+    this process logs is shown on the terminal after the screen has gone
+    (``tui/run.py``), where a driver's traceback of thirty lines for a
+    connection it restored says less than its one line."""
+
+    def formatException(self, ei: Any) -> str:
+        return ""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        error = record.exc_info[1] if record.exc_info else None
+        return line if error is None else f"{line} ({type(error).__name__}: {error})"
+
+
+def log_on_one_line() -> None:
+    """Send warnings and errors to stderr a line each, unless logging is set up already."""
+    root = logging.getLogger()
+    if root.handlers:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(OneLine("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m tui.bus_side FD``: serve the screen at the other end of socket ``FD``; return the exit status."""
     args = sys.argv[1:] if argv is None else argv
+    log_on_one_line()
     sock = socket.socket(fileno=int(args[0]))
 
     async def run() -> int:

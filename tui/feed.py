@@ -100,7 +100,7 @@ async def feed_event_log(store: EventStore, state: DashboardState, interval: flo
         StoreUnavailable: the database could not be reached (the caller tries again).
     """
     everything = create_filter([])
-    read = None  # the position up to which the log has read
+    read = state.newest_position()  # the position up to which the log has read (a restart goes on from there)
     while True:
         head = await store.head()
         state.store_head = max(state.store_head, head)

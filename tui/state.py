@@ -170,6 +170,11 @@ class DashboardState:
             self.account_version += 1
             self.touch()
 
+    def newest_position(self) -> int | None:
+        """The position of the newest event in the log (None: the log is empty)."""
+        with self.lock:
+            return self.events[0].sequence_number if self.events else None
+
     def latest_events(self) -> list[EventRecord]:
         """The log's events, newest first: a copy, safe to read from any thread."""
         with self.lock:

@@ -86,6 +86,7 @@ class EventStream:
         self._inbox_send, self._inbox_receive = trio.open_memory_channel[object](INBOX_SIZE)
         self._poll_pending = False
         self._missed = False  # a notification was let go while nothing was subscribed
+        self.notified = True  # notifications tell of others' appends; without, a first subscription reads once
         self._nursery: trio.Nursery | None = None
         self._advanced = trio.Event()
         self._last_local = -math.inf
@@ -382,7 +383,7 @@ class EventStream:
         delivery.enqueued_upto = delivery.received_upto = after
         first = not self._all
         self._all[delivery] = None
-        if first and self._missed:
+        if first and (self._missed or not self.notified):
             # Notifications were let go while nothing was subscribed: one read
             # now, for what others appended since the hub's last tick.
             self._missed = False

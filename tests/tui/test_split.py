@@ -7,6 +7,7 @@ import array
 import asyncio
 import fcntl
 import functools
+import logging
 import socket
 import termios
 
@@ -18,7 +19,8 @@ from apps.banking.app import Bank, open_bank
 from apps.banking.domain import InsufficientFunds
 from eventbus import ConcurrencyError, Event, EventBusError, StoreUnavailable, open_loop
 from tui.bridge import run_app_in_thread
-from tui.bus_side import Inbox, Outbox, _answer, serve_screen
+from tui.bus_side import Inbox, OneLine, Outbox, _answer, serve_screen
+from tui.feed import feed_event_log
 from tui.screen_side import Link, Reader, RemoteController
 from tui.state import LOG_SIZE, DashboardState
 from tui.summary import mentions, summarize
@@ -180,3 +182,34 @@ async def test_an_answer_that_cannot_cross_comes_back_as_an_error() -> None:
         reply = await inbox.receive()
     assert isinstance(reply, Reply) and reply.number == 3 and type(reply.error) is EventBusError
     assert str(reply.error).startswith("the answer to resume cannot be sent: ")
+
+
+async def test_the_screens_event_log_started_again_goes_on_from_its_newest_event_without_doubling(dsn: str) -> None:
+    async with open_loop(), open_bank(dsn, projections=False, listen=False) as bank:
+        await bank.bus.store.append([Event("Noted", {"n": n}) for n in range(600)])
+        state = DashboardState()
+        for run in range(3):  # as its supervisor starts it again after a failure
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(feed_event_log, bank.bus.store, state, 0.01)
+                with trio.fail_after(WAIT):
+                    while state.newest_position() != 600 + 10 * run:
+                        await trio.sleep(0.01)
+                nursery.cancel_scope.cancel()
+            await bank.bus.store.append([Event("Noted", {"n": n}) for n in range(10)])
+        positions = [record.sequence_number for record in state.latest_events()]
+        assert positions == list(range(620, 0, -1))  # each once, newest first
+        assert state.events_seen == 620
+
+
+def test_the_bus_process_logs_a_line_a_record_with_its_exception_in_brief() -> None:
+    formatter = OneLine("%(levelname)s %(name)s: %(message)s")
+    error = ConnectionRefusedError(111, "Connect call failed")
+    record = logging.getLogger("asyncpg.pool").makeRecord(
+        "asyncpg.pool", logging.WARNING, __file__, 1, "Failed to restore the pool connection floor; retrying",
+        None, (type(error), error, None),
+    )  # fmt: skip
+    line = formatter.format(record)
+    assert line == (
+        "WARNING asyncpg.pool: Failed to restore the pool connection floor; retrying"
+        " (ConnectionRefusedError: [Errno 111] Connect call failed)"
+    )

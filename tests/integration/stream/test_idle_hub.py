@@ -107,3 +107,14 @@ async def test_listen_must_be_true_or_false(dsn: str, listen: object) -> None:
     with pytest.raises(InvalidOption, match="listen must be True or False"):
         async with open_bus(dsn, listen=listen):  # type: ignore[arg-type]
             pass
+
+
+async def test_a_first_subscription_of_a_bus_that_does_not_listen_reads_what_is_stored_at_once(dsn: str) -> None:
+    async with open_bus(dsn) as writer, open_bus(dsn, listen=False, poll_interval=3600.0) as quiet:
+        for round_ in range(3):
+            before = await writer.store.head()
+            await writer.store.append(deposits(50, 100 * round_))
+            # Its ticks are an hour apart: its position is stale, and no notification comes.
+            async with quiet.subscribe(EVERYTHING, after=before + 10) as sub:
+                got = await positions_up_to(sub, before + 50, 10)
+            assert got == list(range(before + 11, before + 51))
