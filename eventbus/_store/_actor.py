@@ -52,6 +52,10 @@ MAX_BATCH_EVENTS = 5000
 WRITE_LANES = 2
 """Write connections: one batch in flight on each."""
 
+IDLE_RECONNECT = 1.0
+"""Seconds between two attempts to reconnect a store that lost its write
+connections and has no append to make."""
+
 BACKOFF_INITIAL = 0.05
 BACKOFF_MAX = 2.0
 
@@ -152,6 +156,7 @@ class StoreActor:
             answered = trio.Event()
             answered.set()
             async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._keep_connected, idle_receive, idle_send)
                 while True:
                     lane = await idle_receive.receive()
                     batch = await self._next_batch(lambda: idle_receive.statistics().current_buffer_used + 1)
@@ -165,6 +170,27 @@ class StoreActor:
                 for lane in self._lanes:
                     if lane.conn is not None:
                         await lane.conn.close()
+
+    async def _keep_connected(
+        self, idle_receive: trio.MemoryReceiveChannel[_Lane], idle_send: trio.MemorySendChannel[_Lane]
+    ) -> None:
+        """While no write connection is up, try an idle lane's every
+        ``IDLE_RECONNECT`` seconds (the backoff after a failure respected):
+        a store that nobody appends to says it is connected once it can be,
+        not at its next append. Never holds a lane the appends wait for
+        longer than one attempt."""
+        while True:
+            await trio.sleep(IDLE_RECONNECT)
+            if self.connected:
+                continue
+            try:
+                lane = idle_receive.receive_nowait()
+            except trio.WouldBlock:
+                continue  # every lane is in use or in the hands of the next batch
+            try:
+                await self._reconnect(lane)
+            finally:
+                idle_send.send_nowait(lane)
 
     def _close_queue(self) -> None:
         for request in self._in_flight:

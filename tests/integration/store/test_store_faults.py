@@ -196,6 +196,27 @@ async def test_acknowledged_appends_survive_a_server_crash_and_the_same_store_re
             assert store.statistics().connected
 
 
+async def test_a_store_nobody_appends_to_reconnects_its_lost_write_connections_by_itself(
+    dsn: str, admin_dsn: str
+) -> None:
+    database = database_of(dsn)
+    async with testing.open_loop():
+        admin = await testing.connect(admin_dsn)
+        try:
+            async with open_event_store(dsn) as store:
+                for _ in range(2):
+                    assert await terminate_store_connections(admin, database) >= 1
+                    with trio.fail_after(10):
+                        while store.statistics().connected:  # it learns of the loss...
+                            await trio.sleep(0.02)
+                        while not store.statistics().connected:  # ...and comes back, with no append to make
+                            await trio.sleep(0.05)
+                assert store.statistics().reconnects >= 2
+                assert await store.append([Event("Noted", {"n": 1})])
+        finally:
+            await admin.close()
+
+
 async def test_terminated_write_connections_are_replaced_and_every_append_succeeds(dsn: str, admin_dsn: str) -> None:
     database = database_of(dsn)
     async with testing.open_loop():
