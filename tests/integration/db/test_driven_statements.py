@@ -7,54 +7,55 @@ errors arrive translated; many connections used at once keep their answers apart
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 import pytest
 import trio
 
 from eventbus import DatabaseError, _db, open_bus
 
 
+@asynccontextmanager
+async def connection(dsn: str) -> AsyncIterator[_db.Connection]:
+    """A connection of its own for the block, closed after (a bus open around it keeps the loop)."""
+    conn = await _db.connect(dsn)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
 async def test_a_statement_cancelled_midway_stops_on_the_server_and_the_connection_serves_the_next(dsn: str) -> None:
-    async with open_bus(dsn) as bus:
-        conn = await _db.connect(dsn)
-        try:
-            for _ in range(3):
-                started = trio.current_time()
-                with trio.move_on_after(0.2) as scope:
-                    await conn.fetchval("SELECT pg_sleep(30)")
-                assert scope.cancelled_caught and trio.current_time() - started < 10
-                assert await conn.fetchval("SELECT 41 + 1") == 42  # waits for the cancellation's acknowledgement
-            with trio.fail_after(10):
-                while await bus.store.pool.fetchval(
-                    "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)' AND state = 'active'"
-                ):
-                    await trio.sleep(0.05)  # the server's own view: nothing sleeps on
-        finally:
-            await conn.close()
+    async with open_bus(dsn) as bus, connection(dsn) as conn:
+        for _ in range(3):
+            started = trio.current_time()
+            with trio.move_on_after(0.2) as scope:
+                await conn.fetchval("SELECT pg_sleep(30)")
+            assert scope.cancelled_caught and trio.current_time() - started < 10
+            assert await conn.fetchval("SELECT 41 + 1") == 42  # waits for the cancellation's acknowledgement
+        with trio.fail_after(10):
+            while await bus.store.pool.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)' AND state = 'active'"
+            ):
+                await trio.sleep(0.05)  # the server's own view: nothing sleeps on
 
 
 async def test_a_cancellation_racing_the_answer_leaves_the_connection_in_step(dsn: str) -> None:
-    async with open_bus(dsn):
-        conn = await _db.connect(dsn)
-        try:
-            for delay in [i * 0.0001 for i in range(40)]:  # cancelled before, during and after the round trip
-                with trio.move_on_after(delay):
-                    await conn.fetchval("SELECT 1")
-                assert await conn.fetchval("SELECT $1::int", 7) == 7  # never a stale answer
-        finally:
-            await conn.close()
+    async with open_bus(dsn), connection(dsn) as conn:
+        for delay in [i * 0.0001 for i in range(40)]:  # cancelled before, during and after the round trip
+            with trio.move_on_after(delay):
+                await conn.fetchval("SELECT 1")
+            assert await conn.fetchval("SELECT $1::int", 7) == 7  # never a stale answer
 
 
 async def test_an_error_arrives_translated_and_the_connection_goes_on(dsn: str) -> None:
-    async with open_bus(dsn):
-        conn = await _db.connect(dsn)
-        try:
-            with pytest.raises(DatabaseError) as raised:
-                await conn.fetchval("SELECT 1 / 0")
-            assert raised.value.sqlstate == "22012"
-            await conn.run_script("BEGIN; SELECT 1; COMMIT")
-            assert await conn.fetchrow("SELECT 1 AS a, 2 AS b") == (1, 2)
-        finally:
-            await conn.close()
+    async with open_bus(dsn), connection(dsn) as conn:
+        with pytest.raises(DatabaseError) as raised:
+            await conn.fetchval("SELECT 1 / 0")
+        assert raised.value.sqlstate == "22012"
+        await conn.run_script("BEGIN; SELECT 1; COMMIT")
+        assert await conn.fetchrow("SELECT 1 AS a, 2 AS b") == (1, 2)
 
 
 async def test_many_tasks_on_many_connections_each_get_their_own_answers(dsn: str) -> None:
@@ -76,3 +77,22 @@ async def test_many_tasks_on_many_connections_each_get_their_own_answers(dsn: st
         finally:
             for conn in conns:
                 await conn.close()
+
+
+async def test_a_task_started_outside_the_bus_block_runs_and_cancels_statements(dsn: str) -> None:
+    answers: list[int] = []
+    done = trio.Event()
+    # The outer nursery's tasks inherit no asyncio loop of their own.
+    async with trio.open_nursery() as outside, open_bus(dsn), connection(dsn) as conn:
+
+        async def ask() -> None:
+            answers.append(await conn.fetchval("SELECT 6 * 7"))
+            with trio.move_on_after(0.1):
+                await conn.fetchval("SELECT pg_sleep(30)")
+            answers.append(await conn.fetchval("SELECT 1"))
+            done.set()
+
+        outside.start_soon(ask)
+        with trio.fail_after(10):
+            await done.wait()
+    assert answers == [42, 1]
