@@ -62,6 +62,8 @@ async def open_loop() -> AsyncIterator[None]:
         async with trio_asyncio.open_loop() as loop:
             if patch_state() == "applied":
                 loop._main_loop_one = types.MethodType(_drain_ready_callbacks, loop)
+                loop._io_task = types.MethodType(_serve_fd, loop)
+                loop.call_soon = types.MethodType(_call_soon, loop)
             loop.set_exception_handler(_log_loop_error)
             with _serving(loop):
                 yield
@@ -141,14 +143,23 @@ KNOWN_MAIN_LOOPS = {
 }
 """Digests of the ``_main_loop_one`` syntax trees the patch was written against."""
 
+# trio-asyncio serves a file descriptor's reader with a task that, after each
+# call of the handler, waits for the loop to run whatever the handler queued
+# (``synchronize``): a Trio round and a step of the loop's task on every reply
+# from the server. ``_serve_fd`` is that task, waiting only when the handler
+# did queue something. With the wakes of driven statements run at once
+# (``_call_soon``), a reply usually queues nothing.
+KNOWN_IO_TASKS = {"237181a4a3de8955": "trio-asyncio 0.15.0 and 0.16.0"}
+"""Digests of the ``_io_task`` syntax trees ``_serve_fd`` was written against."""
+
 PATCH_SWITCH = "EVENTBUS_LOOP_PATCH"
 """Environment variable: ``0``, ``off`` or ``false`` runs trio-asyncio's loop unpatched."""
 
 
-def main_loop_digest() -> str | None:
-    """The digest of trio-asyncio's ``_main_loop_one`` as installed, or None if unreadable."""
+def main_loop_digest(name: str = "_main_loop_one") -> str | None:
+    """The digest of trio-asyncio's loop method ``name`` as installed, or None if unreadable."""
     try:
-        method = trio_asyncio.TrioEventLoop._main_loop_one
+        method = getattr(trio_asyncio.TrioEventLoop, name)
         tree = ast.parse(textwrap.dedent(inspect.getsource(method)))
     except (AttributeError, OSError, TypeError, SyntaxError):
         return None
@@ -163,10 +174,13 @@ def patch_state() -> str:
     """
     if os.environ.get(PATCH_SWITCH, "").strip().lower() in ("0", "off", "false", "no"):
         return "off"
-    digest = main_loop_digest()
-    if digest in KNOWN_MAIN_LOOPS:
+    digest, io_digest = main_loop_digest(), main_loop_digest("_io_task")
+    if digest in KNOWN_MAIN_LOOPS and io_digest in KNOWN_IO_TASKS:
         return "applied"
-    state = f"unsupported: trio-asyncio {trio_asyncio.__version__}'s loop is not one the patch knows ({digest})"
+    state = (
+        f"unsupported: trio-asyncio {trio_asyncio.__version__}'s loop is not one the patch knows "
+        f"({digest}, {io_digest})"
+    )
     _log.warning("the loop runs unpatched, one asyncio callback per Trio round: %s", state)
     return state
 
@@ -218,6 +232,68 @@ async def _drain_ready_callbacks(self: Any, no_wait: bool = False) -> None:  # p
             return
 
 
+def _queued(queue: trio.MemorySendChannel[Any]) -> tuple[int, int]:
+    # A callback sent to the loop's task while it waits is handed over, not buffered.
+    stats = queue.statistics()
+    return stats.current_buffer_used, stats.tasks_waiting_receive
+
+
+async def _serve_fd(self: Any, fd: int, handle: Any, wait_ready: Any) -> None:  # pragma: no cover - timing only
+    """trio-asyncio's ``_io_task``, waiting for the loop only after a handler that queued callbacks."""
+    with handle._scope:
+        try:
+            while True:
+                if handle._cancelled:
+                    break
+                try:
+                    await wait_ready(fd)
+                except OSError:
+                    if handle._cancelled:
+                        break
+                    raise
+                if handle._cancelled:
+                    break
+                before = _queued(self._q_send)
+                handle._run()
+                if _queued(self._q_send) != before:
+                    await self.synchronize()
+        except Exception as exc:
+            handle._raise(exc)
+
+
+class _Wake:
+    """The done-callback of a future a driven statement waits on: reschedules its task.
+
+    The loop runs it as soon as the future is done (``_call_soon``), not a Trio
+    round later, unless ``now`` is off (while the task is being cancelled).
+    """
+
+    __slots__ = ("now", "task")
+
+    def __init__(self, task: trio.lowlevel.Task) -> None:
+        self.task = task
+        self.now = True
+
+    def __call__(self, _future: object) -> None:
+        trio.lowlevel.reschedule(self.task)
+
+
+def _call_soon(self: Any, callback: Callable[..., object], *args: Any, **context: Any) -> Any:
+    """The loop's ``call_soon``, running two kinds of callback at once instead
+    of a Trio round later: a :class:`_Wake` (it only reschedules a Trio task),
+    and asyncpg's ``_on_waiter_completed`` for a statement's future that has
+    its answer (it then only cancels the statement's timer; for a cancelled
+    future it asks the server to cancel, and waits its turn as before)."""
+    if type(callback) is _Wake:
+        if callback.now:
+            callback(*args)
+            return None
+    elif getattr(callback, "__name__", None) == "_on_waiter_completed" and not args[0].cancelled():
+        callback(*args)
+        return None
+    return type(self).call_soon(self, callback, *args, **context)
+
+
 async def drive(fn: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
     """Await the asyncio coroutine ``fn(*args)`` in the calling Trio task itself.
 
@@ -247,11 +323,11 @@ async def drive(fn: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
         nonlocal raise_cancel
         if raise_cancel is None:  # once, as asyncio cancels a task once: what it awaits after is its clean-up
             raise_cancel = raise_cancel_arg
+            wake.now = False  # (not from inside this abort: the loop wakes the task a round later)
             waited.cancel()
         return trio.lowlevel.Abort.FAILED  # the future's callback wakes the task
 
-    def wake(_: object) -> None:
-        trio.lowlevel.reschedule(task)
+    wake = _Wake(task)
 
     while True:
         try:

@@ -27,6 +27,14 @@ def test_the_installed_trio_asyncio_loop_is_one_the_patch_was_written_for() -> N
     )
 
 
+def test_the_installed_io_task_is_one_serve_fd_was_written_for() -> None:
+    digest = _loop.main_loop_digest("_io_task")
+    assert digest in _loop.KNOWN_IO_TASKS, (
+        f"trio-asyncio {trio_asyncio.__version__}: _io_task changed (digest {digest}); "
+        "read its new code, port _serve_fd to it, and add the digest to KNOWN_IO_TASKS"
+    )
+
+
 def test_the_private_parts_the_patch_uses_exist() -> None:
     assert "_started" in AsyncHandle.__slots__ and callable(AsyncHandle._run)
     for name in ("_context", "_callback", "_cancelled"):
@@ -35,7 +43,7 @@ def test_the_private_parts_the_patch_uses_exist() -> None:
 
     async def main() -> None:
         async with trio_asyncio.open_loop() as loop:
-            for name in ("_timers", "_q_recv", "_nursery", "_stopped", "_main_loop_one"):
+            for name in ("_timers", "_q_recv", "_q_send", "_nursery", "_stopped", "_main_loop_one", "_io_task"):
                 assert hasattr(loop, name), name
             assert isinstance(loop._timers, list)
             assert isinstance(loop._q_recv, trio.MemoryReceiveChannel)
@@ -51,6 +59,7 @@ def test_open_loop_runs_the_patched_loop_and_queries_work_through_it() -> None:
         async with _loop.open_loop():
             loop = trio_asyncio.current_loop.get()
             seen.append(loop._main_loop_one.__func__.__name__)
+            seen.append(loop._io_task.__func__.__name__)
             # A timer and a chain of callbacks still run in order on the patched loop.
             order: list[int] = []
 
@@ -65,7 +74,7 @@ def test_open_loop_runs_the_patched_loop_and_queries_work_through_it() -> None:
             assert order == [0, 1, 2, 3, 4, 99]
 
     trio.run(main)
-    assert seen == ["_drain_ready_callbacks"]
+    assert seen == ["_drain_ready_callbacks", "_serve_fd"]
 
 
 def test_the_switch_turns_the_patch_off() -> None:
@@ -74,9 +83,10 @@ def test_the_switch_turns_the_patch_off() -> None:
         "from eventbus._db import _loop\n"
         "async def main():\n"
         "    async with _loop.open_loop():\n"
-        "        print(_loop.patch_state(), trio_asyncio.current_loop.get()._main_loop_one.__func__.__name__)\n"
+        "        loop = trio_asyncio.current_loop.get()\n"
+        "        print(_loop.patch_state(), loop._main_loop_one.__func__.__name__, loop._io_task.__func__.__name__)\n"
         "trio.run(main)\n"
     )
     env = {**os.environ, _loop.PATCH_SWITCH: "0"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["off", "_main_loop_one"]
+    assert out.stdout.split() == ["off", "_main_loop_one", "_io_task"]
