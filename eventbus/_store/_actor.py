@@ -158,7 +158,10 @@ class StoreActor:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._keep_connected, idle_receive, idle_send)
                 while True:
-                    lane = await idle_receive.receive()
+                    try:  # (receive() would take a scheduler round even with a lane idle)
+                        lane = idle_receive.receive_nowait()
+                    except trio.WouldBlock:
+                        lane = await idle_receive.receive()
                     batch = await self._next_batch(lambda: idle_receive.statistics().current_buffer_used + 1)
                     turn = trio.Event()
                     self._in_flight.update(batch)
