@@ -5,14 +5,17 @@ connection's single statements, whose coroutines :func:`drive` steps in the
 calling Trio task without an asyncio task (a third of the processor time of
 a round trip).
 
-The patch (``_drain_ready_callbacks``) makes the loop run every ready callback
-in one Trio round instead of one per round. It replaces a private method of
-trio-asyncio's loop and uses its private attributes, so it is applied only
-when the library's method is exactly the one it was written against (compared
-by the digest of its syntax tree, see ``KNOWN_MAIN_LOOPS``); otherwise the
-loop runs unpatched, a warning says why, and the test suite fails
-(``tests/unit/db/test_loop_patch.py``). Set ``EVENTBUS_LOOP_PATCH=0`` to turn it
-off.
+The patch makes the loop run every ready callback in one Trio round instead
+of one per round (``_drain_ready_callbacks``), run a driven statement's wake-up
+at once instead of queueing it (``_call_soon``), and lets the task that reads
+a socket go back to waiting without a round of the loop when its handler
+queued nothing (``_serve_fd``). It replaces private methods of trio-asyncio's
+loop and uses its private attributes, so it is applied only when the
+library's methods are exactly the ones it was written against (compared by
+the digests of their syntax trees, see ``KNOWN_MAIN_LOOPS`` and
+``KNOWN_IO_TASKS``); otherwise the loop runs unpatched, a warning says why,
+and the test suite fails (``tests/unit/db/test_loop_patch.py``). Set
+``EVENTBUS_LOOP_PATCH=0`` to turn it off.
 """
 
 from __future__ import annotations
