@@ -287,12 +287,13 @@ def _call_soon(self: Any, callback: Callable[..., object], *args: Any, **context
     and asyncpg's ``_on_waiter_completed`` for a statement's future that has
     its answer (it then only cancels the statement's timer; for a cancelled
     future it asks the server to cancel, and waits its turn as before)."""
-    if type(callback) is _Wake:
-        if callback.now:
+    if (type(callback) is _Wake and callback.now) or (
+        getattr(callback, "__name__", None) == "_on_waiter_completed" and not args[0].cancelled()
+    ):
+        try:
             callback(*args)
-            return None
-    elif getattr(callback, "__name__", None) == "_on_waiter_completed" and not args[0].cancelled():
-        callback(*args)
+        except Exception as exc:  # reported as a queued callback's would be, never raised into the driver
+            self.call_exception_handler({"message": f"exception in callback {callback!r}", "exception": exc})
         return None
     return type(self).call_soon(self, callback, *args, **context)
 

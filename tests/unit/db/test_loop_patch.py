@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import trio
 import trio_asyncio
 from trio_asyncio._handles import AsyncHandle
@@ -90,3 +91,27 @@ def test_the_switch_turns_the_patch_off() -> None:
     env = {**os.environ, _loop.PATCH_SWITCH: "0"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["off", "_main_loop_one", "_io_task"]
+
+
+def test_a_callback_run_at_once_that_raises_is_reported_not_raised_into_the_driver(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A wake-up the loop runs at once (``_call_soon``) raising must not break
+    the code that completed the future (asyncpg's protocol, reading a reply)."""
+
+    def broken(self: object, future: object) -> None:
+        raise RuntimeError("a broken wake-up")
+
+    monkeypatch.setattr(_loop._Wake, "__call__", broken)
+
+    async def main() -> None:
+        async with _loop.open_loop():
+            loop = trio_asyncio.current_loop.get()
+            future = loop.create_future()
+            future.add_done_callback(_loop._Wake(trio.lowlevel.current_task()))
+            future.set_result(1)  # its wake-up fails inside, and set_result returns
+            assert future.result() == 1
+
+    with caplog.at_level("WARNING", logger="eventbus.db"):
+        trio.run(main)
+    assert any("a broken wake-up" in record.getMessage() for record in caplog.records)
