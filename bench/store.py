@@ -112,18 +112,21 @@ async def concurrent_appends(
     per_task = max(1, appends // tasks)
     latencies: list[float] = []
     finished: list[float] = []
+    read: dict[int, int] = {}  # each task's position for its condition, read in the warm-up (as the peer does)
     async with open_event_store(dsn) as store:
 
         async def worker(index: int, count: int, record: bool) -> None:
             account = first_account + index
             filter = _boundary(account, items)
-            expected = (await store.query(filter)).max_sequence_number if conditional else None
+            expected = None
+            if conditional:
+                expected = read[index] if index in read else (await store.query(filter)).max_sequence_number
             for k in range(count):
                 event = Event("MoneyDeposited", deposit_payload(k, account))
                 started = time.perf_counter()
                 if conditional:
                     records = await store.append([event], filter, expected)
-                    expected = records[-1].sequence_number
+                    expected = read[index] = records[-1].sequence_number
                 else:
                     await store.append([event])
                 if record:
