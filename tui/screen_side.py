@@ -195,7 +195,7 @@ class Reader:
 
     On a Trio run in a thread of this process, over a bus of its own that
     runs no read model and listens for no notification
-    (``open_bank(projections=False, listen=False)``) on ``dsn``, the
+    (``open_bank(projections=False, listen=False, write_connections=1)``) on ``dsn``, the
     bank's database as the bus's process opened it. So the bus's process
     spends nothing on them (it sends the figures and what the controller
     does), and what they cost here is at this process's lower priority: the
@@ -271,7 +271,7 @@ class Reader:
             try:
                 async with (
                     open_loop(),
-                    open_bank(self._dsn, projections=False, listen=False) as bank,
+                    open_bank(self._dsn, projections=False, listen=False, write_connections=1) as bank,
                     trio.open_nursery() as nursery,
                 ):
                     nursery.start_soon(supervised, state, "event log", feed_event_log, bank.bus.store, state)

@@ -17,7 +17,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from decimal import Decimal
-from typing import Final, TypeAlias, TypeVar
+from typing import Any, Final, TypeAlias, TypeVar
 
 import attrs
 import trio
@@ -466,7 +466,9 @@ def _sole_exception(error: BaseException) -> BaseException | None:
 
 
 @asynccontextmanager
-async def open_bank(dsn: str | None = None, *, projections: bool = True, listen: bool = True) -> AsyncIterator[Bank]:
+async def open_bank(
+    dsn: str | None = None, *, projections: bool = True, listen: bool = True, write_connections: int | None = None
+) -> AsyncIterator[Bank]:
     """Open the bus and the bank for the duration of the block.
 
     ``dsn``: a PostgreSQL connection string; None means ``EVENTBUS_DSN``, then
@@ -475,6 +477,8 @@ async def open_bank(dsn: str | None = None, *, projections: bool = True, listen:
     bank's read models are started (they catch up in the background).
     ``listen=False`` opens the bus without its LISTEN connection (see
     :func:`eventbus.open_bus`): for a process that only acts and reads.
+    ``write_connections`` is the bus's (None: its default); a process that
+    seldom appends needs one.
 
     Exceptions leave the block as they were raised, not wrapped in the bus's
     exception groups. Leaving closes the bus, shielded and bounded, also on
@@ -484,7 +488,8 @@ async def open_bank(dsn: str | None = None, *, projections: bool = True, listen:
         StoreUnavailable: the database could not be reached at open.
     """
     try:
-        async with bank_database(dsn) as resolved, open_bus(resolved, listen=listen) as bus:
+        options: dict[str, Any] = {} if write_connections is None else {"write_connections": write_connections}
+        async with bank_database(dsn) as resolved, open_bus(resolved, listen=listen, **options) as bus:
             bank = Bank(bus)
             if projections:
                 await bank.start_projections()

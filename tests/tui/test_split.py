@@ -17,7 +17,7 @@ import trio
 from apps.banking import actions
 from apps.banking.app import Bank, open_bank
 from apps.banking.domain import InsufficientFunds
-from eventbus import ConcurrencyError, Event, EventBusError, StoreUnavailable, open_loop
+from eventbus import ConcurrencyError, Event, EventBusError, StoreUnavailable, open_loop, testing
 from tui.bridge import run_app_in_thread
 from tui.bus_side import Inbox, OneLine, Outbox, _answer, serve_screen
 from tui.feed import feed_event_log
@@ -167,6 +167,31 @@ async def test_an_event_of_a_megabyte_is_read_by_the_screen_and_shown_by_its_lin
     (shown,) = state.latest_events()
     assert (shown.sequence_number, shown.event_id) == (record.sequence_number, record.event_id)
     assert summarize(shown) == "acc-1" and mentions(shown, "acc-1")
+
+
+async def test_the_screens_reads_hold_one_write_connection_and_no_listener(dsn: str) -> None:
+    """The screen's process appends nothing: its bus keeps one write connection, not the default two."""
+    state = DashboardState()
+    reader = Reader(state, dsn)
+    await trio.to_thread.run_sync(reader.start)
+    try:
+        async with open_loop():
+            conn = await testing.connect(dsn)
+            try:
+                with trio.fail_after(WAIT):
+                    while not state.accounts_version:  # its bus is open and has read
+                        await trio.sleep(0.05)
+                names = await conn.fetch(
+                    "SELECT application_name FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            finally:
+                await conn.close()
+    finally:
+        await trio.to_thread.run_sync(reader.stop)
+    held = [row[0] for row in names]
+    assert held.count("eventbus-store") == 1, held
+    assert "eventbus-listen" not in held, held
 
 
 async def test_an_answer_that_cannot_cross_comes_back_as_an_error() -> None:
