@@ -11,7 +11,7 @@ test *args:
 # ruff, and mypy --strict on the library, the bank, the dashboard and ./dev.
 lint:
     {{python}} -m ruff check eventbus apps tui chaos tests bench dev
-    {{python}} -m ruff format --check eventbus dev
+    {{python}} -m ruff format --check eventbus apps tui dev
     {{python}} -m mypy eventbus apps tui dev
 
 # Format the code.

@@ -58,9 +58,7 @@ class DashboardApp(App[None]):
     CSS_PATH = Path(__file__).with_name("dashboard.tcss")
     TITLE = "eventbus · bank"
 
-    BINDINGS: ClassVar[list[BindingType]] = [
-        Binding(key.key, key.action, key.label, show=key.footer) for key in KEYS
-    ]
+    BINDINGS: ClassVar[list[BindingType]] = [Binding(key.key, key.action, key.label, show=key.footer) for key in KEYS]
 
     def get_driver_class(self) -> type[Driver]:
         """On a POSIX terminal, :class:`tui.terminal.DashboardDriver` (it
