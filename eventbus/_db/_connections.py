@@ -13,6 +13,7 @@ close in time is terminated.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import decimal
 import json
@@ -28,7 +29,7 @@ from .._errors import DatabaseError, InvalidDSN, StoreUnavailable
 from . import _revive
 from ._dsn import check_dsn, scrub
 from ._loop import aio as _aio
-from ._loop import current_loop, patch_state
+from ._loop import current_loop, loop_closed, loop_closing, patch_state
 from ._loop import drive as _drive
 
 T = TypeVar("T")
@@ -175,9 +176,19 @@ async def _opened(open_: Callable[[], Awaitable[T]], dsn: str, loop: Any) -> T:
 
 
 async def _call(what: str, loop: Any, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
-    """One crossing into asyncio, on ``loop``; driver errors translated."""
+    """One crossing into asyncio, on ``loop``; driver errors translated.
+
+    Raises:
+        ClosedError: the loop closed (the bus or store that opened it closed).
+    """
+    if loop is not None and loop_closing(loop):
+        raise loop_closed()
     try:
         return await _aio(fn, *args, loop=loop)
+    except asyncio.CancelledError:  # not this task's cancellation (that is Trio's): the loop's tasks were
+        if loop is not None and loop_closing(loop):
+            raise loop_closed() from None
+        raise
     except Exception as exc:
         if is_driver_error(exc):
             raise translate(exc, what) from None
@@ -232,6 +243,8 @@ async def _driven(
     :func:`_call` does while the protocol is still cancelling an earlier
     statement (asyncpg then waits under ``asyncio.timeout``, which needs one),
     or when ``EVENTBUS_LOOP_PATCH`` turns the loop's patches off."""
+    if loop_closing(loop):
+        raise loop_closed()
     protocol = getattr(raw, "_protocol", None)
     cancelling = getattr(protocol, "_is_cancelling", None)
     if cancelling is None or cancelling() or patch_state() != "applied":
@@ -249,7 +262,10 @@ class Connection:
 
     Methods block for one round trip (plus the crossing into asyncio); none may
     run concurrently on the same connection. Cancelling a call cancels the
-    statement; the connection stays usable unless it was lost.
+    statement; the connection stays usable unless it was lost. Once the bus
+    or store whose block opened the connection's asyncio loop has closed, a
+    call (and one waiting then, in a task outside that block) raises
+    ``ClosedError``.
     """
 
     def __init__(self, raw: asyncpg.Connection, loop: Any) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import contextlib
 import functools
 import hashlib
 import heapq
@@ -35,6 +36,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Itera
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any, NoReturn, TypeVar
 
+import outcome
 import sniffio
 import trio
 import trio_asyncio
@@ -68,8 +70,11 @@ async def open_loop() -> AsyncIterator[None]:
                 loop._io_task = types.MethodType(_serve_fd, loop)
                 loop.call_soon = types.MethodType(_call_soon, loop)
             loop.set_exception_handler(_log_loop_error)
-            with _serving(loop):
-                yield
+            try:
+                with _serving(loop):
+                    yield
+            finally:
+                _close_driven(loop)
     except BaseExceptionGroup as group:  # the loop's nurseries: not the caller's concern
         raise collapse(group) from None
 
@@ -265,7 +270,7 @@ async def _serve_fd(self: Any, fd: int, handle: Any, wait_ready: Any) -> None:  
 
 
 class _Wake:
-    """The done-callback of a future a driven statement waits on: reschedules its task.
+    """The done-callback of a future a driven statement waits on: reschedules its task, once.
 
     The loop runs it as soon as the future is done (``_call_soon``), not a Trio
     round later, unless ``now`` is off (while the task is being cancelled).
@@ -274,11 +279,47 @@ class _Wake:
     __slots__ = ("now", "task")
 
     def __init__(self, task: trio.lowlevel.Task) -> None:
-        self.task = task
+        self.task: trio.lowlevel.Task | None = task
         self.now = True
 
-    def __call__(self, _future: object) -> None:
-        trio.lowlevel.reschedule(self.task)
+    def __call__(self, _future: object, error: BaseException | None = None) -> None:
+        task, self.task = self.task, None
+        if task is not None:
+            trio.lowlevel.reschedule(task, outcome.Error(error) if error is not None else outcome.Value(None))
+
+
+class _Driven:
+    """The wakes of the statements driven on one loop that wait for it now."""
+
+    def __init__(self) -> None:
+        self.waiting: set[_Wake] = set()
+        self.closed = False
+
+
+def _driven_on(loop: Any) -> _Driven:
+    driven: _Driven | None = loop.__dict__.get("_eventbus_driven")
+    if driven is None:
+        driven = loop.__dict__["_eventbus_driven"] = _Driven()
+    return driven
+
+
+def loop_closed() -> ClosedError:
+    """The error of a statement on a loop that closed."""
+    return ClosedError("the asyncio loop of this connection closed (its bus or store closed): nothing more runs on it")
+
+
+def _close_driven(loop: Any) -> None:
+    """The loop is about to close: its waiting statements end with ClosedError
+    (they would wait for ever), and later ones fail at once."""
+    driven = _driven_on(loop)
+    driven.closed = True
+    for wake in list(driven.waiting):
+        wake(None, loop_closed())
+
+
+def loop_closing(loop: Any) -> bool:
+    """Whether ``loop`` closed, or :func:`open_loop` is closing it."""
+    return bool(loop.is_closed()) or _driven_on(loop).closed
 
 
 def _call_soon(self: Any, callback: Callable[..., object], *args: Any, **context: Any) -> Any:
@@ -315,7 +356,13 @@ async def drive(fn: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
     task: the coroutine sees ``CancelledError`` there and may clean up (what
     it awaits then is not cancelled again); if it then ends with it,
     ``trio.Cancelled`` is raised, and if it ends with a result anyway, the
-    result is returned (as :func:`aio` does).
+    result is returned (as :func:`aio` does). A cancellation that comes when
+    the awaited future is done already cancels the next one instead.
+
+    Raises:
+        ClosedError: the loop closed, or :func:`open_loop` is closing it, while
+            the coroutine waited or before (a task outside the block of the bus
+            or store that opened the loop); the coroutine is closed.
     """
     coro = fn(*args)
     task = trio.lowlevel.current_task()
@@ -326,12 +373,21 @@ async def drive(fn: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
     def abort(raise_cancel_arg: Callable[[], NoReturn]) -> trio.lowlevel.Abort:
         nonlocal raise_cancel
         if raise_cancel is None:  # once, as asyncio cancels a task once: what it awaits after is its clean-up
-            raise_cancel = raise_cancel_arg
             wake.now = False  # (not from inside this abort: the loop wakes the task a round later)
-            waited.cancel()
+            try:
+                if not waited.cancel():
+                    # Done already, its wake on the way: nothing was cancelled, so the
+                    # next future the coroutine waits on is cancelled instead.
+                    wake.now = True
+                    return trio.lowlevel.Abort.FAILED
+            except RuntimeError:  # the loop closed: no callback will ever run
+                wake.task = None
+                return trio.lowlevel.Abort.SUCCEEDED
+            raise_cancel = raise_cancel_arg
         return trio.lowlevel.Abort.FAILED  # the future's callback wakes the task
 
     wake = _Wake(task)
+    driven: _Driven | None = None
 
     while True:
         try:
@@ -352,8 +408,22 @@ async def drive(fn: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
             continue
         waited._asyncio_future_blocking = False
         if not waited.done():
+            if driven is None:
+                driven = _driven_on(waited.get_loop())
+            if driven.closed:
+                coro.close()
+                raise loop_closed()
+            wake.task = task
             waited.add_done_callback(wake)
-            await trio.lowlevel.wait_task_rescheduled(abort)
+            driven.waiting.add(wake)
+            try:
+                await trio.lowlevel.wait_task_rescheduled(abort)
+            except BaseException:  # the loop closed under it: the coroutine can never go on
+                with contextlib.suppress(Exception):
+                    coro.close()
+                raise
+            finally:
+                driven.waiting.discard(wake)
         try:
             sent = waited.result()
         except BaseException as exc:  # the coroutine sees it, as it would in a Task

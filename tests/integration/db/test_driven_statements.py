@@ -7,13 +7,15 @@ errors arrive translated; many connections used at once keep their answers apart
 
 from __future__ import annotations
 
+import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import pytest
 import trio
+import trio_asyncio
 
-from eventbus import DatabaseError, _db, open_bus
+from eventbus import ClosedError, DatabaseError, _db, open_bus
 
 
 @asynccontextmanager
@@ -125,3 +127,54 @@ async def test_a_reply_wakes_the_statement_without_a_round_of_the_loops_task(dsn
     reader_steps = sum(count for name, count in steps.steps.items() if name.endswith("_serve_fd"))
     assert loop_steps < 5, steps.steps
     assert 50 <= reader_steps <= 60, steps.steps
+
+
+async def test_a_statement_of_an_outer_task_ends_with_closed_error_when_the_bus_closes(dsn: str) -> None:
+    """A task of an outer nursery waiting on a statement when the bus's block
+    ends gets ClosedError at once (it waited for ever, and cancelling it
+    raised 'Event loop is closed' in the task that cancelled)."""
+    ended: list[BaseException] = []
+    async with trio.open_nursery() as outer:
+        async with open_bus(dsn) as bus:
+            conn = await _db.connect(dsn)
+
+            async def ask() -> None:
+                try:
+                    await conn.fetchval("SELECT pg_sleep(30)")
+                except ClosedError as exc:
+                    ended.append(exc)
+
+            outer.start_soon(ask)
+            with trio.fail_after(10):
+                while not await bus.store.pool.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)' AND state = 'active'"
+                ):
+                    await trio.sleep(0.02)  # the server's own view: the statement runs
+        with trio.fail_after(5):
+            while not ended:
+                await trio.sleep(0.01)
+    assert isinstance(ended[0], ClosedError)
+    with pytest.raises(ClosedError):  # and a statement after that fails at once too
+        await conn.fetchval("SELECT 1")
+
+
+async def test_a_cancellation_is_never_lost_on_a_loop_the_program_opened(dsn: str) -> None:
+    """On a trio-asyncio loop of the program's own (used as it is), a
+    cancellation that came just after a reply had completed the statement's
+    first step was lost, and the statement ran to its end (2 s)."""
+    slow = []
+    async with trio_asyncio.open_loop(), open_bus(dsn):
+        conn = await _db.connect(dsn)
+        try:
+            for n in range(200):
+                delay = random.Random(n).uniform(0, 0.0015)
+                started = trio.current_time()
+                with trio.move_on_after(delay):
+                    await conn.fetchval(f"SELECT pg_sleep(2), {n}::int /* a statement of its own: prepared afresh */")
+                if trio.current_time() - started > 1:
+                    slow.append((n, delay))
+                with trio.fail_after(10):
+                    assert await conn.fetchval("SELECT $1::int", n) == n
+        finally:
+            await conn.close()
+    assert not slow
