@@ -411,7 +411,8 @@ async def drive(fn: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
             if driven is None:
                 driven = _driven_on(waited.get_loop())
             if driven.closed:
-                coro.close()
+                with contextlib.suppress(Exception):
+                    coro.close()
                 raise loop_closed()
             wake.task = task
             waited.add_done_callback(wake)
