@@ -39,8 +39,8 @@ from apps.banking.app import Bank, open_bank
 from bench._common import BENCH_DIR, Report, database_dsn, median, percentile, server
 from eventbus import Event, create_filter, open_loop, testing
 from eventbus.testing import EmbeddedServer, dsn_from_environment
-from tui.bus_side import Inbox, Outbox, open_feeds, serve_screen
-from tui.wire import SCREEN_NICE, SEND_INTERVAL, Publisher, Ready
+from tui.bus_side import Inbox, Outbox, _publish, open_feeds, serve_screen
+from tui.wire import SCREEN_NICE, Publisher, Ready
 
 RATE = 1000.0
 """Appends per second."""
@@ -136,15 +136,7 @@ async def _with_feeds(bank: Bank, name: str) -> dict[str, list[float]]:
         async with trio.SocketStream(trio.socket.from_stdlib_socket(ours)) as stream:
             outbox = Outbox(stream)
             async with open_feeds(bank, database=name, reads=False) as (state, _), trio.open_nursery() as nursery:
-
-                async def publish(publisher: Publisher) -> None:  # as the bus process publishes to its screen
-                    while True:
-                        update = await publisher.update()
-                        if update is not None:
-                            await outbox.send(update)
-                        await trio.sleep(SEND_INTERVAL)
-
-                nursery.start_soon(publish, Publisher(state))
+                nursery.start_soon(_publish, Publisher(state), outbox)  # as the bus process publishes to its screen
                 started = time.process_time()
                 figures = await _load(bank, RATE, SECONDS)
                 figures["cpu"] = [time.process_time() - started]
