@@ -30,6 +30,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import psutil
@@ -124,60 +126,60 @@ async def _round(admin: str, name: str, kind: str) -> dict[str, list[float]]:
         return figures
 
 
-async def _with_feeds(bank: Bank, name: str) -> dict[str, list[float]]:
-    """The load, with the dashboard's feeds here sending their updates to a process that only reads them."""
+@asynccontextmanager
+async def _at_other_end(
+    command: Callable[[int], list[str]], **options: Any
+) -> AsyncIterator[tuple[trio.SocketStream, trio.Process]]:
+    """Run ``command(fd)``, a process given the other end of a socket pair as
+    descriptor ``fd``; yield our end and the process. After the block (our end
+    closed), wait for it to end (30 s at most, then kill it)."""
     ours, theirs = socket.socketpair()
     try:
-        drain = await trio.lowlevel.open_process([sys.executable, "-c", DRAIN, str(theirs.fileno())],
-                                                 pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)  # fmt: skip
+        process = await trio.lowlevel.open_process(command(theirs.fileno()), pass_fds=(theirs.fileno(),),
+                                                   stdin=subprocess.DEVNULL, **options)  # fmt: skip
     finally:
         theirs.close()
     try:
         async with trio.SocketStream(trio.socket.from_stdlib_socket(ours)) as stream:
-            outbox = Outbox(stream)
-            async with open_feeds(bank, database=name, reads=False) as (state, _), trio.open_nursery() as nursery:
-                nursery.start_soon(_publish, Publisher(state), outbox)  # as the bus process publishes to its screen
-                started = time.process_time()
-                figures = await _load(bank, RATE, SECONDS)
-                figures["cpu"] = [time.process_time() - started]
-                nursery.cancel_scope.cancel()
+            yield stream, process
         with trio.fail_after(30):
-            await drain.wait()  # it ends once its socket closes
+            await process.wait()  # it ends once its socket closes
     finally:
-        if drain.returncode is None:
-            drain.kill()
+        if process.returncode is None:
+            process.kill()
+
+
+async def _with_feeds(bank: Bank, name: str) -> dict[str, list[float]]:
+    """The load, with the dashboard's feeds here sending their updates to a process that only reads them."""
+    async with _at_other_end(lambda fd: [sys.executable, "-c", DRAIN, str(fd)]) as (stream, _):
+        outbox = Outbox(stream)
+        async with open_feeds(bank, database=name, reads=False) as (state, _), trio.open_nursery() as nursery:
+            nursery.start_soon(_publish, Publisher(state), outbox)  # as the bus process publishes to its screen
+            started = time.process_time()
+            figures = await _load(bank, RATE, SECONDS)
+            figures["cpu"] = [time.process_time() - started]
+            nursery.cancel_scope.cancel()
     return figures
 
 
 async def _with_screen(bank: Bank, name: str) -> dict[str, list[float]]:
     """The load, with the dashboard's feeds here and its screen in a process of its own."""
-    ours, theirs = socket.socketpair()
-    try:
-        screen = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "tui.screen_side", str(theirs.fileno()), "--size", "120x40"],
-            pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            start_new_session=True,  # a scheduling group apart from the bus's, as in banking dashboard
-        )  # fmt: skip
-    finally:
-        theirs.close()
-    try:
-        async with trio.SocketStream(trio.socket.from_stdlib_socket(ours)) as stream:
-            inbox, outbox = Inbox(stream), Outbox(stream)
-            await outbox.send(Ready(bank.bus.projections.dsn))
-            async with trio.open_nursery() as nursery:
-                with trio.fail_after(60):
-                    await nursery.start(lambda task_status: serve_screen(bank, inbox, outbox, database=name,
-                                                                         task_status=task_status))  # fmt: skip
-                started, screen_started = time.process_time(), _cpu(screen.pid)
-                figures = await _load(bank, RATE, SECONDS)
-                figures["cpu"] = [time.process_time() - started]
-                figures["screen cpu"] = [_cpu(screen.pid) - screen_started]
-                nursery.cancel_scope.cancel()
-        with trio.fail_after(30):
-            await screen.wait()  # it ends once its socket closes
-    finally:
-        if screen.returncode is None:
-            screen.kill()
+    async with _at_other_end(
+        lambda fd: [sys.executable, "-m", "tui.screen_side", str(fd), "--size", "120x40"],
+        stdout=subprocess.DEVNULL,
+        start_new_session=True,  # a scheduling group apart from the bus's, as in banking dashboard
+    ) as (stream, screen):
+        inbox, outbox = Inbox(stream), Outbox(stream)
+        await outbox.send(Ready(bank.bus.projections.dsn))
+        async with trio.open_nursery() as nursery:
+            with trio.fail_after(60):
+                await nursery.start(lambda task_status: serve_screen(bank, inbox, outbox, database=name,
+                                                                     task_status=task_status))  # fmt: skip
+            started, screen_started = time.process_time(), _cpu(screen.pid)
+            figures = await _load(bank, RATE, SECONDS)
+            figures["cpu"] = [time.process_time() - started]
+            figures["screen cpu"] = [_cpu(screen.pid) - screen_started]
+            nursery.cancel_scope.cancel()
     return figures
 
 
