@@ -171,7 +171,7 @@ async def test_a_cancellation_is_never_lost_on_a_loop_the_program_opened(dsn: st
                 started = trio.current_time()
                 with trio.move_on_after(delay):
                     await conn.fetchval(f"SELECT pg_sleep(2), {n}::int /* a statement of its own: prepared afresh */")
-                if trio.current_time() - started > 1:
+                if trio.current_time() - started > 1.8:  # a lost one waits out pg_sleep(2)
                     slow.append((n, delay))
                 with trio.fail_after(10):
                     assert await conn.fetchval("SELECT $1::int", n) == n
