@@ -32,6 +32,7 @@ from ._store import (
     WRITE_LANES,
     EventStore,
     StoreStatistics,
+    check_connections,
     check_max_batch_bytes,
     replica_list,
     run_event_store,
@@ -277,12 +278,15 @@ async def open_bus(
 
     Raises:
         InvalidEvent: ``max_batch_bytes`` is out of range.
-        InvalidOption: ``replica_dsns``, ``replica_wait`` or ``listen`` was refused.
+        InvalidOption: ``replica_dsns``, ``replica_wait``, ``listen``,
+            ``read_pool_size``, ``write_connections`` or ``reconnect_timeout``
+            was refused.
         StoreUnavailable: the database could not be reached at open
             (``InvalidDSN``: its connection string cannot be read).
     """
     check_max_batch_bytes(max_batch_bytes)
-    replica_list(replica_dsns, replica_wait)  # refused before anything starts
+    check_connections(read_pool_size, write_connections, reconnect_timeout)  # refused before anything starts
+    replica_list(replica_dsns, replica_wait)
     if type(listen) is not bool:
         raise InvalidOption(f"listen must be True or False, not {listen!r}")
     async with open_database(dsn) as resolved, _db.open_loop(), open_actor_nursery() as nursery:

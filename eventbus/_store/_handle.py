@@ -13,6 +13,7 @@ pool and never wait behind appends; with hot standbys, to the standbys first
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
@@ -286,6 +287,7 @@ async def run_event_store(
     ``replica_dsns`` and ``replica_wait``: see :func:`open_event_store`.
     """
     check_max_batch_bytes(max_batch_bytes)
+    check_connections(read_pool_size, write_connections, reconnect_timeout)
     replicas = replica_list(replica_dsns, replica_wait)
     send, receive = trio.open_memory_channel[Request](REQUEST_BUFFER)
     actor = StoreActor(dsn, receive, on_commit, reconnect_timeout, write_connections, max_batch_bytes)
@@ -352,12 +354,15 @@ async def open_event_store(
     Raises:
         InvalidEvent: ``max_batch_bytes`` is out of range.
         InvalidOption: ``replica_dsns`` is not a list of connection strings,
-            or ``replica_wait`` is not a number >= 0.
+            ``replica_wait`` or ``reconnect_timeout`` is not a number >= 0,
+            or ``read_pool_size`` or ``write_connections`` is not a whole
+            number >= 1.
         StoreUnavailable: the database could not be reached at open
             (``InvalidDSN``: its connection string cannot be read).
     """
     check_max_batch_bytes(max_batch_bytes)
-    replica_list(replica_dsns, replica_wait)  # refused before anything starts
+    check_connections(read_pool_size, write_connections, reconnect_timeout)  # refused before anything starts
+    replica_list(replica_dsns, replica_wait)
     async with open_database(dsn) as resolved, _db.open_loop(), open_actor_nursery() as nursery:
         store: EventStore = await nursery.start(
             functools.partial(
@@ -377,6 +382,21 @@ async def open_event_store(
             yield store
         finally:
             nursery.cancel_scope.cancel()
+
+
+def check_connections(read_pool_size: object, write_connections: object, reconnect_timeout: object) -> None:
+    """Refuse connection counts that are not whole numbers >= 1, and a
+    reconnect timeout that is not a number of seconds >= 0.
+
+    Raises:
+        InvalidOption: naming the option.
+    """
+    for name, value in (("read_pool_size", read_pool_size), ("write_connections", write_connections)):
+        if type(value) is not int or value < 1:
+            raise InvalidOption(f"{name} must be a whole number >= 1, not {value!r}")
+    number = not isinstance(reconnect_timeout, bool) and isinstance(reconnect_timeout, (int, float))
+    if not number or not 0 <= reconnect_timeout < math.inf:  # type: ignore[operator]
+        raise InvalidOption(f"reconnect_timeout must be a number of seconds >= 0, not {reconnect_timeout!r}")
 
 
 def replica_list(replica_dsns: Sequence[str] | None, replica_wait: float) -> list[str]:

@@ -299,6 +299,20 @@ async def test_a_standby_that_cannot_be_reached_is_down_and_its_password_shows_n
     assert hidden not in repr(stats) and "***" in stats.dsn
 
 
+@pytest.mark.parametrize(
+    "options",
+    [{"write_connections": 0}, {"write_connections": "2"}, {"write_connections": True}, {"read_pool_size": -1},
+     {"read_pool_size": 2.5}, {"reconnect_timeout": -1}, {"reconnect_timeout": float("nan")},
+     {"reconnect_timeout": "5"}],
+)  # fmt: skip
+async def test_connection_options_are_checked_before_anything_opens(dsn: str, options: dict[str, object]) -> None:
+    (name,) = options
+    for opener in (open_bus, open_event_store):
+        with pytest.raises(InvalidOption, match=name):
+            async with opener(dsn, **options):  # type: ignore[arg-type]
+                pass
+
+
 async def test_replica_options_are_checked(dsn: str) -> None:
     with pytest.raises(InvalidOption, match="a list of connection strings"):
         async with open_bus(dsn, replica_dsns=dsn):  # type: ignore[arg-type]
