@@ -183,12 +183,20 @@ async def _call(what: str, loop: Any, fn: Callable[..., Awaitable[T]], *args: An
     """
     if loop is not None and loop_closing(loop):
         raise loop_closed()
+    with _translated(what):
+        try:
+            return await _aio(fn, *args, loop=loop)
+        except asyncio.CancelledError:  # not this task's cancellation (that is Trio's): the loop's tasks were
+            if loop is not None and loop_closing(loop):
+                raise loop_closed() from None
+            raise
+
+
+@contextlib.contextmanager
+def _translated(what: str) -> Iterator[None]:
+    """Driver errors raised in the block leave it as eventbus errors (see :func:`translate`)."""
     try:
-        return await _aio(fn, *args, loop=loop)
-    except asyncio.CancelledError:  # not this task's cancellation (that is Trio's): the loop's tasks were
-        if loop is not None and loop_closing(loop):
-            raise loop_closed() from None
-        raise
+        yield
     except Exception as exc:
         if is_driver_error(exc):
             raise translate(exc, what) from None
@@ -243,18 +251,14 @@ async def _driven(
     :func:`_call` does while the protocol is still cancelling an earlier
     statement (asyncpg then waits under ``asyncio.timeout``, which needs one),
     or when ``EVENTBUS_LOOP_PATCH`` turns the loop's patches off."""
-    if loop_closing(loop):
-        raise loop_closed()
     protocol = getattr(raw, "_protocol", None)
     cancelling = getattr(protocol, "_is_cancelling", None)
     if cancelling is None or cancelling() or patch_state() != "applied":
         return await _call(what, loop, fn, *args)
-    try:
+    if loop_closing(loop):
+        raise loop_closed()
+    with _translated(what):
         return await _drive(fn, *args)
-    except Exception as exc:
-        if is_driver_error(exc):
-            raise translate(exc, what) from None
-        raise
 
 
 class Connection:
@@ -362,12 +366,8 @@ class Pool:
     @asynccontextmanager
     async def acquire(self) -> AsyncIterator[Connection]:
         """Borrow a connection for the block (waits for a free one)."""
-        try:
+        with _translated("acquire"):
             raw = await _aio(self._raw.acquire, loop=self._loop)
-        except Exception as exc:
-            if is_driver_error(exc):
-                raise translate(exc, "acquire") from None
-            raise
         try:
             yield Connection(raw, self._loop)
         finally:
