@@ -18,6 +18,8 @@ medians kept (``EVENTBUS_BENCH_ROUNDS``, 3 by default).
    conditional appends against the peer's.
 4. One account's 100 events among 1M: reads against the same SQL in raw
    asyncpg and against the peer's read.
+5. One connection's ``SELECT 1`` round trip, processor and wall time: the
+   crossing from Trio into asyncpg against asyncpg on plain asyncio.
 """
 
 from __future__ import annotations
@@ -346,6 +348,34 @@ async def reads(report: Report, preloaded: str, peer_db: str) -> None:
                f"{ratio:.2f}x", verdict(ratio, 1.5), peer=f"{got['peer']['p50'] * 1e3:.2f} ms")  # fmt: skip
 
 
+async def round_trips(report: Report, admin: str) -> None:
+    """5. one connection's ``SELECT 1`` round trip: against asyncpg on plain asyncio."""
+    spec = {"dsn": admin, "count": 3000, "warmup": 200}
+
+    async def ours(round_: int) -> dict[str, Any]:
+        conn = await testing.connect(admin)
+        try:
+            for _ in range(spec["warmup"]):
+                await conn.fetchval("SELECT 1")
+            cpu, wall = time.thread_time(), time.perf_counter()
+            for _ in range(spec["count"]):
+                await conn.fetchval("SELECT 1")
+            cpu, wall = time.thread_time() - cpu, time.perf_counter() - wall
+        finally:
+            await conn.close()
+        return {"cpu": cpu / spec["count"], "wall": wall / spec["count"]}
+
+    async def raw(round_: int) -> dict[str, Any]:
+        return await trio.to_thread.run_sync(run_baseline, "raw_store", {"mode": "round_trips", **spec})
+
+    got = await interleaved({"ours": ours, "raw": raw})
+    for key, what in (("cpu", "processor time"), ("wall", "wall time")):
+        ratio = got["raw"][key] / got["ours"][key]
+        ours_us, raw_us = got["ours"][key] * 1e6, got["raw"][key] * 1e6
+        report.row(f"a SELECT 1 round trip on one connection, {what} (throughput ratio vs asyncpg on plain asyncio)",
+                   f"{ours_us:,.0f} us", f"{raw_us:,.0f} us", f"{ratio:.2f}x")  # fmt: skip
+
+
 async def run() -> None:
     admin, _embedded = server()
     report = Report("store: the store actor against raw asyncpg and the peer")
@@ -361,6 +391,8 @@ async def run() -> None:
     await conditions(report, admin, preloaded, peer_db)
     await sequential(report, admin, preloaded, peer_db)
     await reads(report, preloaded, peer_db)
+    async with testing.open_loop():
+        await round_trips(report, admin)
     report.print()
 
 

@@ -50,4 +50,6 @@ async def replay(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    print(json.dumps(asyncio.run(replay(json.loads(sys.stdin.read())))))
+    # A plain asyncio loop: once eventbus is imported, asyncio.run uses trio-asyncio's.
+    with asyncio.Runner(loop_factory=asyncio.SelectorEventLoop) as runner:
+        print(json.dumps(runner.run(replay(json.loads(sys.stdin.read())))))
