@@ -9,11 +9,9 @@ from ._connections import (
     CLOSE_TIMEOUT,
     CONNECT_TIMEOUT,
     Connection,
-    Pool,
     Row,
     connect,
     create_database,
-    create_pool,
     is_driver_error,
     rollback,
     translate,
@@ -21,6 +19,7 @@ from ._connections import (
 from ._dsn import dsn_from_environment, redact_dsn, scrub
 from ._embedded import EMBEDDED_DATABASE, EmbeddedServer, default_data_dir
 from ._loop import call_asyncio, call_trio, open_loop
+from ._pool import Pool, create_pool
 from ._resolve import open_database
 from ._schema import install_schema, schema_sql
 from ._standby import start_standby

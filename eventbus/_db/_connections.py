@@ -18,8 +18,7 @@ import contextlib
 import decimal
 import json
 import json.scanner
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Iterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Sequence
 from typing import Any, Protocol, TypeVar
 
 import asyncpg
@@ -217,6 +216,11 @@ async def connect(dsn: str, *, application_name: str = "eventbus", custom_plans:
         InvalidDSN: ``dsn`` cannot be read (nothing of it is shown).
         StoreUnavailable: the server cannot be reached.
     """
+    return await connect_on(current_loop(), dsn, application_name=application_name, custom_plans=custom_plans)
+
+
+async def connect_on(loop: Any, dsn: str, *, application_name: str, custom_plans: bool = True) -> Connection:
+    """:func:`connect`, the connection living on ``loop`` whichever task calls."""
 
     async def _connect() -> asyncpg.Connection:
         raw = await asyncpg.connect(
@@ -231,7 +235,6 @@ async def connect(dsn: str, *, application_name: str = "eventbus", custom_plans:
             raise
         return raw
 
-    loop = current_loop()
     try:
         return Connection(await _opened(_connect, dsn, loop), loop)
     except InvalidDSN:
@@ -281,6 +284,13 @@ class Connection:
         """The server process serving this connection."""
         pid: int = self._raw.get_server_pid()
         return pid
+
+    def in_transaction(self) -> bool:
+        """Whether a transaction is open on the connection (as of its last reply)."""
+        try:
+            return bool(self._raw.is_in_transaction())
+        except asyncpg.InterfaceError:
+            return False
 
     def is_closed(self) -> bool:
         """Whether the connection was closed or lost."""
@@ -341,91 +351,6 @@ class Connection:
         """Drop the connection at once, without telling the server."""
         with contextlib.suppress(asyncpg.InterfaceError):  # a pooled connection the pool took back already
             self._raw.terminate()
-
-
-class Pool:
-    """A pool of connections for reads, used from Trio.
-
-    Each call borrows a connection for one statement: one crossing, one round
-    trip. Calls run concurrently up to the pool's size; beyond that they wait
-    for a free connection.
-    """
-
-    def __init__(self, raw: asyncpg.Pool, loop: Any) -> None:
-        self._raw = raw
-        self._loop = loop
-
-    async def fetch(self, sql: str, *args: Any) -> list[Row]:
-        """Run a query on a pooled connection; return all its rows."""
-        return await _call("query", self._loop, self._raw.fetch, sql, *args)
-
-    async def fetchval(self, sql: str, *args: Any) -> Any:
-        """Run a query on a pooled connection; return one value."""
-        return await _call("query", self._loop, self._raw.fetchval, sql, *args)
-
-    @asynccontextmanager
-    async def acquire(self) -> AsyncIterator[Connection]:
-        """Borrow a connection for the block (waits for a free one)."""
-        with _translated("acquire"):
-            raw = await _aio(self._raw.acquire, loop=self._loop)
-        try:
-            yield Connection(raw, self._loop)
-        finally:
-            with trio.move_on_after(CLOSE_TIMEOUT, shield=True):
-                try:
-                    await _aio(self._raw.release, raw, loop=self._loop)
-                except Exception:
-                    raw.terminate()
-
-    async def expire(self) -> None:
-        """Make the pool replace every connection it holds before their next use
-        (after the server was lost: they may be dead). Never waits for queries."""
-        await _call("expire", self._loop, self._raw.expire_connections)
-
-    async def close(self) -> None:
-        """Close every connection, shielded and bounded; terminate stragglers."""
-        with trio.move_on_after(CLOSE_TIMEOUT, shield=True):
-            try:
-                await _aio(self._raw.close, loop=self._loop)
-                return
-            except Exception:  # noqa: S110 - a failed close ends in terminate below
-                pass
-        self._raw.terminate()
-
-
-async def _keep_session(raw: asyncpg.Connection) -> None:
-    """A pooled connection needs no reset query when it goes back to the pool.
-
-    asyncpg's default sends one (advisory unlocks, CLOSE ALL, UNLISTEN, RESET
-    ALL): a second round trip for every query. Pooled connections here only run
-    single statements and read-only transactions with ``SET LOCAL``; asyncpg
-    still rolls back a transaction left open before calling this.
-    """
-
-
-async def create_pool(dsn: str, *, max_size: int, min_size: int = 1, application_name: str = "eventbus-read") -> Pool:
-    """Open a pool of up to ``max_size`` connections (``min_size`` opened at once:
-    with 0 nothing connects until the first use, and a server that is down
-    fails that use, not this call).
-
-    Raises:
-        InvalidDSN: ``dsn`` cannot be read (nothing of it is shown).
-        StoreUnavailable: the server cannot be reached.
-    """
-
-    async def _create() -> asyncpg.Pool:
-        return await asyncpg.create_pool(
-            dsn,
-            min_size=min_size,
-            max_size=max_size,
-            timeout=CONNECT_TIMEOUT,
-            init=_init_connection,
-            reset=_keep_session,
-            server_settings={**SERVER_SETTINGS, "application_name": application_name},
-        )
-
-    loop = current_loop()
-    return Pool(await _opened(_create, dsn, loop), loop)
 
 
 async def create_database(admin_dsn: str, name: str, *, template: str | None = None) -> bool:
