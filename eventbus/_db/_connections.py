@@ -76,8 +76,7 @@ def _unavailable(exc: BaseException) -> bool:
         return code in _UNAVAILABLE_CODES or code.startswith(_UNAVAILABLE_CLASSES)
     if isinstance(exc, asyncpg.InterfaceError):
         text = str(exc)
-        # "released back to the pool": a pooled connection that was terminated
-        return "closed" in text or "released back" in text or ("connection" in text and "lost" in text)
+        return "closed" in text or ("connection" in text and "lost" in text)
     # The protocol is in a state no statement can start from: a connection the
     # server has just ended (its FATAL message came, the socket is not closed yet).
     return isinstance(exc, (TimeoutError, asyncpg.InternalClientError))
@@ -161,7 +160,7 @@ async def _init_connection(raw: asyncpg.Connection) -> None:
 
 
 async def _opened(open_: Callable[[], Awaitable[T]], dsn: str, loop: Any) -> T:
-    """Open a connection or a pool; its errors as StoreUnavailable, without secrets.
+    """Open a connection; its errors as StoreUnavailable, without secrets.
 
     The driver's error is not chained (not even as ``__context__``): it may
     quote the connection string.
@@ -296,7 +295,7 @@ class Connection:
         """Whether the connection was closed or lost."""
         try:
             closed: bool = self._raw.is_closed()
-        except asyncpg.InterfaceError:  # a pooled connection, terminated: the pool took it back
+        except asyncpg.InterfaceError:  # asyncpg refuses to say: count it as closed
             return True
         return closed
 
@@ -349,7 +348,7 @@ class Connection:
 
     def terminate(self) -> None:
         """Drop the connection at once, without telling the server."""
-        with contextlib.suppress(asyncpg.InterfaceError):  # a pooled connection the pool took back already
+        with contextlib.suppress(asyncpg.InterfaceError):  # one asyncpg closed already
             self._raw.terminate()
 
 

@@ -128,10 +128,9 @@ def _log_loop_error(loop: Any, context: dict[str, Any]) -> None:
     """Log what asyncio code reports to its loop, instead of ending the program.
 
     trio-asyncio's own handler raises every report in the loop's nursery, and
-    asyncpg reports things that are no error of ours: a pooled connection
-    reset while its cancelled query was still in a transaction, a background
-    release that failed because the server went away. The connection concerned
-    is discarded by asyncpg either way.
+    asyncpg reports things that are no error of ours, such as a request to
+    cancel a statement that failed because the server went away. The
+    connection concerned is discarded either way.
     """
     error = context.get("exception")
     _log.warning("asyncio: %s%s", context.get("message", "error"), f" ({error!r})" if error else "")
