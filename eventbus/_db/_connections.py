@@ -277,6 +277,7 @@ class Connection:
     def __init__(self, raw: asyncpg.Connection, loop: Any) -> None:
         self._raw = raw
         self._loop = loop  # the asyncio loop the connection lives on, whichever task calls
+        self._interrupted = False  # a statement was cancelled since the last settle()
 
     @property
     def backend_pid(self) -> int:
@@ -301,27 +302,70 @@ class Connection:
 
     async def execute(self, sql: str, *args: Any) -> str:
         """Run a statement; return its status tag."""
-        return await _driven("execute", self._raw, self._loop, self._raw.execute, sql, *args)
+        return await self._statement("execute", self._raw.execute, sql, *args)
 
     async def executemany(self, sql: str, args: Sequence[Sequence[Any]]) -> None:
         """Run a statement once per argument tuple, in one pipeline."""
-        await _call("executemany", self._loop, self._raw.executemany, sql, args)
+        await self._statement("executemany", self._raw.executemany, sql, args, driven=False)
 
     async def fetch(self, sql: str, *args: Any) -> list[Row]:
         """Run a query; return all its rows."""
-        return await _driven("fetch", self._raw, self._loop, self._raw.fetch, sql, *args)
+        return await self._statement("fetch", self._raw.fetch, sql, *args)
 
     async def fetchrow(self, sql: str, *args: Any) -> Row | None:
         """Run a query; return its first row, or None."""
-        return await _driven("fetchrow", self._raw, self._loop, self._raw.fetchrow, sql, *args)
+        return await self._statement("fetchrow", self._raw.fetchrow, sql, *args)
 
     async def fetchval(self, sql: str, *args: Any) -> Any:
         """Run a query; return the first column of its first row, or None."""
-        return await _driven("fetchval", self._raw, self._loop, self._raw.fetchval, sql, *args)
+        return await self._statement("fetchval", self._raw.fetchval, sql, *args)
 
     async def run_script(self, sql: str) -> None:
         """Run several statements (no parameters) in one round trip."""
-        await _driven("script", self._raw, self._loop, self._raw.execute, sql)
+        await self._statement("script", self._raw.execute, sql)
+
+    async def _statement(
+        self, what: str, fn: Callable[..., Coroutine[Any, Any, T]], *args: Any, driven: bool = True
+    ) -> T:
+        try:
+            if driven:
+                return await _driven(what, self._raw, self._loop, fn, *args)
+            return await _call(what, self._loop, fn, *args)
+        except AttributeError:
+            # asyncpg drops its protocol when the connection is terminated (by
+            # another task): a statement then fails inside its code.
+            if self.is_closed():
+                raise StoreUnavailable(f"{what}: the connection was closed") from None
+            raise
+        except BaseException as exc:
+            if not isinstance(exc, Exception):
+                self._interrupted = True  # cancelled: the server may not have ended it yet
+            raise
+
+    async def settle(self) -> bool:
+        """After a cancelled statement, wait until the server has ended it.
+
+        A cancelled statement is cancelled on the server in the background;
+        until that is acknowledged, :meth:`in_transaction` may not say what
+        the server will say. Blocks, shielded, up to ``CLOSE_TIMEOUT`` (a
+        server that does not answer: the connection is then terminated).
+        Returns whether the connection can serve another statement.
+        """
+        if self._interrupted and not self.is_closed():
+            self._interrupted = False
+            protocol = self._raw._protocol
+            settled = False
+            with trio.move_on_after(CLOSE_TIMEOUT, shield=True):
+                try:
+                    # An asyncio task: it runs after the cancellation's own
+                    # callbacks, already queued on the loop.
+                    await _call("settle", self._loop, protocol._wait_for_cancellation)
+                    settled = True
+                except Exception:  # noqa: S110 - lost: terminated below
+                    pass
+            if not settled:
+                self.terminate()
+        return not self.is_closed()
 
     async def add_listener(self, channel: str, callback: Callable[[str], None]) -> None:
         """Call ``callback(payload)`` for every NOTIFY on ``channel``.

@@ -48,9 +48,11 @@ class Pool:
     statement; :meth:`acquire` lends one for a block. Calls run concurrently up
     to the pool's size; beyond that they wait (first come, first served) for
     a connection to come back. A connection is opened when a call finds none
-    free and the pool is below its size. A connection that was lost is
-    dropped when it comes back, or when it is found lost in the pool; one
-    left in a transaction is rolled back first.
+    free and the pool is below its size. A connection comes back once a
+    statement cancelled on it has ended on the server (or is dropped if it
+    does not within ``CLOSE_TIMEOUT``), rolled back if a transaction was left
+    open; a connection that was lost is dropped when it comes back, or when
+    it is found lost in the pool.
     """
 
     def __init__(self, connector: Connector, max_size: int) -> None:
@@ -83,9 +85,10 @@ class Pool:
         """Borrow a connection for the block.
 
         Blocks while all ``max_size`` connections are lent, and for a
-        connect when none is free. A transaction the block leaves open is
-        rolled back when the connection comes back (shielded, within
-        ``CLOSE_TIMEOUT``; a connection that cannot is dropped).
+        connect when none is free. When the block ends, a statement cancelled
+        in it is waited for until the server has ended it, and a transaction
+        it left open is rolled back (each shielded, within ``CLOSE_TIMEOUT``;
+        a connection that does not get there is dropped).
 
         Raises:
             ClosedError: the pool is closed.
@@ -117,16 +120,24 @@ class Pool:
         return None
 
     async def _give_back(self, conn: Connection, generation: int) -> None:
-        if self._closed or generation != self._generation or conn.is_closed():
+        if self._closed or generation != self._generation or not await conn.settle():
             conn.terminate()
             return
         if conn.in_transaction():
             await rollback(conn)  # terminates a connection that cannot
             if conn.is_closed():
                 return
+        self.trim()
+        self._idle.append(_Idle(conn, generation, time.monotonic()))
+
+    def trim(self) -> None:
+        """Close the free connections unused for ``IDLE_LIFETIME`` seconds; never blocks.
+
+        Runs whenever a connection comes back; the store also calls it at
+        intervals, for a pool that has fallen quiet.
+        """
         now = time.monotonic()
-        self._idle.append(_Idle(conn, generation, now))
-        # The least recently used are first: those unused for IDLE_LIFETIME go.
+        # The least recently used are first.
         while self._idle and now - self._idle[0].since > IDLE_LIFETIME:
             self._idle.pop(0).conn.terminate()
 
@@ -162,6 +173,8 @@ class Pool:
         come back. Shielded, and bounded by ``CLOSE_TIMEOUT``: what is still
         open then is terminated. Calls afterwards raise ``ClosedError``."""
         self._closed = True
+        for _ in range(self._slots.statistics().tasks_waiting):
+            self._slots.release()  # each waiter wakes to find the pool closed
         idle, self._idle = self._idle, []
         with trio.move_on_after(CLOSE_TIMEOUT, shield=True):
             async with trio.open_nursery() as nursery:

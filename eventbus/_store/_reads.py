@@ -22,6 +22,9 @@ from .. import _db
 from .._errors import NotCaughtUp
 from ._replicas import HEALTH_INTERVAL, PrimaryMark, Replica, ReplicaState, ReplicaStatistics, poll
 
+TRIM_INTERVAL = 30.0
+"""Seconds between two looks for pooled connections unused for their lifetime."""
+
 Check = Callable[[_db.Connection], Awaitable[bool]]
 Prepare = Callable[[_db.Connection], Awaitable[None]]
 
@@ -37,11 +40,15 @@ class Reads:
         self._turn = itertools.count()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Watch the standbys until cancelled; started once each was checked
-        once (concurrently; a standby that does not answer counts as down)."""
+        """Watch the standbys, and close the primary pool's connections that
+        stay unused (``_db.Pool.trim``), until cancelled; started once each
+        standby was checked once (concurrently; one that does not answer
+        counts as down)."""
         if not self.replicas:
             task_status.started()
-            return
+            while True:
+                await trio.sleep(TRIM_INTERVAL)
+                self.primary.trim()
         async with trio.open_nursery() as nursery:
             await self._mark.check(self.primary)
             async with trio.open_nursery() as starting:
@@ -51,6 +58,7 @@ class Reads:
             while True:
                 await trio.sleep(HEALTH_INTERVAL)
                 await self._mark.check(self.primary)
+                self.primary.trim()
 
     def pick(self, min_position: int | None = None) -> Replica | None:
         """A standby that serves reads now, or None; never blocks."""

@@ -262,6 +262,7 @@ class Replica:
             while True:
                 await self._pause()
                 await self._check()
+                self._pool.trim()
         finally:
             self.state = ReplicaState.DOWN  # closed: no reads come, nothing to log
             self._wake()

@@ -233,3 +233,127 @@ async def test_a_pooled_read_runs_in_the_calling_task_without_a_step_of_the_asyn
             trio.lowlevel.remove_instrument(steps)
     loop_steps = sum(count for name, count in steps.steps.items() if name.endswith("_main_loop"))
     assert loop_steps < 5, steps.steps
+
+
+async def test_a_block_cancelled_as_its_transaction_begins_gives_the_next_borrower_a_clean_connection(dsn: str) -> None:
+    """The cancelled statement's end comes from the server after the block has
+    ended: the pool waits for it before it looks for a transaction to roll
+    back, so the next borrower's write is not made inside it (and lost)."""
+    rng = random.Random(11)
+    async with pool_of(dsn, 1, "pool-begin") as pool:
+        await pool.fetchval("CREATE TABLE pool_writes (v int)")
+        for attempt in range(400):
+            with trio.move_on_after(rng.choice([0.00001, 0.00002, 0.00005, 0.0001, 0.0003])):
+                async with pool.acquire() as conn:
+                    await conn.execute("BEGIN")
+                    await conn.execute("SET LOCAL search_path = pg_catalog")
+            async with pool.acquire() as conn:
+                assert not conn.in_transaction()
+                assert await conn.fetchval("INSERT INTO public.pool_writes VALUES ($1) RETURNING v", attempt) == attempt
+        observer = await _db.connect(dsn, application_name="test-observer")
+        try:
+            assert await observer.fetchval("SELECT count(DISTINCT v) FROM pool_writes") == 400
+        finally:
+            await observer.close()
+
+
+async def test_a_connection_terminated_under_a_statement_fails_it_with_store_unavailable(dsn: str) -> None:
+    """asyncpg forgets its protocol when a connection is terminated: a statement
+    under way (or starting) then fails inside the driver's own code."""
+    rng = random.Random(5)
+    outcomes: dict[str, int] = {}
+    async with pool_of(dsn, 1, "pool-cut") as pool:
+        for k in range(600):
+            async with pool.acquire() as conn, trio.open_nursery() as nursery:
+
+                async def read(conn: _db.Connection = conn, k: int = k) -> None:
+                    try:
+                        await conn.fetch(f"SELECT {k}::int AS v, $1::text AS w", "x")  # a new statement each time
+                        outcomes["ok"] = outcomes.get("ok", 0) + 1
+                    except StoreUnavailable:
+                        outcomes["unavailable"] = outcomes.get("unavailable", 0) + 1
+
+                async def cut(conn: _db.Connection = conn) -> None:
+                    for _ in range(rng.randrange(6)):
+                        await trio.lowlevel.checkpoint()
+                    conn.terminate()
+
+                nursery.start_soon(read)
+                nursery.start_soon(cut)
+        assert sum(outcomes.values()) == 600, outcomes
+        assert await pool.fetchval("SELECT 1") == 1
+
+
+async def test_a_cancelled_statement_that_the_server_does_not_end_costs_the_next_reader_nothing(
+    dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A backend stopped under a cancelled read never acknowledges the cancel:
+    its connection is dropped when the wait for it runs out, not lent again
+    to hang the next reader."""
+    import os
+    import signal
+
+    monkeypatch.setattr(_db._connections, "CLOSE_TIMEOUT", 0.5)
+    async with pool_of(dsn, 2, "pool-stuck") as pool:
+        stuck = await pool.fetchval("SELECT pg_backend_pid()")
+        os.kill(stuck, signal.SIGSTOP)
+        try:
+            with trio.move_on_after(0.3):
+                await pool.fetchval("SELECT 1")
+            for _ in range(3):
+                with trio.fail_after(5):
+                    assert await pool.fetchval("SELECT pg_backend_pid()") != stuck
+        finally:
+            os.kill(stuck, signal.SIGCONT)
+
+
+async def test_closing_wakes_every_task_waiting_for_a_connection_with_closed_error(dsn: str) -> None:
+    async with _db.open_loop():
+        pool = await _db.create_pool(dsn, max_size=2, application_name="pool-waiters")
+        release = trio.Event()
+        errors: list[BaseException] = []
+        all_refused = trio.Event()
+
+        async def hold(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+            async with pool.acquire():
+                task_status.started()
+                await release.wait()
+
+        async def wait_for_one() -> None:
+            try:
+                await pool.fetchval("SELECT 1")
+            except ClosedError as exc:
+                errors.append(exc)
+                if len(errors) == 20:
+                    all_refused.set()
+
+        async with trio.open_nursery() as nursery:
+            await nursery.start(hold)
+            await nursery.start(hold)
+            for _ in range(20):
+                nursery.start_soon(wait_for_one)
+            await trio.testing.wait_all_tasks_blocked()
+            with trio.fail_after(1):  # the holders are still in their blocks: close waits for them up to CLOSE_TIMEOUT
+                async with trio.open_nursery() as closing:
+                    closing.start_soon(pool.close)
+                    with trio.fail_after(0.5):
+                        await all_refused.wait()
+                    release.set()
+        assert len(errors) == 20
+
+
+async def test_a_store_closes_the_read_connections_that_stay_unused(dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from eventbus import open_event_store
+    from eventbus._store import _reads
+
+    monkeypatch.setattr(_pool, "IDLE_LIFETIME", 0.2)
+    monkeypatch.setattr(_reads, "TRIM_INTERVAL", 0.1)
+    async with open_event_store(dsn, read_pool_size=4) as store:
+        async with trio.open_nursery() as nursery:
+            for _ in range(4):
+                nursery.start_soon(store.pool.fetchval, "SELECT pg_sleep(0.05)")
+        assert store.pool.statistics() == (0, 4)
+        with trio.fail_after(5):
+            while store.pool.statistics() != (0, 0):
+                await trio.sleep(0.05)
+        assert await store.head() == 0
