@@ -93,6 +93,7 @@ class EventStream:
         self.ingested = 0
         self.delivered = 0
         self._closed = False
+        self._stopping = False  # the hub's loop has ended; its nursery may still be closing
         _telemetry.watch("subscription", self, lambda stream: subscription_lags(stream.statistics()))
 
     # ------------------------------------------------------------ public
@@ -190,19 +191,28 @@ class EventStream:
     # ------------------------------------------------------------ the actor
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """The ingest loop, until cancelled; every subscription is closed
-        when it ends (their iterations end, what they buffered is dropped), and
-        entering one later raises ClosedError."""
+        """The ingest loop, until cancelled or its store is closed; every
+        subscription is closed when it ends (their iterations end, what they
+        buffered is dropped), and entering one later raises ClosedError."""
         try:
             async with open_actor_nursery() as nursery:
                 self._nursery = nursery
                 task_status.started()
-                async for item in self._inbox_receive:
-                    if item is _POLL:
-                        self._poll_pending = False
-                        await self._poll()
-                    else:
-                        await self._ingest_local(item)  # type: ignore[arg-type]
+                try:
+                    async for item in self._inbox_receive:
+                        if item is _POLL:
+                            self._poll_pending = False
+                            await self._poll()
+                        else:
+                            await self._ingest_local(item)  # type: ignore[arg-type]
+                except ClosedError:
+                    # The store closed under the hub (the bus closing, or a
+                    # store closed before its stream): it stops as if cancelled.
+                    _log.info("the stream stops: its store is closed")
+                finally:
+                    # The nursery now waits for the catch-ups to end and then
+                    # takes no new one, before this task runs again below.
+                    self._stopping = True
         finally:
             self._closed = True
             _telemetry.unwatch("subscription", self)
@@ -432,6 +442,9 @@ class EventStream:
                 "subscription %s detached at position %d (its buffer is full); catching up", delivery.name, position
             )
         assert self._nursery is not None, "the stream is not running"
+        if self._stopping:  # no catch-up can start: the subscription ends now, as every one does when the hub stops
+            self.detach(delivery)
+            return
         scope = trio.CancelScope()
         delivery.catch_up_scope = scope
         self._nursery.start_soon(self._catch_up, delivery, scope)
@@ -468,6 +481,9 @@ class EventStream:
                     if delivery.detaches:
                         _log.info("subscription %s re-attached at position %d", delivery.name, self.position)
             except (trio.ClosedResourceError, trio.BrokenResourceError):
+                return
+            except ClosedError:  # the store closed under it (the bus is closing): the subscription ends
+                self.detach(delivery)
                 return
             finally:
                 if delivery.catch_up_scope is scope:
