@@ -204,7 +204,11 @@ class Projection:
 
     Attributes:
         name: a safe identifier; the tables live in schema ``projection_<name>``.
-        handlers: ``{event_type: async (tx, record) -> None}``.
+        handlers: ``{event_type: async (tx, record) -> None}``. Each event's
+            effects in ``tx`` are committed exactly once; a handler may run
+            more than once for an event whose batch was rolled back (a
+            failure, a deadline, a partition taken by another process
+            meanwhile), so what it does outside ``tx`` is not undone.
         setup: ``async (tx) -> None``, creates the tables; it runs whenever a
             process takes the lead and before a rebuild, so it must be
             idempotent (``CREATE TABLE IF NOT EXISTS``). A table it has to
