@@ -167,7 +167,8 @@ async def _with_screen(bank: Bank, name: str) -> dict[str, list[float]]:
     async with _at_other_end(
         lambda fd: [sys.executable, "-m", "tui.screen_side", str(fd), "--size", "120x40"],
         stdout=subprocess.DEVNULL,
-        start_new_session=True,  # a scheduling group apart from the bus's, as in banking dashboard
+        # In the bus's session, as in banking dashboard: there the screen's nice
+        # counts against the bus (Linux shares the processor between sessions first).
     ) as (stream, screen):
         inbox, outbox = Inbox(stream), Outbox(stream)
         await outbox.send(Ready(bank.bus.projections.dsn))

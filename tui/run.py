@@ -175,11 +175,13 @@ def _run_split(dsn: str | None, where: str, metrics_port: int | None, errors: IO
             stdin=subprocess.DEVNULL,
             stdout=None if terminal else subprocess.DEVNULL,  # the terminal, to put it back if the screen dies
             stderr=errors,
-            # A session of its own: the terminal's signals (Ctrl-C, a hang-up)
-            # are the screen's to handle; and Linux's scheduler shares the
-            # processor fairly between sessions (autogroups), so the screen's
-            # frames come out of the terminal session's share, not the bus's.
-            start_new_session=True,
+            # A process group of its own: the terminal's signals (Ctrl-C, a
+            # hang-up) go to its foreground group, the screen's, which handles
+            # them. The same session as the screen: Linux's scheduler shares
+            # the processor between sessions first (autogroups), and nice
+            # counts only inside one, so only there do the screen's frames
+            # yield to the bus (SCREEN_NICE).
+            process_group=0,
         )
     finally:
         theirs.close()
