@@ -248,11 +248,9 @@ class Replica:
     # ------------------------------------------------------------ the monitor
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Check the standby until cancelled; started after the first check.
-
-        Opening the pool connects nowhere: a standby that is down at the start
-        is ``down``, and the store opens all the same.
-        """
+        """Check the standby (and trim its pool) until cancelled; started after
+        the first check. Opening the pool connects nowhere: a standby that is
+        down at the start is ``down``, and the store opens all the same."""
         self._pool = await _db.create_pool(
             self.dsn, max_size=self._pool_size, min_size=0, application_name="eventbus-replica"
         )

@@ -3,8 +3,9 @@ the consumer's end of it.
 
 ``_delivery``: one subscription's delivery state and the words for it;
 ``_subscription``: the consumer's end, which only reads that state;
-``_hub``: the actor, the only writer of delivery state. Imports run
-``_hub`` -> ``_subscription`` -> ``_delivery``.
+``_hub``: the actor, the only writer of delivery state; ``_open``: running
+one over a store. Imports run ``_open`` -> ``_hub`` -> ``_subscription`` ->
+``_delivery``.
 """
 
 from ._delivery import (
@@ -15,7 +16,8 @@ from ._delivery import (
     SubscriptionState,
     SubscriptionStatistics,
 )
-from ._hub import EventStream, open_event_stream, subscribe_slice
+from ._hub import EventStream
+from ._open import open_event_stream, subscribe_slice
 from ._subscription import Subscription
 
 __all__ = [
