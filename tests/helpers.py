@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -107,3 +109,32 @@ async def wait_for_schema(standby_dsn: str) -> None:
             finally:
                 await conn.close()
             await trio.sleep(STANDBY_RETRY)
+
+
+class SchedulerCount(trio.abc.Instrument):
+    """Steps of each task (by name) and scheduler rounds (waits for I/O)."""
+
+    def __init__(self) -> None:
+        self.steps: dict[str, int] = {}
+        self.rounds = 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        self.steps[task.name] = self.steps.get(task.name, 0) + 1
+
+    def before_io_wait(self, timeout: float) -> None:
+        self.rounds += 1
+
+    def steps_of(self, suffix: str) -> int:
+        """The steps of the tasks whose names end with ``suffix``."""
+        return sum(count for name, count in self.steps.items() if name.endswith(suffix))
+
+
+@contextmanager
+def counting_scheduler() -> Iterator[SchedulerCount]:
+    """Count the run's steps and rounds for the block."""
+    count = SchedulerCount()
+    trio.lowlevel.add_instrument(count)
+    try:
+        yield count
+    finally:
+        trio.lowlevel.remove_instrument(count)

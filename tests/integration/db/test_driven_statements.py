@@ -17,6 +17,8 @@ import trio_asyncio
 
 from eventbus import ClosedError, DatabaseError, _db, open_bus
 
+from ...helpers import counting_scheduler
+
 
 @asynccontextmanager
 async def connection(dsn: str) -> AsyncIterator[_db.Connection]:
@@ -100,33 +102,17 @@ async def test_a_task_started_outside_the_bus_block_runs_and_cancels_statements(
     assert answers == [42, 1]
 
 
-class _Steps(trio.abc.Instrument):
-    """Counts the steps of each task, by name."""
-
-    def __init__(self) -> None:
-        self.steps: dict[str, int] = {}
-
-    def before_task_step(self, task: trio.lowlevel.Task) -> None:
-        self.steps[task.name] = self.steps.get(task.name, 0) + 1
-
-
 async def test_a_reply_wakes_the_statement_without_a_round_of_the_loops_task(dsn: str) -> None:
     """The server's reply is read by the socket's task, which wakes the waiting
     statement itself: the asyncio loop's own task has nothing to run, and the
     reader does not wait for it (before, every reply took a step of each)."""
     async with open_bus(dsn), connection(dsn) as conn:
         await conn.fetchval("SELECT 1")
-        steps = _Steps()
-        trio.lowlevel.add_instrument(steps)
-        try:
+        with counting_scheduler() as count:
             for n in range(50):
                 assert await conn.fetchval("SELECT $1::int", n) == n
-        finally:
-            trio.lowlevel.remove_instrument(steps)
-    loop_steps = sum(count for name, count in steps.steps.items() if name.endswith("_main_loop"))
-    reader_steps = sum(count for name, count in steps.steps.items() if name.endswith("_serve_fd"))
-    assert loop_steps < 5, steps.steps
-    assert 50 <= reader_steps <= 60, steps.steps
+    assert count.steps_of("_main_loop") < 5, count.steps
+    assert 50 <= count.steps_of("_serve_fd") <= 60, count.steps
 
 
 async def test_a_statement_of_an_outer_task_ends_with_closed_error_when_the_bus_closes(dsn: str) -> None:

@@ -15,6 +15,8 @@ import trio
 from eventbus import ClosedError, StoreUnavailable, _db
 from eventbus._db import _pool
 
+from ...helpers import counting_scheduler
+
 
 @asynccontextmanager
 async def pool_of(dsn: str, size: int, name: str, min_size: int = 1) -> AsyncIterator[_db.Pool]:
@@ -208,31 +210,16 @@ async def test_a_pool_that_connects_lazily_opens_on_a_server_that_is_down_and_it
             await _db.create_pool(f"postgresql://nobody@127.0.0.1:{port}/none", max_size=2)
 
 
-class _Steps(trio.abc.Instrument):
-    """Counts the steps of each task, by name."""
-
-    def __init__(self) -> None:
-        self.steps: dict[str, int] = {}
-
-    def before_task_step(self, task: trio.lowlevel.Task) -> None:
-        self.steps[task.name] = self.steps.get(task.name, 0) + 1
-
-
 async def test_a_pooled_read_runs_in_the_calling_task_without_a_step_of_the_asyncio_loop(dsn: str) -> None:
     """A read that finds a free connection drives its statement in the caller:
     asyncpg's own pool needed an asyncio task for each (a step of the loop's
     task or more per read, and 820 us of processor time against 150 us)."""
     async with pool_of(dsn, 2, "pool-steps") as pool:
         await pool.fetchval("SELECT 1")
-        steps = _Steps()
-        trio.lowlevel.add_instrument(steps)
-        try:
+        with counting_scheduler() as count:
             for n in range(50):
                 assert await pool.fetchval("SELECT $1::int", n) == n
-        finally:
-            trio.lowlevel.remove_instrument(steps)
-    loop_steps = sum(count for name, count in steps.steps.items() if name.endswith("_main_loop"))
-    assert loop_steps < 5, steps.steps
+    assert count.steps_of("_main_loop") < 5, count.steps
 
 
 async def test_a_block_cancelled_as_its_transaction_begins_gives_the_next_borrower_a_clean_connection(dsn: str) -> None:
