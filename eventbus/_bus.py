@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 
 import attrs
@@ -48,8 +48,8 @@ POLL_INTERVAL = 1.0
 NOTIFY_CHANNEL = "eventbus_events"
 
 _REGISTER = """
-INSERT INTO eventbus.listeners (origin, pid) VALUES ($1, pg_backend_pid())
-ON CONFLICT (origin) DO UPDATE SET pid = excluded.pid, since = now()
+INSERT INTO eventbus.listeners (origin, pid, listening) VALUES ($1, pg_backend_pid(), $2)
+ON CONFLICT (origin) DO UPDATE SET pid = excluded.pid, since = now(), listening = excluded.listening
 """
 _UNREGISTER = "DELETE FROM eventbus.listeners WHERE origin = $1"
 _FORGET_GONE = "DELETE FROM eventbus.listeners WHERE pid NOT IN (SELECT pid FROM pg_stat_activity)"
@@ -76,8 +76,17 @@ class BusStatistics:
 
 
 class _Listener:
+    """The bus's LISTEN connection, and its presence in ``eventbus.listeners``.
+
+    With ``listen=False`` the bus holds no connection until ``present()``
+    says it should be seen (it runs projections): it then holds one that
+    only registers it, without listening (writers do not notify for it), so
+    that ``eventbus status`` and operators' requests find it.
+    """
+
     def __init__(self, dsn: str, stream: EventStream, origin: str, poll_interval: float, listen: bool = True) -> None:
         self._listen = listen
+        self.present: Callable[[], bool] = lambda: False
         self._dsn = dsn
         self._stream = stream
         self._origin = origin
@@ -88,6 +97,10 @@ class _Listener:
 
     @property
     def connected(self) -> bool:
+        """Whether the bus listens now (False with ``listen=False``)."""
+        return self._listen and self._up()
+
+    def _up(self) -> bool:
         return self._conn is not None and not self._conn.is_closed()
 
     def _on_notify(self, payload: str) -> None:
@@ -100,10 +113,12 @@ class _Listener:
         task_status.started()
         try:
             while True:
-                if self._listen and not self.connected:
+                if self._listen and not self._up():
                     await self._connect()
                     # Whatever was appended while nobody listened.
                     self._stream.poll_soon()
+                elif not self._listen and not self._up() and self.present():
+                    await self._connect()
                 # Half-interval ticks, skipped while local batches flow (each
                 # reads what other processes appended before it): an event whose
                 # notification was lost still arrives within the poll interval.
@@ -121,14 +136,17 @@ class _Listener:
             self._conn.terminate()
             self._conn = None
         try:
-            conn = await _db.connect(self._dsn, application_name="eventbus-listen")
+            conn = await _db.connect(
+                self._dsn, application_name="eventbus-listen" if self._listen else "eventbus-presence"
+            )
         except StoreUnavailable:
             return  # the next tick tries again
         try:
-            await conn.add_listener(NOTIFY_CHANNEL, self._on_notify)
+            if self._listen:
+                await conn.add_listener(NOTIFY_CHANNEL, self._on_notify)
             # Writers of other processes notify only while some bus listens.
             await conn.execute(_FORGET_GONE)
-            await conn.execute(_REGISTER, self._origin)
+            await conn.execute(_REGISTER, self._origin, self._listen)
         except BaseException as exc:
             conn.terminate()
             if isinstance(exc, StoreUnavailable):
@@ -238,6 +256,7 @@ async def run_bus(
         listener = _Listener(dsn, stream, store.origin, poll_interval, listen)
         await nursery.start(listener.run)
         projections = ProjectionManager(dsn, store, stream, nursery)
+        listener.present = lambda: bool(projections.status())
         task_status.started(Bus(store, stream, listener, projections))
 
 
@@ -274,7 +293,9 @@ async def open_bus(
     and this process the wake-up of every notification, for a process that
     only appends and reads (a command line, a dashboard's screen): the stream
     then learns of other processes' appends every ``poll_interval / 2``
-    seconds, and a subscriber receives them that late.
+    seconds, and a subscriber receives them that late. Once such a bus runs
+    a projection, it holds one connection that does not listen but registers
+    it, so that ``eventbus status`` and operators' requests find it.
 
     Raises:
         InvalidEvent: ``max_batch_bytes`` is out of range.

@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )  # fmt: skip
 
-    p = add(sub, "status", "the store, every projection and the listening buses (a readiness probe)")
+    p = add(sub, "status", "the store, every projection and the running buses (a readiness probe)")
     p.add_argument("--json", action="store_true", help="one JSON object")
     p.add_argument("--max-lag", type=_count, default=None, help="unhealthy when a projection lags more than N")
     p = add(sub, "tail", "events as they are committed, by any process")

@@ -1,4 +1,4 @@
-"""``eventbus status``: the store, every projection, the listening buses."""
+"""``eventbus status``: the store, every projection, the running buses."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ EXACT_COUNT_BELOW = 100_000
 """Events are counted exactly below this many (by the planner's estimate), estimated above."""
 
 _BUSES = """
-SELECT l.origin, l.since, a.client_addr::text AS client, a.pid AS backend
+SELECT l.origin, l.since, l.listening, a.client_addr::text AS client, a.pid AS backend
 FROM eventbus.listeners l JOIN pg_stat_activity a ON a.pid = l.pid
 ORDER BY l.since
 """
@@ -101,7 +101,7 @@ async def gather(conn: _db.Connection, max_lag: int | None) -> dict[str, Any]:
     }
     buses = [
         {"origin": row["origin"], "pid": origin_pid(row["origin"]), "client": row["client"] or "local",
-         "backend_pid": row["backend"], "since": row["since"].isoformat()}
+         "backend_pid": row["backend"], "since": row["since"].isoformat(), "listening": row["listening"]}
         for row in await conn.fetch(_BUSES)
     ]  # fmt: skip
     runners = await live_runners(conn)
@@ -177,9 +177,9 @@ def show(report: dict[str, Any]) -> None:
         ],
     )  # fmt: skip
     print_table(
-        "listening buses",
-        ["origin", "pid", "client", "since"],
-        [[b["origin"], b["pid"], b["client"], b["since"]] for b in report["buses"]],
+        "buses",
+        ["origin", "pid", "client", "since", "listens"],
+        [[b["origin"], b["pid"], b["client"], b["since"], "yes" if b["listening"] else "no"] for b in report["buses"]],
     )
     problems = [f"{p['name']}: {', '.join(p['problems'])}" for p in report["projections"] if p["problems"]]
     print("healthy" if report["healthy"] else "unhealthy: " + "; ".join(problems))

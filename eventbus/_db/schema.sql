@@ -105,6 +105,10 @@ CREATE TABLE IF NOT EXISTS eventbus.listeners (
     pid integer NOT NULL,
     since timestamptz NOT NULL DEFAULT now()
 );
+-- A bus opened without listening (listen=False) that runs projections is
+-- here too, so that operators' tools see it, with listening false: writers
+-- do not notify for it.
+ALTER TABLE eventbus.listeners ADD COLUMN IF NOT EXISTS listening boolean NOT NULL DEFAULT true;
 
 -- What each running bus's projections are doing, for operators whose command
 -- line cannot see into the process (``eventbus status``): a bus writes its
@@ -455,7 +459,7 @@ BEGIN
         SELECT t.tag, v_pos[t.ev] FROM unnest(p_tag_of, p_tags) AS t(ev, tag)
         WHERE v_pos[t.ev] > 0;
         PERFORM setval('eventbus.event_position', v_base + v_count);
-        IF EXISTS (SELECT 1 FROM eventbus.listeners l WHERE l.origin <> p_origin) THEN
+        IF EXISTS (SELECT 1 FROM eventbus.listeners l WHERE l.origin <> p_origin AND l.listening) THEN
             PERFORM pg_notify('eventbus_events', p_origin || ' ' || (v_base + v_count)::text);
         END IF;
         RETURN QUERY SELECT 0, 'ok'::text, NULL::uuid, v_base + 1, v_now, NULL::text, NULL::jsonb, NULL::jsonb, v_count;

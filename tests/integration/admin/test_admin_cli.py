@@ -193,6 +193,39 @@ async def test_status_of_a_healthy_bus_shows_the_store_the_projection_and_the_bu
     assert "ledger" in plain.out and "live" in plain.out and plain.out.endswith("healthy\n")
 
 
+async def test_a_bus_that_does_not_listen_is_seen_by_status_and_carries_out_requests(dsn: str) -> None:
+    """With listen=False a bus held no connection in eventbus.listeners, so
+    status showed its live projection as "not running" and requests for it
+    were refused. Running a projection, it now registers without listening."""
+    async with open_bus(dsn, listen=False, poll_interval=0.1) as bus:
+        await bus.store.append([deposit(f"acc{n % 3}", 1) for n in range(30)])
+        await bus.projections.start(ledger())
+        await bus.projections.wait_until_caught_up("ledger", timeout=20)
+        await published(dsn, "ledger", "live")
+        async with testing.open_loop():
+            conn = await testing.connect(dsn)
+            try:
+                sql = "SELECT listening FROM eventbus.listeners WHERE origin = $1"
+                with trio.fail_after(20):
+                    while (listening := await conn.fetchval(sql, bus.store.origin)) is None:
+                        await trio.sleep(0.02)
+            finally:
+                await conn.close()
+        assert listening is False
+        assert bus.statistics().listener.connected is False  # it does not listen
+        run = await cli(dsn, "status", "--json")
+        plain = await cli(dsn, "status")
+        rebuilt = await cli(dsn, "projections", "rebuild", "ledger")
+        assert sum((await balances(bus)).values()) == 30
+    assert run.status == 0, run.err
+    [projection] = run.json()["projections"]
+    assert projection["state"] == "live" and projection["leader"].endswith(f":{os.getpid()}")
+    assert [(b["origin"], b["listening"]) for b in run.json()["buses"]] == [(bus.store.origin, False)]
+    assert plain.status == 0 and "listens" in plain.out and "not running" not in plain.out
+    assert rebuilt.status == 0, rebuilt.err
+    assert rebuilt.out == "rebuilt ledger; swapped in at position 30\n"
+
+
 async def test_status_is_exit_1_when_a_projection_failed_and_shows_its_error(dsn: str) -> None:
     async with failed_ledger(dsn):
         run = await cli(dsn, "status", "--json")

@@ -9,7 +9,17 @@ from __future__ import annotations
 import pytest
 import trio
 
-from eventbus import Event, InvalidOption, Subscription, create_filter, open_bus
+from eventbus import (
+    Event,
+    EventRecord,
+    InvalidOption,
+    Projection,
+    Subscription,
+    Transaction,
+    create_filter,
+    open_bus,
+    testing,
+)
 
 EVERYTHING = create_filter([])
 
@@ -118,3 +128,40 @@ async def test_a_first_subscription_of_a_bus_that_does_not_listen_reads_what_is_
             async with quiet.subscribe(EVERYTHING, after=before + 10) as sub:
                 got = await positions_up_to(sub, before + 50, 10)
             assert got == list(range(before + 11, before + 51))
+
+
+async def _ignore(tx: Transaction, record: EventRecord) -> None:
+    return None
+
+
+async def test_a_bus_that_does_not_listen_but_runs_a_projection_is_registered_and_never_notified(dsn: str) -> None:
+    """It registers (for eventbus status), marked as not listening: writers
+    of other processes still send no notification on its account."""
+    heard: list[str] = []
+    registered = "SELECT listening FROM eventbus.listeners WHERE origin = $1"
+    async with open_bus(dsn, listen=False, poll_interval=0.1) as quiet, open_bus(dsn, listen=False) as writer:
+        await quiet.projections.start(Projection("quiet", {"Deposited": _ignore}))
+        with trio.fail_after(20):
+            while await writer.store.pool.fetchval(registered, quiet.store.origin) is None:
+                await trio.sleep(0.02)
+        # A session that LISTENs without registering hears whatever writers send.
+        ear = await testing.connect(dsn)
+        try:
+            await ear.add_listener("eventbus_events", heard.append)
+            await writer.store.append(deposits(1))  # only a bus that does not listen: no notification
+            async with open_bus(dsn) as listening:
+                with trio.fail_after(20):
+                    while await writer.store.pool.fetchval(registered, listening.store.origin) is not True:
+                        await trio.sleep(0.02)
+                [record] = await writer.store.append(deposits(1))
+                with trio.fail_after(20):
+                    while not heard:
+                        await trio.sleep(0.01)
+        finally:
+            await ear.close()
+        names = await writer.store.pool.fetch(
+            "SELECT application_name FROM pg_stat_activity WHERE datname = current_database()"
+        )
+    # Notifications come in commit order: the first append sent none.
+    assert heard == [f"{writer.store.origin} {record.sequence_number}"]
+    assert sum(row["application_name"] == "eventbus-presence" for row in names) == 1
