@@ -84,9 +84,17 @@ class _Listener:
     that ``eventbus status`` and operators' requests find it.
     """
 
-    def __init__(self, dsn: str, stream: EventStream, origin: str, poll_interval: float, listen: bool = True) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        stream: EventStream,
+        origin: str,
+        poll_interval: float,
+        listen: bool = True,
+        present: Callable[[], bool] = lambda: False,
+    ) -> None:
         self._listen = listen
-        self.present: Callable[[], bool] = lambda: False
+        self._present = present
         self._dsn = dsn
         self._stream = stream
         self._origin = origin
@@ -117,7 +125,7 @@ class _Listener:
                     await self._connect()
                     # Whatever was appended while nobody listened.
                     self._stream.poll_soon()
-                elif not self._listen and not self._up() and self.present():
+                elif not self._listen and not self._up() and self._present():
                     await self._connect()
                 # Half-interval ticks, skipped while local batches flow (each
                 # reads what other processes appended before it): an event whose
@@ -152,7 +160,8 @@ class _Listener:
             if isinstance(exc, StoreUnavailable):
                 return
             if isinstance(exc, EventBusError):  # polls still bring other processes' events
-                _log.warning("the bus could not listen (%s); it tries again at the next tick", exc)
+                _log.warning("the bus could not %s (%s); it tries again at the next tick",
+                             "listen" if self._listen else "register for eventbus status", exc)  # fmt: skip
                 return
             raise
         self._conn = conn
@@ -253,10 +262,9 @@ async def run_bus(
         stream = EventStream(store, await store.head())
         stream.notified = listen
         await nursery.start(stream.run)
-        listener = _Listener(dsn, stream, store.origin, poll_interval, listen)
-        await nursery.start(listener.run)
         projections = ProjectionManager(dsn, store, stream, nursery)
-        listener.present = lambda: bool(projections.status())
+        listener = _Listener(dsn, stream, store.origin, poll_interval, listen, lambda: bool(projections.status()))
+        await nursery.start(listener.run)
         task_status.started(Bus(store, stream, listener, projections))
 
 

@@ -202,15 +202,10 @@ async def test_a_bus_that_does_not_listen_is_seen_by_status_and_carries_out_requ
         await bus.projections.start(ledger())
         await bus.projections.wait_until_caught_up("ledger", timeout=20)
         await published(dsn, "ledger", "live")
-        async with testing.open_loop():
-            conn = await testing.connect(dsn)
-            try:
-                sql = "SELECT listening FROM eventbus.listeners WHERE origin = $1"
-                with trio.fail_after(20):
-                    while (listening := await conn.fetchval(sql, bus.store.origin)) is None:
-                        await trio.sleep(0.02)
-            finally:
-                await conn.close()
+        sql = "SELECT listening FROM eventbus.listeners WHERE origin = $1"
+        with trio.fail_after(20):
+            while (listening := await bus.store.pool.fetchval(sql, bus.store.origin)) is None:
+                await trio.sleep(0.02)
         assert listening is False
         assert bus.statistics().listener.connected is False  # it does not listen
         run = await cli(dsn, "status", "--json")
