@@ -42,6 +42,7 @@ import trio
 import trio_asyncio
 from trio_asyncio._handles import AsyncHandle as _AsyncHandle
 
+from .._channels import buffered, queued
 from .._errors import ClosedError
 from .._nursery import collapse
 
@@ -216,7 +217,7 @@ async def _drain_ready_callbacks(self: Any, no_wait: bool = False) -> None:  # p
                 return
     # Only the callbacks queued by now, as asyncio's own loop does: one that
     # queues itself again (a task awaiting sleep(0)) waits for the next round.
-    more = self._q_recv.statistics().current_buffer_used
+    more = buffered(self._q_recv)
     while True:
         if isinstance(obj, asyncio.TimerHandle) and not due:
             heapq.heappush(self._timers, obj)
@@ -239,35 +240,6 @@ async def _drain_ready_callbacks(self: Any, no_wait: bool = False) -> None:  # p
             return
 
 
-def _queued_by_statistics(queue: trio.MemorySendChannel[Any]) -> tuple[int, int]:
-    # A callback sent to the loop's task while it waits is handed over, not buffered.
-    stats = queue.statistics()
-    return stats.current_buffer_used, stats.tasks_waiting_receive
-
-
-def _queued_by_state(queue: trio.MemorySendChannel[Any]) -> tuple[int, int]:
-    # The same two counts, read where statistics() reads them, without
-    # building its seven-field record twice for every reply.
-    state = queue._state
-    return len(state.data), len(state.receive_tasks)
-
-
-def _reads_like_statistics() -> bool:
-    send, receive = trio.open_memory_channel[Any](1)
-    try:
-        before = _queued_by_state(send) == _queued_by_statistics(send) == (0, 0)
-        send.send_nowait(None)
-        return before and _queued_by_state(send) == _queued_by_statistics(send) == (1, 0)
-    except (AttributeError, TypeError):  # pragma: no cover - a trio unlike the one this was written against
-        return False
-    finally:
-        send.close()
-        receive.close()
-
-
-_queued = _queued_by_state if _reads_like_statistics() else _queued_by_statistics
-
-
 async def _serve_fd(self: Any, fd: int, handle: Any, wait_ready: Any) -> None:  # pragma: no cover - timing only
     """trio-asyncio's ``_io_task``, waiting for the loop only after a handler that queued callbacks."""
     with handle._scope:
@@ -283,9 +255,9 @@ async def _serve_fd(self: Any, fd: int, handle: Any, wait_ready: Any) -> None:  
                     raise
                 if handle._cancelled:
                     break
-                before = _queued(self._q_send)
+                before = queued(self._q_send)  # a callback sent to the loop's task while it waits is handed over
                 handle._run()
-                if _queued(self._q_send) != before:
+                if queued(self._q_send) != before:
                     await self.synchronize()
         except Exception as exc:
             handle._raise(exc)

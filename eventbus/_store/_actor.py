@@ -27,6 +27,7 @@ import attrs
 import trio
 
 from .. import _db, _telemetry
+from .._channels import buffered
 from .._errors import (
     ClosedError,
     ConcurrencyError,
@@ -162,7 +163,7 @@ class StoreActor:
                         lane = idle_receive.receive_nowait()
                     except trio.WouldBlock:
                         lane = await idle_receive.receive()
-                    batch = await self._next_batch(lambda: idle_receive.statistics().current_buffer_used + 1)
+                    batch = await self._next_batch(lambda: buffered(idle_receive) + 1)
                     turn = trio.Event()
                     self._in_flight.update(batch)
                     nursery.start_soon(self._carry, lane, batch, answered, turn, idle_send)
@@ -251,7 +252,7 @@ class StoreActor:
             events += len(request.events)
             size += request.size
             if len(batch) == 1:
-                ready = 1 + self._receive.statistics().current_buffer_used + len(self._pending)
+                ready = 1 + buffered(self._receive) + len(self._pending)
                 limit = min(MAX_BATCH_APPENDS, math.ceil(ready / idle_lanes()))
         self._pending.extendleft(reversed(held))
         return batch

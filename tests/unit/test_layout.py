@@ -23,6 +23,7 @@ PACKAGE = ROOT / "eventbus"
 RANKS = {
     "eventbus._errors": 0,
     "eventbus._nursery": 0,
+    "eventbus._channels": 0,
     "eventbus._values": 1,
     "eventbus._db": 1,
     "eventbus._store": 2,

@@ -14,7 +14,6 @@ import sys
 
 import pytest
 import trio
-import trio.testing
 import trio_asyncio
 from trio_asyncio._handles import AsyncHandle
 
@@ -50,34 +49,6 @@ def test_the_private_parts_the_patch_uses_exist() -> None:
             assert isinstance(loop._timers, list)
             assert isinstance(loop._q_recv, trio.MemoryReceiveChannel)
             assert isinstance(loop._stopped, trio.Event)
-
-    trio.run(main)
-
-
-def test_the_loops_queue_is_read_from_trios_state_and_counts_what_statistics_counts() -> None:
-    assert _loop._queued is _loop._queued_by_state  # not the slower fallback
-
-    async def main() -> None:
-        send, receive = trio.open_memory_channel[int](4)
-        seen: list[tuple[tuple[int, int], tuple[int, int]]] = []
-
-        def both() -> None:
-            seen.append((_loop._queued_by_state(send), _loop._queued_by_statistics(send)))
-
-        both()
-        send.send_nowait(1)
-        send.send_nowait(2)
-        both()
-        receive.receive_nowait()
-        receive.receive_nowait()
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(receive.receive)
-            await trio.testing.wait_all_tasks_blocked()
-            both()  # a task waiting to receive
-            send.send_nowait(3)  # handed over, not buffered
-            both()
-        assert [fast for fast, _ in seen] == [(0, 0), (2, 0), (0, 1), (0, 0)]
-        assert all(fast == slow for fast, slow in seen)
 
     trio.run(main)
 
