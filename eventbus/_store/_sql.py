@@ -39,8 +39,12 @@ class BatchArguments:
     origin: str
 
     def parameters(self) -> tuple[Any, ...]:
-        """The values for ``$1 .. $12``, in the order of the fields."""
-        return attrs.astuple(self, recurse=False)
+        """The values for ``$1 .. $12``, in the order of the fields.
+
+        Written out: ``attrs.astuple`` takes about 3 us a call, this 0.2 us
+        (``tests/unit/store/test_sql.py`` checks the two agree)."""
+        return (self.append_of, self.ids, self.types, self.payloads, self.metadata, self.tag_of, self.tags,
+                self.conditions, self.dep_of, self.dep_on, self.check_ids, self.origin)  # fmt: skip
 
 
 APPEND_SQL = (
