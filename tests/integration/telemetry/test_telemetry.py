@@ -247,6 +247,60 @@ async def test_without_the_opentelemetry_api_nothing_is_recorded_and_the_metadat
     assert out.stdout == b"ok\n"
 
 
+async def test_with_no_tracer_provider_set_no_span_is_begun_and_one_set_after_the_bus_opened_records_them(
+    dsn: str,
+) -> None:
+    code = textwrap.dedent(
+        """
+        import sys
+        import trio
+        from opentelemetry import trace
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+        from eventbus import Event, open_bus, Projection
+        from eventbus import _telemetry
+
+        started = []
+        class Counted:  # the bus's tracer, counting the spans begun
+            def __init__(self, tracer):
+                self.tracer = tracer
+            def start_as_current_span(self, name, *args, **kwargs):
+                started.append(name)
+                return self.tracer.start_as_current_span(name, *args, **kwargs)
+        _telemetry._on.tracer = Counted(_telemetry._on.tracer)
+
+        async def handle(tx, record):
+            pass
+
+        async def main(dsn):
+            spans = InMemorySpanExporter()
+            async with open_bus(dsn) as bus:
+                await bus.projections.start(Projection("noop", {"Tick": handle}))
+                await bus.store.append([Event("Tick", {})])
+                await bus.projections.wait_until_caught_up("noop", timeout=20)
+                assert started == [], started  # nothing set: not even begun
+                provider = TracerProvider()
+                provider.add_span_processor(SimpleSpanProcessor(spans))
+                trace.set_tracer_provider(provider)
+                with trace.get_tracer("caller").start_as_current_span("command"):
+                    await bus.store.append([Event("Tick", {})])
+                await bus.projections.wait_until_caught_up("noop", timeout=20)
+            names = sorted(span.name for span in spans.get_finished_spans())
+            assert names == ["command", "eventbus.append_batch", "eventbus.projection_batch"], names
+            print("ok")
+
+        trio.run(main, sys.argv[1])
+        """
+    )
+    with trio.fail_after(120):
+        out = await trio.run_process(
+            [sys.executable, "-c", code, dsn], capture_stdout=True, capture_stderr=True, cwd=ROOT, check=False
+        )
+    assert out.returncode == 0, out.stderr.decode()
+    assert out.stdout == b"ok\n"
+
+
 class Owner:
     """Something with lags to report."""
 
