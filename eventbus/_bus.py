@@ -263,6 +263,7 @@ async def run_bus(
         stream.notified = listen
         await nursery.start(stream.run)
         projections = ProjectionManager(dsn, store, stream, nursery)
+        nursery.start_soon(projections.run, name="projection calls")  # ends them as the bus closes
         listener = _Listener(dsn, stream, store.origin, poll_interval, listen, lambda: bool(projections.status()))
         await nursery.start(listener.run)
         task_status.started(Bus(store, stream, listener, projections))

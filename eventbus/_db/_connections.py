@@ -391,9 +391,16 @@ class Connection:
         self._raw.terminate()
 
     def terminate(self) -> None:
-        """Drop the connection at once, without telling the server."""
+        """Drop the connection at once, without telling the server.
+
+        Once its asyncio loop has closed, asyncpg cannot (it asks the loop to
+        close the socket): the socket is then left to the garbage collector."""
         with contextlib.suppress(asyncpg.InterfaceError):  # one asyncpg closed already
-            self._raw.terminate()
+            try:
+                self._raw.terminate()
+            except RuntimeError:
+                if not self._loop.is_closed():
+                    raise
 
 
 async def create_database(admin_dsn: str, name: str, *, template: str | None = None) -> bool:

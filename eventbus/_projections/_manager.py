@@ -12,14 +12,14 @@ from __future__ import annotations
 import functools
 import logging
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Protocol
 
 import trio
 
-from .._db import Connection
-from .._errors import ProjectionError
+from .._db import CLOSE_TIMEOUT, Connection
+from .._errors import ClosedError, ProjectionError
 from .._store import EventStore
 from .._stream import EventStream
 from .._values import EventFilter
@@ -62,6 +62,10 @@ class ProjectionManager:
     Each projection started here runs as a task in the bus's nursery, which
     ends with the bus. The state of a projection (its checkpoint, its read
     model, its dead letters) lives in the database, not in the manager.
+
+    A call under way in a task outside the bus's block when the bus closes
+    (``rebuild``, ``wait_until_caught_up``) is cancelled, cleans up, and
+    raises ``ClosedError``; a call after that raises it at once.
     """
 
     def __init__(self, dsn: str, store: EventStore, stream: EventStream, nursery: trio.Nursery) -> None:
@@ -72,6 +76,48 @@ class ProjectionManager:
         self._runners: dict[str, Runner | PartitionedRunner] = {}
         self._rebuilding: set[str] = set()
         self._operations: Operations | None = None  # started with the first projection
+        self._closed = False
+        self._calls: set[trio.CancelScope] = set()  # of the calls under way that end with the bus
+        self._drained = trio.Event()  # set once the bus closed and those calls have ended
+
+    async def run(self) -> None:
+        """In the bus's nursery: wait until the bus closes, then :meth:`aclose`."""
+        try:
+            await trio.sleep_forever()
+        finally:
+            with trio.CancelScope(shield=True):
+                await self.aclose()
+
+    async def aclose(self) -> None:
+        """End the calls under way (they raise ``ClosedError`` once they have
+        cleaned up); later calls raise it at once. Blocks, shielded, until
+        those calls have ended, ``CLOSE_TIMEOUT`` at most (each one's own
+        clean-up is bounded too)."""
+        self._closed = True
+        if not self._calls:
+            return
+        for scope in list(self._calls):
+            scope.cancel()
+        with trio.move_on_after(CLOSE_TIMEOUT, shield=True):
+            await self._drained.wait()
+
+    @contextmanager
+    def _until_closed(self, what: str) -> Iterator[None]:
+        """Run the block as a call that the bus's closing ends: ``ClosedError``
+        then, once the block has cleaned up after its cancellation."""
+        if self._closed:
+            raise ClosedError(f"{what}: the bus is closed")
+        scope = trio.CancelScope()
+        self._calls.add(scope)
+        try:
+            with scope:
+                yield
+        finally:
+            self._calls.discard(scope)
+            if self._closed and not self._calls:
+                self._drained.set()
+        if scope.cancelled_caught:
+            raise ClosedError(f"{what}: the bus closed before it was done")
 
     def rebuilding(self, name: str) -> bool:
         """Whether a rebuild of projection ``name`` is under way here; never blocks."""
@@ -97,10 +143,13 @@ class ProjectionManager:
         Raises:
             ProjectionError: a projection of that name was started already, or
                 ``projection`` is not a Projection.
+            ClosedError: the bus is closed.
         """
         await trio.lowlevel.checkpoint()
         if not isinstance(projection, Projection):
             raise ProjectionError(f"start takes a Projection, not {projection!r}")
+        if self._closed:
+            raise ClosedError(f"projection {projection.name!r} cannot start: the bus is closed")
         if projection.name in self._runners:
             raise ProjectionError(f"projection {projection.name!r} is started already")
         runner: Runner | PartitionedRunner
@@ -109,8 +158,11 @@ class ProjectionManager:
             runner = PartitionedRunner(projection, dsn=self.dsn, stream=self.stream, rebuilding=rebuilding)
         else:
             runner = Runner(projection, dsn=self.dsn, stream=self.stream, rebuilding=rebuilding)
+        try:
+            self._nursery.start_soon(runner.run, name=f"projection {projection.name}")
+        except RuntimeError:  # the bus's nursery is closing or closed
+            raise ClosedError(f"projection {projection.name!r} cannot start: the bus is closed") from None
         self._runners[projection.name] = runner
-        self._nursery.start_soon(runner.run, name=f"projection {projection.name}")
         if self._operations is None:
             self._operations = Operations(
                 self.store.pool, self.store.origin, lambda: self._runners, self.rebuild, self.status
@@ -168,15 +220,17 @@ class ProjectionManager:
             ProjectionError: unknown name, or the projection is ``failed``.
             TimeoutError: not caught up within ``timeout`` seconds.
             StoreUnavailable: the store's head could not be read.
+            ClosedError: the bus is closed, or closed during the wait.
         """
         runner = self._runner(name)
-        target = await self.store.head()
-        with trio.move_on_after(math.inf if timeout is None else timeout):
-            while runner.position() < target or runner.state == ProjectionState.FAILED:
-                if runner.state == ProjectionState.FAILED:
-                    raise ProjectionError(f"projection {name!r} failed: {runner.last_error}")
-                await runner.wait_changed()
-            return
+        with self._until_closed(f"waiting for projection {name!r}"):
+            target = await self.store.head()
+            with trio.move_on_after(math.inf if timeout is None else timeout):
+                while runner.position() < target or runner.state == ProjectionState.FAILED:
+                    if runner.state == ProjectionState.FAILED:
+                        raise ProjectionError(f"projection {name!r} failed: {runner.last_error}")
+                    await runner.wait_changed()
+                return
         raise TimeoutError(f"projection {name!r} is not at position {target} after {timeout} s")
 
     @asynccontextmanager
@@ -281,19 +335,22 @@ class ProjectionManager:
                 projection is stopped, before the swap), or the swap could
                 not get its locks. The shadow copy is dropped.
             HandlerFailed: a handler failed on the copy (the live model stays).
+            ClosedError: the bus is closed, or closed before the swap (the
+                copy is abandoned as on cancellation).
         """
         runner = self._runner(name)
         if name in self._rebuilding:
             raise ProjectionError(f"projection {name!r} is being rebuilt already")
-        if isinstance(runner, PartitionedRunner):
-            await self._rebuild_partitioned(runner, progress)
-            return
-        if not runner.leader:
-            raise ProjectionError(f"projection {name!r} is led by another process (or not yet): rebuild it there")
-        try:
-            await self._logged_rebuild(name, self._rebuild_led(runner, progress))
-        finally:
-            runner.interrupt()  # its state is worked out again
+        with self._until_closed(f"the rebuild of projection {name!r}"):
+            if isinstance(runner, PartitionedRunner):
+                await self._rebuild_partitioned(runner, progress)
+                return
+            if not runner.leader:
+                raise ProjectionError(f"projection {name!r} is led by another process (or not yet): rebuild it there")
+            try:
+                await self._logged_rebuild(name, self._rebuild_led(runner, progress))
+            finally:
+                runner.interrupt()  # its state is worked out again
 
     async def _rebuild_led(self, runner: Runner, progress: Progress | None) -> int:
         await Rebuild(runner.projection, runner, self.dsn, self.store, self.stream, progress).run()

@@ -20,6 +20,7 @@ import trio
 
 from eventbus import (
     Bus,
+    ClosedError,
     ConcurrencyError,
     Event,
     EventQuery,
@@ -27,6 +28,7 @@ from eventbus import (
     Transaction,
     create_filter,
     open_bus,
+    open_event_store,
 )
 
 Op = Callable[[], Awaitable[Any]]
@@ -185,3 +187,61 @@ async def test_two_buses_opened_by_sibling_tasks_serve_an_outer_task_each_on_its
             assert len(result.events) == 2
         done.set()
         nursery.cancel_scope.cancel()
+
+
+async def slow_deposit(tx: Transaction, record: Any) -> None:
+    await trio.sleep(0.2)  # a rebuild or a wait that is still under way when the bus closes
+    await on_deposit(tx, record)
+
+
+async def schemas_like(dsn: str, pattern: str) -> list[str]:
+    async with open_event_store(dsn) as store:
+        rows = await store.pool.fetch("SELECT nspname FROM pg_namespace WHERE nspname LIKE $1", pattern)
+    return sorted(row["nspname"] for row in rows)
+
+
+@pytest.mark.parametrize("call", ["rebuild", "wait", "wait without a timeout"])
+async def test_a_projection_call_from_an_outer_task_under_way_as_the_bus_closes_ends_with_closed_error(
+    dsn: str, call: str
+) -> None:
+    ended: list[BaseException | None] = []
+    took: list[float] = []
+
+    async def caller(bus: Bus, started: trio.Event) -> None:
+        began = trio.current_time()
+        try:
+            with trio.fail_after(30):
+                started.set()
+                if call == "rebuild":
+                    await bus.projections.rebuild("totals")
+                else:
+                    await bus.projections.wait_until_caught_up("totals", None if "without" in call else 60)
+            ended.append(None)
+        except BaseException as exc:  # what ends it is the finding
+            ended.append(exc)
+        took.append(trio.current_time() - began)
+
+    async with trio.open_nursery() as outer:
+        async with open_bus(dsn, listen=False) as bus:
+            await bus.store.append([deposit(f"a{n}", 1) for n in range(30)])  # 6 s of a slow handler
+            await bus.projections.start(Projection(name="totals", handlers={"Deposited": slow_deposit}, setup=setup))
+            with trio.fail_after(30):
+                while not bus.projections.status()["totals"].leader:
+                    await trio.sleep(0.05)
+            started = trio.Event()
+            outer.start_soon(caller, bus, started)
+            await started.wait()
+            await trio.sleep(0.5)  # well into the call
+        closed_at = trio.current_time()
+        with trio.fail_after(10):
+            while not ended:
+                await trio.sleep(0.05)
+        assert isinstance(ended[0], ClosedError), repr(ended[0])
+        assert "the bus closed" in str(ended[0])
+        assert trio.current_time() - closed_at < 5 and took[0] < 10
+        with pytest.raises(ClosedError):
+            await bus.projections.start(Projection(name="late", handlers={"Deposited": on_deposit}))
+        with pytest.raises(ClosedError):
+            await bus.projections.wait_until_caught_up("totals", timeout=1)
+        assert "late" not in bus.projections.status()
+    assert await schemas_like(dsn, "projection_totals%shadow%") == []  # the abandoned copy was dropped
