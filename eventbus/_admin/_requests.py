@@ -28,6 +28,12 @@ POLL = 0.2
 TAKE_TIMEOUT = 10.0
 """Seconds a bus has to take a request (it looks twice a second) before the command gives up."""
 
+GONE_GRACE = 5.0
+"""Seconds the process carrying out a request may be missing from
+``eventbus.listeners`` before the command says it stopped: a bus whose
+registering connection was cut registers again at its next tick (every half
+``poll_interval``, 0.5 s by default) and goes on with the request."""
+
 _ASK = """
 INSERT INTO eventbus.projection_requests (projection, origin, action, skip_poison, dead_letters)
 VALUES ($1, $2, $3, $4, $5) RETURNING id
@@ -74,10 +80,10 @@ async def _follow(conn: _db.Connection, request: int, origin: str, what: str, *,
     """Wait for the outcome of ``request``; its message. Withdraws it if it
     is still pending when the wait ends (interrupted, not taken in time)."""
     bar = _Progress(what) if progress else None
-    asked = time.monotonic()
+    watch = _Watch()
     try:
         while True:
-            message = await _look(conn, request, origin, what, bar, asked)
+            message = await _look(conn, request, origin, what, bar, watch)
             if message is not None:
                 return message
             await trio.sleep(POLL)
@@ -91,13 +97,22 @@ async def _follow(conn: _db.Connection, request: int, origin: str, what: str, *,
             bar.close()
 
 
+class _Watch:
+    """When a request was made, and since when its process has been missing (None: seen at the last look)."""
+
+    def __init__(self) -> None:
+        self.asked = time.monotonic()
+        self.missing_since: float | None = None
+
+
 async def _look(
-    conn: _db.Connection, request: int, origin: str, what: str, bar: _Progress | None, asked: float
+    conn: _db.Connection, request: int, origin: str, what: str, bar: _Progress | None, watch: _Watch
 ) -> str | None:
     """One look at ``request``: its message once done, None while under way.
 
     Raises:
-        Failed: it failed; it was not taken in time; its process is gone.
+        Failed: it failed; it was not taken in time; its process has been
+            gone for ``GONE_GRACE`` seconds.
     """
     row = await conn.fetchrow(_LOOK, request)
     assert row is not None
@@ -106,12 +121,16 @@ async def _look(
         return str(message)
     if state in ("failed", "withdrawn"):
         raise Failed(f"{what} failed: {message}")
-    if state == "pending" and time.monotonic() - asked > TAKE_TIMEOUT and await conn.fetchval(_WITHDRAW, request):
+    if state == "pending" and time.monotonic() - watch.asked > TAKE_TIMEOUT and await conn.fetchval(_WITHDRAW, request):
         raise Failed(f"the process leading it did not take the request in {TAKE_TIMEOUT:.0f} s", EXIT_NO_LEADER)
     if state == "running":
         if bar is not None and total:
             bar.show(int(done or 0), int(total))
-        if not await conn.fetchval(_ALIVE, origin):
+        if await conn.fetchval(_ALIVE, origin):
+            watch.missing_since = None
+        elif watch.missing_since is None:
+            watch.missing_since = time.monotonic()
+        elif time.monotonic() - watch.missing_since > GONE_GRACE:
             raise Failed(f"the process carrying out {what} stopped before it was done")
     return None
 

@@ -53,7 +53,8 @@ SIGN = {OPENED: 0, DEPOSITED: 1, WITHDRAWN: -1}
 
 CAUGHT_UP_TIMEOUT = 120.0
 HANG_DEADLINE = 0.3  # seconds: the handler deadline of style ``hang``
-POLL_INTERVAL = 0.1  # the bus's: how soon a worker hears of other processes' appends
+POLL_INTERVAL = float(os.environ.get("EVENTBUS_TEST_WORKER_POLL", "0.1"))  # the bus's: how soon a worker hears
+# of other processes' appends, and registers again after losing its registration (every half interval)
 PARTITIONS = 16
 SLOW_EVENT = 0.02  # seconds per event of style ``parts_slow``
 SLOW_BATCH = 50

@@ -459,3 +459,41 @@ async def test_a_rebuild_whose_process_is_killed_ends_the_command_with_exit_1(ds
     [run] = outcome
     assert run.status == 1, run
     assert run.err.endswith("error: the process carrying out rebuild of accounts stopped before it was done\n")
+
+
+async def test_a_rebuild_whose_process_loses_its_registration_for_a_moment_ends_in_success(
+    dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ..projections.test_projections_processes import open_worker
+
+    monkeypatch.setenv("EVENTBUS_TEST_WORKER_POLL", "1.0")  # the default: it registers again within 0.5 s
+
+    async with open_bus(dsn) as bus:
+        for start in range(0, 15_000, 5000):
+            await bus.store.append([Event("MoneyDeposited", {"account": f"a{n % 50}", "amount": 1})
+                                    for n in range(start, start + 5000)])  # fmt: skip
+    async with open_worker(dsn, "each", tmp_path / "worker.log") as worker:
+        assert await worker.ask("caught_up") == "caught_up"
+        await published(dsn, "accounts", "live")
+        async with trio.open_nursery() as nursery:
+            outcome: list[Run] = []
+
+            async def rebuild() -> None:
+                outcome.append(await cli(dsn, "projections", "rebuild", "accounts"))
+
+            nursery.start_soon(rebuild)
+            async with testing.open_loop():
+                conn = await testing.connect(dsn)
+                try:
+                    with trio.fail_after(30):
+                        sql = "SELECT count(*) FROM eventbus.projection_requests WHERE state = 'running' AND done > 0"
+                        while not await conn.fetchval(sql):
+                            await trio.sleep(0.02)
+                    # The worker's registration ends with its session; it registers again at its next tick.
+                    cut = await conn.fetchval("SELECT count(pg_terminate_backend(pid)) FROM eventbus.listeners")
+                finally:
+                    await conn.close()
+    assert cut >= 1
+    [run] = outcome
+    assert run.status == 0, run
+    assert "rebuilt accounts" in run.out, run
