@@ -58,6 +58,11 @@ _PUBLISH = """
 WITH answered AS (
     DELETE FROM eventbus.projection_requests q
     WHERE q.state IN ('done', 'failed', 'withdrawn') AND q.updated_at < now() - interval '1 day'
+), orphaned AS (
+    UPDATE eventbus.projection_requests q
+    SET state = 'failed', message = 'the process it was asked of stopped before it was done', updated_at = now()
+    WHERE q.state IN ('pending', 'running') AND q.updated_at < now() - interval '1 minute' AND NOT EXISTS (
+        SELECT FROM eventbus.listeners l JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.origin = q.origin)
 ), gone AS (
     DELETE FROM eventbus.projection_runners r
     WHERE (r.origin = $1 AND r.projection <> ALL ($2::text[]))

@@ -497,3 +497,28 @@ async def test_a_rebuild_whose_process_loses_its_registration_for_a_moment_ends_
     [run] = outcome
     assert run.status == 0, run
     assert "rebuilt accounts" in run.out, run
+
+
+async def test_a_request_left_by_a_process_that_is_gone_is_marked_failed_by_the_next_bus_that_publishes(
+    dsn: str,
+) -> None:
+    insert = (
+        "INSERT INTO eventbus.projection_requests (projection, origin, action, state, updated_at)"
+        " VALUES ('ledger', $1, 'rebuild', $2, now() - make_interval(secs => $3)) RETURNING id"
+    )
+    async with open_bus(dsn) as bus:
+        pool = bus.store.pool
+        stale_running = await pool.fetchval(insert, "gone-process", "running", 120.0)
+        stale_pending = await pool.fetchval(insert, "gone-process", "pending", 120.0)
+        recent = await pool.fetchval(insert, "gone-process", "running", 5.0)  # a registration may come back
+        alive = await pool.fetchval(insert, bus.store.origin, "running", 120.0)  # this bus: registered below
+        await bus.projections.start(ledger())
+        state = "SELECT state FROM eventbus.projection_requests WHERE id = $1"
+        with trio.fail_after(30):
+            while await pool.fetchval(state, stale_running) != "failed":
+                await trio.sleep(0.05)
+        message = "SELECT message FROM eventbus.projection_requests WHERE id = $1"
+        assert await pool.fetchval(message, stale_running) == "the process it was asked of stopped before it was done"
+        assert await pool.fetchval(state, stale_pending) == "failed"
+        assert await pool.fetchval(state, recent) == "running"
+        assert await pool.fetchval(state, alive) == "running"
