@@ -27,6 +27,7 @@ from ._errors import (
     PartitionsDiffer,
     ProjectionError,
     StoreUnavailable,
+    WrongTrioRun,
 )
 from ._values import Event, EventFilter, EventQuery, EventRecord, QueryResult, create_filter
 
@@ -144,6 +145,7 @@ __all__ = [
     "open_event_stream",
     "run_bus",
     "ClosedError",
+    "WrongTrioRun",
     "ConcurrencyError",
     "DatabaseError",
     "DuplicateEventId",

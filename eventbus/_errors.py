@@ -80,6 +80,13 @@ class ClosedError(EventBusError):
     """The store, bus or subscription was used after it was closed."""
 
 
+class WrongTrioRun(EventBusError, RuntimeError):
+    """A store or bus was called from a Trio run other than the one that
+    opened it (a thread running ``trio.run`` of its own). Its connections and
+    actors live in that run: call from there, or from a thread through
+    ``trio.from_thread.run``."""
+
+
 class InvalidFilter(EventBusError, ValueError):
     """A filter, query or subscription was refused: the message says why."""
 

@@ -1,4 +1,4 @@
-"""A nursery for the actors behind an ``async with`` block.
+"""A nursery for the actors behind an ``async with`` block, and the check that a caller is in their run.
 
 Trio wraps every exception that leaves a nursery in an ExceptionGroup. For the
 blocks eventbus gives its callers (``open_bus``, ``open_event_store``, ...)
@@ -13,6 +13,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import trio
+
+from ._errors import WrongTrioRun
 
 
 @asynccontextmanager
@@ -30,3 +32,15 @@ def collapse(error: BaseException) -> BaseException:
     while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
         error = error.exceptions[0]
     return error
+
+
+def check_run(run: trio.lowlevel.TrioToken, what: str) -> None:
+    """Raise ``WrongTrioRun`` unless the caller runs in ``run`` (the run that opened ``what``).
+
+    A call from another run would touch Trio objects of this one from a
+    foreign thread, and hang past its own deadlines."""
+    if trio.lowlevel.current_trio_token() is not run:
+        raise WrongTrioRun(
+            f"{what} was called from a Trio run other than the one that opened it: call it from that run's"
+            " tasks, or from a thread through trio.from_thread.run"
+        )

@@ -20,6 +20,7 @@ import trio
 
 from .._db import CLOSE_TIMEOUT, Connection
 from .._errors import ClosedError, ProjectionError
+from .._nursery import check_run
 from .._store import EventStore
 from .._stream import EventStream
 from .._values import EventFilter
@@ -79,6 +80,7 @@ class ProjectionManager:
         self._closed = False
         self._calls: set[trio.CancelScope] = set()  # of the calls under way that end with the bus
         self._drained = trio.Event()  # set once the bus closed and those calls have ended
+        self._run = trio.lowlevel.current_trio_token()  # the bus's run
 
     async def run(self) -> None:
         """In the bus's nursery: wait until the bus closes, then :meth:`aclose`."""
@@ -107,6 +109,7 @@ class ProjectionManager:
         then, once the block has cleaned up after its cancellation."""
         if self._closed:
             raise ClosedError(f"{what}: the bus is closed")
+        check_run(self._run, "the bus")
         scope = trio.CancelScope()
         self._calls.add(scope)
         try:
@@ -150,6 +153,7 @@ class ProjectionManager:
             raise ProjectionError(f"start takes a Projection, not {projection!r}")
         if self._closed:
             raise ClosedError(f"projection {projection.name!r} cannot start: the bus is closed")
+        check_run(self._run, "the bus")
         if projection.name in self._runners:
             raise ProjectionError(f"projection {projection.name!r} is started already")
         runner: Runner | PartitionedRunner
@@ -271,6 +275,7 @@ class ProjectionManager:
             )
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0:
             raise ProjectionError(f"timeout must be a number of seconds >= 0, not {timeout!r}")
+        check_run(self._run, "the bus")
         schema = schema_of(name)
 
         async def prepare(conn: Connection) -> None:

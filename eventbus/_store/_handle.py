@@ -22,7 +22,7 @@ import trio
 from .. import _db, _telemetry
 from .._db import open_database
 from .._errors import ClosedError, InvalidEvent, InvalidFilter, InvalidOption
-from .._nursery import open_actor_nursery
+from .._nursery import check_run, open_actor_nursery
 from .._values import Event, EventFilter, EventQuery, EventRecord, PartitionSlice, QueryResult, _json
 from ._actor import REQUEST_BUFFER, WRITE_LANES, CommitHook, StoreActor
 from ._queries import query_sql, to_records
@@ -77,6 +77,7 @@ class EventStore:
         self._max_payload_bytes = max_payload_bytes
         self._max_batch_bytes = max_batch_bytes
         self._closed = False
+        self._run = trio.lowlevel.current_trio_token()  # the run that opened the store
 
     async def append(
         self,
@@ -122,6 +123,7 @@ class EventStore:
             StoreUnavailable: the database could not be reached; see its
                 ``outcome_known``.
             ClosedError: the store is closed.
+            WrongTrioRun: called from a Trio run other than the store's.
         """
         try:
             prepared = prepare(events, self._max_payload_bytes, _telemetry.trace_metadata())
@@ -139,8 +141,7 @@ class EventStore:
                 f"this append is {size} bytes encoded ({count}), over the limit of {self._max_batch_bytes} "
                 "bytes for one batch (max_batch_bytes): split it into smaller appends"
             )
-        if self._closed:
-            raise ClosedError("the event store is closed")
+        self._check_open()
         request = Request(prepared, checked, expected_max_sequence_number or 0, filters, size)
         try:
             try:
@@ -213,6 +214,7 @@ class EventStore:
     def _check_open(self) -> None:
         if self._closed:
             raise ClosedError("the event store is closed")
+        check_run(self._run, "the event store")
 
     async def head(self) -> int:
         """The highest position stored, 0 when the store is empty.
@@ -222,6 +224,7 @@ class EventStore:
         Raises:
             StoreUnavailable: the database could not be reached.
             ClosedError: the store is closed.
+            WrongTrioRun: called from a Trio run other than the store's.
         """
         self._check_open()
         value = await self._pool.fetchval("SELECT coalesce(max(sequence_number), 0) FROM eventbus.events")

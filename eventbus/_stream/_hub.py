@@ -33,7 +33,7 @@ import trio
 
 from .. import _telemetry
 from .._errors import ClosedError, StoreUnavailable
-from .._nursery import open_actor_nursery
+from .._nursery import check_run, open_actor_nursery
 from .._store import EventStore
 from .._values import AnyOf, EventFilter, EventQuery, EventRecord, PartitionSlice, Sliced
 from ._delivery import (
@@ -77,6 +77,7 @@ class EventStream:
 
     def __init__(self, store: EventStore, position: int, ring_size: int = RING_SIZE) -> None:
         self._store = store
+        self._run = trio.lowlevel.current_trio_token()  # the run that opened the stream
         self.position = position
         self._ring = Ring(ring_size, position)
         self._live: dict[Delivery, None] = {}  # fed by _deliver, in the order they joined
@@ -429,6 +430,7 @@ class EventStream:
         # A subscription to a stopped hub would wait forever for its first batch.
         if self._closed:
             raise ClosedError("the stream is closed (the bus was left)")
+        check_run(self._run, "the event stream")
 
     def _start_catch_up(self, delivery: Delivery, position: int, *, counts_as_detach: bool = True) -> None:
         self._live.pop(delivery, None)

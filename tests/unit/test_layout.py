@@ -21,7 +21,7 @@ PACKAGE = ROOT / "eventbus"
 
 # Lower ranks are further down; a module may import its own room and rooms of lower rank.
 RANKS = {
-    "eventbus._errors": 0,
+    "eventbus._errors": -1,  # under everything: the errors import nothing of ours
     "eventbus._nursery": 0,
     "eventbus._channels": 0,
     "eventbus._values": 1,

@@ -245,3 +245,44 @@ async def test_a_projection_call_from_an_outer_task_under_way_as_the_bus_closes_
             await bus.projections.wait_until_caught_up("totals", timeout=1)
         assert "late" not in bus.projections.status()
     assert await schemas_like(dsn, "projection_totals%shadow%") == []  # the abandoned copy was dropped
+
+
+async def test_a_call_from_another_trio_run_is_refused_at_once_and_the_bus_goes_on(dsn: str) -> None:
+    ledger = Projection(name="totals", handlers={"Deposited": on_deposit}, setup=setup)
+    async with open_bus(dsn, listen=False) as bus:
+        await bus.projections.start(ledger)
+        calls: dict[str, Callable[[], Awaitable[Any]]] = {
+            "append": lambda: bus.store.append([deposit("x", 1)]),
+            "query": lambda: bus.store.query(create_filter(["Deposited"])),
+            "head": bus.store.head,
+            "subscribe": lambda: bus.subscribe(create_filter(["Deposited"])).__aenter__(),
+            "start": lambda: bus.projections.start(Projection(name="other", handlers={"Deposited": on_deposit})),
+            "wait": lambda: bus.projections.wait_until_caught_up("totals", timeout=5),
+            "rebuild": lambda: bus.projections.rebuild("totals"),
+            "reader": lambda: bus.projections.reader("totals").__aenter__(),
+        }
+
+        def in_another_run() -> dict[str, str]:
+            async def each() -> dict[str, str]:
+                got: dict[str, str] = {}
+                for what, call in calls.items():
+                    with trio.move_on_after(5):
+                        try:
+                            await call()
+                            got[what] = "returned"
+                        except Exception as exc:
+                            got[what] = type(exc).__name__
+                        continue
+                    got[what] = "hung"
+                return got
+
+            return trio.run(each)
+
+        with trio.fail_after(60):
+            got = await trio.to_thread.run_sync(in_another_run)
+        assert got == dict.fromkeys(calls, "WrongTrioRun")
+        assert "other" not in bus.projections.status()
+        # The bus's own run is untouched.
+        [record] = await bus.store.append([deposit("y", 2)])
+        await bus.projections.wait_until_caught_up("totals", timeout=30)
+        assert record.sequence_number == await bus.store.head()
