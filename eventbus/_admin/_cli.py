@@ -13,7 +13,7 @@ from typing import NoReturn
 import trio
 
 from .. import __version__
-from .._errors import DatabaseError, EventBusError, StoreUnavailable
+from .._errors import DatabaseError, EventBusError, InvalidDSN, StoreUnavailable
 from ._common import EXIT_CODES, EXIT_INTERRUPTED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, Failed
 
 
@@ -154,6 +154,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return trio.run(_plan(args))
     except Failed as exc:
         return _fail(str(exc), exc.status)
+    except InvalidDSN as exc:  # (a StoreUnavailable) mistyped, not unreachable: usage
+        return _fail(str(exc), EXIT_USAGE)
     except StoreUnavailable as exc:
         return _fail(f"the database is unavailable: {exc}", EXIT_UNREACHABLE)
     except DatabaseError as exc:

@@ -23,7 +23,7 @@ EXIT_CODES = f"""exit status:
   {EXIT_OK}    done; healthy (status)
   {EXIT_FAILED}    refused or failed (unknown projection, nothing to do, the process failed
        to carry it out); unhealthy (status: a projection failed or lags more than --max-lag)
-  {EXIT_USAGE}    bad usage (an unknown option, a bad --where)
+  {EXIT_USAGE}    bad usage (an unknown option, a bad --where, a malformed connection string)
   {EXIT_UNREACHABLE}    the database could not be reached (or refused a statement)
   {EXIT_NO_LEADER}    no running process leads (or runs) the projection
   {EXIT_INTERRUPTED}  interrupted"""

@@ -158,6 +158,14 @@ async def test_an_unreachable_database_is_exit_3_without_the_password() -> None:
     assert (await cli(f"postgresql://ops:{PASSWORD}@127.0.0.1:1/app", "tail")).status == 3
 
 
+async def test_a_malformed_connection_string_is_exit_2_saying_so_without_the_password() -> None:
+    for dsn in ("garbage", f"postgresql://ops:{PASSWORD}#x@host/app", "postgresql://ops@host:port/app"):
+        run = await cli(dsn, "status")
+        assert run.status == 2, (dsn, run)
+        assert run.err.count("\n") == 1 and run.err.startswith("error: the connection string"), run.err
+        assert "unavailable" not in run.err and PASSWORD not in run.err + run.out
+
+
 async def test_bad_usage_is_exit_2_with_one_line() -> None:
     for args in (["nonsense"], ["status", "--max-lag", "-1"], ["projections"], ["tail", "--after", "x"]):
         run = await cli(None, *args)
