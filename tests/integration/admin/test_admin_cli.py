@@ -9,7 +9,7 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -437,18 +437,22 @@ async def test_discard_drops_the_named_dead_letters_or_all_and_refuses_without_e
 # ---------------------------------------------------------------- a process killed while it carries out a request
 
 
-async def test_a_rebuild_whose_process_is_killed_ends_the_command_with_exit_1(dsn: str, tmp_path: Path) -> None:
+async def rebuild_under_way(dsn: str, log: Path, meanwhile: Callable[[Any, Any], Awaitable[object]]) -> Run:
+    """Run ``eventbus projections rebuild accounts`` against a worker leading
+    it over 15,000 events; once the rebuild is running and has made progress,
+    await ``meanwhile(worker, conn)`` (a connection of the test's own); return
+    the command's run."""
     from ..projections.test_projections_processes import open_worker
 
     async with open_bus(dsn) as bus:
         for start in range(0, 15_000, 5000):
             await bus.store.append([Event("MoneyDeposited", {"account": f"a{n % 50}", "amount": 1})
                                     for n in range(start, start + 5000)])  # fmt: skip
-    async with open_worker(dsn, "each", tmp_path / "worker.log") as worker:
+    async with open_worker(dsn, "each", log) as worker:
         assert await worker.ask("caught_up") == "caught_up"
         await published(dsn, "accounts", "live")
+        outcome: list[Run] = []
         async with trio.open_nursery() as nursery:
-            outcome: list[Run] = []
 
             async def rebuild() -> None:
                 outcome.append(await cli(dsn, "projections", "rebuild", "accounts"))
@@ -461,10 +465,18 @@ async def test_a_rebuild_whose_process_is_killed_ends_the_command_with_exit_1(ds
                         sql = "SELECT count(*) FROM eventbus.projection_requests WHERE state = 'running' AND done > 0"
                         while not await conn.fetchval(sql):
                             await trio.sleep(0.02)
+                    await meanwhile(worker, conn)
                 finally:
                     await conn.close()
-            await worker.kill()
     [run] = outcome
+    return run
+
+
+async def test_a_rebuild_whose_process_is_killed_ends_the_command_with_exit_1(dsn: str, tmp_path: Path) -> None:
+    async def kill(worker: Any, _conn: Any) -> None:
+        await worker.kill()
+
+    run = await rebuild_under_way(dsn, tmp_path / "worker.log", kill)
     assert run.status == 1, run
     assert run.err.endswith("error: the process carrying out rebuild of accounts stopped before it was done\n")
 
@@ -472,37 +484,15 @@ async def test_a_rebuild_whose_process_is_killed_ends_the_command_with_exit_1(ds
 async def test_a_rebuild_whose_process_loses_its_registration_for_a_moment_ends_in_success(
     dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from ..projections.test_projections_processes import open_worker
-
     monkeypatch.setenv("EVENTBUS_TEST_WORKER_POLL", "1.0")  # the default: it registers again within 0.5 s
+    cut: list[int] = []
 
-    async with open_bus(dsn) as bus:
-        for start in range(0, 15_000, 5000):
-            await bus.store.append([Event("MoneyDeposited", {"account": f"a{n % 50}", "amount": 1})
-                                    for n in range(start, start + 5000)])  # fmt: skip
-    async with open_worker(dsn, "each", tmp_path / "worker.log") as worker:
-        assert await worker.ask("caught_up") == "caught_up"
-        await published(dsn, "accounts", "live")
-        async with trio.open_nursery() as nursery:
-            outcome: list[Run] = []
+    async def cut_its_registration(_worker: Any, conn: Any) -> None:
+        # The worker's registration ends with its session; it registers again at its next tick.
+        cut.append(await conn.fetchval("SELECT count(pg_terminate_backend(pid)) FROM eventbus.listeners"))
 
-            async def rebuild() -> None:
-                outcome.append(await cli(dsn, "projections", "rebuild", "accounts"))
-
-            nursery.start_soon(rebuild)
-            async with testing.open_loop():
-                conn = await testing.connect(dsn)
-                try:
-                    with trio.fail_after(30):
-                        sql = "SELECT count(*) FROM eventbus.projection_requests WHERE state = 'running' AND done > 0"
-                        while not await conn.fetchval(sql):
-                            await trio.sleep(0.02)
-                    # The worker's registration ends with its session; it registers again at its next tick.
-                    cut = await conn.fetchval("SELECT count(pg_terminate_backend(pid)) FROM eventbus.listeners")
-                finally:
-                    await conn.close()
-    assert cut >= 1
-    [run] = outcome
+    run = await rebuild_under_way(dsn, tmp_path / "worker.log", cut_its_registration)
+    assert cut and cut[0] >= 1
     assert run.status == 0, run
     assert "rebuilt accounts" in run.out, run
 

@@ -210,6 +210,16 @@ async def test_one_trace_leads_from_an_append_to_the_projection_batch_of_another
     assert links == [(f"{context.trace_id:032x}", f"{context.span_id:016x}")]
 
 
+async def prints_ok(code: str, dsn: str) -> None:
+    """Run ``code`` in a Python process of its own with ``dsn`` as its argument: it must print ``ok`` and end well."""
+    with trio.fail_after(120):
+        out = await trio.run_process(
+            [sys.executable, "-c", code, dsn], capture_stdout=True, capture_stderr=True, cwd=ROOT, check=False
+        )
+    assert out.returncode == 0, out.stderr.decode()
+    assert out.stdout == b"ok\n"
+
+
 async def test_without_the_opentelemetry_api_nothing_is_recorded_and_the_metadata_stays(dsn: str) -> None:
     code = textwrap.dedent(
         """
@@ -239,12 +249,7 @@ async def test_without_the_opentelemetry_api_nothing_is_recorded_and_the_metadat
         trio.run(main, sys.argv[1])
         """
     )
-    with trio.fail_after(120):
-        out = await trio.run_process(
-            [sys.executable, "-c", code, dsn], capture_stdout=True, capture_stderr=True, cwd=ROOT, check=False
-        )
-    assert out.returncode == 0, out.stderr.decode()
-    assert out.stdout == b"ok\n"
+    await prints_ok(code, dsn)
 
 
 async def test_with_no_tracer_provider_set_no_span_is_begun_and_one_set_after_the_bus_opened_records_them(
@@ -293,12 +298,7 @@ async def test_with_no_tracer_provider_set_no_span_is_begun_and_one_set_after_th
         trio.run(main, sys.argv[1])
         """
     )
-    with trio.fail_after(120):
-        out = await trio.run_process(
-            [sys.executable, "-c", code, dsn], capture_stdout=True, capture_stderr=True, cwd=ROOT, check=False
-        )
-    assert out.returncode == 0, out.stderr.decode()
-    assert out.stdout == b"ok\n"
+    await prints_ok(code, dsn)
 
 
 class Owner:
