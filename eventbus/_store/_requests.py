@@ -193,17 +193,27 @@ def condition_filters(filter: Condition | None) -> tuple[EventFilter, ...] | Non
     return filters
 
 
-@functools.lru_cache(maxsize=4096)
 def _condition_prefix(filter: EventFilter) -> str:
     """A condition item as ``append_events`` reads it, up to its position:
-    the same for every append on the same boundary, so written once (equal
-    filters write the same text)."""
+    the same for every append on the same boundary."""
     if filter.predicate_texts is None or filter.predicate_tags is None:
         preds = tags = "null"
     else:
         preds = "[" + ",".join(filter.predicate_texts) + "]"
         tags = json.dumps(filter.predicate_tags)
     return f'{{"t":{json.dumps(filter.event_types)},"p":{preds},"k":{tags},"a":'
+
+
+@functools.lru_cache(maxsize=4096)
+def _condition_parts(filters: tuple[EventFilter, ...]) -> tuple[str, tuple[str, ...], str]:
+    """What a condition's text is made of but its position: the same for
+    every append on the same boundary, so written once (equal filters write
+    the same text). The text is the head, then each item's prefix followed
+    by the position and ``}``, comma-separated, then the tail."""
+    prefixes = tuple(_condition_prefix(f) for f in filters)
+    if all(_tagged(f) for f in filters):
+        return '{"g":[', prefixes, "]}"
+    return ("", prefixes, "") if len(filters) == 1 else ("[", prefixes, "]")
 
 
 def condition(filters: tuple[EventFilter, ...] | None, expected: int | None) -> str | None:
@@ -219,10 +229,11 @@ def condition(filters: tuple[EventFilter, ...] | None, expected: int | None) -> 
         expected = 0
     if type(expected) is not int or expected < 0:
         raise InvalidEvent(f"expected_max_sequence_number must be a whole number >= 0, not {expected!r}")
-    items = ",".join(f"{_condition_prefix(f)}{expected}}}" for f in filters)
-    if all(_tagged(f) for f in filters):
-        return f'{{"g":[{items}]}}'
-    return items if len(filters) == 1 else f"[{items}]"
+    head, prefixes, tail = _condition_parts(filters)
+    position = str(expected)
+    if len(prefixes) == 1:
+        return head + prefixes[0] + position + "}" + tail
+    return head + (position + "},").join(prefixes) + position + "}" + tail
 
 
 def _tagged(filter: EventFilter) -> bool:
