@@ -17,7 +17,18 @@ from pathlib import Path
 import pytest
 import trio
 
-from eventbus import Bus, Event, EventRecord, Projection, ProjectionError, Transaction, create_filter, open_bus
+from eventbus import (
+    Bus,
+    DatabaseError,
+    Event,
+    EventRecord,
+    Projection,
+    ProjectionError,
+    Transaction,
+    create_filter,
+    open_bus,
+    testing,
+)
 from eventbus._projections._leases import HEARTBEAT, LEASE_TTL
 from eventbus._projections._routing import partition_of
 
@@ -29,6 +40,7 @@ from .._projection_worker import (
     read_model,
     replay,
 )
+from .test_partition_counts import NAME, projection
 from .test_projections_processes import Worker, append_in_chunks, open_worker, poll_until
 
 REBALANCE_TIMEOUT = LEASE_TTL + 4 * HEARTBEAT + 2.0  # "within a few seconds"
@@ -180,7 +192,7 @@ async def test_a_process_paused_past_its_lease_is_refused_at_its_commit_and_appl
 ) -> None:
     log = tmp_path / "workers.log"
     async with open_bus(dsn, poll_interval=0.1) as bus:
-        head = await append_in_chunks(bus.store, account_events(2000, seed=15), 500)
+        head = await append_in_chunks(bus.store, account_events(800, seed=15), 400)
         async with open_worker(dsn, "parts_slow", log) as paused:
             # Alone, it holds every partition, and applies slowly (a second a batch).
             await poll_until(lambda: _holds_all(bus, paused.pid), timeout=REBALANCE_TIMEOUT)
@@ -193,12 +205,15 @@ async def test_a_process_paused_past_its_lease_is_refused_at_its_commit_and_appl
             await poll_until(applying, timeout=30)
             os.kill(paused.pid, signal.SIGSTOP)  # mid-batch: its heartbeat stops with it
             try:
-                async with open_worker(dsn, "parts_slow", log) as other:
+                # (the same projection at full speed: what is left is applied in a moment, not 40 s)
+                async with open_worker(dsn, "parts", log) as other:
                     # Its leases expire; the other process takes every partition with a new epoch.
                     await poll_until(lambda: _holds_all(bus, other.pid), timeout=REBALANCE_TIMEOUT + 5)
-                    os.kill(paused.pid, signal.SIGCONT)
                     with trio.fail_after(120):
+                        # It applies everything, the paused one's batch too; then that one wakes
+                        # and commits its batch: refused, or those events would be applied twice.
                         assert await other.ask("caught_up") == "caught_up"
+                        os.kill(paused.pid, signal.SIGCONT)
                         assert await paused.ask("caught_up") == "caught_up"
                     await assert_replayed(bus, head)
             finally:
@@ -267,3 +282,32 @@ async def test_a_reader_with_min_position_waits_for_every_partition_to_apply_it(
             position = records[-1].sequence_number
             async with bus.projections.reader("accounts", min_position=position, timeout=30) as tx:
                 assert (await read_model(tx)).tally == position  # every event up to it, in every partition
+
+
+async def test_a_commit_under_a_lease_that_is_not_held_is_refused_by_its_fence(dsn: str) -> None:
+    # (the test above is refused before its commit: its heartbeat sees the lease gone. This is
+    # the fence in the database, for a commit that comes before the heartbeat does.)
+    async with open_bus(dsn, poll_interval=0.1) as bus:
+        await bus.projections.start(projection(4))
+        await bus.store.append(list(account_events(40, seed=11, accounts=8)))
+        await bus.projections.wait_until_caught_up(NAME, timeout=30)
+        [row] = await bus.store.pool.fetch(
+            "SELECT owner, epoch, checkpoint FROM eventbus.projection_leases WHERE projection = $1 AND partition = 0",
+            NAME,
+        )
+        assert row["checkpoint"] > 0
+        async with testing.open_loop():
+            conn = await testing.connect(dsn)
+            try:
+                for owner, epoch in ((row["owner"], row["epoch"] - 1), ("another process", row["epoch"])):
+                    with pytest.raises(DatabaseError) as refused:
+                        await conn.execute("SELECT eventbus.advance_lease($1, 0, $2, $3, $4)",
+                                           NAME, owner, epoch, row["checkpoint"] + 100)  # fmt: skip
+                    assert refused.value.sqlstate == "EB001", refused.value
+                checkpoint = "SELECT checkpoint FROM eventbus.projection_leases WHERE projection = $1 AND partition = 0"
+                assert await conn.fetchval(checkpoint, NAME) == row["checkpoint"]
+                await conn.execute("SELECT eventbus.advance_lease($1, 0, $2, $3, $4)",
+                                   NAME, row["owner"], row["epoch"], row["checkpoint"] + 100)  # fmt: skip
+                assert await conn.fetchval(checkpoint, NAME) == row["checkpoint"] + 100
+            finally:
+                await conn.close()

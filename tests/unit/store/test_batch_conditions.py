@@ -66,7 +66,7 @@ def _every_pair(batch: list[Request]) -> tuple[list[int], list[int]]:
     return dep_of, dep_on
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(st.lists(appends, min_size=1, max_size=8))
 def test_a_batchs_dependencies_are_exactly_the_earlier_events_each_condition_matches(
     batch: list[tuple[list[tuple[str, dict[str, Any]]], list[EventFilter] | None]],
