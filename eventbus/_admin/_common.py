@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Final, TextIO
 
-from .. import _db
+from .. import __version__, _db
 from .._errors import EventBusError
 
 EXIT_OK: Final = 0
@@ -40,11 +40,29 @@ class Failed(EventBusError):
 @asynccontextmanager
 async def connected(dsn: str | None) -> AsyncIterator[_db.Connection]:
     """A connection to the events' database (``--dsn``, ``EVENTBUS_DSN``,
-    ``DATABASE_URL``, else the embedded server), with the schema current."""
+    ``DATABASE_URL``, else the embedded server).
+
+    The commands never install or change the schema: that is the buses'
+    work, and a command of another version would otherwise replace the
+    functions the running buses call. Without a schema there is nothing to
+    look at (Failed); a schema of another version gets a warning on stderr
+    (what this version reads may be missing there).
+    """
     async with _db.open_database(dsn) as resolved, _db.open_loop():
         conn = await _db.connect(resolved, application_name="eventbus-admin")
         try:
-            await _db.install_schema(conn)
+            installed = await _db.installed_digest(conn)
+            if installed is None:
+                raise Failed(
+                    "this database has no eventbus schema: no bus has run on it "
+                    "(is --dsn, EVENTBUS_DSN or DATABASE_URL the right database?)"
+                )
+            if installed != _db.schema_digest():
+                print(
+                    "warning: the schema here was installed by another version of eventbus than this "
+                    f"command's ({__version__}); a command may fail where the two differ",
+                    file=sys.stderr,
+                )
             yield conn
         finally:
             await conn.close()

@@ -21,7 +21,7 @@ from ._embedded import EMBEDDED_DATABASE, EmbeddedServer, default_data_dir
 from ._loop import call_asyncio, call_trio, open_loop
 from ._pool import Pool, create_pool
 from ._resolve import open_database
-from ._schema import install_schema, schema_sql
+from ._schema import install_schema, installed_digest, schema_digest, schema_sql
 from ._standby import start_standby
 
 __all__ = [
@@ -40,11 +40,13 @@ __all__ = [
     "default_data_dir",
     "dsn_from_environment",
     "install_schema",
+    "installed_digest",
     "is_driver_error",
     "open_database",
     "open_loop",
     "redact_dsn",
     "rollback",
+    "schema_digest",
     "schema_sql",
     "scrub",
     "start_standby",

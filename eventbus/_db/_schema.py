@@ -15,6 +15,19 @@ def schema_sql() -> str:
     return importlib.resources.files("eventbus._db").joinpath("schema.sql").read_text()
 
 
+def schema_digest() -> str:
+    """What ``eventbus.meta`` holds under ``schema`` once this version's schema is installed."""
+    return hashlib.sha256(schema_sql().encode()).hexdigest()
+
+
+async def installed_digest(conn: _pg.Connection) -> str | None:
+    """The digest of the schema installed in ``conn``'s database; None if it has none."""
+    if not await conn.fetchval("SELECT to_regclass('eventbus.meta') IS NOT NULL"):
+        return None
+    value = await conn.fetchval("SELECT value FROM eventbus.meta WHERE key = 'schema'")
+    return None if value is None else str(value)
+
+
 async def install_schema(conn: _pg.Connection) -> None:
     """Create or update the eventbus schema, unless it is current.
 
@@ -23,8 +36,7 @@ async def install_schema(conn: _pg.Connection) -> None:
     """
     sql = schema_sql()
     digest = hashlib.sha256(sql.encode()).hexdigest()
-    installed = await conn.fetchval("SELECT to_regclass('eventbus.meta') IS NOT NULL")
-    if installed and await conn.fetchval("SELECT value FROM eventbus.meta WHERE key = 'schema'") == digest:
+    if await installed_digest(conn) == digest:
         return
     script = (
         f"BEGIN;\nSELECT pg_advisory_xact_lock({_SCHEMA_LOCK});\n{sql}\n"

@@ -1,5 +1,6 @@
 """The ``eventbus`` command at its edges: options before the command, the
-status of a partitioned projection, two rebuilds at once, a handler that hangs."""
+status of a partitioned projection, two rebuilds at once, a handler that hangs,
+a database without the schema or with another version's."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ from typing import Any
 import pytest
 import trio
 
-from eventbus import Bus, EventRecord, Projection, RestartPolicy, Transaction, open_bus
+from eventbus import Bus, EventRecord, Projection, RestartPolicy, Transaction, open_bus, testing
 
-from ...helpers import ROOT
+from ...helpers import ROOT, database_dsn, drop_database
 from .test_admin_cli import Ledger, balances, cli, deposit, published, quick_operations, setup_ledger
 
 __all__ = ["quick_operations"]  # the fixture, used here too
@@ -173,3 +174,46 @@ async def test_resume_skip_poison_of_a_failure_that_named_no_event_says_so(dsn: 
         assert "positions 1 to 3 passed its deadline" in (bus.projections.status()["ledger"].last_error or "")
         run = await cli(dsn, "projections", "resume", "ledger", "--skip-poison")
     assert "nothing was skipped" in run.out + run.err
+
+
+async def test_without_a_schema_the_commands_say_so_and_install_none(admin_dsn: str) -> None:
+    name = f"t_{os.getpid()}_bare"
+    dsn = database_dsn(admin_dsn, name)
+    async with testing.open_loop():
+        await testing.create_database(admin_dsn, name)
+    try:
+        for args in (["status"], ["tail"], ["dead-letters", "list"], ["projections", "resume", "ledger"]):
+            run = await cli(dsn, *args)
+            assert (run.status, run.out) == (1, ""), (args, run)
+            assert "no eventbus schema" in run.err and "Traceback" not in run.err, (args, run.err)
+        async with testing.open_loop():
+            conn = await testing.connect(dsn)
+            try:
+                assert await conn.fetchval("SELECT to_regnamespace('eventbus')") is None
+            finally:
+                await conn.close()
+    finally:
+        with trio.CancelScope(shield=True):
+            await drop_database(admin_dsn, name)
+
+
+async def test_a_schema_of_another_version_is_read_with_a_warning_and_left_as_it_is(dsn: str) -> None:
+    async with open_bus(dsn) as bus:
+        await bus.store.append([deposit("ada", 1) for _ in range(3)])
+    # as a bus of another version leaves it: its own digest (and functions) in place
+    async with testing.open_loop():
+        conn = await testing.connect(dsn)
+        try:
+            await conn.execute("UPDATE eventbus.meta SET value = 'another version' WHERE key = 'schema'")
+        finally:
+            await conn.close()
+    run = await cli(dsn, "status", "--json")
+    assert run.status == 0, run
+    assert run.json()["store"]["head"] == 3
+    assert "another version of eventbus" in run.err, run.err
+    async with testing.open_loop():
+        conn = await testing.connect(dsn)
+        try:
+            assert await conn.fetchval("SELECT value FROM eventbus.meta WHERE key = 'schema'") == "another version"
+        finally:
+            await conn.close()
