@@ -63,21 +63,27 @@ WITH answered AS (
     SET state = 'failed', message = 'the process it was asked of stopped before it was done', updated_at = now()
     WHERE q.state IN ('pending', 'running') AND q.updated_at < now() - interval '1 minute' AND NOT EXISTS (
         SELECT FROM eventbus.listeners l JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.origin = q.origin)
+    RETURNING q.id, q.projection, q.action, q.origin
 ), gone AS (
     DELETE FROM eventbus.projection_runners r
     WHERE (r.origin = $1 AND r.projection <> ALL ($2::text[]))
        OR (r.origin <> $1 AND r.updated_at < now() - interval '1 minute' AND NOT EXISTS (
             SELECT FROM eventbus.listeners l JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.origin = r.origin))
+), published AS (
+    INSERT INTO eventbus.projection_runners AS r
+        (projection, origin, host, pid, state, leader, restarts, last_error, poison, updated_at)
+    SELECT m.projection, $1, $8, $9, m.state, m.leader, m.restarts, m.last_error, m.poison, now()
+    FROM unnest($2::text[], $3::text[], $4::boolean[], $5::integer[], $6::text[], $7::bigint[])
+        AS m(projection, state, leader, restarts, last_error, poison)
+    ON CONFLICT (projection, origin) DO UPDATE SET
+        state = excluded.state, leader = excluded.leader, restarts = excluded.restarts,
+        last_error = excluded.last_error, poison = excluded.poison, updated_at = excluded.updated_at
 )
-INSERT INTO eventbus.projection_runners AS r
-    (projection, origin, host, pid, state, leader, restarts, last_error, poison, updated_at)
-SELECT m.projection, $1, $8, $9, m.state, m.leader, m.restarts, m.last_error, m.poison, now()
-FROM unnest($2::text[], $3::text[], $4::boolean[], $5::integer[], $6::text[], $7::bigint[])
-    AS m(projection, state, leader, restarts, last_error, poison)
-ON CONFLICT (projection, origin) DO UPDATE SET
-    state = excluded.state, leader = excluded.leader, restarts = excluded.restarts,
-    last_error = excluded.last_error, poison = excluded.poison, updated_at = excluded.updated_at
+SELECT id, projection, action, origin FROM orphaned ORDER BY id
 """
+"""Publish this bus's projections; drop answered requests a day old, and
+runners of processes that are gone; fail the requests such processes left
+(the rows: those requests)."""
 
 _TAKE = """
 UPDATE eventbus.projection_requests SET state = 'running', updated_at = now()
@@ -150,8 +156,13 @@ class Operations:
         if rows == self._published and now - self._published_at < HEARTBEAT:
             return
         columns = [list(column) for column in zip(*rows, strict=True)] if rows else [[]] * 6
-        await self._pool.fetch(_PUBLISH, self._origin, *columns, self._host, os.getpid())
+        orphaned = await self._pool.fetch(_PUBLISH, self._origin, *columns, self._host, os.getpid())
         self._published, self._published_at = rows, now
+        for request, name, action, origin in orphaned:
+            _log.warning(
+                "projection %s: %s (request %d) marked failed: the process it was asked of (%s) stopped before it"
+                " was done", name, action, request, origin,
+            )  # fmt: skip
 
     async def _carry_out(
         self, request: int, name: str, action: str, skip_poison: bool, dead_letters: list[int] | None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -498,8 +499,9 @@ async def test_a_rebuild_whose_process_loses_its_registration_for_a_moment_ends_
 
 
 async def test_a_request_left_by_a_process_that_is_gone_is_marked_failed_by_the_next_bus_that_publishes(
-    dsn: str,
+    dsn: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.WARNING, logger="eventbus.projections")
     insert = (
         "INSERT INTO eventbus.projection_requests (projection, origin, action, state, updated_at)"
         " VALUES ('ledger', $1, 'rebuild', $2, now() - make_interval(secs => $3)) RETURNING id"
@@ -520,3 +522,9 @@ async def test_a_request_left_by_a_process_that_is_gone_is_marked_failed_by_the_
         assert await pool.fetchval(state, stale_pending) == "failed"
         assert await pool.fetchval(state, recent) == "running"
         assert await pool.fetchval(state, alive) == "running"
+    said = [r.getMessage() for r in caplog.records if "marked failed" in r.getMessage()]
+    assert sorted(said) == sorted(
+        f"projection ledger: rebuild (request {request}) marked failed: the process it was asked of (gone-process)"
+        " stopped before it was done"
+        for request in (stale_running, stale_pending)
+    ), said
