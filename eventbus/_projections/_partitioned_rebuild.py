@@ -48,9 +48,9 @@ from .._store import EventStore
 from .._stream import EventStream
 from .._values import EventRecord
 from . import _leases
-from ._apply import apply_in_time, literal, prepare_schema, quote
+from ._apply import literal, prepare_schema, quote
 from ._definition import BatchHandler, Handler, Projection, Transaction, key_function
-from ._rebuild import IDLE_WAIT, Progress, subscribe_from_start
+from ._rebuild import IDLE_WAIT, Progress, apply_to_copy, dead_letters_of, subscribe_from_start
 from ._shadow import Shadow, create_shadow, drop_shadow
 from ._swap import LOCK_CONFLICTS, SWAP_ATTEMPTS, SWAP_LOCK_TIMEOUT
 
@@ -205,6 +205,7 @@ class PartitionedRebuild:
         position = 0
         attempt = 0
         looked = -math.inf  # when the slowest partition was last looked at
+        left_out = await dead_letters_of(conn, projection.name)
         sub = subscribe_from_start(self.stream, projection)
         async with sub:
             while True:
@@ -227,7 +228,7 @@ class PartitionedRebuild:
                     except StopAsyncIteration:
                         raise ProjectionError("the bus closed during the rebuild") from None
                 if batch:
-                    position = await apply_in_time(conn, projection, batch, None, None, shadow.schema)
+                    position = await apply_to_copy(conn, projection, batch, left_out, shadow.schema)
                 if sub.buffered == 0:
                     position = max(position, sub.position)
                 if self.progress is not None:

@@ -37,6 +37,31 @@ Progress = Callable[[int, int], object]
 """``progress(done, total)``, in positions."""
 
 
+async def dead_letters_of(conn: _db.Connection, name: str) -> frozenset[int]:
+    """The positions of ``name``'s dead letters, as a rebuild starts.
+
+    A copy leaves them out, as the live read model did: a dead letter is
+    applied by ``eventbus dead-letters retry`` only, which applies it once to
+    the read model of the day. (Applied by a rebuild too, a retry after it
+    would apply it twice; and a poison event skipped by an operator would
+    fail every rebuild.) A discarded one is no longer a dead letter: a
+    rebuild meets it again.
+    """
+    rows = await conn.fetch("SELECT sequence_number FROM eventbus.dead_letters WHERE projection = $1", name)
+    return frozenset(int(row[0]) for row in rows)
+
+
+async def apply_to_copy(
+    conn: _db.Connection, projection: Projection, batch: list[EventRecord], left_out: frozenset[int], schema: str
+) -> int:
+    """Apply ``batch`` to the copy in ``schema``, but the events at the
+    positions ``left_out``; return the batch's last position."""
+    kept = [record for record in batch if record.sequence_number not in left_out] if left_out else batch
+    if kept:
+        await apply_in_time(conn, projection, kept, None, None, schema)
+    return batch[-1].sequence_number
+
+
 def subscribe_from_start(stream: EventStream, projection: Projection) -> Subscription:
     """A rebuild's subscription: ``projection``'s events from position 0, in
     its batches, buffering up to ``SUBSCRIPTION_BATCHES`` of them."""
@@ -116,6 +141,7 @@ class Rebuild:
         live = self.live
         position = 0
         asked = False
+        left_out = await dead_letters_of(conn, projection.name)
         sub = subscribe_from_start(self.stream, projection)
         async with sub:
             while True:
@@ -144,7 +170,7 @@ class Rebuild:
                             raise ProjectionError("the bus closed during the rebuild") from None
                         nursery.cancel_scope.cancel()
                 if batch:
-                    position = await apply_in_time(conn, projection, batch, None, None, shadow)
+                    position = await apply_to_copy(conn, projection, batch, left_out, shadow)
                 if sub.buffered == 0:
                     position = max(position, sub.position)
                 if self.progress is not None:

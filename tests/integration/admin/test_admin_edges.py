@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import trio
 
-from eventbus import Bus, EventRecord, Projection, RestartPolicy, Transaction, open_bus, testing
+from eventbus import Bus, EventRecord, Projection, ProjectionError, RestartPolicy, Transaction, open_bus, testing
 
 from ...helpers import ROOT, database_dsn, drop_database
 from .test_admin_cli import Ledger, balances, cli, deposit, published, quick_operations, setup_ledger
@@ -217,3 +217,34 @@ async def test_a_schema_of_another_version_is_read_with_a_warning_and_left_as_it
             assert await conn.fetchval("SELECT value FROM eventbus.meta WHERE key = 'schema'") == "another version"
         finally:
             await conn.close()
+
+
+@pytest.mark.parametrize("partitions", [1, 4])
+async def test_a_rebuild_leaves_the_dead_letters_out_and_a_retry_after_it_applies_each_once(
+    dsn: str, partitions: int
+) -> None:
+    handlers = Ledger()
+    projection = Projection(
+        "ledger", {"MoneyDeposited": handlers.deposited}, setup=setup_ledger,
+        restart=RestartPolicy(max_restarts=1, initial=0.01), partitions=partitions,
+        partition_key="account" if partitions > 1 else None,
+    )  # fmt: skip
+    async with open_bus(dsn) as bus:
+        await bus.store.append([deposit("ada", 100), deposit("ada", 5, currency=None), deposit("bob", 7)])
+        await bus.projections.start(projection)
+        with pytest.raises(ProjectionError, match="failed"):
+            await bus.projections.wait_until_caught_up("ledger", timeout=20)
+        bus.projections.restart("ledger", skip_poison=True)  # an operator's decision
+        await bus.projections.wait_until_caught_up("ledger", timeout=20)
+        assert await balances(bus) == {"ada": 100, "bob": 7}
+
+        await bus.projections.rebuild("ledger")  # (it failed on the poison event before)
+        assert await balances(bus) == {"ada": 100, "bob": 7}
+        handlers.assume_currency = "EUR"  # the fix, deployed
+        await bus.projections.rebuild("ledger")  # still left out: applied by a retry only
+        assert await balances(bus) == {"ada": 100, "bob": 7}
+
+        assert (await cli(dsn, "dead-letters", "retry", "ledger")).status == 0
+        assert await balances(bus) == {"ada": 105, "bob": 7}
+        await bus.projections.rebuild("ledger")  # no longer a dead letter: applied as any event
+        assert await balances(bus) == {"ada": 105, "bob": 7}
