@@ -19,7 +19,6 @@ import trio
 from eventbus import (
     Bus,
     EventRecord,
-    HandlerFailed,
     Projection,
     ProjectionError,
     RestartPolicy,
@@ -310,11 +309,11 @@ async def test_resume_with_skip_poison_moves_a_failed_partitioned_projection_pas
         async with bus.projections.reader("accounts") as tx:
             assert await read_applications(tx) == {record.sequence_number: 1 for record in records}
             assert await read_model(tx) == replay(records)
-        # The copy of a rebuild meets the poison again: the rebuild fails, and leaves the live model as it was.
-        with pytest.raises(HandlerFailed, match="an account nobody may open"):
-            await bus.projections.rebuild("accounts")
+        # The copy of a rebuild leaves the dead letter out, as the live model did.
+        await bus.projections.rebuild("accounts")
         assert await rebuild_leftovers(bus) == (False, 0)
         async with bus.projections.reader("accounts") as tx:
+            assert await read_applications(tx) == {record.sequence_number: 1 for record in records}
             assert await read_model(tx) == replay(records)
         # Only that one event was skipped: a new poison fails the projection again.
         await bus.store.append([Event(TYPES[1], {"account": POISON_ACCOUNT, "amount": 1})])
