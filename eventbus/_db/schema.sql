@@ -343,6 +343,7 @@ DECLARE
     v_same integer;
     v_retry boolean;
     v_tagged bigint[];
+    v_wide bigint;
     j integer;
     i integer;
 BEGIN
@@ -367,6 +368,9 @@ BEGIN
 
         IF p_conditions IS NOT NULL THEN
             v_tagged := array_fill(NULL::bigint, ARRAY[v_appends]);
+            -- The last wide event (see WIDE in _tags.py): an item looks among wide
+            -- events too only if one came after its position (most stores have none).
+            SELECT max(t.sequence_number) INTO v_wide FROM eventbus.event_tags t WHERE t.tag = 0;
             FOR j, v_hit IN
                 SELECT c.j::integer, h.seq
                 FROM jsonb_array_elements(p_conditions) WITH ORDINALITY AS c (cond, j)
@@ -374,7 +378,10 @@ BEGIN
                     SELECT t.sequence_number AS seq
                     FROM jsonb_array_elements(c.cond -> 'g') AS it (item)
                     CROSS JOIN LATERAL jsonb_array_elements(it.item -> 'p') WITH ORDINALITY AS pr (pred, n)
-                    CROSS JOIN LATERAL (VALUES ((it.item -> 'k' ->> (pr.n::integer - 1))::bigint), (0)) AS g (tag)
+                    CROSS JOIN LATERAL (
+                        SELECT (it.item -> 'k' ->> (pr.n::integer - 1))::bigint
+                        UNION ALL SELECT 0 WHERE v_wide > (it.item ->> 'a')::bigint
+                    ) AS g (tag)
                     JOIN eventbus.event_tags t ON t.tag = g.tag AND t.sequence_number > (it.item ->> 'a')::bigint
                     JOIN eventbus.events e ON e.sequence_number = t.sequence_number
                     WHERE e.payload @> pr.pred
