@@ -97,11 +97,12 @@ class InvalidOption(EventBusError, ValueError):
 
 
 class NotCaughtUp(EventBusError, TimeoutError):
-    """A read asked for ``min_position`` and the read model had not reached
-    that position in the time allowed, on a standby nor on the primary.
+    """A projection had not reached a position in the time allowed: a
+    ``reader`` block's ``min_position`` (on a standby nor on the primary),
+    or the store's head for ``wait_until_caught_up``. A ``TimeoutError``.
 
     Attributes:
-        position: the position asked for.
+        position: the position waited for.
     """
 
     def __init__(self, message: str, *, position: int) -> None:

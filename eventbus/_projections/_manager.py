@@ -19,7 +19,7 @@ from typing import Protocol
 import trio
 
 from .._db import CLOSE_TIMEOUT, Connection
-from .._errors import ClosedError, ProjectionError
+from .._errors import ClosedError, NotCaughtUp, ProjectionError
 from .._nursery import check_run
 from .._store import EventStore
 from .._stream import EventStream
@@ -221,11 +221,17 @@ class ProjectionManager:
         ends the wait, the projection goes on.
 
         Raises:
-            ProjectionError: unknown name, or the projection is ``failed``.
-            TimeoutError: not caught up within ``timeout`` seconds.
+            ProjectionError: unknown name, ``timeout`` not None nor a number
+                of seconds >= 0, or the projection is ``failed``.
+            NotCaughtUp: not caught up within ``timeout`` seconds (a
+                ``TimeoutError``).
             StoreUnavailable: the store's head could not be read.
             ClosedError: the bus is closed, or closed during the wait.
         """
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0
+        ):
+            raise ProjectionError(f"timeout must be None or a number of seconds >= 0, not {timeout!r}")
         runner = self._runner(name)
         with self._until_closed(f"waiting for projection {name!r}"):
             target = await self.store.head()
@@ -235,7 +241,7 @@ class ProjectionManager:
                         raise ProjectionError(f"projection {name!r} failed: {runner.last_error}")
                     await runner.wait_changed()
                 return
-        raise TimeoutError(f"projection {name!r} is not at position {target} after {timeout} s")
+        raise NotCaughtUp(f"projection {name!r} is not at position {target} after {timeout} s", position=target)
 
     @asynccontextmanager
     async def reader(

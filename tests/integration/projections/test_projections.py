@@ -19,6 +19,7 @@ from eventbus import (
     Event,
     EventBusError,
     EventRecord,
+    NotCaughtUp,
     Projection,
     ProjectionError,
     ProjectionStatus,
@@ -256,7 +257,7 @@ async def test_a_batch_handler_failing_after_a_skip_goes_on_from_there_one_event
     assert model == replay([r for r in records if r.sequence_number != poison.sequence_number])
 
 
-async def test_waiting_for_a_projection_that_does_not_catch_up_in_time_raises_timeout_error(dsn: str) -> None:
+async def test_waiting_for_a_projection_that_does_not_catch_up_in_time_raises_not_caught_up(dsn: str) -> None:
     let_go = trio.Event()
 
     async def held(tx: Transaction, record: EventRecord) -> None:
@@ -265,8 +266,12 @@ async def test_waiting_for_a_projection_that_does_not_catch_up_in_time_raises_ti
     async with open_bus(dsn) as bus:
         await bus.store.append([Event(DEPOSITED, {"account": "a", "amount": 1})])
         await bus.projections.start(Projection("held", {DEPOSITED: held}))
-        with pytest.raises(TimeoutError, match=re.escape("'held' is not at position 1 after 0.05 s")):
+        with pytest.raises(NotCaughtUp, match=re.escape("'held' is not at position 1 after 0.05 s")) as late:
             await bus.projections.wait_until_caught_up("held", timeout=0.05)
+        assert isinstance(late.value, TimeoutError) and late.value.position == 1  # (as before: a TimeoutError)
+        for mistyped in (-1, float("nan"), "5", True):
+            with pytest.raises(ProjectionError, match="timeout must be None or a number of seconds >= 0"):
+                await bus.projections.wait_until_caught_up("held", timeout=mistyped)  # type: ignore[arg-type]
         let_go.set()
         await bus.projections.wait_until_caught_up("held", timeout=CAUGHT_UP)
 
