@@ -118,8 +118,10 @@ class ProjectionError(EventBusError):
 class PartitionsDiffer(ProjectionError):
     """A projection's partitions stored in the database differ from this
     process's ``partitions`` (a redeploy with another count, or a single
-    leader against partitions): the process stands by, and takes over by
-    itself once that is safe."""
+    leader against partitions), or were applied with another
+    ``partition_key``: the process stands by, and takes over by itself once
+    that is safe (for a key, once a rebuild from a process with the new key
+    swapped its copy in)."""
 
 
 class HandlerFailed(EventBusError):

@@ -495,15 +495,21 @@ CREATE TABLE IF NOT EXISTS eventbus.projection_leases (
     checkpoint bigint NOT NULL DEFAULT 0,
     PRIMARY KEY (projection, partition)
 );
+-- The position of the last event a batch applied in the partition (an event
+-- of the partition under the key it was applied with), or null: a process
+-- that joins checks that its key puts each witness in its partition
+-- (_partitioned.py). A rebuild's swap clears them; a new count writes new rows.
+ALTER TABLE eventbus.projection_leases ADD COLUMN IF NOT EXISTS witness bigint;
 
--- Move a partition's checkpoint to p_new, or fail (SQLSTATE EB001) when the
--- caller no longer holds its lease under p_epoch.
+-- Move a partition's checkpoint to p_new (the last event of the batch, which
+-- becomes its witness), or fail (SQLSTATE EB001) when the caller no longer
+-- holds its lease under p_epoch.
 CREATE OR REPLACE FUNCTION eventbus.advance_lease(
     p_name text, p_partition int, p_owner text, p_epoch bigint, p_new bigint
 ) RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
-    UPDATE eventbus.projection_leases SET checkpoint = greatest(checkpoint, p_new)
+    UPDATE eventbus.projection_leases SET checkpoint = greatest(checkpoint, p_new), witness = p_new
     WHERE projection = p_name AND partition = p_partition AND owner = p_owner AND epoch = p_epoch;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'projection % partition %: the lease of epoch % is lost', p_name, p_partition, p_epoch

@@ -26,6 +26,7 @@ import attrs
 from .. import _db
 from .._db import rollback
 from .._errors import DatabaseError, PartitionsDiffer
+from .._values import EventRecord
 from ._apply import literal
 
 _log = logging.getLogger("eventbus.projections")
@@ -100,6 +101,25 @@ def fence_sql(name: str, partition: int, owner: str, epoch: int, _checkpoint: in
     return (
         f"SELECT eventbus.advance_lease({literal(name)}, {int(partition)}, {literal(owner)}, {int(epoch)}, {int(new)})"
     )
+
+
+async def witnesses(conn: _db.Connection, name: str, partitions: int) -> list[tuple[int, EventRecord]]:
+    """Each partition's witness (see schema.sql) that is still stored, with
+    its partition; none while the stored count is not ``partitions`` (the
+    heartbeat says so)."""
+    rows = await conn.fetch(
+        "SELECT l.partition, count(*) OVER () AS stored, e.sequence_number, e.event_id, e.event_type, e.payload,"
+        " e.metadata, e.occurred_at FROM eventbus.projection_leases l"
+        " LEFT JOIN eventbus.events e ON e.sequence_number = l.witness WHERE l.projection = $1",
+        name,
+    )
+    if not rows or rows[0]["stored"] != partitions:
+        return []
+    return [
+        (row[0], EventRecord(row[2], row[3], row[4], row[5], row[6], row[7]))
+        for row in rows
+        if row["sequence_number"] is not None
+    ]
 
 
 def is_fenced(exc: BaseException | None) -> bool:

@@ -54,7 +54,7 @@ from ._definition import (
     key_function,
 )
 from ._partitioned_apply import Held, ShareApplier
-from ._routing import Router
+from ._routing import Router, check_witnesses
 
 _FOLLOWING = frozenset({ProjectionState.LIVE, ProjectionState.CATCHING_UP, ProjectionState.STANDBY})
 """The states a rebuild under way in this process shows as ``rebuilding``."""
@@ -252,6 +252,7 @@ class PartitionedRunner(ShareApplier, Router):
             if self.state != ProjectionState.STANDBY:
                 self.state = ProjectionState.STARTING
                 self._notify()
+            check_witnesses(self.projection, await _leases.witnesses(leases, name, self.projection.partitions))
             await self._heartbeat(leases)
             if self._differ:  # the partitions are this process's count now
                 self.last_error, self._differ = None, False

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from json.encoder import encode_basestring
 from typing import Any
 
-from .._errors import ProjectionError
+from .._errors import PartitionsDiffer, ProjectionError
 from .._values import EventRecord, field_partition
 from ._definition import BatchHandler, Handler, Projection, Transaction
 
@@ -42,6 +42,39 @@ def partition_of(key: Any, partitions: int) -> int:
         text = json.dumps(key, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     digest = hashlib.blake2b(text.encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") % partitions
+
+
+def key_partition(projection: Projection, record: EventRecord) -> int | None:
+    """The partition ``projection``'s key puts ``record`` in; None when its key cannot be had."""
+    key = projection.partition_key
+    if isinstance(key, str):
+        partition, found = field_partition(record, key, record.event_id, projection.partitions)
+        return partition if found else None
+    assert key is not None
+    try:
+        return partition_of(key(record), projection.partitions)
+    except Exception:
+        return None
+
+
+def check_witnesses(projection: Projection, witnesses: list[tuple[int, EventRecord]]) -> None:
+    """Raise PartitionsDiffer unless ``projection``'s key puts each witness
+    (see schema.sql) in the partition that applied it.
+
+    A key changed under a running projection would send a key's events to
+    another partition, whose checkpoint may be past them (never applied) or
+    behind them (applied twice). The check catches most changes, not all:
+    only what the witnesses' keys show.
+    """
+    moved = [(k, record, got) for k, record in witnesses if (got := key_partition(projection, record)) not in (k, None)]
+    if moved:
+        k, record, got = min(moved, key=lambda m: m[0])
+        raise PartitionsDiffer(
+            f"projection {projection.name!r}: its partition_key is not the one its partitions were applied with"
+            f" (the event at position {record.sequence_number} was applied in partition {k}; this process's key"
+            f" puts it in partition {got}; {len(moved)} of {len(witnesses)} such events moved). This process stands"
+            " by: rebuild the projection from it with every process of the old key stopped, or run the old key"
+        )
 
 
 class Router:

@@ -160,3 +160,45 @@ async def test_a_rolling_redeploy_stands_by_and_takes_over_when_the_old_count_st
         status = new.projections.status()[NAME]
         assert (status.state, status.last_error) == ("live", None)
         await applied_once(new)
+
+
+def _rekeyed(key: Callable[..., object] | str) -> Projection:
+    return Projection(NAME, dict.fromkeys(TYPES, apply_event_counted), create_counted_tables, 200, partitions=4,
+                      partition_key=key)  # type: ignore[arg-type]  # fmt: skip
+
+
+@pytest.mark.parametrize("new_key", ["field", "function"])
+async def test_a_changed_partition_key_stands_by_until_a_rebuild_with_it_swaps_in(dsn: str, new_key: str) -> None:
+    await run_to_head(dsn, 4, 300, seed=41)  # applied with account_of
+    # The same key as a payload field hashes differently; a function of another key routes otherwise.
+    changed = _rekeyed("account" if new_key == "field" else lambda record: f"{account_of(record)}!")
+    async with open_bus(dsn, poll_interval=0.1) as bus:
+        await bus.projections.start(changed)
+        await poll_until(lambda: _state(bus, "standby"), timeout=10)
+        status = bus.projections.status()[NAME]
+        assert status.partitions == {} and "partition_key is not the one" in (status.last_error or ""), status
+        more = await bus.store.append(list(account_events(50, seed=42, accounts=60)))
+        await bus.projections.rebuild(NAME)  # from this process: its key
+        await poll_until(lambda: _state(bus, "live"), timeout=10)  # it joins at its next look
+        await bus.projections.wait_until_caught_up(NAME, timeout=30)
+        assert more[-1].sequence_number <= await bus.store.head()
+        await bus.store.append(list(account_events(50, seed=45, accounts=60)))  # applied with the new key
+        await bus.projections.wait_until_caught_up(NAME, timeout=30)
+        await applied_once(bus)
+    async with open_bus(dsn, poll_interval=0.1) as bus:  # the old key, once the new one has applied events
+        await bus.projections.start(_rekeyed(account_of))
+        await poll_until(lambda: _state(bus, "standby"), timeout=10)
+
+
+async def test_the_same_key_joins_again_without_a_second_look(dsn: str) -> None:
+    await run_to_head(dsn, 4, 300, seed=43)
+    async with open_bus(dsn, poll_interval=0.1) as bus:  # a function equal to the first: the same routes
+        await bus.projections.start(_rekeyed(lambda record: record.payload["account"]))
+        await bus.store.append(list(account_events(50, seed=44, accounts=60)))
+        await bus.projections.wait_until_caught_up(NAME, timeout=30)
+        assert bus.projections.status()[NAME].state == "live"
+        await applied_once(bus)
+
+
+async def _state(bus: Bus, state: str) -> bool:
+    return bus.projections.status()[NAME].state == state
