@@ -53,14 +53,17 @@ class DeadLetters:
 
 _LATEST = """
 SELECT projection, sequence_number, event_type, error, failed_at FROM eventbus.dead_letters
-WHERE projection = ANY($1::text[]) ORDER BY sequence_number DESC, projection LIMIT $2
+WHERE projection = ANY($1::text[]) AND copy_of IS NULL ORDER BY sequence_number DESC, projection LIMIT $2
 """
 
-_EVENTS = "SELECT count(DISTINCT sequence_number) FROM eventbus.dead_letters WHERE projection = ANY($1::text[])"
+_EVENTS = (
+    "SELECT count(DISTINCT sequence_number) FROM eventbus.dead_letters"
+    " WHERE projection = ANY($1::text[]) AND copy_of IS NULL"
+)
 
 _PER_PROJECTION = """
 SELECT projection, count(*) AS letters FROM eventbus.dead_letters
-WHERE projection = ANY($1::text[]) GROUP BY projection
+WHERE projection = ANY($1::text[]) AND copy_of IS NULL GROUP BY projection
 """
 
 

@@ -204,7 +204,8 @@ async def run_retry(dsn: str | None, name: str, ids: Sequence[int]) -> int:
 
 _LETTERS = """
 SELECT id, projection, sequence_number, event_type, event_id, error, failed_at
-FROM eventbus.dead_letters WHERE $1::text IS NULL OR projection = $1 ORDER BY projection, sequence_number
+FROM eventbus.dead_letters WHERE ($1::text IS NULL OR projection = $1) AND copy_of IS NULL
+ORDER BY projection, sequence_number
 """
 
 
@@ -237,7 +238,7 @@ async def run_discard(dsn: str | None, name: str, ids: Sequence[int], *, everyth
             raise Failed(f"no projection named {name!r}")
         gone = await conn.fetch(
             "DELETE FROM eventbus.dead_letters WHERE projection = $1 AND ($2::bigint[] IS NULL OR id = ANY ($2))"
-            " RETURNING id",
+            " AND copy_of IS NULL RETURNING id",
             name,
             None if everything else list(ids),
         )

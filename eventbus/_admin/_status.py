@@ -97,7 +97,9 @@ async def gather(conn: _db.Connection, max_lag: int | None) -> dict[str, Any]:
     checkpoints = {row[0]: int(row[1]) for row in await conn.fetch("SELECT name, checkpoint FROM eventbus.projections")}
     letters = {
         row[0]: int(row[1])
-        for row in await conn.fetch("SELECT projection, count(*) FROM eventbus.dead_letters GROUP BY projection")
+        for row in await conn.fetch(
+            "SELECT projection, count(*) FROM eventbus.dead_letters WHERE copy_of IS NULL GROUP BY projection"
+        )
     }
     buses = [
         {"origin": row["origin"], "pid": origin_pid(row["origin"]), "client": row["client"] or "local",

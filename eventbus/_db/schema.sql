@@ -55,6 +55,11 @@ CREATE TABLE IF NOT EXISTS eventbus.dead_letters (
     failed_at timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX IF NOT EXISTS dead_letters_projection ON eventbus.dead_letters (projection, sequence_number);
+-- A rebuild's copy writes its dead letters under its schema's name: they are
+-- the read model's only once its swap clears the name (in the same
+-- transaction), and go with the copy when it is dropped. Until then nothing
+-- lists, counts or retries them: the live model may have applied those events.
+ALTER TABLE eventbus.dead_letters ADD COLUMN IF NOT EXISTS copy_of text;
 
 -- Move a projection's checkpoint from p_old to p_new, or fail if another
 -- process moved it: the guard against two processes applying the same events.

@@ -79,11 +79,18 @@ def commit_sql(name: str, checkpoint: int | None, new: int, fence: Fence | None 
     return f"SELECT eventbus.advance_checkpoint({literal(name)}, {int(checkpoint)}, {int(new)}); COMMIT"
 
 
-DEAD_LETTER_SQL = (  # once per event: a rebuild meets the same poison again
-    "INSERT INTO eventbus.dead_letters (projection, sequence_number, event_id, event_type, payload, error)"
-    " SELECT $1, $2, $3, $4, $5, $6"
-    " WHERE NOT EXISTS (SELECT FROM eventbus.dead_letters WHERE projection = $1 AND sequence_number = $2)"
+DEAD_LETTER_SQL = (  # once per event (and copy: see schema.sql): a rebuild meets the same poison again
+    "INSERT INTO eventbus.dead_letters (projection, sequence_number, event_id, event_type, payload, error, copy_of)"
+    " SELECT $1, $2, $3, $4, $5, $6, $7"
+    " WHERE NOT EXISTS (SELECT FROM eventbus.dead_letters WHERE projection = $1 AND sequence_number = $2"
+    " AND copy_of IS NOT DISTINCT FROM $7)"
 )
+
+
+def copy_of(projection: Projection, schema: str | None) -> str | None:
+    """The copy a batch applied in ``schema`` belongs to (its dead letters'
+    ``copy_of``); None for the read model's own schema."""
+    return schema if schema is not None and schema != projection.schema else None
 
 
 async def begin(conn: _db.Connection, schema: str) -> Transaction:
@@ -215,7 +222,8 @@ async def apply_batch(
                 _fail_on_replay(projection, batch, again)
             try:
                 await conn.execute(DEAD_LETTER_SQL, projection.name, record.sequence_number, record.event_id,
-                                   record.event_type, _payload_text(record.payload), message)  # fmt: skip
+                                   record.event_type, _payload_text(record.payload), message,
+                                   copy_of(projection, schema))  # fmt: skip
                 await commit(conn, projection.name, checkpoint, record.sequence_number, fence)
             except DatabaseError as exc:
                 if index == start:
@@ -391,7 +399,8 @@ async def dead_letter(
     await begin(conn, schema or projection.schema)
     try:
         await conn.execute(DEAD_LETTER_SQL, projection.name, record.sequence_number, record.event_id,
-                           record.event_type, _payload_text(record.payload), message)  # fmt: skip
+                           record.event_type, _payload_text(record.payload), message,
+                           copy_of(projection, schema))  # fmt: skip
         await commit(conn, projection.name, checkpoint, record.sequence_number, fence)
     except BaseException:
         await rollback(conn)

@@ -169,7 +169,7 @@ class ProjectionManager:
         self._runners[projection.name] = runner
         if self._operations is None:
             self._operations = Operations(
-                self.store.pool, self.store.origin, lambda: self._runners, self.rebuild, self.status
+                self.store.pool, self.store.origin, lambda: self._runners, self.rebuild, self.status, self.rebuilding
             )
             self._nursery.start_soon(self._operations.run, name="projection operations")
 

@@ -105,6 +105,8 @@ class Operations:
         origin: this bus's name (its store's origin, as the listener registers it).
         runners: the projections started here, by name, as they are now.
         rebuild: the manager's rebuild.
+        status: the manager's status.
+        rebuilding: whether a rebuild of a projection is under way here.
     """
 
     def __init__(
@@ -114,12 +116,14 @@ class Operations:
         runners: Callable[[], Mapping[str, AnyRunner]],
         rebuild: Rebuilder,
         status: Callable[[], Mapping[str, ProjectionStatus]],
+        rebuilding: Callable[[str], bool] = lambda _name: False,
     ) -> None:
         self._pool = pool
         self._origin = origin
         self._runners = runners
         self._rebuild = rebuild
         self._status = status
+        self._rebuilding = rebuilding
         self._published: list[tuple[Any, ...]] | None = None
         self._published_at = -HEARTBEAT
         self._host = socket.gethostname()
@@ -239,14 +243,22 @@ class Operations:
     async def _do_retry(self, name: str, ids: list[int] | None) -> str:
         """Apply the projection's dead letters (or those of ``ids``) again, each
         in a transaction that also deletes it: applied once, also when two
-        retries race."""
+        retries race.
+
+        Refused while a rebuild of the projection is under way (here, or a
+        partitioned one's anywhere): its copy leaves the dead letters out and
+        replaces the tables a retry would apply them to. Each letter's
+        transaction looks once it holds the letter: a rebuild that starts
+        meanwhile reads the dead letters after it (``dead_letters_of``)."""
         runner = self._runner(name)
         if not runner.leader:
             raise ProjectionError(f"this process no longer leads {name}: ask again")
+        await self._check_no_rebuild(self._pool, name)
         letters = await self._pool.fetch(
             "SELECT d.id, e.sequence_number, e.event_id, e.event_type, e.payload, e.metadata, e.occurred_at"
             " FROM eventbus.dead_letters d JOIN eventbus.events e USING (sequence_number)"
-            " WHERE d.projection = $1 AND ($2::bigint[] IS NULL OR d.id = ANY ($2)) ORDER BY d.sequence_number",
+            " WHERE d.projection = $1 AND ($2::bigint[] IS NULL OR d.id = ANY ($2)) AND d.copy_of IS NULL"
+            " ORDER BY d.sequence_number",
             name,
             ids,
         )
@@ -262,6 +274,7 @@ class Operations:
                 committed = False
                 try:
                     if await conn.fetchval("DELETE FROM eventbus.dead_letters WHERE id = $1 RETURNING id", letter_id):
+                        await self._check_no_rebuild(conn, name)
                         failure = await _run_handlers(tx, projection, [record], 0, 1)
                         if failure is None:
                             await conn.execute("COMMIT")
@@ -275,3 +288,13 @@ class Operations:
         if errors:
             raise ProjectionError(f"{applied} applied again; {len(errors)} failed again: {'; '.join(errors)}")
         return f"{applied} dead letters of {name} applied again"
+
+    async def _check_no_rebuild(self, db: _db.Pool | _db.Connection, name: str) -> None:
+        claimed = (
+            "SELECT EXISTS (SELECT FROM eventbus.projection_rebuilds WHERE projection = $1 AND expires_at > now())"
+        )
+        if self._rebuilding(name) or await db.fetchval(claimed, name):
+            raise ProjectionError(
+                f"a rebuild of {name} is under way: retry its dead letters once it is done (its copy leaves them"
+                " out, and replaces the tables a retry now would apply them to)"
+            )

@@ -51,7 +51,7 @@ from . import _leases
 from ._apply import literal, prepare_schema, quote
 from ._definition import BatchHandler, Handler, Projection, Transaction, key_function
 from ._rebuild import IDLE_WAIT, Progress, apply_to_copy, dead_letters_of, subscribe_from_start
-from ._shadow import Shadow, create_shadow, drop_shadow
+from ._shadow import Shadow, adopt_dead_letters_sql, create_shadow, drop_shadow
 from ._swap import LOCK_CONFLICTS, SWAP_ATTEMPTS, SWAP_LOCK_TIMEOUT
 
 CLAIM_TTL = _leases.LEASE_TTL
@@ -219,7 +219,7 @@ class PartitionedRebuild:
                     caught_up = position >= await self._slowest()
                 if caught_up:
                     attempt += 1
-                    if await _swap_in(conn, projection, shadow, self.member, position, attempt):
+                    if await _swap_in(conn, projection, shadow, self.member, position, attempt, left_out):
                         return position
                 batch: list[EventRecord] | None = None
                 with trio.move_on_after(IDLE_WAIT):
@@ -236,7 +236,7 @@ class PartitionedRebuild:
 
 
 async def _swap_in(conn: _db.Connection, projection: Projection, shadow: Shadow, member: str, position: int,
-                   attempt: int) -> bool:  # fmt: skip
+                   attempt: int, left_out: frozenset[int]) -> bool:  # fmt: skip
     """Swap the copy in at ``position``, in one transaction (see the module's
     docstring); whether it swapped. A lock not granted within
     ``SWAP_LOCK_TIMEOUT`` (a long batch or reader) or a deadlock rolls it
@@ -262,7 +262,7 @@ async def _swap_in(conn: _db.Connection, projection: Projection, shadow: Shadow,
             f" SELECT eventbus.lock_read_model({literal(schema)}, true);"
             f" SELECT pg_advisory_xact_lock({_leases.lock_key(name)}); {claim_check}; {shadow.check_sql()};"
             f" DROP SCHEMA IF EXISTS {live} CASCADE; ALTER SCHEMA {copy} RENAME TO {live};"
-            f" COMMENT ON SCHEMA {live} IS NULL;"
+            f" COMMENT ON SCHEMA {live} IS NULL; {adopt_dead_letters_sql(shadow, name, left_out)};"
             " UPDATE eventbus.projection_leases SET epoch = epoch + 1, witness = NULL, checkpoint = "
             f"{int(position)} WHERE projection = {literal(name)};"
             " INSERT INTO eventbus.projection_leases (projection, partition, checkpoint)"

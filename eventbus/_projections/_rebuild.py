@@ -47,7 +47,9 @@ async def dead_letters_of(conn: _db.Connection, name: str) -> frozenset[int]:
     fail every rebuild.) A discarded one is no longer a dead letter: a
     rebuild meets it again.
     """
-    rows = await conn.fetch("SELECT sequence_number FROM eventbus.dead_letters WHERE projection = $1", name)
+    rows = await conn.fetch(  # (FOR SHARE: a retry under way is waited for; see Operations._do_retry)
+        "SELECT sequence_number FROM eventbus.dead_letters WHERE projection = $1 AND copy_of IS NULL FOR SHARE", name
+    )
     return frozenset(int(row[0]) for row in rows)
 
 
@@ -141,7 +143,7 @@ class Rebuild:
         live = self.live
         position = 0
         asked = False
-        left_out = await dead_letters_of(conn, projection.name)
+        left_out = swap.left_out = await dead_letters_of(conn, projection.name)
         sub = subscribe_from_start(self.stream, projection)
         async with sub:
             while True:

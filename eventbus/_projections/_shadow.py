@@ -51,6 +51,26 @@ class Shadow:
         )
 
 
+def adopt_dead_letters_sql(shadow: Shadow, name: str, left_out: frozenset[int]) -> str:
+    """For the swap's transaction: the dead letters become the copy's.
+
+    The copy applied every event of the live model's dead letters but those
+    it ``left_out`` (as it started): the others (written while it was built)
+    are applied there, or dead letters of the copy's own. Those go, and the
+    copy's become the read model's: each event a dead letter once.
+    """
+    positions = "'{" + ",".join(str(int(p)) for p in sorted(left_out)) + "}'::bigint[]"
+    return (
+        f"DELETE FROM eventbus.dead_letters WHERE projection = {literal(name)} AND copy_of IS NULL"
+        f" AND sequence_number <> ALL ({positions});"
+        f" UPDATE eventbus.dead_letters SET copy_of = NULL WHERE copy_of = {literal(shadow.schema)}"
+    )
+
+
+def _forget_dead_letters_sql(schema: str) -> str:
+    return f"DELETE FROM eventbus.dead_letters WHERE copy_of = {literal(schema)}"
+
+
 def shadow_schema(name: str) -> str:
     """The schema of a rebuild's copy of projection ``name``."""
     return schema_of(name) + SHADOW_SUFFIX
@@ -77,7 +97,10 @@ async def create_shadow(conn: _db.Connection, name: str) -> Shadow:
                 f"rename or drop it to rebuild projection {name!r}"
             )
         await conn.execute(f"DROP SCHEMA {quote(schema)} CASCADE")  # a killed rebuild's copy
-    await conn.run_script(f"BEGIN; CREATE SCHEMA {quote(schema)}; COMMENT ON SCHEMA {quote(schema)} IS {literal(mark)}")
+    await conn.run_script(
+        f"BEGIN; {_forget_dead_letters_sql(schema)}; CREATE SCHEMA {quote(schema)};"
+        f" COMMENT ON SCHEMA {quote(schema)} IS {literal(mark)}"
+    )
     try:
         oid = int(await conn.fetchval("SELECT oid FROM pg_namespace WHERE nspname = $1", schema))
         await conn.execute("COMMIT")
@@ -95,7 +118,8 @@ async def drop_shadow(conn: _db.Connection, shadow: Shadow, fallback: _db.Pool |
     sql = (
         "DO $eventbus$ BEGIN IF EXISTS (SELECT FROM pg_namespace"
         f" WHERE oid = {int(shadow.oid)} AND nspname = {literal(shadow.schema)}) THEN"
-        f" DROP SCHEMA {quote(shadow.schema)} CASCADE; END IF; END $eventbus$"
+        f" DROP SCHEMA {quote(shadow.schema)} CASCADE; {_forget_dead_letters_sql(shadow.schema)}; END IF;"
+        " END $eventbus$"
     )
     with trio.move_on_after(_db.CLOSE_TIMEOUT, shield=True):
         # A transaction left open (a batch cancelled as it began) would take

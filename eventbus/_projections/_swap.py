@@ -22,7 +22,7 @@ from .._db import rollback
 from .._errors import DatabaseError, ProjectionError
 from ._apply import commit_sql, literal, quote
 from ._definition import Projection
-from ._shadow import NOT_THE_COPY, Shadow, drop_shadow
+from ._shadow import NOT_THE_COPY, Shadow, adopt_dead_letters_sql, drop_shadow
 
 SWAP_LOCK_TIMEOUT = 1.0
 """Seconds a rebuild's swap waits for the live tables' locks before it gives way."""
@@ -48,6 +48,7 @@ class Swap:
 
     def __init__(self, shadow: Shadow) -> None:
         self.shadow = shadow
+        self.left_out: frozenset[int] = frozenset()  # the dead letters the copy leaves out (see _rebuild.py)
         self._target: int | None = None
         self._target_set = trio.Event()
         self._reached: int | None = None
@@ -164,7 +165,9 @@ async def _swap_schemas(conn: _db.Connection, projection: Projection, checkpoint
                 f"BEGIN; SET LOCAL lock_timeout = '{int(SWAP_LOCK_TIMEOUT * 1000)}ms';"
                 f" SELECT eventbus.lock_read_model({literal(schema)}, true); {swap.shadow.check_sql()};"
                 f" DROP SCHEMA IF EXISTS {live} CASCADE; ALTER SCHEMA {shadow} RENAME TO {live};"
-                f" COMMENT ON SCHEMA {live} IS NULL; {commit_sql(projection.name, checkpoint, reached)}"
+                f" COMMENT ON SCHEMA {live} IS NULL;"
+                f" {adopt_dead_letters_sql(swap.shadow, projection.name, swap.left_out)};"
+                f" {commit_sql(projection.name, checkpoint, reached)}"
             )
             return True
         except DatabaseError as exc:

@@ -9,10 +9,11 @@ import os
 import sys
 from typing import Any
 
+import attrs
 import pytest
 import trio
 
-from eventbus import Bus, EventRecord, Projection, ProjectionError, RestartPolicy, Transaction, open_bus, testing
+from eventbus import Bus, Event, EventRecord, Projection, ProjectionError, RestartPolicy, Transaction, open_bus, testing
 
 from ...helpers import ROOT, database_dsn, drop_database
 from .test_admin_cli import Ledger, balances, cli, deposit, published, quick_operations, setup_ledger
@@ -248,3 +249,95 @@ async def test_a_rebuild_leaves_the_dead_letters_out_and_a_retry_after_it_applie
         assert await balances(bus) == {"ada": 105, "bob": 7}
         await bus.projections.rebuild("ledger")  # no longer a dead letter: applied as any event
         assert await balances(bus) == {"ada": 105, "bob": 7}
+
+
+@attrs.define
+class Copied:
+    """A read model of event positions whose handler can be told to fail, or
+    to hold still, on an event of a rebuild's copy only."""
+
+    refuse: int | None = None  # in the copy: this position fails
+    hold: int | None = None  # in the copy: this position waits for ``go``
+    poisoned: bool = True  # (anywhere) an event with "poison" fails, until the fix
+    held: trio.Event = attrs.field(factory=trio.Event)
+    go: trio.Event = attrs.field(factory=trio.Event)
+
+    async def apply(self, tx: Transaction, record: EventRecord) -> None:
+        if (await tx.fetchval("SELECT current_schema()")).endswith("$shadow"):
+            if record.sequence_number == self.refuse:
+                raise RuntimeError("refused in the copy")
+            if record.sequence_number == self.hold:
+                self.held.set()
+                await self.go.wait()
+        if record.payload.get("poison") and self.poisoned:
+            raise RuntimeError("poison")
+        await tx.execute("INSERT INTO applied VALUES ($1)", record.sequence_number)
+
+    def projection(self, partitions: int = 1, on_error: str = "skip") -> Projection:
+        async def setup(tx: Transaction) -> None:
+            await tx.execute("CREATE TABLE IF NOT EXISTS applied (position bigint PRIMARY KEY)")
+
+        return Projection("copied", {"Noted": self.apply}, setup=setup, on_error=on_error,  # type: ignore[arg-type]
+                          partitions=partitions, partition_key="k" if partitions > 1 else None)  # fmt: skip
+
+
+async def applied(bus: Bus) -> list[int]:
+    async with bus.projections.reader("copied") as tx:
+        return [row[0] for row in await tx.fetch("SELECT position FROM applied ORDER BY position")]
+
+
+async def letters(bus: Bus) -> list[tuple[int, str | None]]:
+    rows = await bus.store.pool.fetch("SELECT sequence_number, copy_of FROM eventbus.dead_letters ORDER BY 1")
+    return [(row[0], row[1]) for row in rows]
+
+
+@pytest.mark.parametrize("partitions", [1, 4])
+async def test_a_copys_dead_letters_go_with_it_unless_it_is_swapped_in(dsn: str, partitions: int) -> None:
+    handler = Copied(refuse=5, hold=8)
+    async with open_bus(dsn, poll_interval=0.1) as bus:
+        await bus.store.append([Event("Noted", {"k": n % 3}) for n in range(12)])
+        await bus.projections.start(handler.projection(partitions))
+        await bus.projections.wait_until_caught_up("copied", timeout=20)
+        assert await applied(bus) == list(range(1, 13))
+        with trio.CancelScope() as scope:  # a rebuild given up after its copy met a failure
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(bus.projections.rebuild, "copied")
+                await handler.held.wait()
+                assert await letters(bus) == [(5, "projection_copied$shadow")]  # the copy's, not the model's
+                assert (await cli(dsn, "dead-letters", "list", "--json")).out == ""
+                scope.cancel()
+        assert await letters(bus) == []  # gone with the copy: the live model applied position 5
+        assert await applied(bus) == list(range(1, 13))
+
+        handler.hold, handler.held = None, trio.Event()
+        await bus.projections.rebuild("copied")  # swapped in: its dead letter is the model's now
+        assert await letters(bus) == [(5, None)]
+        assert await applied(bus) == [n for n in range(1, 13) if n != 5]
+        handler.refuse = None  # the fix
+        assert (await cli(dsn, "dead-letters", "retry", "copied")).status == 0
+        assert await applied(bus) == list(range(1, 13))
+        assert await letters(bus) == []
+
+
+@pytest.mark.parametrize("partitions", [1, 4])
+async def test_a_retry_is_refused_while_a_rebuild_is_under_way_and_applies_once_after_it(
+    dsn: str, partitions: int
+) -> None:
+    handler = Copied(hold=9)
+    async with open_bus(dsn, poll_interval=0.1) as bus:
+        events = [Event("Noted", {"k": n % 3, "poison": n == 4}) for n in range(12)]
+        await bus.store.append(events)
+        await bus.projections.start(handler.projection(partitions))
+        await bus.projections.wait_until_caught_up("copied", timeout=20)
+        assert await letters(bus) == [(5, None)]
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(bus.projections.rebuild, "copied")
+            await handler.held.wait()
+            refused = await cli(dsn, "dead-letters", "retry", "copied")
+            assert refused.status == 1 and "a rebuild of copied is under way" in refused.err, refused
+            handler.go.set()
+        assert await letters(bus) == [(5, None)]  # left out by the copy, as by the model before
+        assert await applied(bus) == [n for n in range(1, 13) if n != 5]
+        handler.poisoned = False  # the fix
+        assert (await cli(dsn, "dead-letters", "retry", "copied")).status == 0
+        assert await applied(bus) == list(range(1, 13))
