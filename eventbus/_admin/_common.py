@@ -44,10 +44,18 @@ async def connected(dsn: str | None) -> AsyncIterator[_db.Connection]:
 
     The commands never install or change the schema: that is the buses'
     work, and a command of another version would otherwise replace the
-    functions the running buses call. Without a schema there is nothing to
-    look at (Failed); a schema of another version gets a warning on stderr
-    (what this version reads may be missing there).
+    functions the running buses call. Without a schema (or, with no
+    connection string, without the embedded server, which it does not make)
+    there is nothing to look at (Failed); a schema of another version gets a
+    warning on stderr (what this version reads may be missing there).
     """
+    if not dsn and _db.dsn_from_environment() is None:
+        embedded = _db.EmbeddedServer(_db.default_data_dir())
+        if not (embedded.pgdata / "PG_VERSION").exists():  # (else it would be made, only to be empty)
+            raise Failed(
+                f"no database to look at: no --dsn, EVENTBUS_DSN or DATABASE_URL, and no bus has made the embedded"
+                f" server at {embedded.data_dir}"
+            )
     async with _db.open_database(dsn) as resolved, _db.open_loop():
         conn = await _db.connect(resolved, application_name="eventbus-admin")
         try:

@@ -61,7 +61,8 @@ def check_dsn(dsn: object, source: str = "given") -> str:
     Accepted: ``postgresql://`` (or ``postgres://``), an optional
     ``user:password@`` with at most one ``@``, hosts as ``host:port`` (port a
     number; several separated by commas; IPv6 in brackets), an optional
-    ``/database`` and ``?key=value&...``. No ``#`` anywhere and no ``@`` after
+    ``/database`` and ``?key=value&...`` (a ``port`` there a number, or
+    several separated by commas). No ``#`` anywhere and no ``@`` after
     the host: either means a password with an unencoded reserved character.
 
     Args:
@@ -113,7 +114,9 @@ def _host_ok(host: str) -> bool:
 
 
 def _query_item_ok(item: str) -> bool:
-    key, equals, _ = item.partition("=")
+    key, equals, value = item.partition("=")
+    if key == "port":  # (a port there would otherwise fail at connecting, as if the server were down)
+        return all(part.isdigit() and part.isascii() and 1 <= int(part) <= 65535 for part in value.split(","))
     return bool(equals) and _QUERY_KEY.fullmatch(key) is not None
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -196,6 +197,18 @@ async def test_without_a_schema_the_commands_say_so_and_install_none(admin_dsn: 
     finally:
         with trio.CancelScope(shield=True):
             await drop_database(admin_dsn, name)
+
+
+async def test_without_a_connection_string_or_an_embedded_server_the_commands_make_none(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("EVENTBUS_DSN", "DATABASE_URL")}
+    env["EVENTBUS_DATA_DIR"] = str(tmp_path / "nothing here")
+    for args in (["status"], ["dead-letters", "list"]):
+        with trio.fail_after(60):
+            run = await trio.run_process([sys.executable, "-m", "eventbus", *args], cwd=ROOT, env=env,
+                                         capture_stdout=True, capture_stderr=True, check=False)  # fmt: skip
+        assert run.returncode == 1, run
+        assert run.stderr.decode().startswith("error: no database to look at"), run.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 async def test_a_schema_of_another_version_is_read_with_a_warning_and_left_as_it_is(dsn: str) -> None:

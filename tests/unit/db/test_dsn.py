@@ -24,6 +24,9 @@ MALFORMED_DSNS = [
     f"postgresql://alice:#{SECRET}@db.example:5432/app?sslmode=disable",
     f"postgres://alice:{SECRET}@db.example:port/app",
     f"postgres://alice:{SECRET}@db.example:65536/app",
+    f"postgresql://alice:{SECRET}@/app?host=/var/run&port=abc",
+    f"postgresql://alice:{SECRET}@/app?host=/var/run&port=5432,99999",
+    f"postgresql://alice:{SECRET}@/app?port=",
     f"postgresql://alice:{SECRET}@db.example:5432,/app",
     f"postgresql://alice:{SECRET}@[::1/app",
     f"postgresql://alice:{SECRET}@db.example/app?password",
@@ -41,6 +44,7 @@ WELL_FORMED = [
     "postgresql://alice:secret@h1:5432,h2:5433/app",
     "postgresql://alice:secret@[::1]:5432/app",
     "postgresql://postgres@/eventbus?host=/var/lib/eventbus/run&port=5432",
+    "postgresql://alice@/app?host=/a,/b&port=5432,5433",
     "postgresql:///app",
     "postgresql://alice:secret@db.example/app?",
 ]
