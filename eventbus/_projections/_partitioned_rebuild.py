@@ -262,7 +262,7 @@ async def _swap_in(conn: _db.Connection, projection: Projection, shadow: Shadow,
             f" SELECT eventbus.lock_read_model({literal(schema)}, true);"
             f" SELECT pg_advisory_xact_lock({_leases.lock_key(name)}); {claim_check}; {shadow.check_sql()};"
             f" DROP SCHEMA IF EXISTS {live} CASCADE; ALTER SCHEMA {copy} RENAME TO {live};"
-            f" COMMENT ON SCHEMA {live} IS NULL; {adopt_dead_letters_sql(shadow, name, left_out)};"
+            f" COMMENT ON SCHEMA {live} IS NULL; {adopt_dead_letters_sql(shadow, name, left_out, position)};"
             " UPDATE eventbus.projection_leases SET epoch = epoch + 1, witness = NULL, checkpoint = "
             f"{int(position)} WHERE projection = {literal(name)};"
             " INSERT INTO eventbus.projection_leases (projection, partition, checkpoint)"

@@ -51,18 +51,23 @@ class Shadow:
         )
 
 
-def adopt_dead_letters_sql(shadow: Shadow, name: str, left_out: frozenset[int]) -> str:
-    """For the swap's transaction: the dead letters become the copy's.
+def adopt_dead_letters_sql(shadow: Shadow, name: str, left_out: frozenset[int], position: int) -> str:
+    """For the swap's transaction, the copy swapped in at ``position``: the
+    dead letters become the copy's.
 
-    The copy applied every event of the live model's dead letters but those
-    it ``left_out`` (as it started): the others (written while it was built)
-    are applied there, or dead letters of the copy's own. Those go, and the
-    copy's become the read model's: each event a dead letter once.
+    Up to ``position`` the copy applied every event of the live model's dead
+    letters but those it ``left_out`` (as it started): the others (written
+    while it was built) are applied there, or dead letters of the copy's own.
+    Past it, the live model's dead letters are events the model applies
+    again after the swap (a partition that stood past the copy goes back to
+    it), to be applied or dead letters once more. Those go, and the copy's
+    become the read model's: each event a dead letter once, and not also
+    applied.
     """
     positions = "'{" + ",".join(str(int(p)) for p in sorted(left_out)) + "}'::bigint[]"
     return (
         f"DELETE FROM eventbus.dead_letters WHERE projection = {literal(name)} AND copy_of IS NULL"
-        f" AND sequence_number <> ALL ({positions});"
+        f" AND (sequence_number > {int(position)} OR sequence_number <> ALL ({positions}));"
         f" UPDATE eventbus.dead_letters SET copy_of = NULL WHERE copy_of = {literal(shadow.schema)}"
     )
 

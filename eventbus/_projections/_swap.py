@@ -166,7 +166,7 @@ async def _swap_schemas(conn: _db.Connection, projection: Projection, checkpoint
                 f" SELECT eventbus.lock_read_model({literal(schema)}, true); {swap.shadow.check_sql()};"
                 f" DROP SCHEMA IF EXISTS {live} CASCADE; ALTER SCHEMA {shadow} RENAME TO {live};"
                 f" COMMENT ON SCHEMA {live} IS NULL;"
-                f" {adopt_dead_letters_sql(swap.shadow, projection.name, swap.left_out)};"
+                f" {adopt_dead_letters_sql(swap.shadow, projection.name, swap.left_out, reached)};"
                 f" {commit_sql(projection.name, checkpoint, reached)}"
             )
             return True
