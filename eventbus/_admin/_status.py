@@ -122,12 +122,21 @@ async def gather(conn: _db.Connection, max_lag: int | None) -> dict[str, Any]:
         else:
             state = "not running"
         failed = [r for r in mine if r.state == "failed"]
-        erring = failed[0] if failed else leader
+        # (a process standing by says why: partitions or a key that differ)
+        erring = (
+            failed[0]
+            if failed
+            else leader
+            if leader is not None and leader.last_error
+            else next((r for r in mine if r.last_error), leader)
+        )
         checkpoint = checkpoints.get(name, 0)
         lag = max(0, head - checkpoint)
         problems = []
         if failed:
             problems.append("failed")
+        if mine and all(r.state == "standby" and r.last_error for r in mine):
+            problems.append("no process applies it")
         if max_lag is not None and lag > max_lag:
             problems.append(f"lag {lag} > {max_lag}")
         healthy = healthy and not problems

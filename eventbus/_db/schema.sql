@@ -502,8 +502,9 @@ CREATE TABLE IF NOT EXISTS eventbus.projection_leases (
 );
 -- The position of the last event a batch applied in the partition (an event
 -- of the partition under the key it was applied with), or null: a process
--- that joins checks that its key puts each witness in its partition
--- (_partitioned.py). A rebuild's swap clears them; a new count writes new rows.
+-- checks at each heartbeat that its key puts each witness in its partition
+-- (_partitioned.py). -1 once a process found that a key differs: then every
+-- process stands by. A rebuild's swap clears them; a new count writes new rows.
 ALTER TABLE eventbus.projection_leases ADD COLUMN IF NOT EXISTS witness bigint;
 
 -- Move a partition's checkpoint to p_new (the last event of the batch, which
@@ -514,7 +515,8 @@ CREATE OR REPLACE FUNCTION eventbus.advance_lease(
 ) RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
-    UPDATE eventbus.projection_leases SET checkpoint = greatest(checkpoint, p_new), witness = p_new
+    UPDATE eventbus.projection_leases SET checkpoint = greatest(checkpoint, p_new),
+        witness = CASE WHEN witness = -1 THEN -1 ELSE p_new END
     WHERE projection = p_name AND partition = p_partition AND owner = p_owner AND epoch = p_epoch;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'projection % partition %: the lease of epoch % is lost', p_name, p_partition, p_epoch

@@ -103,23 +103,35 @@ def fence_sql(name: str, partition: int, owner: str, epoch: int, _checkpoint: in
     )
 
 
-async def witnesses(conn: _db.Connection, name: str, partitions: int) -> list[tuple[int, EventRecord]]:
+KEYS_DIFFER = -1
+"""The witness (see schema.sql) of every partition once a process found that a key differs."""
+
+
+async def witnesses(conn: _db.Connection, name: str, partitions: int) -> tuple[list[tuple[int, EventRecord]], bool]:
     """Each partition's witness (see schema.sql) that is still stored, with
-    its partition; none while the stored count is not ``partitions`` (the
-    heartbeat says so)."""
+    its partition, and whether keys were found to differ (``KEYS_DIFFER``);
+    nothing while the stored count is not ``partitions`` (the heartbeat
+    says so)."""
     rows = await conn.fetch(
-        "SELECT l.partition, count(*) OVER () AS stored, e.sequence_number, e.event_id, e.event_type, e.payload,"
-        " e.metadata, e.occurred_at FROM eventbus.projection_leases l"
+        "SELECT l.partition, count(*) OVER () AS stored, l.witness, e.sequence_number, e.event_id, e.event_type,"
+        " e.payload, e.metadata, e.occurred_at FROM eventbus.projection_leases l"
         " LEFT JOIN eventbus.events e ON e.sequence_number = l.witness WHERE l.projection = $1",
         name,
     )
     if not rows or rows[0]["stored"] != partitions:
-        return []
-    return [
-        (row[0], EventRecord(row[2], row[3], row[4], row[5], row[6], row[7]))
+        return [], False
+    found = [
+        (row[0], EventRecord(row[3], row[4], row[5], row[6], row[7], row[8]))
         for row in rows
         if row["sequence_number"] is not None
     ]
+    return found, any(row["witness"] == KEYS_DIFFER for row in rows)
+
+
+async def mark_keys_differ(conn: _db.Connection, name: str) -> None:
+    """Set every partition's witness to ``KEYS_DIFFER``: every process of
+    ``name`` stands by until a rebuild's swap clears them."""
+    await conn.execute("UPDATE eventbus.projection_leases SET witness = $2 WHERE projection = $1", name, KEYS_DIFFER)
 
 
 def is_fenced(exc: BaseException | None) -> bool:

@@ -252,7 +252,6 @@ class PartitionedRunner(ShareApplier, Router):
             if self.state != ProjectionState.STANDBY:
                 self.state = ProjectionState.STARTING
                 self._notify()
-            check_witnesses(self.projection, await _leases.witnesses(leases, name, self.projection.partitions))
             await self._heartbeat(leases)
             if self._differ:  # the partitions are this process's count now
                 self.last_error, self._differ = None, False
@@ -288,7 +287,19 @@ class PartitionedRunner(ShareApplier, Router):
             await self._heartbeat(conn)
 
     async def _heartbeat(self, conn: _db.Connection) -> None:
+        """Renew, release and take leases; first check this process's key
+        against the partitions' witnesses, at every heartbeat: a process of
+        another key may have joined since (or be running when this one
+        joins a projection nothing has applied yet), and both step back
+        once either has applied a batch (PartitionsDiffer)."""
         projection = self.projection
+        found, differed = await _leases.witnesses(conn, projection.name, projection.partitions)
+        try:
+            check_witnesses(projection, found, differed)
+        except PartitionsDiffer:
+            if not differed:  # the others stand by too: one of them may have applied with the other key already
+                await _leases.mark_keys_differ(conn, projection.name)
+            raise
         round_ = await _leases.heartbeat(conn, projection.name, self.member, projection.partitions)
         owned = {k for ks in round_.owners.values() for k in ks}
         for leases in (self._held, self._taken):

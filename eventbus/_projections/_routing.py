@@ -57,15 +57,21 @@ def key_partition(projection: Projection, record: EventRecord) -> int | None:
         return None
 
 
-def check_witnesses(projection: Projection, witnesses: list[tuple[int, EventRecord]]) -> None:
-    """Raise PartitionsDiffer unless ``projection``'s key puts each witness
-    (see schema.sql) in the partition that applied it.
+def check_witnesses(projection: Projection, witnesses: list[tuple[int, EventRecord]], differed: bool) -> None:
+    """Raise PartitionsDiffer if a process found keys to differ before
+    (``differed``), or unless ``projection``'s key puts each witness (see
+    schema.sql) in the partition that applied it.
 
     A key changed under a running projection would send a key's events to
     another partition, whose checkpoint may be past them (never applied) or
     behind them (applied twice). The check catches most changes, not all:
     only what the witnesses' keys show.
     """
+    if differed:
+        raise PartitionsDiffer(
+            f"projection {projection.name!r} was applied by processes of different partition_keys: every process of"
+            " it stands by. Stop those of the key you no longer want, then rebuild it from one of the other"
+        )
     moved = [(k, record, got) for k, record in witnesses if (got := key_partition(projection, record)) not in (k, None)]
     if moved:
         k, record, got = min(moved, key=lambda m: m[0])

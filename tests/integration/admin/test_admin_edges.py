@@ -354,3 +354,25 @@ async def test_a_retry_is_refused_while_a_rebuild_is_under_way_and_applies_once_
         handler.poisoned = False  # the fix
         assert (await cli(dsn, "dead-letters", "retry", "copied")).status == 0
         assert await applied(bus) == list(range(1, 13))
+
+
+async def test_status_shows_why_a_projection_stands_by_and_that_nobody_applies_it(dsn: str) -> None:
+    first, changed = Copied().projection(partitions=4), Copied().projection(partitions=4)
+    changed = attrs.evolve(changed, partition_key=lambda record: f"{record.payload['k']}!")
+    async with open_bus(dsn, poll_interval=0.1) as bus:
+        await bus.store.append([Event("Noted", {"k": n}) for n in range(40)])
+        await bus.projections.start(first)
+        await bus.projections.wait_until_caught_up("copied", timeout=20)
+    async with open_bus(dsn, poll_interval=0.1) as bus:
+        await bus.projections.start(changed)  # another key: it stands by
+        with trio.fail_after(20):
+            while bus.projections.status()["copied"].state != "standby":
+                await trio.sleep(0.05)
+        await published(dsn, "copied", "standby")
+        run = await cli(dsn, "status", "--json")
+        assert run.status == 1, run  # unhealthy: nobody applies it
+        [projection] = run.json()["projections"]
+        assert projection["state"] == "standby" and "partition_key" in projection["last_error"], projection
+        assert projection["problems"] == ["no process applies it"]
+        table = await cli(dsn, "status")
+        assert "partition_key" in table.out, table
