@@ -78,8 +78,9 @@ def check_witnesses(projection: Projection, witnesses: list[tuple[int, EventReco
         raise PartitionsDiffer(
             f"projection {projection.name!r}: its partition_key is not the one its partitions were applied with"
             f" (the event at position {record.sequence_number} was applied in partition {k}; this process's key"
-            f" puts it in partition {got}; {len(moved)} of {len(witnesses)} such events moved). This process stands"
-            " by: rebuild the projection from it with every process of the old key stopped, or run the old key"
+            f" puts it in partition {got}; {len(moved)} of {len(witnesses)} such events moved). It stands by, and so"
+            " does every other process of it: stop those of the key you no longer want, then rebuild it from one of"
+            " the other"
         )
 
 
