@@ -38,9 +38,10 @@ class Run:
         return json.loads(self.out)
 
 
-async def cli(dsn: str | None, *args: str, timeout: float = CLI_TIMEOUT) -> Run:
-    """Run ``python -m eventbus ARGS... [--dsn DSN]``."""
-    env = {k: v for k, v in os.environ.items() if k not in ("EVENTBUS_DSN", "DATABASE_URL")}
+async def cli(dsn: str | None, *args: str, timeout: float = CLI_TIMEOUT, env: dict[str, str] | None = None) -> Run:
+    """Run ``python -m eventbus ARGS... [--dsn DSN]``, with ``env`` added to
+    the environment (less ``EVENTBUS_DSN`` and ``DATABASE_URL``)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("EVENTBUS_DSN", "DATABASE_URL")} | (env or {})
     dsn_args = ["--dsn", dsn] if dsn is not None else []
     with trio.fail_after(timeout):
         result = await trio.run_process(
