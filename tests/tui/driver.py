@@ -9,6 +9,7 @@ redraw: never a fixed sleep.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import io
 from collections.abc import Awaitable, Callable
@@ -94,6 +95,15 @@ async def until(app: DashboardApp, predicate: Callable[[DashboardState], bool], 
     """From the app's side: wait until ``predicate(state)`` holds, then for a redraw that shows it."""
     await until_state(app, predicate, timeout)
     await app.wait_for_redraw()
+
+
+async def until_shown(app: DashboardApp, check: Callable[[], bool], timeout: float = WAIT) -> None:
+    """From the app's side: wait, redraw after redraw, until ``check()`` holds on
+    screen (what changes with every event is redrawn at most once a BUSY_INTERVAL,
+    so the redraw that follows a change may not show it yet)."""
+    async with asyncio.timeout(timeout):
+        while not check():
+            await app.wait_for_redraw()
 
 
 async def type_text(pilot: Pilot[None], text: str) -> None:

@@ -33,7 +33,7 @@ from tui.table import LineTable
 from tui.widgets import HealthBar, Line
 
 from ..helpers import ROOT
-from .driver import call_trio, drive, type_text, until, until_state
+from .driver import call_trio, drive, type_text, until, until_shown, until_state
 
 
 def _owners(rows: Sequence[AccountRow]) -> list[str]:
@@ -208,6 +208,7 @@ async def test_events_written_by_another_process_appear(dsn: str) -> None:
         done = await call_trio(run)
         assert done.returncode == 0
         await until(app, lambda state: sum(r.event_type == "ParcelShipped" for r in state.events) == 2)
+        await until_shown(app, lambda: any(row[2] == "ParcelShipped" for row in app.query_one(EventLog).rows))
         rows = app.query_one(EventLog).rows
         assert [(row[2], row[3]) for row in rows] == [
             ("ParcelShipped", "parcel=p-43"),
