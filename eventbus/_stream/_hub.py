@@ -346,6 +346,10 @@ class EventStream:
                 chunk = matched[start : start + size]
                 try:
                     delivery.put_nowait(chunk)
+                except trio.ClosedResourceError:  # closed behind the hub's back: never the others' concern
+                    self._live.pop(delivery, None)
+                    self._all.pop(delivery, None)
+                    break
                 except trio.WouldBlock:
                     if delivery.overflow == "block":
                         blocked.append((delivery, matched, start))
@@ -386,9 +390,13 @@ class EventStream:
             StoreUnavailable: ``after`` is None and the store cannot be reached.
         """
         self._check_open()
+        if delivery.state is not SubscriptionState.NEW:  # (Subscription refuses it first)
+            raise ClosedError(f"subscription {delivery.name} cannot be attached again: it is {delivery.state}")
         if after is None:
             after = await self._store.head()
             self._check_open()
+            if delivery.state is not SubscriptionState.NEW:  # closed while the head was read
+                raise ClosedError(f"subscription {delivery.name} was closed while it was being entered")
         delivery.enqueued_upto = delivery.received_upto = after
         first = not self._all
         self._all[delivery] = None

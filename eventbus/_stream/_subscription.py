@@ -15,6 +15,7 @@ from typing import Protocol
 
 import trio
 
+from .._errors import ClosedError, InvalidFilter
 from .._values import AnyOf, EventFilter, EventRecord, Sliced
 from ._delivery import Batches, Delivery, Overflow, SubscriptionState, SubscriptionStatistics
 
@@ -123,6 +124,19 @@ class Subscription:
     # ------------------------------------------------------------ consuming
 
     async def __aenter__(self) -> Subscription:
+        """Start receiving (see ``EventStream.subscribe``). A subscription is
+        entered once.
+
+        Raises:
+            ClosedError: it was closed (its block left): subscribe again for a
+                new one; or the stream is closed.
+            InvalidFilter: its block is entered already.
+        """
+        state = self._delivery.state
+        if state is SubscriptionState.CLOSED:
+            raise ClosedError("this subscription is closed (its block was left): subscribe again for a new one")
+        if state is not SubscriptionState.NEW:
+            raise InvalidFilter("this subscription's block is entered already: a subscription is entered once")
         await self._hub.attach(self._delivery, self._after)
         return self
 
@@ -133,8 +147,11 @@ class Subscription:
         return self
 
     async def __anext__(self) -> list[EventRecord]:
-        if self._delivery.state is SubscriptionState.CLOSED:
+        state = self._delivery.state
+        if state is SubscriptionState.CLOSED:
             raise StopAsyncIteration  # what is buffered is dropped
+        if state is SubscriptionState.NEW:  # (it would wait for ever: nothing feeds it)
+            raise InvalidFilter("enter the subscription's block before iterating: async with bus.subscribe(...) as sub")
         if self._carry is not None:
             batch, self._carry = self._carry, None
         else:
