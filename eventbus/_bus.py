@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import math
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 
@@ -218,6 +219,26 @@ class Bus:
         )
 
 
+MIN_POLL_INTERVAL = 0.01
+"""The shortest ``poll_interval`` (seconds): a shorter one keeps a processor busy reading nothing."""
+
+
+def _check_listening(poll_interval: object, listen: object) -> None:
+    """Refuse a ``poll_interval`` that is not a number of seconds from
+    ``MIN_POLL_INTERVAL`` on, and a ``listen`` that is not a bool.
+
+    Raises:
+        InvalidOption: naming the option.
+    """
+    number = not isinstance(poll_interval, bool) and isinstance(poll_interval, (int, float))
+    if not number or not MIN_POLL_INTERVAL <= poll_interval < math.inf:  # type: ignore[operator]
+        raise InvalidOption(
+            f"poll_interval must be a number of seconds from {MIN_POLL_INTERVAL} on, not {poll_interval!r}"
+        )
+    if type(listen) is not bool:
+        raise InvalidOption(f"listen must be True or False, not {listen!r}")
+
+
 async def run_bus(
     dsn: str,
     *,
@@ -238,6 +259,7 @@ async def run_bus(
     nursery; ``dsn`` must be a real connection string. The options are
     :func:`open_bus`'s.
     """
+    _check_listening(poll_interval, listen)
     stream: EventStream | None = None
 
     async def dispatch(records: list[EventRecord]) -> None:
@@ -309,16 +331,16 @@ async def open_bus(
     Raises:
         InvalidEvent: ``max_batch_bytes`` is out of range.
         InvalidOption: ``replica_dsns``, ``replica_wait``, ``listen``,
-            ``read_pool_size``, ``write_connections`` or ``reconnect_timeout``
-            was refused.
+            ``poll_interval`` (a number of seconds from ``MIN_POLL_INTERVAL``
+            on), ``read_pool_size``, ``write_connections``,
+            ``reconnect_timeout`` or ``max_payload_bytes`` was refused.
         StoreUnavailable: the database could not be reached at open
             (``InvalidDSN``: its connection string cannot be read).
     """
     check_max_batch_bytes(max_batch_bytes)
-    check_connections(read_pool_size, write_connections, reconnect_timeout)  # refused before anything starts
+    check_connections(read_pool_size, write_connections, reconnect_timeout, max_payload_bytes)  # before anything starts
     replica_list(replica_dsns, replica_wait)
-    if type(listen) is not bool:
-        raise InvalidOption(f"listen must be True or False, not {listen!r}")
+    _check_listening(poll_interval, listen)
     async with open_database(dsn) as resolved, _db.open_loop(), open_actor_nursery() as nursery:
         bus: Bus = await nursery.start(
             functools.partial(

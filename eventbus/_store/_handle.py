@@ -290,7 +290,7 @@ async def run_event_store(
     ``replica_dsns`` and ``replica_wait``: see :func:`open_event_store`.
     """
     check_max_batch_bytes(max_batch_bytes)
-    check_connections(read_pool_size, write_connections, reconnect_timeout)
+    check_connections(read_pool_size, write_connections, reconnect_timeout, max_payload_bytes)
     replicas = replica_list(replica_dsns, replica_wait)
     send, receive = trio.open_memory_channel[Request](REQUEST_BUFFER)
     actor = StoreActor(dsn, receive, on_commit, reconnect_timeout, write_connections, max_batch_bytes)
@@ -358,13 +358,13 @@ async def open_event_store(
         InvalidEvent: ``max_batch_bytes`` is out of range.
         InvalidOption: ``replica_dsns`` is not a list of connection strings,
             ``replica_wait`` or ``reconnect_timeout`` is not a number >= 0,
-            or ``read_pool_size`` or ``write_connections`` is not a whole
-            number >= 1.
+            or ``read_pool_size``, ``write_connections`` or
+            ``max_payload_bytes`` is not a whole number >= 1.
         StoreUnavailable: the database could not be reached at open
             (``InvalidDSN``: its connection string cannot be read).
     """
     check_max_batch_bytes(max_batch_bytes)
-    check_connections(read_pool_size, write_connections, reconnect_timeout)  # refused before anything starts
+    check_connections(read_pool_size, write_connections, reconnect_timeout, max_payload_bytes)  # before anything starts
     replica_list(replica_dsns, replica_wait)
     async with open_database(dsn) as resolved, _db.open_loop(), open_actor_nursery() as nursery:
         store: EventStore = await nursery.start(
@@ -387,13 +387,18 @@ async def open_event_store(
             nursery.cancel_scope.cancel()
 
 
-def check_connections(read_pool_size: object, write_connections: object, reconnect_timeout: object) -> None:
-    """Refuse connection counts that are not whole numbers >= 1, and a
-    reconnect timeout that is not a number of seconds >= 0.
+def check_connections(
+    read_pool_size: object, write_connections: object, reconnect_timeout: object, max_payload_bytes: object
+) -> None:
+    """Refuse connection counts that are not whole numbers >= 1, a reconnect
+    timeout that is not a number of seconds >= 0, and a payload limit that is
+    not a whole number of bytes >= 1.
 
     Raises:
         InvalidOption: naming the option.
     """
+    if type(max_payload_bytes) is not int or max_payload_bytes < 1:
+        raise InvalidOption(f"max_payload_bytes must be a whole number of bytes >= 1, not {max_payload_bytes!r}")
     for name, value in (("read_pool_size", read_pool_size), ("write_connections", write_connections)):
         if type(value) is not int or value < 1:
             raise InvalidOption(f"{name} must be a whole number >= 1, not {value!r}")

@@ -303,7 +303,8 @@ async def test_a_standby_that_cannot_be_reached_is_down_and_its_password_shows_n
     "options",
     [{"write_connections": 0}, {"write_connections": "2"}, {"write_connections": True}, {"read_pool_size": -1},
      {"read_pool_size": 2.5}, {"reconnect_timeout": -1}, {"reconnect_timeout": float("nan")},
-     {"reconnect_timeout": "5"}],
+     {"reconnect_timeout": "5"}, {"max_payload_bytes": None}, {"max_payload_bytes": "1048576"},
+     {"max_payload_bytes": 0}, {"max_payload_bytes": -1}, {"max_payload_bytes": 1.5}, {"max_payload_bytes": True}],
 )  # fmt: skip
 async def test_connection_options_are_checked_before_anything_opens(dsn: str, options: dict[str, object]) -> None:
     (name,) = options

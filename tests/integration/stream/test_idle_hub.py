@@ -6,6 +6,8 @@ was up to a tick old, the subscription's start is not). A bus opened with
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import trio
 
@@ -18,6 +20,7 @@ from eventbus import (
     Transaction,
     create_filter,
     open_bus,
+    run_bus,
     testing,
 )
 
@@ -117,6 +120,19 @@ async def test_listen_must_be_true_or_false(dsn: str, listen: object) -> None:
     with pytest.raises(InvalidOption, match="listen must be True or False"):
         async with open_bus(dsn, listen=listen):  # type: ignore[arg-type]
             pass
+
+
+@pytest.mark.parametrize("poll_interval", [-1, 0, 0.001, float("nan"), float("inf"), "1", True, None])
+async def test_poll_interval_must_be_a_number_of_seconds_that_lets_the_processor_rest(
+    dsn: str, poll_interval: object
+) -> None:
+    with pytest.raises(InvalidOption, match="poll_interval must be a number of seconds"):
+        async with open_bus(dsn, poll_interval=poll_interval):  # type: ignore[arg-type]
+            pass
+    async with trio.open_nursery() as nursery:
+        with pytest.raises(InvalidOption, match="poll_interval"):
+            await nursery.start(functools.partial(run_bus, dsn, poll_interval=poll_interval))  # type: ignore[arg-type]
+        nursery.cancel_scope.cancel()
 
 
 async def test_a_first_subscription_of_a_bus_that_does_not_listen_reads_what_is_stored_at_once(dsn: str) -> None:
