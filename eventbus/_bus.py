@@ -219,7 +219,7 @@ class Bus:
         )
 
 
-MIN_POLL_INTERVAL = 0.01
+MIN_POLL_INTERVAL = 0.001
 """The shortest ``poll_interval`` (seconds): a shorter one keeps a processor busy reading nothing."""
 
 
