@@ -390,13 +390,11 @@ class EventStream:
             StoreUnavailable: ``after`` is None and the store cannot be reached.
         """
         self._check_open()
-        if delivery.state is not SubscriptionState.NEW:  # (Subscription refuses it first)
-            raise ClosedError(f"subscription {delivery.name} cannot be attached again: it is {delivery.state}")
         if after is None:
             after = await self._store.head()
             self._check_open()
-            if delivery.state is not SubscriptionState.NEW:  # closed while the head was read
-                raise ClosedError(f"subscription {delivery.name} was closed while it was being entered")
+        if delivery.state is not SubscriptionState.NEW:  # attached before, or closed while the head was read
+            raise ClosedError(f"subscription {delivery.name} cannot be attached: it is {delivery.state}")
         delivery.enqueued_upto = delivery.received_upto = after
         first = not self._all
         self._all[delivery] = None

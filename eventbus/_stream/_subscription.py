@@ -52,6 +52,7 @@ class Subscription:
         self._batches = batches
         self._after = after
         self._carry: list[EventRecord] | None = None  # the rest of a batch split at max_batch
+        self._entered = False  # its block was entered (a subscription is entered once)
 
     # ------------------------------------------------------------ options and figures (never block)
 
@@ -132,12 +133,12 @@ class Subscription:
                 new one; or the stream is closed.
             InvalidFilter: its block is entered already.
         """
-        state = self._delivery.state
-        if state is SubscriptionState.CLOSED:
+        if self._delivery.state is SubscriptionState.CLOSED:
             raise ClosedError("this subscription is closed (its block was left): subscribe again for a new one")
-        if state is not SubscriptionState.NEW:
+        if self._entered:
             raise InvalidFilter("this subscription's block is entered already: a subscription is entered once")
         await self._hub.attach(self._delivery, self._after)
+        self._entered = True
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -147,10 +148,9 @@ class Subscription:
         return self
 
     async def __anext__(self) -> list[EventRecord]:
-        state = self._delivery.state
-        if state is SubscriptionState.CLOSED:
+        if self._delivery.state is SubscriptionState.CLOSED:
             raise StopAsyncIteration  # what is buffered is dropped
-        if state is SubscriptionState.NEW:  # (it would wait for ever: nothing feeds it)
+        if not self._entered:  # (it would wait for ever: nothing feeds it)
             raise InvalidFilter("enter the subscription's block before iterating: async with bus.subscribe(...) as sub")
         if self._carry is not None:
             batch, self._carry = self._carry, None
