@@ -47,7 +47,7 @@ class ResetRefused(BankingError):
 def named_dsn(dsn: str | None) -> str | None:
     """The connection string the bank is told to use: ``dsn``, else
     ``EVENTBUS_DSN``, else ``DATABASE_URL``; None for the embedded server."""
-    return dsn or testing.dsn_from_environment()
+    return dsn if dsn is not None else testing.dsn_from_environment()
 
 
 def check_dsn(dsn: str | None) -> None:

@@ -49,7 +49,7 @@ async def connected(dsn: str | None) -> AsyncIterator[_db.Connection]:
     there is nothing to look at (Failed); a schema of another version gets a
     warning on stderr (what this version reads may be missing there).
     """
-    if not dsn and _db.dsn_from_environment() is None:
+    if dsn is None and _db.dsn_from_environment() is None:
         embedded = _db.EmbeddedServer(_db.default_data_dir())
         if not (embedded.pgdata / "PG_VERSION").exists():  # (else it would be made, only to be empty)
             raise Failed(

@@ -74,6 +74,11 @@ def check_dsn(dsn: object, source: str = "given") -> str:
     """
     if not isinstance(dsn, str):
         raise InvalidDSN(f"the connection string {source} must be a str, not {type(dsn).__name__}")
+    if not dsn.strip():
+        raise InvalidDSN(
+            f"the connection string {source} is empty: give one, or none at all for EVENTBUS_DSN, then "
+            "DATABASE_URL, else the embedded server"
+        )
     if any(ord(char) < 0x20 or ord(char) == 0x7F for char in dsn):
         raise _malformed(source, "it holds a control character")
     scheme = _SCHEME.match(dsn)

@@ -16,7 +16,7 @@ from ._embedded import EMBEDDED_DATABASE, EmbeddedServer, default_data_dir
 async def open_database(dsn: str | None = None) -> AsyncIterator[str]:
     """Resolve where the events live, for the duration of the block.
 
-    ``dsn`` if given, else ``EVENTBUS_DSN``, else ``DATABASE_URL``; with none of
+    ``dsn`` if not None, else ``EVENTBUS_DSN``, else ``DATABASE_URL``; with none of
     them, the embedded server of :func:`default_data_dir` is started (or
     joined) and its ``eventbus`` database created if missing; if it dies
     during the block, connections to it start it again (see ``connect``).
@@ -31,7 +31,7 @@ async def open_database(dsn: str | None = None) -> AsyncIterator[str]:
         InvalidDSN: the connection string cannot be read; the message says
             where it came from and shows none of it.
     """
-    if dsn:
+    if dsn is not None:  # ("" too: a setting that was not set must not mean the embedded server)
         yield check_dsn(dsn, "passed as dsn")
         return
     named = named_dsn()

@@ -110,6 +110,24 @@ async def test_plain_connections_refuse_a_malformed_dsn_too(dsn: str) -> None:
     assert_nothing_of_the_secret("".join(traceback.format_exception(caught.value)))
 
 
+@pytest.mark.parametrize("dsn", ["", "   "])
+async def test_an_empty_dsn_is_refused_and_never_means_the_embedded_server(
+    dsn: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # A setting read as os.environ.get("DB", ""): an empty string is no request for the embedded server.
+    monkeypatch.delenv("EVENTBUS_DSN", raising=False)
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.setenv("EVENTBUS_DATA_DIR", str(tmp_path / "embedded"))
+    for opener in (open_bus, open_event_store):
+        with pytest.raises(InvalidDSN, match="is empty"):
+            async with opener(dsn):
+                pass
+    done = await trio.run_process([sys.executable, "-m", "eventbus", "status", "--dsn", dsn], cwd=ROOT,
+                                  capture_stdout=True, capture_stderr=True, check=False)  # fmt: skip
+    assert done.returncode == 2 and b"is empty" in done.stderr
+    assert not (tmp_path / "embedded").exists()
+
+
 async def test_a_driver_error_at_connect_is_not_chained_to_the_error_raised() -> None:
     with pytest.raises(StoreUnavailable) as caught:
         async with open_event_store(f"postgresql://alice:{PASSWORD}@127.0.0.1:1/app"):
