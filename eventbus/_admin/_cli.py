@@ -81,7 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     projections = add(sub, "projections", "rebuild or resume a projection, through the process that runs it")
     psub = projections.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser, required=True)
-    add(psub, "rebuild", "rebuild a projection from position 0 (progress on stderr)").add_argument("name")
+    p = add(psub, "rebuild", "rebuild a projection from position 0 (progress on stderr)")
+    p.add_argument("name")
+    p.add_argument(
+        "--process", type=_count, default=None, metavar="PID",
+        help="the process (its pid, as status shows it) that carries it out: any that runs a partitioned projection"
+        " (the one with the partition_key or count to keep); default: the one that leads it",
+    )  # fmt: skip
     p = add(psub, "resume", "let a failed projection try again")
     p.add_argument("name")
     p.add_argument("--skip-poison", action="store_true", help="the event it failed on goes to the dead letters")
@@ -96,8 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--id", dest="ids", type=_count, action="append", default=[], help="only this one (repeat)")
     p = add(lsub, "discard", "drop dead letters")
     p.add_argument("name")
-    p.add_argument("--id", dest="ids", type=_count, action="append", default=[], help="this one (repeat)")
-    p.add_argument("--all", dest="everything", action="store_true", help="every dead letter of the projection")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--id", dest="ids", type=_count, action="append", default=[], help="this one (repeat)")
+    which.add_argument("--all", dest="everything", action="store_true", help="every dead letter of the projection")
     return parser
 
 
@@ -118,7 +125,7 @@ def _plan(args: argparse.Namespace) -> Plan:
                 follow=args.follow, json_lines=args.json,
             )  # fmt: skip
         case "projections", "rebuild":
-            return functools.partial(_requests.run_rebuild, dsn, args.name)
+            return functools.partial(_requests.run_rebuild, dsn, args.name, process=args.process)
         case "projections", "resume":
             return functools.partial(_requests.run_resume, dsn, args.name, skip_poison=args.skip_poison)
         case "dead-letters", "list":

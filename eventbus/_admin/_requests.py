@@ -163,10 +163,38 @@ class _Progress:
             self._bar.stop()
 
 
-async def run_rebuild(dsn: str | None, name: str) -> int:
+async def _rebuilder(conn: _db.Connection, name: str, process: int | None) -> Runner:
+    """The process to carry out a rebuild of ``name``: the one of pid
+    ``process`` if given, else its leader, else (a partitioned projection,
+    which any of its processes rebuilds) its only process."""
+    runners = await _runners_of(conn, name)
+    running = ", ".join(f"{r.host}:{r.pid} {r.state}" for r in runners)
+    if process is not None:
+        chosen = [r for r in runners if r.pid == process]
+        if len(chosen) != 1:
+            how = "no process" if not chosen else f"{len(chosen)} buses (of one program, or on several hosts)"
+            raise Failed(f"{how} of pid {process} run projection {name!r}; running it: {running}", EXIT_NO_LEADER)
+        return chosen[0]
+    if any(r.leader for r in runners):
+        return _leader(runners, name)
+    partitioned = await conn.fetchval(
+        "SELECT EXISTS (SELECT FROM eventbus.projection_leases WHERE projection = $1)", name
+    )
+    if partitioned and len(runners) == 1:
+        return runners[0]
+    if partitioned:
+        raise Failed(
+            f"no process leads projection {name!r} now; running it: {running}. Any of them can rebuild it: name the"
+            " one (with the partition_key or count to keep) with --process PID",
+            EXIT_NO_LEADER,
+        )
+    return _leader(runners, name)
+
+
+async def run_rebuild(dsn: str | None, name: str, *, process: int | None = None) -> int:
     check_name(name)
     async with connected(dsn) as conn:
-        leader = _leader(await _runners_of(conn, name), name)
+        leader = await _rebuilder(conn, name, process)
         request = await conn.fetchval(_ASK, name, leader.origin, "rebuild", False, None)
         print(f"rebuilding {name} in {leader.host}:{leader.pid}", file=sys.stderr, flush=True)
         print(await _follow(conn, request, leader.origin, f"rebuild of {name}", progress=True))
@@ -233,6 +261,8 @@ async def run_discard(dsn: str | None, name: str, ids: Sequence[int], *, everyth
     check_name(name)
     if not ids and not everything:
         raise Failed("name the dead letters to discard with --id, or pass --all", 2)
+    if ids and everything:  # (the command line refuses both at once too)
+        raise Failed("--id and --all exclude each other: name the dead letters, or discard them all", 2)
     async with connected(dsn) as conn:
         if name not in await known_projections(conn):
             raise Failed(f"no projection named {name!r}")

@@ -264,8 +264,8 @@ async def _check_partitions(conn: _db.Connection, name: str, me: str, partitions
                 + (f" This process waits until the {others} other process(es) that run it stop" if others else "")
                 + (
                     f"; its partitions stand at positions {low} to {high}: this process takes over when they"
-                    " stand at one position (let the old count catch up with no writes, or rebuild it with the"
-                    " old count)"
+                    " stand at one position (let the old count catch up with no writes, or rebuild it from a"
+                    " process of the new count: eventbus projections rebuild NAME --process PID)"
                     if low != high
                     else ""
                 )

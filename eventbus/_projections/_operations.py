@@ -274,7 +274,10 @@ class Operations:
                 committed = False
                 try:
                     if await conn.fetchval("DELETE FROM eventbus.dead_letters WHERE id = $1 RETURNING id", letter_id):
-                        await self._check_no_rebuild(conn, name)
+                        try:
+                            await self._check_no_rebuild(conn, name)
+                        except ProjectionError as exc:
+                            raise ProjectionError(f"{applied} of {len(letters)} applied again, then: {exc}") from None
                         failure = await _run_handlers(tx, projection, [record], 0, 1)
                         if failure is None:
                             await conn.execute("COMMIT")

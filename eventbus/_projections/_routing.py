@@ -70,7 +70,8 @@ def check_witnesses(projection: Projection, witnesses: list[tuple[int, EventReco
     if differed:
         raise PartitionsDiffer(
             f"projection {projection.name!r} was applied by processes of different partition_keys: every process of"
-            " it stands by. Stop those of the key you no longer want, then rebuild it from one of the other"
+            " it stands by. Stop those of the key you no longer want, then rebuild it from a process of the key to"
+            " keep (eventbus projections rebuild NAME --process PID)"
         )
     moved = [(k, record, got) for k, record in witnesses if (got := key_partition(projection, record)) not in (k, None)]
     if moved:
@@ -79,8 +80,8 @@ def check_witnesses(projection: Projection, witnesses: list[tuple[int, EventReco
             f"projection {projection.name!r}: its partition_key is not the one its partitions were applied with"
             f" (the event at position {record.sequence_number} was applied in partition {k}; this process's key"
             f" puts it in partition {got}; {len(moved)} of {len(witnesses)} such events moved). It stands by, and so"
-            " does every other process of it: stop those of the key you no longer want, then rebuild it from one of"
-            " the other"
+            " does every other process of it: stop those of the key you no longer want, then rebuild it from a"
+            " process of the key to keep (eventbus projections rebuild NAME --process PID)"
         )
 
 

@@ -426,6 +426,9 @@ async def test_discard_drops_the_named_dead_letters_or_all_and_refuses_without_e
     assert [letter["sequence_number"] for letter in listed] == [1, 2]
     neither = await cli(dsn, "dead-letters", "discard", "ledger")
     assert neither.status == 2 and "--id" in neither.err
+    both = await cli(dsn, "dead-letters", "discard", "ledger", "--id", str(listed[0]["id"]), "--all")
+    assert both.status == 2 and "not allowed with" in both.err, both  # (it used to discard them all)
+    assert len((await cli(dsn, "dead-letters", "list", "ledger", "--json")).out.splitlines()) == 2
     one = await cli(dsn, "dead-letters", "discard", "ledger", "--id", str(listed[0]["id"]))
     assert one == Run(0, "discarded 1 dead letters of ledger\n", "")
     missing = await cli(dsn, "dead-letters", "discard", "ledger", "--id", str(listed[0]["id"]))

@@ -1,6 +1,7 @@
 """The ``eventbus`` command at its edges: options before the command, the
 status of a partitioned projection, two rebuilds at once, a handler that hangs,
-a database without the schema or with another version's."""
+a database without the schema or with another version's, dead letters and
+rebuilds, a projection every process stands by for."""
 
 from __future__ import annotations
 
@@ -266,6 +267,7 @@ class Copied:
     poisoned: bool = True  # (anywhere) an event with "poison" fails, until the fix
     held: trio.Event = attrs.field(factory=trio.Event)
     go: trio.Event = attrs.field(factory=trio.Event)
+    hold_live: int | None = None  # in the live model: this position waits for ``go``
 
     async def apply(self, tx: Transaction, record: EventRecord) -> None:
         if (await tx.fetchval("SELECT current_schema()")).endswith("$shadow"):
@@ -274,6 +276,9 @@ class Copied:
             if record.sequence_number == self.hold:
                 self.held.set()
                 await self.go.wait()
+        elif record.sequence_number == self.hold_live:
+            self.held.set()
+            await self.go.wait()
         if record.payload.get("poison") and self.poisoned:
             raise RuntimeError("poison")
         await tx.execute("INSERT INTO applied VALUES ($1)", record.sequence_number)
@@ -348,7 +353,42 @@ async def test_a_retry_is_refused_while_a_rebuild_is_under_way_and_applies_once_
         assert await applied(bus) == list(range(1, 13))
 
 
-async def test_status_shows_why_a_projection_stands_by_and_that_nobody_applies_it(dsn: str) -> None:
+async def test_a_retry_that_a_rebuild_stops_midway_says_how_many_it_applied(dsn: str) -> None:
+    handler = Copied()
+    async with open_bus(dsn, poll_interval=0.1) as bus:
+        await bus.store.append([Event("Noted", {"k": n, "poison": n in (2, 6)}) for n in range(10)])
+        await bus.projections.start(handler.projection())
+        await bus.projections.wait_until_caught_up("copied", timeout=20)
+        assert await letters(bus) == [(3, None), (7, None)]
+        handler.poisoned, handler.hold_live = False, 3  # the fix; the retry of the first letter holds
+        outcome: list[Any] = []
+
+        async def retry_all() -> None:
+            outcome.append(await cli(dsn, "dead-letters", "retry", "copied"))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(retry_all)
+            await handler.held.wait()
+            nursery.start_soon(bus.projections.rebuild, "copied")  # it waits for the letter the retry holds
+            with trio.fail_after(20):
+                while bus.projections.status()["copied"].state != "rebuilding":
+                    await trio.sleep(0.02)
+            handler.go.set()
+        [run] = outcome
+        assert run.status == 1 and "1 of 2 applied again, then: a rebuild of copied is under way" in run.err, run
+        assert await letters(bus) == [(7, None)]  # the one not applied: still a dead letter, left out by the copy
+        assert await applied(bus) == [n for n in range(1, 11) if n != 7]
+
+
+async def standing_by(bus: Bus) -> None:
+    with trio.fail_after(20):
+        while bus.projections.status()["copied"].state != "standby":
+            await trio.sleep(0.05)
+
+
+async def test_status_shows_why_a_projection_stands_by_and_the_command_rebuilds_it_from_the_key_to_keep(
+    dsn: str,
+) -> None:
     first, changed = Copied().projection(partitions=4), Copied().projection(partitions=4)
     changed = attrs.evolve(changed, partition_key=lambda record: f"{record.payload['k']}!")
     async with open_bus(dsn, poll_interval=0.1) as bus:
@@ -357,9 +397,16 @@ async def test_status_shows_why_a_projection_stands_by_and_that_nobody_applies_i
         await bus.projections.wait_until_caught_up("copied", timeout=20)
     async with open_bus(dsn, poll_interval=0.1) as bus:
         await bus.projections.start(changed)  # another key: it stands by
-        with trio.fail_after(20):
-            while bus.projections.status()["copied"].state != "standby":
-                await trio.sleep(0.05)
+        await standing_by(bus)
+        async with open_bus(dsn, poll_interval=0.1) as second:  # and so does a second process of it
+            await second.projections.start(attrs.evolve(changed))
+            await standing_by(second)
+            sql = "SELECT count(*) FROM eventbus.projection_runners WHERE projection = 'copied' AND state = 'standby'"
+            with trio.fail_after(20):
+                while await fetchval_alone(dsn, sql) != 2:
+                    await trio.sleep(0.05)
+            choose = await cli(dsn, "projections", "rebuild", "copied")
+            assert choose.status == 4 and "--process PID" in choose.err, choose  # which key to keep: say which
         await published(dsn, "copied", "standby")
         run = await cli(dsn, "status", "--json")
         assert run.status == 1, run  # unhealthy: nobody applies it
@@ -368,3 +415,14 @@ async def test_status_shows_why_a_projection_stands_by_and_that_nobody_applies_i
         assert projection["problems"] == ["no process applies it"]
         table = await cli(dsn, "status")
         assert "partition_key" in table.out, table
+        # The way out the message names: a rebuild from a process of the key to keep.
+        nobody = await cli(dsn, "projections", "rebuild", "copied", "--process", "1")
+        assert nobody.status == 4 and "no process of pid 1" in nobody.err, nobody
+        done = await cli(dsn, "projections", "rebuild", "copied", "--process", str(os.getpid()))
+        assert done.status == 0 and "rebuilt copied" in done.out, done
+        with trio.fail_after(20):  # it takes its partitions up again within a heartbeat or two
+            while bus.projections.status()["copied"].state != "live":
+                await trio.sleep(0.05)
+        await bus.store.append([Event("Noted", {"k": n}) for n in range(40, 44)])
+        await bus.projections.wait_until_caught_up("copied", timeout=20)
+        assert await applied(bus) == list(range(1, 45))
