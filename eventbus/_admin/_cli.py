@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import logging
 import os
@@ -14,7 +15,7 @@ import trio
 
 from .. import __version__
 from .._errors import DatabaseError, EventBusError, InvalidDSN, StoreUnavailable
-from ._common import EXIT_CODES, EXIT_INTERRUPTED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, Failed
+from ._common import EXIT_CODES, EXIT_INTERRUPTED, EXIT_OK, EXIT_OUTPUT, EXIT_UNREACHABLE, EXIT_USAGE, Failed
 
 
 class _Parser(argparse.ArgumentParser):
@@ -155,10 +156,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Errors are one line on stderr, never a traceback, and never a password.
     """
+    for name in ("stdout", "stderr"):  # closed (``>&-``): the exit status still says how it went
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(os.devnull, "w"))  # noqa: SIM115 - for the rest of the process
     try:
         args = build_parser().parse_args(argv)
         configure_logging(args.verbose, args.log_level)
-        return trio.run(_plan(args))
+        status = trio.run(_plan(args))
+        sys.stdout.flush()  # (a write that fails fails here, not at exit with a traceback)
+        return status
     except Failed as exc:
         return _fail(str(exc), exc.status)
     except InvalidDSN as exc:  # (a StoreUnavailable) mistyped, not unreachable: usage
@@ -173,8 +179,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail("interrupted", EXIT_INTERRUPTED)
     except BrokenPipeError:
         # The reader left (``eventbus tail | head``): not an error.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _drop_output()
         return EXIT_OK
+    except OSError as exc:  # the output could not be written: a full disk, for example
+        _drop_output()
+        return _fail(f"the output could not be written: {exc.strerror or exc}", EXIT_OUTPUT)
+
+
+def _drop_output() -> None:
+    """Send what is left of the output nowhere (its buffer would fail again at exit)."""
+    with contextlib.suppress(OSError, ValueError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def _fail(message: str, status: int) -> int:

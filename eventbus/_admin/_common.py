@@ -17,6 +17,7 @@ EXIT_FAILED: Final = 1
 EXIT_USAGE: Final = 2
 EXIT_UNREACHABLE: Final = 3
 EXIT_NO_LEADER: Final = 4
+EXIT_OUTPUT: Final = 74  # (sysexits' EX_IOERR)
 EXIT_INTERRUPTED: Final = 130
 
 EXIT_CODES = f"""exit status:
@@ -26,6 +27,7 @@ EXIT_CODES = f"""exit status:
   {EXIT_USAGE}    bad usage (an unknown option, a bad --where, a malformed connection string)
   {EXIT_UNREACHABLE}    the database could not be reached (or refused a statement)
   {EXIT_NO_LEADER}    no running process leads (or runs) the projection
+  {EXIT_OUTPUT}   the output could not be written (a full disk, for example)
   {EXIT_INTERRUPTED}  interrupted"""
 
 

@@ -35,6 +35,26 @@ async def test_options_before_the_command_count_as_after_it(dsn: str) -> None:
         assert json.loads(run.stdout)["store"]["head"] == 5, args
 
 
+@pytest.mark.parametrize("args", [["status", "--json"], ["tail", "-n", "2"], ["dead-letters", "list"]])
+async def test_output_that_cannot_be_written_is_one_line_and_exit_74(dsn: str, args: list[str]) -> None:
+    async with open_bus(dsn) as bus:
+        await bus.store.append([Event("Noted", {"k": n}) for n in range(3)])
+    with open("/dev/full", "w") as full:  # every write fails: no space left on the device
+        done = await trio.run_process([sys.executable, "-m", "eventbus", *args, "--dsn", dsn], cwd=ROOT,
+                                      stdout=full, capture_stderr=True, check=False)  # fmt: skip
+    err = done.stderr.decode()
+    assert done.returncode == 74 and err == "error: the output could not be written: No space left on device\n", err
+
+
+async def test_a_closed_standard_output_leaves_the_exit_status_to_say_how_it_went(dsn: str) -> None:
+    async with open_bus(dsn):
+        pass
+    done = await trio.run_process([sys.executable, "-c", "import os, sys; os.close(1); os.execv(sys.executable,"
+                                   f" [sys.executable, '-m', 'eventbus', 'status', '--dsn', {dsn!r}])"],
+                                  cwd=ROOT, capture_stderr=True, check=False)  # fmt: skip
+    assert done.returncode == 0 and done.stderr == b"", done
+
+
 def ledger_in_partitions(partitions: int = 4) -> Projection:
     return Projection(
         "ledger",
