@@ -23,7 +23,7 @@ from .. import _db, _telemetry
 from .._db import open_database
 from .._errors import ClosedError, InvalidEvent, InvalidFilter, InvalidOption
 from .._nursery import check_run, open_actor_nursery
-from .._values import Event, EventFilter, EventQuery, EventRecord, PartitionSlice, QueryResult, _json
+from .._values import MAX_POSITION, Event, EventFilter, EventQuery, EventRecord, PartitionSlice, QueryResult, _json
 from ._actor import REQUEST_BUFFER, WRITE_LANES, CommitHook, StoreActor
 from ._queries import query_sql, to_records
 from ._reads import Reads
@@ -42,9 +42,6 @@ from ._requests import (
 
 READ_POOL_SIZE = 4
 """Connections in the read pool."""
-
-MAX_POSITION = 2**63 - 1
-"""The highest position there can be (positions are PostgreSQL bigints)."""
 
 RECONNECT_TIMEOUT = 10.0
 """Seconds the actor tries to reconnect, after losing its connection in the

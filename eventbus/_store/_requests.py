@@ -21,7 +21,7 @@ import attrs
 import trio
 
 from .._errors import InvalidEvent
-from .._values import Event, EventFilter, EventRecord, _json, _tags
+from .._values import MAX_POSITION, Event, EventFilter, EventRecord, _json, _tags
 from ._replicas import ReplicaStatistics
 
 # ---------------------------------------------------------------- requests
@@ -227,8 +227,8 @@ def condition(filters: tuple[EventFilter, ...] | None, expected: int | None) -> 
         return None
     if expected is None:
         expected = 0
-    if type(expected) is not int or expected < 0:
-        raise InvalidEvent(f"expected_max_sequence_number must be a whole number >= 0, not {expected!r}")
+    if type(expected) is not int or not 0 <= expected <= MAX_POSITION:
+        raise InvalidEvent(f"expected_max_sequence_number must be a whole number from 0 to 2**63 - 1, not {expected!r}")
     head, prefixes, tail = _condition_parts(filters)
     position = str(expected)
     if len(prefixes) == 1:

@@ -23,7 +23,7 @@ import attrs
 import trio
 
 from .._errors import InvalidFilter
-from .._values import AnyOf, EventFilter, EventRecord, Sliced
+from .._values import MAX_POSITION, AnyOf, EventFilter, EventRecord, Sliced
 
 DEFAULT_MAX_BATCH = 100
 """Records per batch a subscriber receives, at most."""
@@ -249,8 +249,8 @@ def checked_selector(filter: object, *, after: object, max_batch: object, buffer
         raise InvalidFilter(
             f"subscribe takes an EventFilter or a non-empty list of them (see create_filter), not {filter!r}"
         )
-    if after is not None and (type(after) is not int or after < 0):
-        raise InvalidFilter(f"after must be None or a whole number >= 0, not {after!r}")
+    if after is not None and (type(after) is not int or not 0 <= after <= MAX_POSITION):
+        raise InvalidFilter(f"after must be None or a whole number from 0 to 2**63 - 1, not {after!r}")
     if type(max_batch) is not int or max_batch < 1:
         raise InvalidFilter(f"max_batch must be a whole number >= 1, not {max_batch!r}")
     if type(buffer) is not int or buffer < max_batch:

@@ -4,10 +4,22 @@ Pure: imports neither trio nor asyncpg nor trio_asyncio, so a domain's core can
 use these types without the database stack.
 """
 
-from ._model import AnyOf, Event, EventFilter, EventQuery, EventRecord, Matchable, Payload, QueryResult, create_filter
+from ._model import (
+    MAX_POSITION,
+    AnyOf,
+    Event,
+    EventFilter,
+    EventQuery,
+    EventRecord,
+    Matchable,
+    Payload,
+    QueryResult,
+    create_filter,
+)
 from ._partitions import PartitionSlice, Sliced, field_partition
 
 __all__ = [
+    "MAX_POSITION",
     "AnyOf",
     "Event",
     "EventFilter",

@@ -196,11 +196,15 @@ def _filters(value: object) -> tuple[EventFilter, ...]:
     return filters
 
 
+MAX_POSITION = 2**63 - 1
+"""The largest position (and count) PostgreSQL's bigint holds."""
+
+
 def _position(name: str, value: object, *, allow_none: bool) -> None:
     if value is None and allow_none:
         return
-    if type(value) is not int or value < 0:
-        raise InvalidFilter(f"{name} must be a whole number >= 0, not {value!r}")
+    if type(value) is not int or not 0 <= value <= MAX_POSITION:
+        raise InvalidFilter(f"{name} must be a whole number from 0 to 2**63 - 1, not {value!r}")
 
 
 @attrs.frozen
