@@ -23,7 +23,7 @@ SELECT projection, origin, host, pid, state, leader, restarts, last_error, poiso
 FROM eventbus.projection_runners ORDER BY projection, leader DESC, origin
 """
 
-_SEVERITY = ("failed", "restarting", "starting", "standby", "catching_up", "rebuilding", "live")
+_SEVERITY = ("failed", "stuck", "restarting", "starting", "standby", "catching_up", "rebuilding", "live")
 
 
 @attrs.frozen
@@ -121,7 +121,7 @@ async def gather(conn: _db.Connection, max_lag: int | None) -> dict[str, Any]:
             state = min((r.state for r in mine), key=lambda s: _SEVERITY.index(s) if s in _SEVERITY else 99)
         else:
             state = "not running"
-        failed = [r for r in mine if r.state == "failed"]
+        failed = [r for r in mine if r.state in ("failed", "stuck")]
         # (a process standing by says why: partitions or a key that differ)
         erring = (
             failed[0]
@@ -133,8 +133,10 @@ async def gather(conn: _db.Connection, max_lag: int | None) -> dict[str, Any]:
         checkpoint = checkpoints.get(name, 0)
         lag = max(0, head - checkpoint)
         problems = []
-        if failed:
+        if any(r.state == "failed" for r in mine):
             problems.append("failed")
+        if any(r.state == "stuck" for r in mine):
+            problems.append("a batch runs on past its handler_timeout")
         if mine and all(r.state == "standby" and r.last_error for r in mine):
             problems.append("no process applies it")
         if max_lag is not None and lag > max_lag:

@@ -49,6 +49,11 @@ HEARTBEAT = 20.0
 PROGRESS_INTERVAL = 0.5
 """Seconds between writes of a rebuild's progress to its request."""
 
+STUCK_AFTER = _db.CLOSE_TIMEOUT + 3.0
+"""Seconds past its ``handler_timeout`` after which a batch still running is
+published as ``stuck``: its cancellation (and the bounded rollback after it)
+did not end it, so a handler does not give way."""
+
 RESUME_WAIT = 30.0
 """Seconds a resume waits to see the projection past its failure before it reports."""
 
@@ -126,6 +131,7 @@ class Operations:
         self._rebuilding = rebuilding
         self._published: list[tuple[Any, ...]] | None = None
         self._published_at = -HEARTBEAT
+        self._stuck: set[str] = set()  # projections whose batch here runs on past its deadline
         self._host = socket.gethostname()
 
     async def run(self) -> None:
@@ -151,11 +157,29 @@ class Operations:
     def _lags(self) -> list[tuple[float, dict[str, str]]]:
         return [(status.lag, {"projection": name}) for name, status in self._status().items()]
 
+    def _row(self, name: str, runner: AnyRunner, status: ProjectionStatus | None) -> tuple[Any, ...]:
+        """What ``eventbus status`` reads of one projection here: its state and
+        last error, or ``stuck`` while a batch runs on past its deadline."""
+        state, error = str(runner.state), runner.last_error
+        timeout = runner.projection.handler_timeout
+        running = None if status is None else status.batch_running
+        if timeout is not None and running is not None and running > timeout + STUCK_AFTER:
+            state = "stuck"
+            error = (
+                f"a batch has run past its handler_timeout of {timeout:g} s and its cancellation did not stop it:"
+                " a handler does not give way (does it catch trio.Cancelled, shield itself, or block without a"
+                " checkpoint?)"
+            )
+            if name not in self._stuck:
+                _log.warning("projection %s: %s", name, error)
+        self._stuck.discard(name)
+        if state == "stuck":
+            self._stuck.add(name)
+        return (name, state, runner.leader, runner.restarts, error, runner.poison)
+
     async def _publish(self) -> None:
-        rows = [
-            (name, str(r.state), r.leader, r.restarts, r.last_error, r.poison)
-            for name, r in sorted(self._runners().items())
-        ]
+        statuses = self._status()
+        rows = [self._row(name, r, statuses.get(name)) for name, r in sorted(self._runners().items())]
         now = trio.current_time()
         if rows == self._published and now - self._published_at < HEARTBEAT:
             return

@@ -180,6 +180,38 @@ async def test_a_handler_that_hangs_goes_to_the_dead_letters_under_skip(dsn: str
         assert bus.projections.status()["ledger"].state == "live"
 
 
+@pytest.mark.parametrize("partitions", [1, 3])
+async def test_a_handler_that_does_not_give_way_to_its_deadline_shows_as_stuck(
+    dsn: str, partitions: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("eventbus._projections._operations.STUCK_AFTER", 0.5)
+    released = trio.Event()
+
+    async def stubborn(tx: Transaction, record: EventRecord) -> None:
+        if record.payload["account"] == "bob":
+            with trio.CancelScope(shield=True):  # its deadline's cancellation cannot reach it
+                await released.wait()
+        await Ledger().deposited(tx, record)
+
+    projection = Projection(
+        "ledger", {"MoneyDeposited": stubborn}, setup=setup_ledger, handler_timeout=0.5, partitions=partitions,
+        partition_key=(lambda record: record.payload["account"]) if partitions > 1 else None,
+    )  # fmt: skip
+    async with open_bus(dsn) as bus:
+        await append_three(bus)
+        await bus.projections.start(projection)
+        await published(dsn, "ledger", "stuck")
+        run = await cli(dsn, "status", "--json")
+        assert run.status == 1, run
+        [ledger] = run.json()["projections"]
+        assert ledger["problems"] == ["a batch runs on past its handler_timeout"], ledger
+        assert "does not give way" in ledger["last_error"], ledger
+        released.set()  # given way at last: its batch fails (past its deadline) and is tried again
+        with trio.fail_after(20):
+            while (await cli(dsn, "status", "--json")).json()["projections"][0]["state"] == "stuck":
+                await trio.sleep(0.1)
+
+
 async def test_resume_skip_poison_of_a_failure_that_named_no_event_says_so(dsn: str) -> None:
     async def hang_in_batch(tx: Transaction, records: list[EventRecord]) -> None:
         if len(records) > 1:
