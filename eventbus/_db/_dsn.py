@@ -122,8 +122,13 @@ def _query_item_ok(item: str) -> bool:
     key, equals, value = item.partition("=")
     if key == "port":  # (a port there would otherwise fail at connecting, as if the server were down)
         return all(part.isdigit() and part.isascii() and 1 <= int(part) <= 65535 for part in value.split(","))
+    if key == "sslmode":  # (likewise)
+        return value in _SSL_MODES
     return bool(equals) and _QUERY_KEY.fullmatch(key) is not None
 
+
+_SSL_MODES = frozenset({"disable", "allow", "prefer", "require", "verify-ca", "verify-full"})
+"""PostgreSQL's ``sslmode`` values (libpq's list, which asyncpg reads too)."""
 
 _URL_PASSWORD = re.compile(r"://[^:/@?#]*:([^@/?#]*)@")
 _KEY_PASSWORD = re.compile(r"(?i)password\s*=\s*('[^']*'|[^\s&]+)")

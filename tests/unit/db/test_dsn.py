@@ -27,6 +27,8 @@ MALFORMED_DSNS = [
     f"postgresql://alice:{SECRET}@/app?host=/var/run&port=abc",
     f"postgresql://alice:{SECRET}@/app?host=/var/run&port=5432,99999",
     f"postgresql://alice:{SECRET}@/app?port=",
+    f"postgresql://alice:{SECRET}@db.example/app?sslmode=bogus",
+    f"postgresql://alice:{SECRET}@db.example/app?sslmode=",
     f"postgresql://alice:{SECRET}@db.example:5432,/app",
     f"postgresql://alice:{SECRET}@[::1/app",
     f"postgresql://alice:{SECRET}@db.example/app?password",
@@ -47,6 +49,8 @@ WELL_FORMED = [
     "postgresql://alice@/app?host=/a,/b&port=5432,5433",
     "postgresql:///app",
     "postgresql://alice:secret@db.example/app?",
+    "postgresql://alice@db.example/app?sslmode=verify-full&sslrootcert=/etc/ca.pem",
+    "postgresql://alice@db.example/app?sslmode=disable",
 ]
 
 
