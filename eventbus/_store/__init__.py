@@ -13,8 +13,9 @@ from ._handle import (
 )
 from ._queries import query_sql
 from ._reads import Reads
-from ._replicas import REPLICA_WAIT, ReplicaState, ReplicaStatistics
+from ._replicas import REPLICA_WAIT
 from ._requests import BATCH_BYTES_CEILING, MAX_BATCH_BYTES, StoreStatistics, check_max_batch_bytes
+from ._standby_checks import ReplicaState, ReplicaStatistics
 
 __all__ = [
     "BATCH_BYTES_CEILING",

@@ -20,7 +20,8 @@ import trio
 
 from .. import _db
 from .._errors import NotCaughtUp
-from ._replicas import HEALTH_INTERVAL, PrimaryMark, Replica, ReplicaState, ReplicaStatistics, poll
+from ._replicas import HEALTH_INTERVAL, Replica, poll
+from ._standby_checks import PrimaryMark, ReplicaState, ReplicaStatistics
 
 TRIM_INTERVAL = 30.0
 """Seconds between two looks for pooled connections unused for their lifetime."""

@@ -33,19 +33,25 @@ holds only a position does not have.
 
 from __future__ import annotations
 
-import enum
 import logging
 import math
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
 from typing import Any
 
-import attrs
 import trio
 
 from .. import _db
 from .._errors import DatabaseError, EventBusError, StoreUnavailable
 from .._nursery import open_actor_nursery
+from ._standby_checks import (
+    PROBE_TIMEOUT,
+    STANDBY_PROBE,
+    PrimaryMark,
+    ReplicaState,
+    ReplicaStatistics,
+)
 
 _log = logging.getLogger("eventbus.replicas")
 
@@ -60,10 +66,6 @@ WAL position, for the lag)."""
 WAIT_POLL = 0.002
 """Seconds between checks of a standby's position while a read waits for it."""
 
-PROBE_TIMEOUT = 3.0
-"""Seconds a health check may take (connecting included) before the standby
-counts as down."""
-
 MAX_LAG_BYTES = 16 * 1024 * 1024
 """WAL bytes a standby may lag the primary by and still serve reads."""
 
@@ -71,92 +73,19 @@ BACKOFF_INITIAL = 0.1
 BACKOFF_MAX = 5.0
 """Seconds before a down standby is tried again: doubling from the first to the second."""
 
+FLAP_LINES = 4
+"""Log lines a minute, at most, of a standby going between up and behind."""
+
+HISTORY_RECHECK = 0.05
+"""Seconds before the primary is asked again for a position its standby shows
+and it did not (yet): a commit may show on a standby a moment first."""
+
 POLL_INITIAL = 0.001
 POLL_MAX = 0.02
 """Seconds between checks of a read's own condition (a read model's
 checkpoint): doubling from the first to the second."""
 
-_IDENTITY = """(SELECT system_identifier FROM pg_control_system()),
-       (SELECT oid FROM pg_database WHERE datname = current_database())"""
-# A standby of the primary has its system identifier and database oid: another server's, or a typo, does not.
-
-_PROBE = f"""
-SELECT coalesce((SELECT max(sequence_number) FROM eventbus.events), 0),
-       pg_is_in_recovery(),
-       pg_wal_lsn_diff(CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()
-                            ELSE pg_current_wal_lsn() END, '0/0')::bigint,
-       {_IDENTITY}
-"""
-
-_PRIMARY_PROBE = f"""
-SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint,
-       coalesce((SELECT max(sequence_number) FROM eventbus.events), 0),
-       {_IDENTITY}
-"""
-
 _RECOVERY_CONFLICT = "40001"  # a standby cancelled the read to go on replaying
-
-
-class ReplicaState(enum.StrEnum):
-    """Whether a standby serves reads (see the module's text)."""
-
-    UP = "up"
-    BEHIND = "behind"
-    DOWN = "down"
-
-
-@attrs.frozen
-class ReplicaStatistics:
-    """A standby as the store sees it.
-
-    Attributes:
-        dsn: its connection string, password hidden.
-        state: up, behind or down.
-        head: the highest position it showed at its last check.
-        lag_positions: positions the primary had beyond ``head`` (None until
-            both were read).
-        lag_bytes: WAL bytes between the primary's position and its replay
-            position at the last checks (None until both were read).
-        reads: reads it served.
-        waited: reads with ``min_position`` that waited for it.
-        fallbacks: reads it could not serve (in time) that the primary served.
-        failures: health checks and reads that failed on it.
-        last_error: the latest failure, password hidden, or None.
-    """
-
-    dsn: str
-    state: ReplicaState
-    head: int
-    lag_positions: int | None
-    lag_bytes: int | None
-    reads: int
-    waited: int
-    fallbacks: int
-    failures: int
-    last_error: str | None
-
-
-@attrs.define
-class PrimaryMark:
-    """The primary's WAL position and highest position at its latest check."""
-
-    lsn: int | None = None
-    head: int | None = None
-    identity: tuple[int, int] | None = None
-    """The primary's system identifier and its database's oid."""
-    at: float = -math.inf
-    """When they were read (Trio's clock)."""
-
-    async def check(self, pool: _db.Pool) -> None:
-        """Read them (a failure leaves them as they were: the writes see it)."""
-        try:
-            with trio.fail_after(PROBE_TIMEOUT):
-                rows = await pool.fetch(_PRIMARY_PROBE)
-        except (EventBusError, trio.TooSlowError):
-            return
-        self.lsn, self.head = int(rows[0][0]), int(rows[0][1])
-        self.identity = (int(rows[0][2]), int(rows[0][3]))
-        self.at = trio.current_time()
 
 
 def gated(sql: str, args: Sequence[Any], min_position: int) -> tuple[str, list[Any]]:
@@ -229,6 +158,11 @@ class Replica:
         self.state = ReplicaState.DOWN
         self.head = 0
         self._replay_lsn: int | None = None
+        self._verified = 0  # the highest position whose event was found to be the primary's
+        self._served = False  # it has been up
+        self._said_down = False  # its being down is logged
+        self._said_since, self._said, self._not_said = -math.inf, 0, 0  # (the log's lines of up and behind)
+        self._verified_at = -math.inf  # when (at most once a HEALTH_INTERVAL while up)
         self._needs = 0  # a position a read waited for in vain: behind until shown
         self._needs_since = -math.inf
         self._backoff = BACKOFF_INITIAL
@@ -290,7 +224,7 @@ class Replica:
                 self._check_conn = await _db.connect(self.dsn, application_name="eventbus-replica")
             if self._check_conn is None:
                 raise StoreUnavailable(f"no connection within {PROBE_TIMEOUT:g} s")
-        return await _bounded(self._check_conn, _PROBE, PROBE_TIMEOUT)
+        return await _bounded(self._check_conn, STANDBY_PROBE, PROBE_TIMEOUT)
 
     async def _check(self) -> None:
         self._poke = trio.Event()
@@ -308,6 +242,9 @@ class Replica:
             self.mark_down(f"not a standby of this store's database (server and database {identity}; the primary's:"
                            f" {self._primary.identity or 'not known yet'})")  # fmt: skip
             return
+        due = self.state is not ReplicaState.UP or trio.current_time() - self._verified_at >= HEALTH_INTERVAL
+        if head and head != self._verified and due and not await self._same_history(head, rows[0][5]):
+            return
         self.head, self._replay_lsn = head, lsn
         lag = self.lag_bytes()
         if self._primary.head is not None and self._primary.at > self._needs_since:  # a position past the head
@@ -320,17 +257,65 @@ class Replica:
         self._backoff = BACKOFF_INITIAL
         self._wake()
 
+    async def _same_history(self, head: int, event_id: uuid.UUID | None) -> bool:
+        """Whether the standby's event at its highest position, ``head``, is
+        the primary's (else it is marked down: it follows another copy of the
+        database, such as a promoted standby). The primary may show a commit a
+        moment after its standby: it is read twice, ``HISTORY_RECHECK`` apart."""
+        try:
+            primary = await self._primary.event_at(head)
+            if primary is None:
+                await trio.sleep(HISTORY_RECHECK)
+                primary = await self._primary.event_at(head)
+        except (EventBusError, trio.TooSlowError):
+            return False  # the primary cannot be read: the writes see it, and the next check looks again
+        if primary is None or primary != event_id:
+            what = "has no event" if primary is None else f"has event {primary}"
+            self.mark_down(
+                f"not a standby of this store's primary: its event at position {head} is {event_id}, and the primary"
+                f" {what} there (a promoted copy of the database, or a standby of one?)"
+            )
+            return False
+        self._verified, self._verified_at = head, trio.current_time()
+        return True
+
     def _set(self, state: ReplicaState) -> None:
+        """Change the state, and log the change: a standby down from the start
+        too (once), and at most ``FLAP_LINES`` changes between up and behind a
+        minute (a tight ``replica_wait`` can make it go back and forth)."""
         if state is self.state:
+            if state is ReplicaState.DOWN and not self._said_down and self.last_error is not None:
+                self._said_down = True  # down since the start: said once, as a change would be
+                _log.warning("standby %s is down (%s); reads go elsewhere", self.name, self.last_error)
             return
-        if state is ReplicaState.UP:
-            _log.info("standby %s serves reads again (at position %d)", self.name, self.head)
-        elif state is ReplicaState.BEHIND:
-            _log.warning("standby %s is behind (at position %d); reads go elsewhere", self.name, self.head)
-        elif self.last_error is not None:
-            _log.warning("standby %s is down (%s); reads go elsewhere", self.name, self.last_error)
+        if state is ReplicaState.DOWN:
+            self._said_down = self.last_error is not None
+            if self._said_down:
+                _log.warning("standby %s is down (%s); reads go elsewhere", self.name, self.last_error)
+        elif self._may_say():
+            if state is ReplicaState.UP:
+                again = " again" if self._served else ""
+                _log.info("standby %s serves reads%s (at position %d)%s", self.name, again, self.head, self._unsaid())
+            else:
+                _log.warning("standby %s is behind (at position %d); reads go elsewhere%s", self.name, self.head,
+                             self._unsaid())  # fmt: skip
+        self._served = self._served or state is ReplicaState.UP
         self.state = state
         self._wake()
+
+    def _may_say(self) -> bool:
+        now = trio.current_time()
+        if now - self._said_since >= 60.0:
+            self._said_since, self._said = now, 0
+        self._said += 1
+        if self._said > FLAP_LINES:
+            self._not_said += 1
+            return False
+        return True
+
+    def _unsaid(self) -> str:
+        count, self._not_said = self._not_said, 0
+        return f" ({count} changes between up and behind before this were not logged)" if count else ""
 
     def _wake(self) -> None:
         moved, self._moved = self._moved, trio.Event()

@@ -22,7 +22,7 @@ import trio
 
 from .._errors import InvalidEvent
 from .._values import MAX_POSITION, Event, EventFilter, EventRecord, _json, _tags
-from ._replicas import ReplicaStatistics
+from ._standby_checks import ReplicaStatistics
 
 # ---------------------------------------------------------------- requests
 
