@@ -242,7 +242,8 @@ class Replica:
             self.mark_down(f"not a standby of this store's database (server and database {identity}; the primary's:"
                            f" {self._primary.identity or 'not known yet'})")  # fmt: skip
             return
-        due = self.state is not ReplicaState.UP or trio.current_time() - self._verified_at >= HEALTH_INTERVAL
+        # (not at every check while a read waits: one more round trip, to the primary, each time)
+        due = self.state is ReplicaState.DOWN or trio.current_time() - self._verified_at >= HEALTH_INTERVAL
         if head and head != self._verified and due and not await self._same_history(head, rows[0][5]):
             return
         self.head, self._replay_lsn = head, lsn
