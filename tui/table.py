@@ -35,6 +35,9 @@ Cell = tuple[str, str]
 GAP = 2
 """Cells between two columns."""
 
+MIN_SHRUNK = 6
+"""Cells a text column keeps, at least, when a narrow line makes columns give way."""
+
 HEIGHT_STEP = 64
 """Rows by which the scrolled height changes (see :meth:`LineTable.show`)."""
 
@@ -265,24 +268,48 @@ class LineTable(ScrollView, can_focus=True):
         highlighted = self.cursor and index == self.cursor_row
         return self._strip(key, self._rows[key], width, highlighted=highlighted)
 
+    def _fitted(self, width: int) -> tuple[int, ...]:
+        """The columns' widths on a line ``width`` cells wide: as their
+        contents need, or, when the line is too narrow for that, narrower:
+        the text columns first (the widest first, to ``MIN_SHRUNK`` cells),
+        then the numbers, so that no column is cut off at the line's end."""
+        widths = list(self._widths)
+        excess = 1 + sum(widths) + GAP * (len(widths) - 1) - width
+        text = [i for i, column in enumerate(self.columns) if not column.right]
+        numbers = [i for i, column in enumerate(self.columns) if column.right]
+        for pool, floor in ((text, MIN_SHRUNK), (numbers, 1)):
+            while excess > 0 and pool:
+                widest = max(pool, key=lambda i: widths[i])
+                if widths[widest] <= floor:
+                    break
+                widths[widest] -= 1
+                excess -= 1
+        return tuple(widths)
+
     def _strip(self, key: Hashable, cells: tuple[Cell, ...], width: int, *, highlighted: bool) -> Strip:
         cache_key = (key, cells, highlighted, width, self._widths)
         strip = self._cache.get(cache_key)
         if strip is not None:
             return strip
         segments = [Segment(" ")]
+        used = 1
         last = len(self.columns) - 1
+        sizes = self._fitted(width)
         for index, (text, style) in enumerate(cells):
             column = self.columns[index]
-            size = self._widths[index]
+            room = max(0, width - used)  # (what the line has left: a cell never runs past it uncut)
+            size = min(sizes[index], room)
             if index == last and not column.right:
-                shown = text if cell_len(text) <= column.max_width else _cut(text, column.max_width)
+                size = min(column.max_width, room)
+                shown = text if cell_len(text) <= size else _cut(text, size)
             else:
                 shown = _cut(text, size) if cell_len(text) > size else text
                 shown = set_cell_size(shown, size) if not column.right else _right(shown, size)
             segments.append(Segment(shown, self._style(style)))
+            used += cell_len(shown)
             if index != last:
                 segments.append(Segment(" " * GAP))
+                used += GAP
         strip = Strip(segments).adjust_cell_length(width)
         if highlighted:
             strip = strip.apply_style(self._style("reverse" if self.has_focus else "bold reverse dim"))

@@ -76,6 +76,26 @@ async def test_at_120_by_40_no_header_or_help_is_cut(dsn: str) -> None:
     await drive(dsn, script, before=_some_accounts, size=(120, 40))
 
 
+async def test_at_120_by_40_large_balances_in_the_history_are_shown_whole(dsn: str) -> None:
+    async def rich(bank: Bank) -> None:
+        first = await bank.open_account(owner="Grace Hopper", account_type="checking", currency="EUR",
+                                        initial_deposit="5000000.00", account_id="grace")  # fmt: skip
+        await bank.open_account(owner="Ada", account_type="checking", currency="EUR", account_id="ada-with-a-long-id")
+        await bank.transfer(first.account_id, "ada-with-a-long-id", "10000.00")
+
+    async def script(app: DashboardApp, pilot: Pilot[None]) -> None:
+        await until(app, lambda state: state.account is not None and len(state.account.view.history) == 3)
+        history = app.query_one("#history-table")
+        for _ in range(5):  # (what changes with every event is redrawn at most once a second)
+            await app.wait_for_redraw()
+        text = region_text(app, history)
+        # Each figure whole, or cut with an ellipsis: never a wrong number (it read 4,990,0 and 5,000,0).
+        assert "4,990,000.00" in text and "5,000,000.00" in text, text
+        assert "balance" in text, text
+
+    await drive(dsn, script, before=rich, size=(120, 40))
+
+
 async def test_the_accounts_say_starting_while_their_read_model_is_being_made(dsn: str) -> None:
     async def script(app: DashboardApp, pilot: Pilot[None]) -> None:
         table = app.query_one(AccountsTable)
