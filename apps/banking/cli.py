@@ -110,6 +110,10 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see {self.prog} --help)")
 
 
+MAX_COUNT = 1_000_000_000
+"""The largest count an option takes (``--limit``, ``--accounts``, ...)."""
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -117,6 +121,8 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    if value > MAX_COUNT:  # (a database's whole numbers end at 2**63 - 1)
+        raise argparse.ArgumentTypeError(f"{text!r} must be at most {MAX_COUNT:,}")
     return value
 
 
@@ -395,6 +401,9 @@ def main(argv: Sequence[str] | None = None, *, extra: Sequence[Subcommand] = ())
             runs_itself(args)
         elif args.action in (None, "menu"):
             from .menu import run_menu_in_main_thread
+
+            if sys.stdin is None:  # closed (<&-): nothing to read, as at the end of input
+                sys.stdin = open(os.devnull)  # noqa: SIM115 - for the rest of the process
 
             run_menu_in_main_thread(args.dsn)  # it reads the person's answers in this thread
         else:

@@ -30,10 +30,15 @@ class Journal:
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
+        self._path = os.fspath(path)
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
     def record(self, receipt: Receipt) -> None:
-        """Append the line of an acknowledged command; blocks only on the OS write."""
+        """Append the line of an acknowledged command; blocks only on the OS write.
+
+        Raises:
+            OSError: the write failed (a full disk): it names the journal's file.
+        """
         amount = getattr(receipt.command, "amount", None)
         line = {
             "kind": receipt.kind,
@@ -44,7 +49,10 @@ class Journal:
             "positions": [record.sequence_number for record in receipt.records],
             "pid": os.getpid(),
         }
-        os.write(self._fd, (json.dumps(line, separators=(",", ":")) + "\n").encode())
+        try:
+            os.write(self._fd, (json.dumps(line, separators=(",", ":")) + "\n").encode())
+        except OSError as exc:  # (os.write names no file: the command would blame standard output)
+            raise OSError(exc.errno, exc.strerror, self._path) from None
 
     def close(self) -> None:
         """Close the file."""

@@ -379,7 +379,29 @@ async def simulate(
     (``StoreUnavailable``, ``Contention``) are counted, never raised. Pass a
     ``report`` to watch the counts grow while it runs; it is the one returned.
     Only accounts that ``config.may_use`` are worked on.
+
+    Raises:
+        OSError: the journal could not be written (it names the file); the
+            commands under way are abandoned, as on cancellation.
     """
+    try:
+        return await _simulate(bank, config, journal, stop, report)
+    except* OSError as group:  # several commands may fail to write at once: one error, as the first said it
+        raise _first(group) from None
+
+
+def _first(group: BaseExceptionGroup[OSError]) -> OSError:
+    inner: BaseException = group
+    while isinstance(inner, BaseExceptionGroup):
+        inner = inner.exceptions[0]
+    assert isinstance(inner, OSError)
+    return inner
+
+
+async def _simulate(
+    bank: Bank, config: SimulationConfig, journal: Journal | None, stop: trio.Event | None,
+    report: SimulationReport | None,
+) -> SimulationReport:  # fmt: skip
     stop = trio.Event() if stop is None else stop
     work = _Workload(bank, config, journal, SimulationReport() if report is None else report)
     started = trio.current_time()

@@ -63,6 +63,25 @@ async def test_a_journal_that_cannot_be_made_is_refused_in_one_line(dsn: str, tm
     assert await event_count(dsn) == 0
 
 
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+async def test_a_journal_that_cannot_be_written_is_named_not_standard_output(dsn: str) -> None:
+    run = await banking_shell(dsn, ">/dev/null", "simulate", "--duration", "1", "--accounts", "3", "--rate", "50",
+                              "--journal", "/dev/full")  # fmt: skip
+    assert (run.status, run.err) == (1, "error: cannot write to /dev/full: No space left on device\n"), run
+
+
+@pytest.mark.parametrize("limit", [str(2**63), str(2**63 - 1), "1000000001"])
+async def test_a_limit_past_what_a_count_can_be_is_bad_usage_before_the_database(dsn: str, limit: str) -> None:
+    run = await banking(dsn, "list", "--limit", limit)
+    assert run == Run(2, "", f"error: argument --limit: '{limit}' must be at most 1,000,000,000 (see banking list"
+                             " --help)\n")  # fmt: skip
+
+
+async def test_the_menu_with_standard_input_closed_ends_as_at_the_end_of_input(dsn: str) -> None:
+    run = await banking_shell(dsn, "<&-", "menu")
+    assert run.status == 0 and run.err == "" and run.out.endswith("Goodbye.\n"), run
+
+
 async def test_more_simulator_processes_than_it_starts_are_refused_in_words(dsn: str) -> None:
     run = await banking(dsn, "simulate", "--processes", "1000")
     assert (run.status, run.out) == (2, "")
