@@ -130,8 +130,12 @@ class HandlerFailed(EventBusError):
     Attributes:
         record: the ``EventRecord`` it failed on, or None when the failure
             was not in one event (a commit, a deadline).
+        fatal: the projection cannot go on by trying again (a handler ended
+            its batch's transaction itself): it fails at once, whatever its
+            restart policy.
     """
 
-    def __init__(self, message: str, record: Any) -> None:
+    def __init__(self, message: str, record: Any, *, fatal: bool = False) -> None:
         super().__init__(message)
         self.record = record
+        self.fatal = fatal

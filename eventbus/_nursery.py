@@ -39,7 +39,14 @@ def check_run(run: trio.lowlevel.TrioToken, what: str) -> None:
 
     A call from another run would touch Trio objects of this one from a
     foreign thread, and hang past its own deadlines."""
-    if trio.lowlevel.current_trio_token() is not run:
+    try:
+        current = trio.lowlevel.current_trio_token()
+    except RuntimeError:  # no Trio run at all: a thread of its own
+        raise WrongTrioRun(
+            f"{what} was called from outside any Trio run (a thread): call it through trio.from_thread.run or"
+            " run_sync from a thread the run started"
+        ) from None
+    if current is not run:
         raise WrongTrioRun(
             f"{what} was called from a Trio run other than the one that opened it: call it from that run's"
             " tasks, or from a thread through trio.from_thread.run"

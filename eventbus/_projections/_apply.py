@@ -136,6 +136,8 @@ async def prepare_schema(
                 # The projection's own bug, as a handler's: supervised, never the bus's end.
                 message = f"projection {projection.name}: setup raised {type(exc).__name__}: {exc}"
                 raise HandlerFailed(message, None) from exc
+            finally:
+                tx._end()
         if checkpoint:
             vanished = [row[0] for row in await conn.fetch(_TABLES_SQL, schema) if row[0] not in before]
             if vanished:
@@ -189,7 +191,10 @@ async def apply_batch(
     while start < len(batch):
         tx = await begin(conn, schema)
         try:
-            failed = await _run_handlers(tx, projection, batch, start, len(batch))
+            try:
+                failed = await _run_handlers(tx, projection, batch, start, len(batch))
+            finally:
+                tx._end()
             if failed is None:
                 last = batch[-1].sequence_number
                 try:
@@ -217,7 +222,10 @@ async def apply_batch(
         # skip: the events before it again, the poison event to the dead letters.
         tx = await begin(conn, schema)
         try:
-            again = await _run_handlers(tx, projection, batch, start, index)
+            try:
+                again = await _run_handlers(tx, projection, batch, start, index)
+            finally:
+                tx._end()
             if again is not None:
                 _fail_on_replay(projection, batch, again)
             try:
@@ -280,6 +288,8 @@ async def _run_handlers(
                 return _Failure(start, exc)
             # Which event? Find it one by one, each in its own attempt.
             raise _Bisect from exc
+        if tx._ended_by_handler():
+            raise _ended(projection, batch[start:stop])
         _handling.set(None)
     handlers = projection.handlers
     for index in range(start, stop):
@@ -292,8 +302,29 @@ async def _run_handlers(
             await handler(tx, record)
         except Exception as exc:
             return _Failure(index, exc)
+        if tx._ended_by_handler():
+            raise _ended(projection, [record])
     _handling.set(None)
     return None
+
+
+def _ended(projection: Projection, records: list[EventRecord]) -> HandlerFailed:
+    """A handler ended its batch's transaction (COMMIT, ROLLBACK): what it
+    wrote before may be committed, without the checkpoint, so applying the
+    batch again could apply events twice. The projection fails at once."""
+    record = records[0] if len(records) == 1 else None
+    where = (
+        f"the handler for {record.event_type} at position {record.sequence_number}"
+        if record is not None
+        else f"the batch handler for positions {records[0].sequence_number} to {records[-1].sequence_number}"
+    )
+    return HandlerFailed(
+        f"projection {projection.name}: {where} ended the batch's transaction itself (COMMIT or ROLLBACK on its"
+        " transaction): what it wrote before may be committed without the checkpoint, so the batch is not tried"
+        " again. Take the COMMIT or ROLLBACK out of the handler, then rebuild the projection",
+        record,
+        fatal=True,
+    )
 
 
 class _Bisect(Exception):

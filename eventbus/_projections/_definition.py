@@ -53,30 +53,53 @@ class Transaction:
     statement (the transaction is then rolled back as a whole) and
     ``StoreUnavailable`` when the connection is lost. jsonb parameters take
     JSON text or plain Python values; jsonb results come back as Python values.
+
+    A transaction is over once its handler (or batch) is done, or its
+    ``reader`` block is left: a statement on it then raises
+    ``ProjectionError`` (the connection is someone else's by then). A handler
+    must not end it itself (``COMMIT``, ``ROLLBACK``): the projection then
+    fails at once, naming the event, since what the handler did before may
+    be committed and the checkpoint is not moved with it.
     """
 
     def __init__(self, conn: _db.Connection) -> None:
-        self._conn = conn
+        self._conn: _db.Connection | None = conn
+
+    def _open(self) -> _db.Connection:
+        if self._conn is None:
+            raise ProjectionError(
+                "this transaction is over (its handler returned, or its reader block was left): use the one"
+                " a handler or reader block is given, while it runs"
+            )
+        return self._conn
+
+    def _end(self) -> None:
+        """The transaction is over: statements on it are refused from now on."""
+        self._conn = None
+
+    def _ended_by_handler(self) -> bool:
+        """Whether the connection is no longer in a transaction (a handler's COMMIT or ROLLBACK)."""
+        return self._conn is not None and not self._conn.in_transaction()
 
     async def execute(self, sql: str, *args: Any) -> str:
         """Run a statement; return its status tag (``"UPDATE 1"``)."""
-        return await self._conn.execute(sql, *args)
+        return await self._open().execute(sql, *args)
 
     async def executemany(self, sql: str, args: Iterable[Sequence[Any]]) -> None:
         """Run a statement once per argument tuple, pipelined in one round trip."""
-        await self._conn.executemany(sql, list(args))
+        await self._open().executemany(sql, list(args))
 
     async def fetch(self, sql: str, *args: Any) -> list[_db.Row]:
         """Run a query; return its rows (indexable by position and by name)."""
-        return await self._conn.fetch(sql, *args)
+        return await self._open().fetch(sql, *args)
 
     async def fetchrow(self, sql: str, *args: Any) -> _db.Row | None:
         """Run a query; return its first row or None."""
-        return await self._conn.fetchrow(sql, *args)
+        return await self._open().fetchrow(sql, *args)
 
     async def fetchval(self, sql: str, *args: Any) -> Any:
         """Run a query; return the first value of its first row, or None."""
-        return await self._conn.fetchval(sql, *args)
+        return await self._open().fetchval(sql, *args)
 
 
 Handler = Callable[[Transaction, EventRecord], Awaitable[None]]
@@ -143,8 +166,19 @@ def _check_on_error(_: Any, __: Any, value: Any) -> None:
 def _check_handler_timeout(_: Any, __: Any, value: Any) -> None:
     if value is None:
         return
-    if type(value) not in (int, float) or not 0 < value < float("inf"):
-        raise ProjectionError(f"handler_timeout must be a positive number of seconds or None, not {value!r}")
+    if type(value) not in (int, float) or not 0 < value <= MAX_HANDLER_TIMEOUT:
+        raise ProjectionError(
+            f"handler_timeout must be a positive number of seconds, up to a day, or None, not {value!r}"
+        )
+
+
+MAX_HANDLER_TIMEOUT = 86_400.0
+"""The longest ``handler_timeout``, in seconds (None: no deadline at all)."""
+
+
+def _check_restart(_: Any, __: Any, value: Any) -> None:
+    if not isinstance(value, RestartPolicy):
+        raise ProjectionError(f"restart must be a RestartPolicy, not {value!r}")
 
 
 def _check_batch_size(_: Any, __: Any, value: Any) -> None:
@@ -263,7 +297,7 @@ class Projection:
         default=None, kw_only=True, validator=_check_optional_async("batch_handler")
     )
     event_types: tuple[str, ...] = attrs.field(default=(), kw_only=True, converter=_event_types)
-    restart: RestartPolicy = attrs.field(factory=RestartPolicy, kw_only=True)
+    restart: RestartPolicy = attrs.field(factory=RestartPolicy, kw_only=True, validator=_check_restart)
     handler_timeout: float | None = attrs.field(
         default=DEFAULT_HANDLER_TIMEOUT, kw_only=True, validator=_check_handler_timeout
     )

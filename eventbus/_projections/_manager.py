@@ -183,7 +183,9 @@ class ProjectionManager:
 
         Raises:
             ProjectionError: no projection of that name was started here.
+            WrongTrioRun: called from outside the bus's Trio run.
         """
+        check_run(self._run, "the bus")
         runner = self._runner(name)
         runner.stop()
         del self._runners[name]
@@ -203,7 +205,10 @@ class ProjectionManager:
 
         Raises:
             ProjectionError: no projection of that name was started here.
+            WrongTrioRun: called from outside the bus's Trio run (another
+                run, or a thread not through ``trio.from_thread``).
         """
+        check_run(self._run, "the bus")  # (before anything changes: from elsewhere nothing would wake it)
         self._runner(name).restart(skip_poison=skip_poison)
 
     def status(self) -> dict[str, ProjectionStatus]:
@@ -222,7 +227,8 @@ class ProjectionManager:
 
         Raises:
             ProjectionError: unknown name, ``timeout`` not None nor a number
-                of seconds >= 0, or the projection is ``failed``.
+                of seconds >= 0, or the projection is ``failed`` (or is
+                stopped while this waits).
             NotCaughtUp: not caught up within ``timeout`` seconds (a
                 ``TimeoutError``).
             StoreUnavailable: the store's head could not be read.
@@ -232,6 +238,7 @@ class ProjectionManager:
             isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0
         ):
             raise ProjectionError(f"timeout must be None or a number of seconds >= 0, not {timeout!r}")
+        timeout = None if timeout is None else _forever_past_floats(timeout)
         runner = self._runner(name)
         with self._until_closed(f"waiting for projection {name!r}"):
             target = await self.store.head()
@@ -239,6 +246,8 @@ class ProjectionManager:
                 while runner.position() < target or runner.state == ProjectionState.FAILED:
                     if runner.state == ProjectionState.FAILED:
                         raise ProjectionError(f"projection {name!r} failed: {runner.last_error}")
+                    if runner.state == ProjectionState.STOPPED:
+                        raise ProjectionError(f"projection {name!r} was stopped while this waited for it")
                     await runner.wait_changed()
                 return
         raise NotCaughtUp(f"projection {name!r} is not at position {target} after {timeout} s", position=target)
@@ -281,6 +290,7 @@ class ProjectionManager:
             )
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0:
             raise ProjectionError(f"timeout must be a number of seconds >= 0, not {timeout!r}")
+        timeout = _forever_past_floats(timeout)
         check_run(self._run, "the bus")
         schema = schema_of(name)
 
@@ -305,7 +315,11 @@ class ProjectionManager:
             timeout=timeout,
             what=f"projection {name!r}",
         ) as conn:
-            yield Transaction(conn)
+            tx = Transaction(conn)
+            try:
+                yield tx
+            finally:
+                tx._end()  # (a transaction kept past the block would use a connection lent to another)
 
     async def rebuild(self, name: str, progress: Progress | None = None) -> None:
         """Rebuild projection ``name`` from position 0, without downtime.
@@ -460,3 +474,8 @@ async def start_projection_listener(bus: HasProjections, config: ProjectionConfi
         await finished.wait()
 
     return stop
+
+
+def _forever_past_floats(timeout: float) -> float:
+    """A timeout, as seconds Trio can count: a whole number past what a float holds is for ever."""
+    return math.inf if isinstance(timeout, int) and timeout > 2**53 else timeout

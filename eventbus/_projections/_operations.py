@@ -302,7 +302,10 @@ class Operations:
                             await self._check_no_rebuild(conn, name)
                         except ProjectionError as exc:
                             raise ProjectionError(f"{applied} of {len(letters)} applied again, then: {exc}") from None
-                        failure = await _run_handlers(tx, projection, [record], 0, 1)
+                        try:
+                            failure = await _run_handlers(tx, projection, [record], 0, 1)
+                        finally:
+                            tx._end()
                         if failure is None:
                             await conn.execute("COMMIT")
                             committed = True

@@ -180,6 +180,7 @@ class PartitionedRunner(ShareApplier, Router):
         handed back, bounded by ``LEAVE_TIMEOUT``); state ``stopped``."""
         self._scope.cancel()
         self.state = ProjectionState.STOPPED
+        self._notify()  # (a wait_until_caught_up learns of it)
 
     def restart(self, *, skip_poison: bool = False) -> None:
         """Let a ``failed`` runner try again; nothing otherwise. With
@@ -228,7 +229,7 @@ class PartitionedRunner(ShareApplier, Router):
                     record = exc.record if isinstance(exc, HandlerFailed) else None
                     self.poison = record.sequence_number if isinstance(record, EventRecord) else None
                     self._failures += 1
-                    if policy.gives_up(self._failures):
+                    if policy.gives_up(self._failures) or (isinstance(exc, HandlerFailed) and exc.fatal):
                         self.state = ProjectionState.FAILED
                         _log.error("projection %s failed: %s", self.projection.name, self.last_error)
                         self._notify()

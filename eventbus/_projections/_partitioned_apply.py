@@ -105,7 +105,11 @@ async def apply_together(
     limit = math.inf if timeout is None else timeout
     try:
         tx = await begin(conn, projection.schema)
-        if not await _run_shares(tx, projection, shares, limit):
+        try:
+            ran = await _run_shares(tx, projection, shares, limit)
+        finally:
+            tx._end()
+        if not ran:
             await rollback(conn)
             return Outcome.FAILED
         if not all(held(share) for share in shares):
@@ -120,6 +124,9 @@ async def apply_together(
     except DatabaseError as exc:
         await rollback(conn)
         return Outcome.FENCED if _leases.is_fenced(exc) else Outcome.FAILED
+    except HandlerFailed:  # (fatal: a handler ended the transaction; trying again could apply events twice)
+        await rollback(conn)
+        raise
     except Exception:  # a batch handler that failed on several events (which one is the fallback's to find)
         await rollback(conn)
         return Outcome.FAILED

@@ -125,6 +125,7 @@ class Runner:
         """Cancel the task (a batch under way is rolled back); state ``stopped``."""
         self._scope.cancel()
         self.state = ProjectionState.STOPPED
+        self._notify()  # (a wait_until_caught_up learns of it)
 
     def restart(self, *, skip_poison: bool = False) -> None:
         """Let a ``failed`` runner try again; nothing otherwise. With
@@ -188,7 +189,7 @@ class Runner:
                     record = exc.record if isinstance(exc, HandlerFailed) else None
                     self.poison = record.sequence_number if isinstance(record, EventRecord) else None
                     self._failures += 1
-                    if policy.gives_up(self._failures):
+                    if policy.gives_up(self._failures) or (isinstance(exc, HandlerFailed) and exc.fatal):
                         self.state = ProjectionState.FAILED
                         _log.error("projection %s failed after %d restarts: %s", self.projection.name,
                                    self._failures - 1, self.last_error, exc_info=exc)  # fmt: skip

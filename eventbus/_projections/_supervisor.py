@@ -6,6 +6,8 @@ import random
 
 import attrs
 
+from .._errors import ProjectionError
+
 BACKOFF_INITIAL = 0.1
 """Seconds before the first restart."""
 
@@ -14,6 +16,21 @@ BACKOFF_MAX = 10.0
 
 MAX_RESTARTS = 5
 """Restarts in a row (without progress) before a task is marked failed."""
+
+
+MAX_DELAY = 86_400.0
+"""The longest backoff a policy may name, in seconds (a day)."""
+
+
+def _whole(name: str, value: object) -> None:
+    if type(value) is not int or value < 0:
+        raise ProjectionError(f"RestartPolicy: {name} must be a whole number >= 0, not {value!r}")
+
+
+def _seconds(name: str, value: object) -> None:
+    number = not isinstance(value, bool) and isinstance(value, (int, float))
+    if not number or not 0 < value <= MAX_DELAY:  # type: ignore[operator]
+        raise ProjectionError(f"RestartPolicy: {name} must be a number of seconds above 0, up to a day, not {value!r}")
 
 
 @attrs.frozen
@@ -28,9 +45,9 @@ class RestartPolicy:
             do not retry in step.
     """
 
-    max_restarts: int = attrs.field(default=MAX_RESTARTS, validator=attrs.validators.ge(0))
-    initial: float = attrs.field(default=BACKOFF_INITIAL, validator=attrs.validators.gt(0))
-    maximum: float = attrs.field(default=BACKOFF_MAX, validator=attrs.validators.gt(0))
+    max_restarts: int = attrs.field(default=MAX_RESTARTS, validator=lambda _, __, v: _whole("max_restarts", v))
+    initial: float = attrs.field(default=BACKOFF_INITIAL, validator=lambda _, __, v: _seconds("initial", v))
+    maximum: float = attrs.field(default=BACKOFF_MAX, validator=lambda _, __, v: _seconds("maximum", v))
 
     def delay(self, failures: int) -> float:
         """Seconds to wait before restart number ``failures`` (1-based)."""
