@@ -67,7 +67,10 @@ _SOCKET_PATH_MAX = 100  # sun_path is 108 bytes on Linux; keep a margin
 MARKER = "eventbus.ready"
 """The file, in the cluster's folder, written last when it is initialised: a
 cluster without it never finished (its first start was killed) and is made
-again."""
+again, if ``PENDING`` (in the data directory, while a first start makes it)
+says a first start of eventbus began it; else it is left alone."""
+PENDING = "pgdata.pending"
+_NOT_OURS = "another PostgreSQL cluster? Left as it is: move it away, or set EVENTBUS_DATA_DIR to another folder"
 
 _HBA = "eventbus_hba.conf"  # the only authentication rules the server reads: its own socket, nothing else
 _INCLUDE = "include_if_exists = 'eventbus.conf'"
@@ -325,10 +328,13 @@ class EmbeddedServer:
         if self._made_by_an_earlier_version():
             self._write_private(self.pgdata / MARKER, "initialised\n")
             return
-        # Never finished: its first start was killed (initdb may still run,
-        # orphaned), and no event can be in it. Made again from nothing.
+        pending = self.data_dir / PENDING
+        if not pending.exists() and self.pgdata.exists() and any(self.pgdata.iterdir()):  # someone else's?
+            raise StoreUnavailable(f"{self.pgdata} holds files no first start of eventbus made: {_NOT_OURS}")
+        # Never finished (its first start was killed; initdb may still run): no event in it, made again.
         from ._leftovers import end_leftovers  # psutil: loaded with the embedded server only
 
+        self._write_private(pending, "a first start of eventbus is making pgdata\n")
         end_leftovers(self.pgdata, self.pid())
         if self.pgdata.exists():
             shutil.rmtree(self.pgdata)
@@ -349,6 +355,7 @@ class EmbeddedServer:
             conf.write(f"\n{_INCLUDE}\n")
         self._write_settings()
         self._write_private(self.pgdata / MARKER, "initialised\n")
+        pending.unlink(missing_ok=True)
 
     def _made_by_an_earlier_version(self) -> bool:
         # Before the marker, the include of eventbus.conf was the last step.

@@ -159,19 +159,43 @@ def test_a_cluster_whose_initdb_finished_but_whose_start_did_not_is_made_again(t
     server = EmbeddedServer(tmp_path / "embedded")
     server.start()
     server.stop()
-    # As an interrupted first start of any version left it: initdb done, eventbus's own steps not.
+    # As an interrupted first start left it: initdb done, eventbus's own steps not.
     for name in ("eventbus.ready", "eventbus.conf", "eventbus_hba.conf"):
         (server.pgdata / name).unlink()
     conf = server.pgdata / "postgresql.conf"
     conf.write_text(conf.read_text().replace("include_if_exists = 'eventbus.conf'", ""))
     (server.pgdata / "left-behind").write_text("")
+    (server.data_dir / "pgdata.pending").write_text("")  # its first start's note: it began pgdata
     server.start()
     try:
         assert (server.pgdata / "eventbus.ready").exists()
         assert not (server.pgdata / "left-behind").exists()
+        assert not (server.data_dir / "pgdata.pending").exists()
         assert_private(server)
     finally:
         server.stop(mode="immediate")
+
+
+def test_a_cluster_that_no_first_start_of_eventbus_began_is_never_deleted(tmp_path: Path) -> None:
+    made = EmbeddedServer(tmp_path / "made-by-hand")
+    made.start()
+    made.stop()
+    data_dir = tmp_path / "embedded"
+    data_dir.mkdir(mode=0o700)
+    shutil.copytree(made.pgdata, data_dir / "pgdata")  # someone's own cluster, where eventbus's would go
+    for name in ("eventbus.ready", "eventbus.conf", "eventbus_hba.conf"):
+        (data_dir / "pgdata" / name).unlink()
+    conf = data_dir / "pgdata" / "postgresql.conf"
+    conf.write_text(conf.read_text().replace("include_if_exists = 'eventbus.conf'", ""))
+    (data_dir / "pgdata" / "precious").write_text("kept")
+    server = EmbeddedServer(data_dir)
+    with pytest.raises(StoreUnavailable, match="holds files no first start of eventbus made"):
+        server.start()
+    assert (data_dir / "pgdata" / "precious").read_text() == "kept"
+    assert (data_dir / "pgdata" / "PG_VERSION").exists()
+    done = run_first_start(data_dir)  # through the library, as a program would: the same refusal, nothing lost
+    assert done.returncode != 0 and "holds files no first start of eventbus made" in done.stderr
+    assert (data_dir / "pgdata" / "precious").read_text() == "kept"
 
 
 def test_a_cluster_made_before_the_marker_existed_is_kept(tmp_path: Path) -> None:
