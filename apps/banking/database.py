@@ -105,7 +105,8 @@ async def bank_database(dsn: str | None) -> AsyncIterator[str]:
 
     ``dsn`` (or the environment's) as it is; with none, the ``banking``
     database on the embedded server, which is started (or joined) and the
-    database made if missing. Starting the server blocks a worker thread, not
+    database made if missing; if the server dies during the block, the
+    bank's connections start it again. Starting the server blocks a worker thread, not
     Trio; leaving lets go of it (the last user stops it), shielded.
 
     Raises:
@@ -118,9 +119,10 @@ async def bank_database(dsn: str | None) -> AsyncIterator[str]:
     server = testing.EmbeddedServer(data_dir())
     admin = await trio.to_thread.run_sync(server.acquire)
     try:
-        async with testing.open_loop():
-            await testing.create_database(admin, BANK_DATABASE)
-        yield server.dsn(BANK_DATABASE)
+        with testing.keep_up(server):  # (a server that dies under the bank is started again)
+            async with testing.open_loop():
+                await testing.create_database(admin, BANK_DATABASE)
+            yield server.dsn(BANK_DATABASE)
     finally:
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(server.release)

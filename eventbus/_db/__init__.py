@@ -21,6 +21,7 @@ from ._embedded import EMBEDDED_DATABASE, EmbeddedServer, default_data_dir
 from ._loop import call_asyncio, call_trio, open_loop
 from ._pool import Pool, create_pool
 from ._resolve import open_database
+from ._revive import holding as keep_up
 from ._schema import install_schema, installed_digest, schema_digest, schema_sql
 from ._standby import start_standby
 
@@ -42,6 +43,7 @@ __all__ = [
     "install_schema",
     "installed_digest",
     "is_driver_error",
+    "keep_up",
     "open_database",
     "open_loop",
     "redact_dsn",

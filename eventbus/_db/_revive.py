@@ -30,7 +30,11 @@ _held_lock = threading.Lock()  # buses may run in several threads, each with its
 
 @contextmanager
 def holding(server: EmbeddedServer) -> Iterator[None]:
-    """Let connections to ``server`` start it again for the duration of the block."""
+    """For the duration of the block, a connection of this process to
+    ``server`` (any of its databases) that finds it down starts it again,
+    and tries once more: a server that died (killed, the OOM killer) under
+    the processes using it comes back. Hold it while it is acquired; blocks
+    never (the start runs in a worker thread when a connection needs it)."""
     key = str(server.socket_dir)
     with _held_lock:
         held, count = _held.get(key, (server, 0))

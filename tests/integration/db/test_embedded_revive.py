@@ -12,6 +12,7 @@ import logging
 import subprocess
 import sys
 import uuid
+from decimal import Decimal
 from pathlib import Path
 
 import psutil
@@ -117,6 +118,25 @@ async def test_a_killed_embedded_postmaster_is_started_again_by_the_bus_using_it
         f"the embedded PostgreSQL server at {data_dir} was down; this process started it again"
     ]
     assert server.pid() is None  # the last process to let go stopped it
+
+
+async def test_the_bank_on_the_embedded_server_starts_it_again_when_it_dies(data_dir: Path) -> None:
+    from apps.banking.app import open_bank
+
+    server = EmbeddedServer(data_dir)
+    async with open_bank(projections=False) as bank:
+        first = await bank.open_account(owner="Ada", account_type="checking", currency="EUR", initial_deposit="5")
+        killed = kill_postmaster(server)
+        with trio.fail_after(RECOVERY):
+            while True:  # (a command id, so a retry is the same deposit)
+                try:
+                    await bank.deposit(first.account_id, "1.00", command_id=uuid.UUID(int=7))
+                    break
+                except StoreUnavailable:
+                    await trio.sleep(CLIENT_BACKOFF)
+        assert server.pid() not in (None, killed)
+        assert (await bank.get_account(first.account_id)).balance == Decimal("6.00")
+    assert server.pid() is None
 
 
 async def test_processes_sharing_the_embedded_server_start_it_again_once_and_all_carry_on(
