@@ -52,6 +52,7 @@ from urllib.parse import quote
 import attrs
 
 from .._errors import StoreUnavailable
+from ._server_options import command_line_settings
 
 _log = logging.getLogger("eventbus.embedded")
 
@@ -72,6 +73,8 @@ says a first start of eventbus began it; else it is left alone."""
 PENDING = "pgdata.pending"
 _NOT_OURS = "another PostgreSQL cluster? Left as it is: move it away, or set EVENTBUS_DATA_DIR to another folder"
 
+_OURS = frozenset({"pgdata", "lock", "run", "users.json", "postgres.log", PENDING})  # a data directory's
+_SHELL_SPECIAL = '"$`\\'
 _HBA = "eventbus_hba.conf"  # the only authentication rules the server reads: its own socket, nothing else
 _INCLUDE = "include_if_exists = 'eventbus.conf'"
 
@@ -129,35 +132,6 @@ def default_data_dir() -> Path:
     xdg = os.environ.get("XDG_DATA_HOME", "").strip()
     base = Path(xdg) if xdg else Path.home() / ".local" / "share"
     return (base / "eventbus").resolve()
-
-
-# postgres's short options that set a setting (-i: listen on every address).
-_SHORT_OPTIONS = {"-h": "listen_addresses", "-k": "unix_socket_directories", "-p": "port", "-D": "data_directory"}
-
-
-def command_line_settings(args: list[str]) -> dict[str, str]:
-    """The settings a ``postgres`` command line (program first) gives, the last of each winning.
-
-    Reads ``-c name=value``, ``--name=value`` and the short options that set
-    settings (``-h``, ``-k``, ``-p``, ``-i``), as the server does.
-    """
-    settings: dict[str, str] = {}
-    rest = list(args[1:])
-    while rest:
-        arg = rest.pop(0)
-        if arg == "-i":
-            settings["listen_addresses"] = "*"
-        elif arg[:2] == "-c" or arg[:2] in _SHORT_OPTIONS:
-            value = arg[2:] or (rest.pop(0) if rest else "")
-            if arg[:2] == "-c":
-                name, _, value = value.partition("=")
-            else:
-                name = _SHORT_OPTIONS[arg[:2]]
-            settings[name.replace("-", "_")] = value
-        elif arg.startswith("--") and "=" in arg:
-            name, _, value = arg[2:].partition("=")
-            settings[name.replace("-", "_")] = value
-    return settings
 
 
 @attrs.frozen
@@ -228,7 +202,11 @@ class EmbeddedServer:
         # Without the `embedded` extra, say so before making a folder or a user.
         _bin()
         _psutil()
-        self.data_dir = Path(data_dir).expanduser().resolve()
+        self._given = Path(data_dir).expanduser()
+        self.data_dir = self._given.resolve()
+        if any(char in str(self.data_dir) for char in _SHELL_SPECIAL):  # (pg_ctl hands the paths to a shell)
+            raise StoreUnavailable(f"the embedded server's data directory cannot hold any of {_SHELL_SPECIAL}:"
+                                   f" {str(self.data_dir)!r}; choose another (EVENTBUS_DATA_DIR)")  # fmt: skip
         self.pgdata = self.data_dir / "pgdata"
         self.log_path = self.data_dir / "postgres.log"
         self._settings = dict(DEFAULT_SETTINGS)
@@ -289,6 +267,8 @@ class EmbeddedServer:
         )
 
     def _make_private_dir(self, path: Path) -> None:
+        if path == self.data_dir:
+            self._check_not_taken_over()
         path.mkdir(parents=True, exist_ok=True)
         info = os.lstat(path)
         if stat.S_ISLNK(info.st_mode) or info.st_uid not in (os.geteuid(), self._owner.uid):
@@ -296,6 +276,19 @@ class EmbeddedServer:
         if self._owner.name is not None:
             os.chown(path, self._owner.uid, self._owner.gid)
         path.chmod(0o700)
+
+    def _check_not_taken_over(self) -> None:
+        """Refuse a data directory that making it private would take from
+        someone: a link another user made (in /tmp, say), or a folder of
+        theirs that holds files eventbus did not make (a mistyped path such
+        as /srv), which would be given to the service user, mode 0700."""
+        if self._given.is_symlink() and os.lstat(self._given).st_uid not in (os.geteuid(), self._owner.uid):
+            raise StoreUnavailable(f"{self._given} is a link another user made; refusing to use it")
+        if self.data_dir.is_dir() and self.data_dir.stat().st_uid != self._owner.uid:
+            theirs = sorted(e.name for e in self.data_dir.iterdir() if e.name not in _OURS)
+            if theirs:
+                raise StoreUnavailable(f"{self.data_dir} holds files eventbus did not make ({', '.join(theirs[:3])}"
+                                       "...): give a new or empty folder as EVENTBUS_DATA_DIR")  # fmt: skip
 
     @contextmanager
     def _locked(self) -> Iterator[None]:

@@ -276,3 +276,40 @@ async def test_a_data_directory_that_cannot_be_used_is_a_store_unavailable_error
     with pytest.raises(StoreUnavailable, match=f"^the embedded server cannot use {re.escape(str(data_dir))}: "):
         async with open_event_store():
             pass
+
+
+AS_ROOT = pytest.mark.skipif(os.geteuid() != 0, reason="as root, the server's folder is given to its service user")
+
+
+@AS_ROOT
+def test_a_folder_of_someone_elses_files_is_not_taken_over(tmp_path: Path) -> None:
+    # A mistyped EVENTBUS_DATA_DIR (a stand-in for /srv): giving it to the service user, mode 0700, would
+    # take it from whoever uses it.
+    srv = tmp_path / "srv"
+    (srv / "otherservice").mkdir(parents=True)
+    srv.chmod(0o755)
+    with pytest.raises(StoreUnavailable, match="holds files eventbus did not make"):
+        EmbeddedServer(srv).start()
+    assert stat.S_IMODE(srv.stat().st_mode) == 0o755 and srv.stat().st_uid == os.geteuid()
+
+
+@AS_ROOT
+def test_a_link_another_user_made_is_not_followed(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"  # as /tmp: anyone may make a link there
+    shared.mkdir(mode=0o1777)
+    shared.chmod(0o1777)
+    target = tmp_path / "target"
+    target.mkdir()
+    link = shared / "eventbus-data"
+    link.symlink_to(target)
+    os.lchown(link, 65534, 65534)  # made by nobody
+    with pytest.raises(StoreUnavailable, match="is a link another user made"):
+        EmbeddedServer(link).start()
+    assert list(target.iterdir()) == [] and target.stat().st_uid == os.geteuid()
+
+
+@pytest.mark.parametrize("name", ['dq"uote', "do$HOME", "x$(id)", "back`tick`"])
+def test_a_data_directory_whose_path_a_shell_would_change_is_refused(tmp_path: Path, name: str) -> None:
+    with pytest.raises(StoreUnavailable, match="cannot hold any of"):
+        EmbeddedServer(tmp_path / name)
+    assert not (tmp_path / name).exists()
