@@ -78,8 +78,10 @@ class Transaction:
         self._conn = None
 
     def _ended_by_handler(self) -> bool:
-        """Whether the connection is no longer in a transaction (a handler's COMMIT or ROLLBACK)."""
-        return self._conn is not None and not self._conn.in_transaction()
+        """Whether the connection is no longer in a transaction (a handler's
+        COMMIT or ROLLBACK; a lost connection is not the handler's doing)."""
+        conn = self._conn
+        return conn is not None and not conn.is_closed() and not conn.in_transaction()
 
     async def execute(self, sql: str, *args: Any) -> str:
         """Run a statement; return its status tag (``"UPDATE 1"``)."""

@@ -10,7 +10,10 @@ for it), and keeps its state:
 * ``behind``: it answers but lags more than that, or a read waited
   ``replica_wait`` for a position it did not show. It is up again once it
   shows that position and its lag is small.
-* ``down``: it did not answer, answered with an error, or is not a standby.
+* ``down``: it did not answer, answered with an error, or is not a standby
+  of the primary: its identity (server and database) and its history (its
+  event at its highest position, checked once a second at most) must be the
+  primary's, which a promoted copy and its standbys' history is not.
   Tried again after a backoff (``BACKOFF_INITIAL`` doubling to
   ``BACKOFF_MAX``); reads under way on it are cut off and go to the primary.
 
