@@ -39,7 +39,7 @@ from ._store import (
     run_event_store,
 )
 from ._stream import DEFAULT_BUFFER, DEFAULT_MAX_BATCH, EventStream, Overflow, StreamStatistics, Subscription
-from ._values import EventFilter, EventRecord, _json
+from ._values import EventFilter, EventRecord, _json, is_number
 
 _log = logging.getLogger("eventbus.bus")
 
@@ -230,8 +230,7 @@ def _check_listening(poll_interval: object, listen: object) -> None:
     Raises:
         InvalidOption: naming the option.
     """
-    number = not isinstance(poll_interval, bool) and isinstance(poll_interval, (int, float))
-    if not number or not MIN_POLL_INTERVAL <= poll_interval < math.inf:  # type: ignore[operator]
+    if not is_number(poll_interval) or not MIN_POLL_INTERVAL <= poll_interval < math.inf:
         raise InvalidOption(
             f"poll_interval must be a number of seconds from {MIN_POLL_INTERVAL} on, not {poll_interval!r}"
         )

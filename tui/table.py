@@ -108,6 +108,7 @@ class LineTable(ScrollView, can_focus=True):
         self._cache: dict[tuple[Hashable, tuple[Cell, ...], bool, int, tuple[int, ...]], Strip] = {}
         self._styles: dict[str, Style] = {"": Style()}
         self._highlighted: Hashable = None
+        self._fit: tuple[tuple[int, tuple[int, ...]], tuple[int, ...]] | None = None  # (width, widths) -> fitted
 
     # ------------------------------------------------------------ data
 
@@ -272,7 +273,10 @@ class LineTable(ScrollView, can_focus=True):
         """The columns' widths on a line ``width`` cells wide: as their
         contents need, or, when the line is too narrow for that, narrower:
         the text columns first (the widest first, to ``MIN_SHRUNK`` cells),
-        then the numbers, so that no column is cut off at the line's end."""
+        then the numbers, so that no column is cut off at the line's end.
+        Worked out once per width and contents' widths, not per row."""
+        if self._fit is not None and self._fit[0] == (width, self._widths):
+            return self._fit[1]
         widths = list(self._widths)
         excess = 1 + sum(widths) + GAP * (len(widths) - 1) - width
         text = [i for i, column in enumerate(self.columns) if not column.right]
@@ -284,7 +288,8 @@ class LineTable(ScrollView, can_focus=True):
                     break
                 widths[widest] -= 1
                 excess -= 1
-        return tuple(widths)
+        self._fit = ((width, self._widths), tuple(widths))
+        return self._fit[1]
 
     def _strip(self, key: Hashable, cells: tuple[Cell, ...], width: int, *, highlighted: bool) -> Strip:
         cache_key = (key, cells, highlighted, width, self._widths)

@@ -20,7 +20,7 @@ import trio
 from .. import _db
 from .._projections._definition import NAME_PATTERN
 from ._common import EXIT_FAILED, EXIT_NO_LEADER, EXIT_OK, Failed, connected, print_json, print_table, rich_available
-from ._status import Runner, known_projections, live_runners
+from ._status import Runner, known_projections, live_runners, partitioned
 
 POLL = 0.2
 """Seconds between looks at a request's row."""
@@ -177,12 +177,9 @@ async def _rebuilder(conn: _db.Connection, name: str, process: int | None) -> Ru
         return chosen[0]
     if any(r.leader for r in runners):
         return _leader(runners, name)
-    partitioned = await conn.fetchval(
-        "SELECT EXISTS (SELECT FROM eventbus.projection_leases WHERE projection = $1)", name
-    )
-    if partitioned and len(runners) == 1:
-        return runners[0]
-    if partitioned:
+    if name in await partitioned(conn):
+        if len(runners) == 1:
+            return runners[0]
         raise Failed(
             f"no process leads projection {name!r} now; running it: {running}. Any of them can rebuild it: name the"
             " one (with the partition_key or count to keep) with --process PID",

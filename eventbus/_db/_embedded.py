@@ -287,8 +287,9 @@ class EmbeddedServer:
         if self.data_dir.is_dir() and self.data_dir.stat().st_uid != self._owner.uid:
             theirs = sorted(e.name for e in self.data_dir.iterdir() if e.name not in _OURS)
             if theirs:
-                raise StoreUnavailable(f"{self.data_dir} holds files eventbus did not make ({', '.join(theirs[:3])}"
-                                       "...): give a new or empty folder as EVENTBUS_DATA_DIR")  # fmt: skip
+                named = ", ".join(theirs[:3]) + (", ..." if len(theirs) > 3 else "")
+                raise StoreUnavailable(f"{self.data_dir} holds files eventbus did not make ({named}): give a new"
+                                       " or empty folder as EVENTBUS_DATA_DIR")  # fmt: skip
 
     @contextmanager
     def _locked(self) -> Iterator[None]:

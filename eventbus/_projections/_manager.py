@@ -23,7 +23,7 @@ from .._errors import ClosedError, NotCaughtUp, ProjectionError
 from .._nursery import check_run
 from .._store import EventStore
 from .._stream import EventStream
-from .._values import EventFilter
+from .._values import EventFilter, is_number
 from ._apply import literal, quote
 from ._definition import (
     NAME_PATTERN,
@@ -234,9 +234,7 @@ class ProjectionManager:
             StoreUnavailable: the store's head could not be read.
             ClosedError: the bus is closed, or closed during the wait.
         """
-        if timeout is not None and (
-            isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0
-        ):
+        if timeout is not None and (not is_number(timeout) or not timeout >= 0):
             raise ProjectionError(f"timeout must be None or a number of seconds >= 0, not {timeout!r}")
         timeout = None if timeout is None else _forever_past_floats(timeout)
         runner = self._runner(name)
@@ -288,7 +286,7 @@ class ProjectionManager:
             raise ProjectionError(
                 f"min_position must be None or a position (a whole number >= 0), not {min_position!r}"
             )
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0:
+        if not is_number(timeout) or not timeout >= 0:
             raise ProjectionError(f"timeout must be a number of seconds >= 0, not {timeout!r}")
         timeout = _forever_past_floats(timeout)
         check_run(self._run, "the bus")

@@ -172,9 +172,9 @@ class Operations:
             )
             if name not in self._stuck:
                 _log.warning("projection %s: %s", name, error)
-        self._stuck.discard(name)
-        if state == "stuck":
-            self._stuck.add(name)
+                self._stuck.add(name)
+        else:
+            self._stuck.discard(name)
         return (name, state, runner.leader, runner.restarts, error, runner.poison)
 
     async def _publish(self) -> None:

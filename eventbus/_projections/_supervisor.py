@@ -7,6 +7,7 @@ import random
 import attrs
 
 from .._errors import ProjectionError
+from .._values import is_number
 
 BACKOFF_INITIAL = 0.1
 """Seconds before the first restart."""
@@ -28,8 +29,7 @@ def _whole(name: str, value: object) -> None:
 
 
 def _seconds(name: str, value: object) -> None:
-    number = not isinstance(value, bool) and isinstance(value, (int, float))
-    if not number or not 0 < value <= MAX_DELAY:  # type: ignore[operator]
+    if not is_number(value) or not 0 < value <= MAX_DELAY:
         raise ProjectionError(f"RestartPolicy: {name} must be a number of seconds above 0, up to a day, not {value!r}")
 
 

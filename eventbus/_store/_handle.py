@@ -23,7 +23,17 @@ from .. import _db, _telemetry
 from .._db import open_database
 from .._errors import ClosedError, InvalidEvent, InvalidFilter, InvalidOption
 from .._nursery import check_run, open_actor_nursery
-from .._values import MAX_POSITION, Event, EventFilter, EventQuery, EventRecord, PartitionSlice, QueryResult, _json
+from .._values import (
+    MAX_POSITION,
+    Event,
+    EventFilter,
+    EventQuery,
+    EventRecord,
+    PartitionSlice,
+    QueryResult,
+    _json,
+    is_number,
+)
 from ._actor import REQUEST_BUFFER, WRITE_LANES, CommitHook, StoreActor
 from ._queries import query_sql, to_records
 from ._reads import Reads
@@ -399,8 +409,7 @@ def check_connections(
     for name, value in (("read_pool_size", read_pool_size), ("write_connections", write_connections)):
         if type(value) is not int or value < 1:
             raise InvalidOption(f"{name} must be a whole number >= 1, not {value!r}")
-    number = not isinstance(reconnect_timeout, bool) and isinstance(reconnect_timeout, (int, float))
-    if not number or not 0 <= reconnect_timeout < math.inf:  # type: ignore[operator]
+    if not is_number(reconnect_timeout) or not 0 <= reconnect_timeout < math.inf:
         raise InvalidOption(f"reconnect_timeout must be a number of seconds >= 0, not {reconnect_timeout!r}")
 
 
@@ -410,7 +419,7 @@ def replica_list(replica_dsns: Sequence[str] | None, replica_wait: float) -> lis
     Raises:
         InvalidOption: not a list of non-empty strings, or a bad wait.
     """
-    if isinstance(replica_wait, bool) or not isinstance(replica_wait, (int, float)) or not replica_wait >= 0:
+    if not is_number(replica_wait) or not replica_wait >= 0:
         raise InvalidOption(f"replica_wait must be a number of seconds >= 0, not {replica_wait!r}")
     if replica_dsns is None:
         return []

@@ -137,8 +137,12 @@ class Subscription:
             raise ClosedError("this subscription is closed (its block was left): subscribe again for a new one")
         if self._entered:
             raise InvalidFilter("this subscription's block is entered already: a subscription is entered once")
-        await self._hub.attach(self._delivery, self._after)
-        self._entered = True
+        self._entered = True  # (before the head is read: a second task entering meanwhile is refused too)
+        try:
+            await self._hub.attach(self._delivery, self._after)
+        except BaseException:
+            self._entered = False  # nothing was attached: it may be entered again
+            raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -15,6 +15,7 @@ from ._model import (
     Payload,
     QueryResult,
     create_filter,
+    is_number,
 )
 from ._partitions import PartitionSlice, Sliced, field_partition
 
@@ -32,4 +33,5 @@ __all__ = [
     "Sliced",
     "create_filter",
     "field_partition",
+    "is_number",
 ]

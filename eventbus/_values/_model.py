@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeGuard
 
 import attrs
 
@@ -198,6 +198,12 @@ def _filters(value: object) -> tuple[EventFilter, ...]:
 
 MAX_POSITION = 2**63 - 1
 """The largest position (and count) PostgreSQL's bigint holds."""
+
+
+def is_number(value: object) -> TypeGuard[float]:
+    """Whether ``value`` is an int or a float, and not a bool (an option's
+    number of seconds, say; its range is the caller's to check)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _position(name: str, value: object, *, allow_none: bool) -> None:

@@ -68,3 +68,24 @@ async def test_a_subscription_iterated_without_entering_it_says_so_at_once(dsn: 
         async with subscription:
             with trio.fail_after(10):
                 assert len(await _receive(subscription, 1)) == 1
+
+
+async def test_two_tasks_entering_one_subscription_at_once_are_one_entered_and_one_refused(dsn: str) -> None:
+    async with open_bus(dsn) as bus:
+        subscription = bus.subscribe(EVERYTHING)  # (after=None: entering reads the head, a moment for the other)
+        outcomes: list[str] = []
+
+        async def enter() -> None:
+            try:
+                async with subscription:
+                    outcomes.append("entered")
+                    await bus.store.append([Event("A", {})])
+                    with trio.fail_after(10):
+                        assert len(await _receive(subscription, 1)) == 1
+            except InvalidFilter:
+                outcomes.append("refused")
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(enter)
+            nursery.start_soon(enter)
+        assert sorted(outcomes) == ["entered", "refused"]
